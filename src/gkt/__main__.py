@@ -1,0 +1,3 @@
+from gkt.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""gkt checkpoints: weights in safetensors plus a JSON sidecar (architecture, preprocessing, labels,
+provenance). Nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gkt.models.classifier import ArchSpec, Classifier
+from gkt.models.preprocess import Preprocess
+from gkt.utils import GktError, atomic_path, tensor_hash, write_json
+
+FORMAT = "gkt-checkpoint/1"
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(weights.safetensors, sidecar.json)`` for a path given with or without a suffix, or a directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def state_dict_for_saving(model: Classifier) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
+
+
+def weights_hash(model: Classifier) -> str:
+    return tensor_hash(model.net.state_dict())
+
+
+def save_checkpoint(model: Classifier, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write ``path.safetensors`` + ``path.json`` atomically; refuses to overwrite unless asked."""
+    weights_path, sidecar_path = checkpoint_paths(path)
+    if not overwrite and (weights_path.exists() or sidecar_path.exists()):
+        raise GktError(f"{weights_path} exists; gkt never overwrites a model (choose another output path)")
+    tensors = state_dict_for_saving(model)
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json(sidecar_path, {
+        "format": FORMAT,
+        "name": model.name,
+        "arch": model.arch.to_dict(),
+        "preprocess": model.preprocess.to_dict(),
+        "class_names": model.class_names,
+        "weights_sha256": tensor_hash(tensors),
+        "provenance": model.provenance,
+        **(extra or {}),
+    })
+    return weights_path
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    _, sidecar_path = checkpoint_paths(path)
+    if not sidecar_path.is_file():
+        raise GktError(f"{sidecar_path}: checkpoint sidecar not found (a gkt checkpoint is NAME.safetensors "
+                       "+ NAME.json)")
+    try:
+        meta = json.loads(sidecar_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GktError(f"{sidecar_path}: not valid JSON ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise GktError(f"{sidecar_path}: not a gkt checkpoint (format {meta.get('format')!r})")
+    return meta
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file, or a ``.pt``/``.pth`` file loaded with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise GktError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt files raise library-specific errors
+        raise GktError(f"{path}: cannot read weights ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise GktError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike) -> Classifier:
+    weights_path, _ = checkpoint_paths(path)
+    meta = read_sidecar(path)
+    model = Classifier.create(ArchSpec.from_dict(meta["arch"]), Preprocess.from_dict(meta["preprocess"]),
+                              meta["class_names"], provenance=meta.get("provenance"), name=meta.get("name"))
+    tensors = load_weights(weights_path)
+    try:
+        model.net.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise GktError(f"{weights_path}: weights do not fit the architecture in its sidecar ({exc})") from exc
+    return model

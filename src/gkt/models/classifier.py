@@ -1,0 +1,133 @@
+"""``Classifier``: a network plus its own preprocessing, label names and provenance."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gkt.models.architectures import TimmNet, build_zoo_net
+from gkt.models.preprocess import Preprocess, adapt_layout, to_unit_float
+from gkt.utils import GktError
+
+NET_SOURCES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_source(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder ``(name, num_classes, in_chans, img_size, **kwargs) -> nn.Module``."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        NET_SOURCES[name] = builder
+        return builder
+
+    return decorate
+
+
+register_source("zoo")(build_zoo_net)
+
+
+@register_source("timm")
+def build_timm_net(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name}*")[:8]
+        raise GktError(f"timm has no architecture {name!r}" + (f"; did you mean {close}?" if close else ""))
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                  img_size=kwargs.pop("img_size", img_size), **kwargs)
+    except TypeError:  # architectures without an img_size argument (most CNNs)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return TimmNet(model)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to rebuild a network: source registry, name, and keyword arguments."""
+
+    source: str
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "name": self.name, "num_classes": self.num_classes,
+                "in_chans": self.in_chans, "img_size": self.img_size, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        return cls(d["source"], d["name"], int(d["num_classes"]), int(d["in_chans"]), int(d["img_size"]),
+                   dict(d.get("kwargs", {})))
+
+    def build(self) -> nn.Module:
+        if self.source not in NET_SOURCES:
+            raise GktError(f"unknown model source {self.source!r}; known: {', '.join(sorted(NET_SOURCES))}")
+        return NET_SOURCES[self.source](self.name, num_classes=self.num_classes, in_chans=self.in_chans,
+                                        img_size=self.img_size, **copy.deepcopy(self.kwargs))
+
+    def describe(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.kwargs.items())
+        return f"{self.source}:{self.name}" + (f"({extra})" if extra else "")
+
+
+class Classifier(nn.Module):
+    """A classifier that takes *raw* images (``uint8`` or float in [0, 1]) and applies its own
+    preprocessing (channels, resolution, mean/std) before the network."""
+
+    def __init__(self, net: nn.Module, arch: ArchSpec, preprocess: Preprocess, class_names: Sequence[str],
+                 provenance: dict[str, Any] | None = None, name: str | None = None):
+        super().__init__()
+        if len(class_names) != arch.num_classes:
+            raise GktError(f"{len(class_names)} class names for a {arch.num_classes}-class network")
+        self.net = net
+        self.arch = arch
+        self.preprocess = preprocess
+        self.class_names = list(class_names)
+        self.provenance = dict(provenance or {})
+        self.name = name or arch.describe()
+        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preprocess.std).view(1, -1, 1, 1), persistent=False)
+
+    @classmethod
+    def create(cls, arch: ArchSpec, preprocess: Preprocess, class_names: Sequence[str], **kw: Any) -> Classifier:
+        """A freshly initialised classifier of ``arch``."""
+        return cls(arch.build(), arch, preprocess, class_names, **kw)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        p = self.preprocess
+        x = adapt_layout(to_unit_float(images.to(self.mean.device, non_blocking=True)), p.channels, p.input_size)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate, globally pooled features (before the last activation where the net exposes it)."""
+        return self.net.forward_features(self.normalize(images))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def clone(self) -> Classifier:
+        return copy.deepcopy(self)
+
+
+def check_label_space(model: Classifier, class_names: Sequence[str], what: str = "the data") -> None:
+    """Raise a clear error when a model's label space differs from ``class_names``."""
+    if model.num_classes != len(class_names):
+        raise GktError(f"{model.name} predicts {model.num_classes} classes but {what} has {len(class_names)}; "
+                       "models and data must share a label space (a class map can align them)")
+    if list(model.class_names) != list(class_names):
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(model.class_names, class_names)) if a != b][:3]
+        raise GktError(f"{model.name}'s class names differ from {what}'s, e.g. {diff} "
+                       "(index, model, data); align them with a class map")
