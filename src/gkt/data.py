@@ -427,6 +427,10 @@ def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, 
             return load_image_folder(shipped[name], image_size, channels, bad_images, train.class_names)
     if split == "test":
         raise GktError(f"{root}: no val/ or test/ folder to evaluate on")
+    if val_fraction <= 0:
+        if split == "val":
+            raise GktError(f"{root}: no val/ folder; carve one with --val-fraction > 0")
+        return train
     train_idx, val_idx = train_val_split(train.labels, val_fraction, seed)
     return train.subset(train_idx if split == "train" else val_idx, f"{split},val={val_fraction},seed={seed}")
 

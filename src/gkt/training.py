@@ -149,7 +149,8 @@ def convergence_check(model: Classifier, train_set: ImageDataset, test_set: Imag
     and report the test-accuracy change: a finished model gains (almost) nothing."""
     before = baseline_acc if baseline_acc is not None else evaluate(model, test_set, device)
     probe = model.clone()
-    train_supervised(probe, train_set, Recipe(epochs=1, optimizer="sgd", lr=lr, weight_decay=0.0, seed=seed),
+    train_supervised(probe, train_set, Recipe(epochs=1, optimizer="sgd", lr=lr, weight_decay=0.0, seed=seed,
+                                                   batch_size=min(128, len(train_set))),
                      device, desc="convergence check", constant_lr=True)
     after = evaluate(probe, test_set, device)
     return {"lr": lr, "acc_before": before, "acc_after": after, "delta": after - before}

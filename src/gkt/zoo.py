@@ -107,6 +107,7 @@ def _find_built(name: str, zoo_dir: str | Path | None) -> Path | None:
 def load_zoo_model(name: str, zoo_dir: str | Path | None = None) -> Classifier:
     path = _find_built(name, zoo_dir)
     if path is None:
+        get_entry(name)  # unknown names get the list of zoo models
         raise GktError(f"zoo model {name!r} is not built in {zoo_dir or zoo_dir_default()}; run "
                        f"`gkt zoo build --only {name}` (or `gkt zoo build` for the whole zoo)")
     return load_checkpoint(path)

@@ -108,10 +108,11 @@ def _build_timm(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     model = Classifier.create(arch, Preprocess(img_size, in_chans, mean, std), data.class_names)
     if spec.weights:
         tensors = load_weights(spec.weights)
-        missing, unexpected = model.net.model.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise GktError(f"{spec.weights} does not fit timm:{spec.target} with {len(data.class_names)} classes: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        try:
+            model.net.model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise GktError(f"{spec.weights} does not fit timm:{spec.target} with {len(data.class_names)} classes "
+                           f"({str(exc).splitlines()[0]} ...)") from exc
         model.provenance["weights"] = str(Path(spec.weights).resolve())
     return model
 
