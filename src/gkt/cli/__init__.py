@@ -1,0 +1,106 @@
+"""The ``gkt`` command line. Verbs live in ``gkt.cli.<module>`` and register themselves with
+:func:`register_verb`; each run writes one run directory (config, log, results)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gkt import __version__
+from gkt.utils import GktError, new_run_dir, resolve_device, seed_everything, set_threads, write_json
+
+log = logging.getLogger("gkt")
+
+# Modules whose import registers verbs, in the order they appear in --help.
+VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.demo")
+
+
+@dataclass(frozen=True)
+class Verb:
+    path: str  # e.g. "zoo build"
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+VERBS: dict[str, Verb] = {}
+GROUP_HELP: dict[str, str] = {}
+
+
+def register_verb(path: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None
+                  ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register ``run(args) -> exit code`` as the CLI verb ``path`` (one or two words)."""
+
+    def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        VERBS[path] = Verb(path, help, configure, run)
+        return run
+
+    return decorate
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument("--out", default="runs", help="root of run directories (default: ./runs)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    group.add_argument("--data-dir", default=None,
+                       help="directory with the Fashion-MNIST IDX files (else $GKT_DATA, the Debian package, the cache)")
+    group.add_argument("--zoo-dir", default=None, help="where the embedded zoo is cached (default: $GKT_HOME/zoo)")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in VERB_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(
+        prog="gkt", description="General knowledge transfer between any pretrained classifiers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="model specs: zoo:NAME | timm:ARCH[@WEIGHTS][?k=v&...] | file:PATH\n"
+               "data specs:  fmnist | folder:PATH (PATH/train/<class>/*.jpg, PATH/val/...)")
+    parser.add_argument("--version", action="version", version=f"gkt {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for verb in VERBS.values():
+        head, _, tail = verb.path.partition(" ")
+        if tail:
+            if head not in groups:
+                group = verbs.add_parser(head, help=GROUP_HELP.get(head, head))
+                groups[head] = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+            sub = groups[head].add_parser(tail, help=verb.help, description=verb.help)
+        else:
+            sub = verbs.add_parser(head, help=verb.help, description=verb.help)
+        verb.configure(sub)
+        add_common_options(sub)
+        sub.set_defaults(command=verb.path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        set_threads(args.threads)
+        seed_everything(args.seed)
+        args.torch_device = resolve_device(args.device)
+        args.run_dir = new_run_dir(args.out, args.command.replace(" ", "-"))
+        handler = logging.FileHandler(args.run_dir / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir")}
+        write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
+                                                  "device": str(args.torch_device), **config})
+        return VERBS[args.command].run(args)
+    except GktError as exc:
+        print(f"gkt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gkt: interrupted", file=sys.stderr)
+        return 130
