@@ -70,11 +70,11 @@ DEFAULT_ZOO: tuple[ZooEntry, ...] = (
              Recipe(4, "adamw", 2e-3, 0.05, 128, label_smoothing=0.1, augment=("crop",), warmup_epochs=0.5, seed=7),
              {"dim": 128, "depth": 4, "kernel_size": 5, "patch_size": 4}),
     ZooEntry("vit", "vit", "vit",
-             Recipe(6, "adamw", 1e-3, 0.05, 128, augment=("flip",), warmup_epochs=0.5, seed=8),
+             Recipe(5, "adamw", 1e-3, 0.05, 128, augment=("flip",), warmup_epochs=0.5, seed=8),
              {"patch_size": 7, "embed_dim": 96, "depth": 4, "num_heads": 3}, channels=3,
              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     ZooEntry("mixer", "mixer", "mixer",
-             Recipe(5, "adamw", 1e-3, 0.05, 128, label_smoothing=0.1, warmup_epochs=0.5, seed=9),
+             Recipe(4, "adamw", 1e-3, 0.05, 128, label_smoothing=0.1, warmup_epochs=0.5, seed=9),
              {"patch_size": 7, "num_blocks": 4, "embed_dim": 128}),
 )
 
