@@ -25,7 +25,7 @@ from gkt.utils import GktError, cache_home, stable_hash
 log = logging.getLogger(__name__)
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 CONVERGENCE_TOLERANCE = 0.003  # a finished model gains at most 0.3 points from one more epoch
 
 

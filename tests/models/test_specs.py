@@ -129,3 +129,13 @@ def test_zoo_spec_not_built_gives_hint() -> None:
         load_model("zoo:mlp")
     with pytest.raises(GktError, match="no zoo model"):
         load_model("zoo:nonexistent")
+
+
+def test_mlp_is_nonlinear() -> None:
+    """Regression: a class-level default once shadowed the registered activation module."""
+    model = Classifier.create(ArchSpec("zoo", "mlp", 10, 1, 28, {"hidden": [8]}), FMNIST_INFO.preprocess(),
+                              FMNIST_INFO.class_names)
+    assert isinstance(model.net.final_activation[0], torch.nn.ReLU)
+    x = torch.rand(5, 1, 28, 28)
+    f = model.net.forward_features(model.normalize(x))
+    assert torch.allclose(model(x), model.net.head(torch.relu(f)))

@@ -27,9 +27,8 @@ def register_architecture(name: str) -> Callable[[NetBuilder], NetBuilder]:
 
 
 class HeadedNet(nn.Module):
-    """Base for gkt's own networks: ``forward = forward_head(forward_features(x))``."""
-
-    final_activation: nn.Module = nn.Identity()
+    """Base for gkt's own networks: ``forward = head(final_activation(forward_features(x)))``.
+    Subclasses set ``self.head`` and ``self.final_activation`` in ``__init__``."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -47,6 +46,7 @@ class LinearNet(HeadedNet):
 
     def __init__(self, num_classes: int, in_chans: int, img_size: int):
         super().__init__()
+        self.final_activation = nn.Identity()
         self.head = nn.Linear(in_chans * img_size * img_size, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
