@@ -62,3 +62,12 @@ def knowledge_gain_loss(correct_before: torch.Tensor, correct_after: torch.Tenso
     """(gain, loss): share of all samples wrong→right and right→wrong from before to after transfer."""
     before, after = correct_before.bool(), correct_after.bool()
     return (~before & after).double().mean().item(), (before & ~after).double().mean().item()
+
+
+def pairwise_class_flip_counts(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``int64 [M, M, K]``: number of class-k samples that model t gets right and model s wrong.
+    Works on ``[M, M, N]`` flags (no ``[M, N, K]`` intermediate), so it scales to large label spaces."""
+    c = correct.bool()
+    flips = c[:, None, :] & ~c[None, :, :]  # [M, M, N]
+    counts = torch.zeros(c.shape[0], c.shape[0], num_classes, dtype=torch.int32)
+    return counts.index_add_(2, labels.long(), flips.int()).long()
