@@ -1,0 +1,82 @@
+"""Distillation baselines (paper §4.1, appendix B.1): KL, XE-KL, label smoothing, top-k KL, soft CE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gkt.transfer.base import LABELS, TEACHER_LOGITS, Step, TransferMethod, kl_loss, register_method
+from gkt.utils import GktError
+
+
+def _check_weight(lam: float) -> None:
+    if not 0 <= lam <= 1:
+        raise GktError(f"lam must be in [0, 1], got {lam}")
+
+
+@register_method("kl")
+class KLDist(TransferMethod):
+    """KL-Dist (eq. 1): match the teacher's soft targets; no labels."""
+
+    needs = frozenset({TEACHER_LOGITS})
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        return {"kl": kl_loss(step.student_logits, step.targets[TEACHER_LOGITS], self.temperature)}
+
+
+@register_method("xekl")
+class XEKLDist(TransferMethod):
+    """XE-KL-Dist (eq. 2): lam·KL + (1−lam)·cross-entropy on labels."""
+
+    needs = frozenset({TEACHER_LOGITS, LABELS})
+
+    def __init__(self, temperature: float = 1.0, lam: float = 0.5, smoothing: float = 0.0):
+        super().__init__(temperature)
+        _check_weight(lam)
+        if not 0 <= smoothing < 1:
+            raise GktError(f"smoothing must be in [0, 1), got {smoothing}")
+        self.lam, self.smoothing = lam, smoothing
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        kl = kl_loss(step.student_logits, step.targets[TEACHER_LOGITS], self.temperature)
+        xe = F.cross_entropy(step.student_logits, step.labels, label_smoothing=self.smoothing)
+        return {"kl": self.lam * kl, "xe": (1 - self.lam) * xe}
+
+
+@register_method("xekl-ls")
+class XEKLLabelSmoothing(XEKLDist):
+    """XE-KL with label smoothing on the cross-entropy term (baseline)."""
+
+    def __init__(self, temperature: float = 1.0, lam: float = 0.5, smoothing: float = 0.1):
+        super().__init__(temperature, lam, smoothing)
+
+
+@register_method("kl-topk")
+class TopKKL(TransferMethod):
+    """KL restricted to the teacher's top-k classes, both distributions renormalised over them (app. B.1)."""
+
+    needs = frozenset({TEACHER_LOGITS})
+
+    def __init__(self, temperature: float = 1.0, k: int = 5):
+        super().__init__(temperature)
+        if k < 1:
+            raise GktError(f"k must be >= 1, got {k}")
+        self.k = k
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        teacher = step.targets[TEACHER_LOGITS]
+        top = teacher.topk(min(self.k, teacher.shape[-1]), dim=-1).indices
+        return {"kl": kl_loss(step.student_logits.gather(-1, top), teacher.gather(-1, top), self.temperature)}
+
+
+@register_method("ce-soft")
+class SoftCrossEntropy(TransferMethod):
+    """Cross-entropy on the teacher's soft targets instead of KL (appendix B.1); no labels."""
+
+    needs = frozenset({TEACHER_LOGITS})
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        t = self.temperature
+        target = F.softmax(step.targets[TEACHER_LOGITS] / t, -1)
+        ce = -(target * F.log_softmax(step.student_logits / t, -1)).sum(-1).mean()
+        return {"ce_soft": t ** 2 * ce}

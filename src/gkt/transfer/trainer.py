@@ -1,0 +1,274 @@
+"""The one transfer trainer shared by every method.
+
+Per step: one raw batch is augmented once; the frozen models (teacher, and the frozen copy of the
+initial student when the method needs it) produce the batch's *targets* (:meth:`TransferTrainer.targets`,
+the single place a cache can later plug in); the student's outputs and the targets go to the method,
+whose summed losses update the student (and the method's own trainable parts). After every epoch the
+method's result model is evaluated on the held-out split and the full training state is checkpointed,
+so an interrupted run resumes to the same final weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from gkt.augment import compose
+from gkt.data import ImageDataset, iterate_batches
+from gkt.metrics import correctness
+from gkt.models.checkpoint import save_checkpoint
+from gkt.models.classifier import Classifier, check_label_space
+from gkt.models.preprocess import to_unit_float
+from gkt.training import make_optimizer, predict_logits
+from gkt.transfer.base import (FROZEN_LOGITS, STUDENT_FEATURES, TEACHER_FEATURES, TEACHER_LOGITS,
+                               PartitionMethod, Step, TransferMethod, create_method)
+from gkt.transfer.evaluation import partition_quality, plot_history, transfer_metrics, transfer_rates
+from gkt.utils import GktError, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LR = 1e-3  # chosen by the sweep documented in the README ("Transfer")
+STATE_FORMAT = "gkt-transfer-state/1"
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Everything that shapes a transfer run besides the models and the data."""
+
+    method: str = "kl-dp"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 5
+    lr: float = DEFAULT_LR
+    weight_decay: float = 1e-3
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    batch_size: int = 128
+    temperature: float = 1.0
+    augment: tuple[str, ...] = ()
+    seed: int = 0
+    unlabelled: bool = False  # the transfer set's labels must not be used
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferConfig:
+        return cls(**{**d, "augment": tuple(d.get("augment", ()))})
+
+    def build_method(self) -> TransferMethod:
+        method = create_method(self.method, {"temperature": self.temperature, **self.method_args})
+        if self.unlabelled and method.uses_labels:
+            raise GktError(f"method {self.method} needs labels but the transfer set is unlabelled; use a "
+                           "label-free method (kl, kl-topk, ce-soft, kl-dp-unsup)")
+        return method
+
+
+def freeze(model: Classifier) -> Classifier:
+    """Eval mode, no gradients: a teacher or the frozen student."""
+    return model.eval().requires_grad_(False)
+
+
+# How each declared need is produced from the augmented batch ``x``.
+TARGET_PRODUCERS: dict[str, Callable[[TransferTrainer, torch.Tensor], torch.Tensor]] = {
+    TEACHER_LOGITS: lambda trainer, x: trainer.teacher(x),
+    TEACHER_FEATURES: lambda trainer, x: trainer.teacher.features(x),
+    FROZEN_LOGITS: lambda trainer, x: trainer.frozen(x),
+}
+
+
+class TransferTrainer:
+    """Trains ``student`` towards ``teacher`` with ``method``; the student and the method's trainable
+    parts are optimised, the teacher and the frozen student are in eval mode without gradients."""
+
+    def __init__(self, student: Classifier, teacher: Classifier, method: TransferMethod, config: TransferConfig,
+                 device: torch.device, transfer_set: ImageDataset):
+        check_label_space(teacher, student.class_names, f"the student {student.name}")
+        if len(transfer_set) < config.batch_size:
+            raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
+                           f"{config.batch_size}; lower --batch-size or raise --fraction")
+        self.config, self.device, self.method, self.transfer_set = config, device, method, transfer_set
+        self.teacher = freeze(teacher).to(device)
+        self.student = student.to(device).eval()
+        self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
+        example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
+        method.setup(self.student, self.teacher, len(transfer_set), to_unit_float(example.to(device)))
+        method.to(device)
+        self.optimizer = make_optimizer([*student.parameters(), *method.parameters()], config.optimizer,
+                                        config.lr, config.weight_decay, config.momentum)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.augment = compose(config.augment)
+        self.epoch = 0
+        self.step = 0
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen models' outputs the method declared it needs, for one augmented batch."""
+        return {need: TARGET_PRODUCERS[need](self, x) for need in self.method.needs if need in TARGET_PRODUCERS}
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the transfer set; returns the mean of each loss term and their total."""
+        self.student.train()
+        self.method.train()
+        steps = len(self.transfer_set) // self.config.batch_size
+        sums: dict[str, torch.Tensor] = {}
+        batches = iterate_batches(self.transfer_set, self.config.batch_size, shuffle=True, generator=self.generator,
+                                  drop_last=True)
+        for images, labels, indices in tqdm(batches, total=steps, desc=f"transfer {self.epoch + 1}/{self.config.epochs}",
+                                            leave=False, disable=None):
+            x = self.augment(to_unit_float(images.to(self.device, non_blocking=True)), self.generator)
+            step = Step(self.student(x), self.targets(x), indices, self.generator,
+                        labels=labels.to(self.device) if self.method.uses_labels else None,
+                        student_features=self.student.features(x) if STUDENT_FEATURES in self.method.needs else None)
+            losses = self.method(step)
+            total = torch.stack(list(losses.values())).sum()
+            if not torch.isfinite(total):
+                parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                raise GktError(f"transfer loss became {total.item()} ({parts}) in epoch {self.epoch + 1}, step "
+                               f"{self.step + 1}; the run is marked failed and no model was saved — lower --lr or "
+                               "--temperature")
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.method.after_step(self.student, self.step)
+            self.step += 1
+            for key, value in {**losses, "loss": total}.items():
+                sums[key] = sums.get(key, 0) + value.detach()
+        self.epoch += 1
+        return {("train_loss" if k == "loss" else f"loss_{k}"): (v / steps).item() for k, v in sums.items()}
+
+    def result(self) -> Classifier:
+        return self.method.result(self.student)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"format": STATE_FORMAT, "epoch": self.epoch, "step": self.step,
+                 "student": self.student.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "method": self.method.state_dict(), "generator": self.generator.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise GktError(f"not a gkt transfer state (format {state.get('format')!r})")
+        self.student.net.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+@dataclass
+class TransferOutcome:
+    model: Classifier  # the transferred student (MCL: the slow weights)
+    history: list[dict[str, Any]]  # epoch 0 = before transfer
+    final: dict[str, Any]
+    checkpoint: Path | None
+
+
+def load_state(run_dir: str | Path) -> dict[str, Any]:
+    """The last epoch's training state of a transfer run directory (for ``--resume``)."""
+    path = Path(run_dir) / "state.pt"
+    if not path.is_file():
+        raise GktError(f"{run_dir}: no state.pt (a transfer run writes it after each finished epoch)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_history(history: list[dict[str, Any]], path: Path) -> None:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDataset, test_set: ImageDataset,
+                 config: TransferConfig, device: torch.device, run_dir: Path | None = None,
+                 resume: dict[str, Any] | None = None,
+                 on_epoch: Callable[[TransferTrainer], None] | None = None) -> TransferOutcome:
+    """Transfer ``teacher`` → ``student`` on ``transfer_set`` and evaluate on ``test_set`` after every epoch.
+    With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``, ``plot.png``
+    and the transferred student as ``student.safetensors`` + ``.json``; a diverged run writes
+    ``final.json`` with ``status: failed`` and no model. ``resume`` is a :func:`load_state` result."""
+    start = time.perf_counter()
+    method = config.build_method()
+    labels = test_set.labels
+    correct_teacher = correctness(predict_logits(teacher, test_set, device, desc="teacher"), labels)
+    correct_before = correctness(predict_logits(student, test_set, device, desc="student"), labels)
+    trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set)
+    history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
+    if resume is not None:
+        trainer.load_state_dict(resume)
+        history = list(resume["history"])
+    quality = None
+    if isinstance(method, PartitionMethod) and not config.unlabelled:
+        quality = partition_quality(*_transfer_set_partition(trainer, student, transfer_set, device))
+    base = {"student": student.name, "teacher": teacher.name, "method": config.method,
+            "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
+            "acc_student_before": correct_before.double().mean().item()}
+    correct_after = None
+    try:
+        while trainer.epoch < config.epochs:
+            epoch_start = time.perf_counter()
+            losses = trainer.train_epoch()
+            correct_after = correctness(predict_logits(trainer.result(), test_set, device, desc="evaluate"), labels)
+            row = {"epoch": trainer.epoch, **losses,
+                   **transfer_metrics(labels, correct_teacher, correct_before, correct_after),
+                   "seconds": round(time.perf_counter() - epoch_start, 2)}
+            history.append(row)
+            log.info("epoch %d/%d: loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
+                     config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
+                     100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
+            if run_dir is not None:
+                write_history(history, run_dir / "metrics.csv")
+                with atomic_path(run_dir / "state.pt") as tmp:
+                    torch.save({**trainer.state_dict(), "history": history}, tmp)
+            if on_epoch is not None:
+                on_epoch(trainer)
+    except GktError as exc:
+        if run_dir is not None:
+            write_json(run_dir / "final.json", {"status": "failed", "error": str(exc), **base,
+                                                "config": config.to_dict(), "history": history})
+        raise
+    if correct_after is None:  # resumed a run that had already finished its epochs
+        correct_after = correctness(predict_logits(trainer.result(), test_set, device), labels)
+    final = {"status": "ok", **base, **{k: v for k, v in history[-1].items() if k != "seconds"},
+             **transfer_rates(correct_teacher, correct_before, correct_after, labels, test_set.num_classes),
+             "partition_quality": quality, "config": config.to_dict(),
+             "seconds": round(time.perf_counter() - start, 1)}
+    model = trainer.result().cpu().eval()
+    model.provenance = {"transfer": {k: final[k] for k in ("student", "teacher", "method", "method_args",
+                                                             "acc_student_before", "acc", "delta_transf")},
+                        "student_provenance": student.provenance}
+    checkpoint = None
+    if run_dir is not None:
+        checkpoint = save_checkpoint(model, run_dir / "student")
+        final["checkpoint"] = f"file:{checkpoint.with_suffix('')}"
+        write_json(run_dir / "final.json", final)
+        plot_history(history, run_dir / "plot.png", f"{teacher.name} → {student.name} ({config.method})",
+                     final["acc_teacher"])
+    return TransferOutcome(model, history, final, checkpoint)
+
+
+@torch.no_grad()
+def _transfer_set_partition(trainer: TransferTrainer, student: Classifier, transfer_set: ImageDataset,
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(teacher mask, teacher correct, frozen student correct) on the un-augmented transfer set."""
+    method = trainer.method
+    teacher_logits = predict_logits(trainer.teacher, transfer_set, device, desc="teacher (transfer set)")
+    frozen_logits = predict_logits(student, transfer_set, device, desc="student (transfer set)")
+    labels = transfer_set.labels
+    mask = method.teacher_mask(teacher_logits, frozen_logits, labels if method.uses_labels else None)
+    return mask, correctness(teacher_logits, labels), correctness(frozen_logits, labels)

@@ -1,0 +1,123 @@
+"""``gkt transfer`` end to end on tiny data: outputs, resume, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gkt.cli import main
+from gkt.data import FASHION_MNIST_CLASSES
+from gkt.models import ArchSpec, Classifier, Preprocess, load_model, save_checkpoint, weights_hash
+from gkt.transfer import METHODS, TransferTrainer
+from gkt.transfer.kl import KLDist
+
+
+def write_model(path: Path, seed: int, names: list[str] = FASHION_MNIST_CLASSES, hidden: int = 16) -> str:
+    torch.manual_seed(seed)
+    model = Classifier.create(ArchSpec("zoo", "mlp", len(names), 1, 14, {"hidden": [hidden], "dropout": 0.2}),
+                              Preprocess(14, 1, (0.5,), (0.3,)), names)
+    save_checkpoint(model, path)
+    return f"file:{path}"
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> tuple[str, str]:
+    return write_model(tmp_path / "student", 1), write_model(tmp_path / "teacher", 2, hidden=8)
+
+
+def run(tmp_path: Path, fmnist: Path, *extra: str) -> tuple[int, Path | None]:
+    out = tmp_path / "runs"
+    before = set(out.iterdir()) if out.exists() else set()
+    code = main(["transfer", "--data-dir", str(fmnist), "--fraction", "1.0", "--batch-size", "8", "--lr", "0.05",
+                 "--out", str(out), "--threads", "1", *extra])
+    new = sorted(set(out.iterdir()) - before) if out.exists() else []
+    return code, (new[0] if new else None)
+
+
+def test_end_to_end(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str],
+                    capsys: pytest.CaptureFixture) -> None:
+    student, teacher = models
+    student_hash = weights_hash(load_model(student))
+    code, run_dir = run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method", "kl-dp",
+                        "--epochs", "2", "--augment", "flip")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Δtransf" in out and "partition on the transfer set" in out and "transfer rate" in out
+    for name in ("config.json", "resolved_config.json", "metrics.csv", "final.json", "plot.png", "state.pt",
+                 "student.safetensors", "student.json", "log.txt"):
+        assert (run_dir / name).is_file(), name
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,acc,delta_transf") and len(lines) == 4  # header + epochs 0, 1, 2
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["status"] == "ok" and final["method"] == "kl-dp" and 0 <= final["knowledge_gain"] <= 1
+    assert set(final["partition_quality"]) == {"pos_flips_to_teacher", "neg_flips_to_teacher", "samples_to_teacher"}
+    transferred = load_model(final["checkpoint"])
+    assert transferred.provenance["transfer"]["teacher"] == teacher
+    assert weights_hash(load_model(student)) == student_hash  # the input was not overwritten
+    assert (run_dir / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("method", ["xekl-mcl", "crd"])
+def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str],
+                                             monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    student, teacher = models
+    args = ("--student", student, "--teacher", teacher, "--method", method, "--epochs", "3", "--augment", "flip",
+            "crop", "--seed", "4")
+    code, full = run(tmp_path, tiny_fmnist_dir, *args)
+    assert code == 0
+    original = TransferTrainer.train_epoch
+
+    def interrupted(self: TransferTrainer) -> dict[str, float]:
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(TransferTrainer, "train_epoch", interrupted)
+    code, broken = run(tmp_path, tiny_fmnist_dir, *args)
+    assert code == 130 and not (broken / "student.safetensors").exists()
+    monkeypatch.setattr(TransferTrainer, "train_epoch", original)
+    code, resumed = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken), "--seed", "99")
+    assert code == 0
+    a = load_model(f"file:{full / 'student'}").net.state_dict()
+    b = load_model(f"file:{resumed / 'student'}").net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed / "final.json").read_text())["acc"] == json.loads((full / "final.json").read_text())["acc"]
+    assert len((resumed / "metrics.csv").read_text().splitlines()) == 5  # history carried over: header + epochs 0-3
+
+
+def test_nan_loss_fails_cleanly(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str],
+                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    class Exploding(KLDist):
+        """Returns NaN from the second step."""
+
+        def forward(self, step):  # type: ignore[no-untyped-def]
+            loss = super().forward(step)["kl"]
+            self.calls = getattr(self, "calls", 0) + 1
+            return {"kl": loss * float("nan") if self.calls > 1 else loss}
+
+    monkeypatch.setitem(METHODS, "exploding", Exploding)
+    student, teacher = models
+    code, run_dir = run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method", "exploding")
+    err = capsys.readouterr().err
+    assert code == 2 and "transfer loss became nan" in err and "step 2" in err and "Traceback" not in err
+    assert json.loads((run_dir / "final.json").read_text())["status"] == "failed"
+    assert not (run_dir / "student.safetensors").exists()
+
+
+def test_bad_input(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str],
+                   capsys: pytest.CaptureFixture) -> None:
+    student, teacher = models
+    assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method", "dpkl")[0] == 2
+    assert "unknown transfer method 'dpkl'; known methods: cd, ce-soft, crd, kl, kl-dp" in capsys.readouterr().err
+    assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--unlabelled")[0] == 2
+    assert "needs labels but the transfer set is unlabelled" in capsys.readouterr().err
+    other = write_model(tmp_path / "other", 3, names=[f"c{i}" for i in range(10)])
+    assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", other)[0] == 2
+    assert "class names differ" in capsys.readouterr().err
+    assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method-arg", "lam")[0] == 2
+    assert "expects K=V" in capsys.readouterr().err
+    assert run(tmp_path, tiny_fmnist_dir, "--resume", str(tmp_path))[0] == 2
+    assert "not a run directory" in capsys.readouterr().err
