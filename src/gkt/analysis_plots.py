@@ -123,19 +123,16 @@ def semantic_top_x(a: Analysis, student: str | None) -> Figure | None:
     if a.similarity is None:
         return None
     mask = a.pair_mask
-    labels, means, errs, sizes = [], [], [], []
+    labels, means, errs = [], [], []
     for x, rel in a.semantic_rel.items():
         v = 100 * rel[mask]
         v = v[~v.isnan()]
-        labels.append(f"top-{x_label(x)}")
+        size = a.classes_holding[x][mask].clamp_min(2).double().mean().item()
+        labels.append(f"top-{x_label(x)}\n({size:.1f} classes)")
         means.append(v.mean().item())
         errs.append((v.std() / len(v) ** 0.5).item() if len(v) > 1 else 0.0)
-        sizes.append(a.classes_holding[x][mask].clamp_min(2).double().mean().item())
     fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
-    bars = ax.bar(labels, means, yerr=errs, capsize=4, color="darkseagreen", edgecolor="black", linewidth=0.5)
-    for bar, n in zip(bars, sizes):
-        ax.annotate(f"{n:.1f} classes", (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 4),
-                    textcoords="offset points", ha="center", fontsize=8)
+    ax.bar(labels, means, yerr=errs, capsize=4, color="darkseagreen", edgecolor="black", linewidth=0.5)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("classes holding the top-X% of positive flips (at least 2)")
     ax.set_ylabel("similarity vs. mean class similarity [%]")
@@ -179,7 +176,7 @@ def gains_bars(a: Analysis, student: str | None) -> Figure | None:
     view = a.gains(student)
     rows = list(reversed(view.rows))
     y = torch.arange(len(rows)).double().numpy()
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2.2), layout="constrained")
     ax.barh(y + 0.2, [100 * r.rho_pos for r in rows], height=0.4, color="seagreen", label="ρ_pos (teacher right, student wrong)")
     ax.barh(y - 0.2, [100 * r.rho_neg for r in rows], height=0.4, color="indianred", label="ρ_neg (student right, teacher wrong)")
     ax.set_yticks(y, [f"{_short(r.teacher)} (Δacc {100 * r.delta_acc:+.1f})" for r in rows], fontsize=9)
@@ -189,7 +186,7 @@ def gains_bars(a: Analysis, student: str | None) -> Figure | None:
     ax.set_xlabel("% of samples")
     ax.set_title(f"Where to find gains for {_short(student)} (acc {100 * view.acc_student:.1f}%); "
                  f"all teachers together: {100 * view.any_teacher_rho_pos:.1f}%", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     ax.grid(axis="x", alpha=0.3)
     return fig
 
