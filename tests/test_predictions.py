@@ -60,6 +60,7 @@ def test_n_models_cost_n_forward_passes(blobs, monkeypatch: pytest.MonkeyPatch) 
     calls.clear()
     second = analyze(models, blobs, CPU, batch_size=len(blobs), semantic=False, seed=7)
     assert calls == []  # everything comes from the store
+    assert all(p.from_store for p in get_many(models, blobs, CPU))
     assert torch.equal(first.rho_pos, second.rho_pos) and torch.equal(first.random.rho_pos, second.random.rho_pos)
     get_many(models, blobs, CPU, batch_size=len(blobs), refresh=True)
     assert len(calls) == len(models)

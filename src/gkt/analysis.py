@@ -452,6 +452,9 @@ def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.d
     store = {"batch_size": batch_size, "topk": topk, "root": store_root, "refresh": refresh}
     preds = get_many(models, dataset, device, **store)
     random_preds = get_many(random_teachers(models, seed), dataset, device, **store) if random_baseline else []
+    stored = sum(p.from_store for p in [*preds, *random_preds])
+    log.info("forward passes: %d run, %d reused from the prediction store", len(preds) + len(random_preds) - stored,
+             stored)
     similarity, note = None, "disabled"
     if semantic:
         try:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ class Predictions:
     topk_logits: torch.Tensor | None = None  # float16 [N, k] for large label spaces
     topk_indices: torch.Tensor | None = None  # long [N, k]
     key: str = ""
+    from_store: bool = False  # read from the store rather than computed by this call
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -190,12 +192,15 @@ def get_predictions(model: Classifier, dataset: ImageDataset, device: torch.devi
             stored = load_predictions(path, model.name)
             if torch.equal(stored.labels, dataset.labels) and stored.num_classes == model.num_classes:
                 log.debug("predictions of %s on %s: stored (%s)", model.name, dataset.name, path)
-                return stored
+                return replace(stored, from_store=True)
             log.warning("%s: stored labels do not match %s; recomputing", path, dataset.name)
         except GktError as exc:
             log.warning("%s; recomputing", exc)
+    start = time.perf_counter()
     preds = compute_predictions(model, dataset, device, batch_size, keep, key)
     save_predictions(preds, path, dataset.name)
+    log.info("predicted %s on %s (%d samples) in %.1fs", model.name, dataset.name, len(dataset),
+             time.perf_counter() - start)
     return preds
 
 
