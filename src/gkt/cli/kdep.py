@@ -1,0 +1,175 @@
+"""``gkt kdep pretrain|finetune|benchmark``: KDEP feature distillation as efficient pre-training."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gkt.cli import GROUP_HELP, register_verb
+from gkt.report import format_table
+from gkt.utils import write_json
+
+GROUP_HELP["kdep"] = "KDEP: pre-train a new architecture from a teacher's features, fine-tune, benchmark"
+
+
+def _add_recipe(p: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int) -> None:
+    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, warm-up + cosine (default {lr})")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer (default sgd, momentum 0.9)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+    p.add_argument("--augment", nargs="*", default=[], metavar="AUG",
+                   help="batch augmentations (flip, crop, erase); default none")
+
+
+def _recipe(args: argparse.Namespace):
+    from gkt.training import Recipe
+
+    return Recipe(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                  batch_size=args.batch_size, augment=tuple(args.augment), seed=args.seed)
+
+
+def _add_data(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    p.add_argument("--data", default=default, required=default is None,
+                   help=f"{what} data spec: fmnist | digits (scikit-learn, 28x28) | folder:PATH")
+    p.add_argument("--classes", default=None, help="keep only these classes, relabelled in order (e.g. 0-4, 5,7)")
+
+
+def _configure_pretrain(p: argparse.ArgumentParser) -> None:
+    from gkt.kdep import OBJECTIVES
+
+    p.add_argument("--teacher", default=None, help="teacher model spec (zoo:NAME, file:PATH, timm:ARCH@W)")
+    p.add_argument("--student-arch", required=True,
+                   help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v]")
+    _add_data(p, "fmnist", "pre-training")
+    p.add_argument("--fraction", type=float, default=0.1, help="stratified share of the data (default 0.1)")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default="kdep", help="pre-training loss (default kdep)")
+    p.add_argument("--loss-w", type=float, default=3.0, help="KDEP loss weight (default 3)")
+    p.add_argument("--pts-temperature", type=float, default=0.1, help="PTS temperature T (default 0.1)")
+    p.add_argument("--pts-power", type=float, default=3.0, help="PTS power n (default 3)")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="logit-KD temperature (default 4)")
+    p.add_argument("--teacher-layer", default="auto",
+                   help="teacher feature: auto | features | MODULE[:in|:out] of the net (default auto)")
+    p.add_argument("--student-layer", default="auto", help="student feature, as --teacher-layer")
+    p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/student)")
+    _add_recipe(p, epochs=10, lr=0.05, batch_size=128)
+
+
+@register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
+               _configure_pretrain)
+def kdep_pretrain(args: argparse.Namespace) -> int:
+    from gkt.datasets_extra import load_data
+    from gkt.kdep import ObjectiveConfig, build_student, load_teacher, pretrain
+    from gkt.models import save_checkpoint
+
+    data = load_data(args.data, "train", classes=args.classes, fraction=args.fraction, seed=args.seed,
+                     data_dir=args.data_dir)
+    teacher = load_teacher(args.teacher, data) if args.teacher else None
+    names = teacher.class_names if args.objective == "logit-kd" and teacher else data.class_names
+    student = build_student(args.student_arch, data, names, seed=args.seed)
+    cfg = ObjectiveConfig(loss_w=args.loss_w, pts_temperature=args.pts_temperature, pts_power=args.pts_power,
+                          kd_temperature=args.kd_temperature, teacher_layer=args.teacher_layer,
+                          student_layer=args.student_layer)
+    result = pretrain(student, data, args.objective, _recipe(args), args.torch_device, teacher=teacher, cfg=cfg)
+    output = Path(args.output) if args.output else args.run_dir / "student"
+    path = save_checkpoint(result.student.cpu(), output)
+    metrics = {"objective": args.objective, "data": data.name, "samples": len(data), "losses": result.losses,
+               "seconds": round(result.seconds, 2), "train_seconds": round(result.train_seconds, 2),
+               "checkpoint": str(path), **result.info}
+    write_json(args.run_dir / "pretrain.json", metrics)
+    print(format_table([{k: v for k, v in metrics.items() if k not in ("losses", "checkpoint")}]))
+    print(f"\nloss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} over {len(result.losses)} epochs; "
+          f"student: file:{path.with_suffix('')}")
+    return 0
+
+
+def _configure_finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="pre-trained model spec (e.g. file:RUN_DIR/student)")
+    _add_data(p, None, "downstream")
+    p.add_argument("--per-class", type=int, default=None, help="train on this many samples per class (seeded)")
+    p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/finetuned)")
+    _add_recipe(p, epochs=15, lr=0.02, batch_size=64)
+
+
+@register_verb("kdep finetune", "new head + full fine-tuning of a (pre-trained) model on a downstream dataset",
+               _configure_finetune)
+def kdep_finetune(args: argparse.Namespace) -> int:
+    from gkt.datasets_extra import load_data
+    from gkt.kdep import finetune
+    from gkt.models import load_model, save_checkpoint
+
+    train = load_data(args.data, "train", classes=args.classes, per_class=args.per_class, seed=args.seed,
+                      data_dir=args.data_dir)
+    test = load_data(args.data, "test", classes=args.classes, data_dir=args.data_dir)
+    model, acc = finetune(load_model(args.model), train, test, _recipe(args), args.torch_device)
+    path = save_checkpoint(model.cpu(), Path(args.output) if args.output else args.run_dir / "finetuned")
+    write_json(args.run_dir / "finetune.json", {"model": args.model, "train": train.name, "test": test.name,
+                                                "train_samples": len(train), "test_samples": len(test),
+                                                "test_acc": acc, "checkpoint": str(path)})
+    print(f"{args.model} fine-tuned on {len(train)} samples of {train.name}: test accuracy {100 * acc:.2f}% "
+          f"on {len(test)} samples; model: file:{path.with_suffix('')}")
+    return 0
+
+
+def _configure_benchmark(p: argparse.ArgumentParser) -> None:
+    from gkt.kdep import BenchmarkConfig
+
+    d = BenchmarkConfig()
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 seed, 1 epoch, tiny pools)")
+    p.add_argument("--teacher", default=d.teacher,
+                   help="teacher spec, or 'split' (default): the zoo ResNet recipe trained on the pre-training "
+                        "classes only (cached), so it has never seen downstream classes")
+    p.add_argument("--student-arch", default=d.student_arch, help=f"student architecture (default {d.student_arch})")
+    p.add_argument("--pretrain-data", default=d.pretrain_data, help="pre-training data spec (default fmnist)")
+    p.add_argument("--pretrain-classes", default=d.pretrain_classes, help="pre-training classes (default 0-4)")
+    p.add_argument("--fraction", type=float, default=d.fraction, help="share for the 10%% arms (default 0.1)")
+    p.add_argument("--downstream", nargs="+", default=list(d.downstream),
+                   help="downstream tasks DATA[CLASSES] (default: fmnist[5-9] digits; add folder:PATH)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="seeds (default 0 1 2)")
+    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_recipe.epochs, help="pre-training epochs")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_recipe.epochs, help="fine-tuning epochs")
+    p.add_argument("--finetune-per-class", type=int, default=d.finetune_per_class,
+                   help="downstream training samples per class (default 100)")
+    p.add_argument("--loss-w", type=float, default=d.objective.loss_w, help="KDEP / linear-align loss weight")
+
+
+@register_verb("kdep benchmark", "KDEP vs supervised / logit-KD / learned-alignment / no pre-training, "
+               "each followed by the same fine-tuning", _configure_benchmark)
+def kdep_benchmark(args: argparse.Namespace) -> int:
+    from gkt.kdep import BenchmarkConfig, plot_benchmark, run_benchmark
+
+    d = BenchmarkConfig()
+    cfg = BenchmarkConfig(teacher=args.teacher, student_arch=args.student_arch, pretrain_data=args.pretrain_data,
+                          pretrain_classes=args.pretrain_classes, fraction=args.fraction,
+                          downstream=tuple(args.downstream), seeds=tuple(args.seeds),
+                          pretrain_recipe=replace(d.pretrain_recipe, epochs=args.pretrain_epochs),
+                          finetune_recipe=replace(d.finetune_recipe, epochs=args.finetune_epochs),
+                          finetune_per_class=args.finetune_per_class,
+                          objective=replace(d.objective, loss_w=args.loss_w))
+    cfg = cfg.quick() if args.quick else cfg
+    write_json(args.run_dir / "benchmark_config.json", cfg.to_dict())
+    start = time.perf_counter()
+    result = run_benchmark(cfg, args.torch_device, data_dir=args.data_dir, progress=print)
+    with open(args.run_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(result.rows[0]))
+        writer.writeheader()
+        writer.writerows(result.rows)
+    write_json(args.run_dir / "results.json", {"config": cfg.to_dict(), "teacher": result.teacher,
+                                               "rows": result.rows, "summary": result.summary})
+    columns = ["method", "pretrain_samples", "pretrain_s", *cfg.downstream, "mean"]
+    table = format_table(result.summary, columns)
+    (args.run_dir / "table.md").write_text(format_table(result.summary, columns, markdown=True) + "\n")
+    title = (f"{cfg.student_arch} pre-trained on {cfg.pretrain_data}[{cfg.pretrain_classes}], "
+             f"{len(cfg.seeds)} seed(s); downstream: {', '.join(cfg.downstream)}")
+    plot_benchmark(result.summary, args.run_dir / "accuracy_vs_time.png", title)
+    teacher = result.teacher
+    print(f"\nteacher: {teacher.get('spec', '-')}"
+          + (f", test acc {100 * teacher['test_acc']:.2f}%" if teacher.get("test_acc") is not None else "")
+          + (f", trained in {teacher['train_seconds']}s (once, cached)" if teacher.get("train_seconds") else ""))
+    print(f"downstream accuracy (%, mean ± std over seeds {list(cfg.seeds)}) and pre-training wall time "
+          f"(s, incl. teacher passes and SVD):\n{table}")
+    print(f"\nbenchmark finished in {time.perf_counter() - start:.0f}s; table, CSV and plot in {args.run_dir}")
+    return 0
