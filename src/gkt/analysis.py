@@ -270,7 +270,9 @@ class Analysis:
                 "accuracy": self.random.accuracy.tolist(), "chance_1_over_c": 1 / self.num_classes,
                 "rho_pos_mean": self.random.rho_pos.mean().item(), "rho_pos_max": self.random.rho_pos.max().item(),
                 "pair_over_random_min": ratio.min().item(), "pair_over_random_median": ratio.median().item(),
-                "share_pairs_above_5x_random": (ratio > 5).double().mean().item()}
+                "share_pairs_above_5x_random": (ratio > 5).double().mean().item(),
+                "share_pairs_above_every_random_teacher":
+                    (self.rho_pos > self.random.rho_pos.amax(0)[None, :])[mask].double().mean().item()}
         if self.similarity is not None:
             out["semantic"] = {"available": True, "model": self.similarity.model,
                                "mean_class_similarity": self.similarity.mean_offdiagonal,

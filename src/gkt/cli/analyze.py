@@ -118,7 +118,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"- random-init teachers ({len(rb['teachers'])} architectures, seed {rb['seed']}): ρ_pos mean "
               f"{_pct(rb['rho_pos_mean'])}, max {_pct(rb['rho_pos_max'])}; each pair vs its student's random "
               f"baseline: min {rb['pair_over_random_min']:.1f}×, median {rb['pair_over_random_median']:.1f}×, "
-              f"{_pct(rb['share_pairs_above_5x_random'])} of pairs above 5×")
+              f"{_pct(rb['share_pairs_above_5x_random'])} of pairs above 5×, "
+              f"{_pct(rb['share_pairs_above_every_random_teacher'])} above every random teacher")
     ent = summary["entropy"]
     mm = ent["miller_madow"]
     print(f"- entropy of the per-class flip distribution (uniform = ln {summary['classes']} = {ent['uniform_ln_c']:.3f}): "
