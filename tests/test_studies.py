@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gkt.studies import LocalBackend, RayBackend, ResultsStore, expand_grid, job_key, run_study
+
+
+def seeded_job(config: dict) -> dict:
+    """A small deterministic torch computation standing in for a transfer run."""
+    g = torch.Generator().manual_seed(config["seed"])
+    w = torch.randn(8, 8, generator=g) * config["scale"]
+    if config.get("fail"):
+        raise ValueError("asked to fail")
+    return {"value": float(torch.linalg.matrix_norm(w @ w.T)), "seed": config["seed"]}
+
+
+GRID = {"seed": [0, 1, 2], "scale": [0.5, 2.0]}
+
+
+def test_expand_grid_and_keys() -> None:
+    jobs = expand_grid({"method": "kl"}, GRID, skip=lambda j: j["seed"] == 2 and j["scale"] == 2.0)
+    assert len(jobs) == 5 and jobs[0] == {"method": "kl", "seed": 0, "scale": 0.5}
+    assert job_key({"a": 1, "b": 2}) == job_key({"b": 2, "a": 1})
+
+
+def test_rerun_skips_done_jobs_and_records_failures(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "r.sqlite")
+    jobs = expand_grid({}, GRID) + [{"seed": 9, "scale": 1.0, "fail": True}]
+    counts = run_study(seeded_job, jobs, store, LocalBackend(1))
+    assert counts == {"total": 7, "skipped": 0, "done": 6, "failed": 1}
+    assert "asked to fail" in store.rows("failed")[0].metrics["error"]
+    again = run_study(seeded_job, jobs, store, LocalBackend(1))
+    assert again["skipped"] == 7 and again["done"] == 0
+    assert len(store.records()) == 6
+
+
+def test_local_pool_matches_inline(tmp_path: Path) -> None:
+    jobs = expand_grid({}, GRID)
+    inline, pooled = ResultsStore(tmp_path / "a.sqlite"), ResultsStore(tmp_path / "b.sqlite")
+    run_study(seeded_job, jobs, inline, LocalBackend(1))
+    run_study(seeded_job, jobs, pooled, LocalBackend(2, threads=1))
+    assert [(r.key, r.metrics) for r in inline.rows()] == [(r.key, r.metrics) for r in pooled.rows()]
+
+
+def test_killed_study_resumes_only_missing(tmp_path: Path) -> None:
+    """SIGKILL a study mid-way; the re-run finishes only the jobs without a row."""
+    db = tmp_path / "kill.sqlite"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_studies import seeded_job
+        from gkt.studies import LocalBackend, ResultsStore, expand_grid, run_study
+
+        def slow(config):
+            if config["seed"] >= 1:
+                time.sleep(60)
+            return seeded_job(config)
+
+        run_study(slow, expand_grid({{}}, {GRID!r}), ResultsStore({str(db)!r}), LocalBackend(1))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    store = ResultsStore(db)
+    for _ in range(600):
+        if len(store.done_keys()) >= 2 or proc.poll() is not None:
+            break
+        import time
+
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(store.done_keys()) == 2  # seed 0 x both scales
+    counts = run_study(seeded_job, expand_grid({}, GRID), store, LocalBackend(1))
+    assert counts["skipped"] == 2 and counts["done"] == 4
+    full = ResultsStore(tmp_path / "full.sqlite")
+    run_study(seeded_job, expand_grid({}, GRID), full, LocalBackend(1))
+    assert [(r.key, r.metrics) for r in store.rows()] == [(r.key, r.metrics) for r in full.rows()]
+
+
+def test_ray_backend_matches_local(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    jobs = expand_grid({}, GRID)
+    local, remote = ResultsStore(tmp_path / "l.sqlite"), ResultsStore(tmp_path / "r.sqlite")
+    run_study(seeded_job, jobs, local, LocalBackend(1))
+    run_study(seeded_job, jobs, remote, RayBackend(local_cpus=2))
+    assert [(r.key, r.config, r.metrics) for r in local.rows()] == [(r.key, r.config, r.metrics) for r in remote.rows()]
