@@ -83,25 +83,28 @@ def entropy_vs_rho_pos(a: Analysis, student: str | None) -> Figure:
 
 
 def _weak_equal_strong(a: Analysis, student: str | None) -> list[tuple[str, int, int]]:
-    """The pairs with the weakest, the most equal and the strongest teacher (for ``student`` if given)."""
+    """The distinct pairs with the weakest, the closest and the strongest teacher (for ``student`` if given),
+    in order of Δacc."""
     mask = a.pair_mask.clone()
     if student is not None:
         mask &= torch.arange(len(a.models))[None, :] == a.index(student)
     dacc = a.delta_acc.masked_fill(~mask, float("nan"))
     flat = dacc.view(-1)
-    picks = {"weak teacher": flat.nan_to_num(float("inf")).argmin(),
-             "equal accuracy": flat.abs().nan_to_num(float("inf")).argmin(),
-             "strong teacher": flat.nan_to_num(float("-inf")).argmax()}
+    picks = {"weakest teacher": flat.nan_to_num(float("inf")).argmin(),
+             "closest accuracy": flat.abs().nan_to_num(float("inf")).argmin(),
+             "strongest teacher": flat.nan_to_num(float("-inf")).argmax()}
     m = len(a.models)
-    return [(label, int(i) // m, int(i) % m) for label, i in picks.items()]
+    unique = {int(i): label for label, i in reversed(picks.items())}  # a pair picked twice keeps its first label
+    return [(label, i // m, i % m) for i, label in sorted(unique.items(), key=lambda item: dacc.view(-1)[item[0]])]
 
 
 @register_figure("fig2a_per_class_sorted")
 def per_class_sorted(a: Analysis, student: str | None) -> Figure:
     """Fig. 2a: sorted per-class complementary knowledge (flips as % of the class's samples)."""
     picks = _weak_equal_strong(a, student)
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.6 * len(picks), 4.6), layout="constrained", sharey=True)
-    for ax, (label, t, s) in zip(axes, picks):
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.6 * len(picks) + 0.8, 4.6), layout="constrained", sharey=True,
+                             squeeze=False)
+    for ax, (label, t, s) in zip(axes[0], picks):
         order = a.class_order[t, s]
         rates = (100 * a.class_rate[t, s, order]).numpy()
         ax.bar(range(a.num_classes), rates, color="steelblue")
@@ -113,7 +116,7 @@ def per_class_sorted(a: Analysis, student: str | None) -> Figure:
         ax.set_title(f"{label} (Δacc {100 * a.delta_acc[t, s]:+.1f})\n{_short(a.models[t])} → {_short(a.models[s])}, "
                      f"ρ_pos {100 * a.rho_pos[t, s]:.1f}%", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("complementary knowledge per class\n[% of the class's samples]")
+    axes[0, 0].set_ylabel("complementary knowledge per class\n[% of the class's samples]")
     return fig
 
 
