@@ -8,6 +8,7 @@ tasks, for a cluster). Both write the same rows to the same SQLite table.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -24,7 +25,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gkt.utils import GktError, stable_hash
+from gkt.data import ImageDataset, load_split, stratified_subset
+from gkt.models import Classifier, DataInfo, load_model
+from gkt.utils import GktError, resolve_device, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +191,49 @@ def run_study(fn: JobFn, jobs: Iterable[JobConfig], store: ResultsStore, backend
         if status == "failed":
             log.warning("job failed: %s: %s", config, metrics.get("error"))
     return counts
+
+
+# ----------------------------------------------------------------------------- the transfer study job
+
+
+@functools.lru_cache(maxsize=4)
+def _test_set(data: str, data_dir: str | None) -> ImageDataset:
+    return load_split(data, "test", data_dir=data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _transfer_set(data: str, data_dir: str | None, fraction: float, subset_seed: int) -> ImageDataset:
+    train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
+    return stratified_subset(train, fraction=fraction, seed=subset_seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _study_model(spec: str, data: str, data_dir: str | None, zoo_dir: str | None) -> Classifier:
+    return load_model(spec, DataInfo.from_dataset(_test_set(data, data_dir)), zoo_dir)
+
+
+def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in final.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    for k, v in (final.get("partition_quality") or {}).items():
+        flat[f"partition_{k}"] = v
+    return flat
+
+
+def transfer_job(config: JobConfig) -> dict[str, Any]:
+    """One transfer run of a study: ``config`` holds student, teacher, method, method_args, seed, epochs,
+    lr, fraction, data (+ data_dir, zoo_dir, subset_seed). Models and data are cached per process;
+    every run gets fresh copies, so runs never share state."""
+    from gkt.transfer import TransferConfig, run_transfer
+
+    data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
+    transfer_set = _transfer_set(data, data_dir, config.get("fraction", 0.1), config.get("subset_seed", 0))
+    test_set = _test_set(data, data_dir)
+    student = _study_model(config["student"], data, data_dir, zoo_dir).clone().requires_grad_(True)
+    teacher = _study_model(config["teacher"], data, data_dir, zoo_dir).clone()
+    settings = {k: config[k] for k in ("method", "method_args", "epochs", "lr", "seed", "batch_size", "temperature")
+                if k in config}
+    outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
+                           resolve_device(config.get("device", "auto")))
+    return {**_scalar_metrics(outcome.final), "student_params": student.num_parameters(),
+            "student_family": student.provenance.get("family", student.arch.name),
+            "teacher_family": teacher.provenance.get("family", teacher.arch.name)}

@@ -1,0 +1,136 @@
+"""``gkt study``: a grid of transfers over many pairs, one results store, the paper's figures."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gkt.cli import register_verb
+from gkt.report import format_table
+from gkt.utils import GktError, read_json, write_json
+
+STORE_NAME = "results.sqlite"
+
+
+def _values(text: str) -> list[Any]:
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(json.loads(item))
+        except json.JSONDecodeError:
+            out.append(item)
+    return out
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--students", nargs="+", help="student model specs (zoo:NAME, timm:..., file:...); "
+                                                 "'zoo' = every built zoo model")
+    p.add_argument("--teachers", nargs="+", help="teacher specs (default: the students; all ordered pairs)")
+    p.add_argument("--methods", nargs="+", default=["kl", "kl-dp"], help="transfer methods (default: kl kl-dp)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default: the transfer default)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the transfer default)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="extra grid axis over a job setting (lr, epochs, temperature, batch_size), repeatable")
+    p.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
+                   help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
+    p.add_argument("--data", default="fmnist")
+    p.add_argument("--fraction", type=float, default=0.1, help="stratified share of train as transfer set")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=1, help="local backend: parallel processes (default: 1)")
+    p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a study: reuse RUN_DIR's results store")
+
+
+def _method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
+    parsed: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for item in items:
+        method, sep, kv = item.partition(":")
+        key, sep2, value = kv.partition("=")
+        if not (sep and sep2) or method not in parsed:
+            raise GktError(f"--method-arg expects METHOD:K=V with METHOD among {list(methods)}, got {item!r}")
+        parsed[method][key.replace("-", "_")] = value
+    return parsed
+
+
+def _expand_zoo(specs: Sequence[str], zoo_dir: str | None) -> list[str]:
+    from gkt.zoo import list_zoo
+
+    out = []
+    for spec in specs:
+        out += [f"zoo:{r.name}" for r in list_zoo(zoo_dir)] if spec == "zoo" else [spec]
+    return out
+
+
+def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gkt.studies import expand_grid
+
+    students = _expand_zoo(args.students or [], args.zoo_dir)
+    teachers = _expand_zoo(args.teachers, args.zoo_dir) if args.teachers else students
+    if not students or not teachers:
+        raise GktError("a study needs --students (and optionally --teachers)")
+    method_args = _method_args(args.method_arg, args.methods)
+    base = {"data": args.data, "fraction": args.fraction, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir}
+    base |= {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
+    axes: dict[str, list[Any]] = {"student": students, "teacher": teachers, "method": list(args.methods),
+                                  "seed": list(args.seeds)}
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        if not sep or key not in ("lr", "epochs", "temperature", "batch_size"):
+            raise GktError(f"--grid expects KEY=V1,V2 with KEY in lr, epochs, temperature, batch_size; got {item!r}")
+        axes[key] = _values(values)
+    jobs = expand_grid(base, axes, skip=lambda j: j["student"] == j["teacher"])
+    for job in jobs:
+        job["method_args"] = method_args[job["method"]]
+    return jobs
+
+
+def write_study_outputs(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tables (CSV + Markdown) and figures from the store's records; returns the success table."""
+    from gkt.study_report import best_settings, pair_means, success_table, write_study_figures
+
+    pairs = pair_means(records)
+    table = success_table(pairs)
+    for name, rows in (("runs.csv", records), ("pairs.csv", pairs), ("success_table.csv", table),
+                       ("best_settings.csv", best_settings(pairs))):
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(run_dir / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows)
+    (run_dir / "summary.md").write_text("## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n")
+    write_study_figures(pairs, run_dir)
+    return table
+
+
+@register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
+def study(args: argparse.Namespace) -> int:
+    from gkt.studies import LocalBackend, RayBackend, ResultsStore, run_study, transfer_job
+
+    if args.resume:
+        old = Path(args.resume)
+        if not (old / STORE_NAME).is_file():
+            raise GktError(f"{old}: no {STORE_NAME} to resume")
+        jobs = read_json(old / "jobs.json")
+        store_path = old / STORE_NAME
+    else:
+        jobs = study_jobs(args)
+        store_path = args.run_dir / STORE_NAME
+    write_json(args.run_dir / "jobs.json", jobs)
+    backend = (RayBackend(args.ray_address, threads=args.threads or 1) if args.backend == "ray"
+               else LocalBackend(args.workers, args.threads))
+    start = time.perf_counter()
+    store = ResultsStore(store_path)
+    counts = run_study(transfer_job, jobs, store, backend)
+    records = [r for r in store.records() if r.get("status") == "done"]
+    print(f"{counts['total']} jobs: {counts['skipped']} already done, {counts['done']} ran, {counts['failed']} failed "
+          f"({time.perf_counter() - start:.0f}s); results store: {store_path}")
+    if records:
+        print(format_table(write_study_outputs(args.run_dir, records)))
+    print(f"run directory: {args.run_dir}")
+    return 0 if counts["failed"] == 0 else 1
