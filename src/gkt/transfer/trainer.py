@@ -36,7 +36,7 @@ from gkt.utils import GktError, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LR = 1e-3  # chosen by the sweep documented in the README ("Transfer")
+DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
 STATE_FORMAT = "gkt-transfer-state/1"
 
 
