@@ -109,7 +109,7 @@ def plot_success_box(pairs: Sequence[Record], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.4 * len(methods) + 2, 4))
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20)
-    ax.set(ylabel="success rate per student (%)", title="Transfer success rate (share of teachers with Δtransf > 0)",
+    ax.set(ylabel="success rate per student (%)", title="Success rate per student\n(share of its teachers with Δtransf > 0)",
            ylim=(-5, 105))
     return _save(fig, path)
 

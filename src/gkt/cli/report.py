@@ -1,0 +1,20 @@
+"""``gkt report RUN_DIR``: a self-contained HTML page and a Markdown file for a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from gkt.cli import register_verb
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a gkt run directory (analyze, study, transfer, zoo, kdep ...)")
+
+
+@register_verb("report", "write report.html and report.md for a run directory", _configure)
+def report(args: argparse.Namespace) -> int:
+    from gkt.report import write_report
+
+    html_path, md_path = write_report(args.run)
+    print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
