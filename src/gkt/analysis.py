@@ -268,6 +268,7 @@ class Analysis:
             out["random_baseline"] = {
                 "teachers": list(self.random.teachers), "seed": self.random.seed,
                 "accuracy": self.random.accuracy.tolist(), "chance_1_over_c": 1 / self.num_classes,
+                "uniform_guess_rho_pos_mean": ((1 - self.accuracy) / self.num_classes).mean().item(),
                 "rho_pos_mean": self.random.rho_pos.mean().item(), "rho_pos_max": self.random.rho_pos.max().item(),
                 "pair_over_random_min": ratio.min().item(), "pair_over_random_median": ratio.median().item(),
                 "share_pairs_above_5x_random": (ratio > 5).double().mean().item(),

@@ -116,7 +116,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "random_baseline" in summary:
         rb = summary["random_baseline"]
         print(f"- random-init teachers ({len(rb['teachers'])} architectures, seed {rb['seed']}): ρ_pos mean "
-              f"{_pct(rb['rho_pos_mean'])}, max {_pct(rb['rho_pos_max'])}; each pair vs its student's random "
+              f"{_pct(rb['rho_pos_mean'])}, max {_pct(rb['rho_pos_max'])} (a uniform guess: "
+              f"{_pct(rb['uniform_guess_rho_pos_mean'])}); each pair vs its student's random "
               f"baseline: min {rb['pair_over_random_min']:.1f}×, median {rb['pair_over_random_median']:.1f}×, "
               f"{_pct(rb['share_pairs_above_5x_random'])} of pairs above 5×, "
               f"{_pct(rb['share_pairs_above_every_random_teacher'])} above every random teacher")
