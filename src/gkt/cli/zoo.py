@@ -30,8 +30,9 @@ def print_zoo(records: Sequence, run_dir: Path | None = None) -> None:
         accs = [row["test_acc"] for row in rows]
         print(f"\n{len(rows)} models, {len({r.family for r in records})} families, "
               f"test accuracy {min(accs):.2f}–{max(accs):.2f}% (span {max(accs) - min(accs):.2f} points, "
-              "Fashion-MNIST 10k test split); check = test-accuracy change after one more epoch of plain CE "
-              "at lr 0.01 (must be ≤ +0.30)")
+              "Fashion-MNIST 10k test split)\ncheck = test-accuracy change after one more epoch of plain "
+              f"cross-entropy (SGD, lr {records[0].convergence['lr'] if records[0].convergence else '-'}, no "
+              "augmentation); a finished model gains at most +0.30 points")
     if run_dir is not None and rows:
         with open(run_dir / "zoo.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -60,6 +61,19 @@ def zoo_build(args: argparse.Namespace) -> int:
     print(f"\nzoo ready in {time.perf_counter() - start:.0f}s ({sum(not r.cached for r in records)} trained, "
           f"{sum(r.cached for r in records)} cached); run directory: {args.run_dir}")
     return 0
+
+
+def _configure_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the extra epoch (default: 1e-3)")
+
+
+@register_verb("zoo check", "re-run the convergence check of the built zoo models", _configure_check)
+def zoo_check(args: argparse.Namespace) -> int:
+    from gkt.zoo import CHECK_LR, check_zoo
+
+    records = check_zoo(args.zoo_dir, lr=args.lr or CHECK_LR, device=args.torch_device, data_dir=args.data_dir)
+    print_zoo(records, args.run_dir)
+    return 0 if all(r.convergence and r.convergence["passed"] for r in records) else 1
 
 
 @register_verb("zoo list", "print the built zoo models")
