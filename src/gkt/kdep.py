@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -565,7 +566,7 @@ def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, re
         log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, recipe.epochs, losses[-1])
     end = time.perf_counter()
     student.provenance = {**student.provenance, "kdep_pretrain": {
-        "objective": objective_name, "recipe": recipe.to_dict(), "config": cfg.__dict__, "data": dataset.name,
+        "objective": objective_name, "recipe": recipe.to_dict(), "config": asdict(cfg), "data": dataset.name,
         "samples": len(dataset), "teacher": teacher.name if teacher is not None and objective.needs_teacher else None,
         **objective.extra()}}
     return PretrainResult(student.eval(), losses, end - start, end - train_start, objective.extra())
@@ -614,9 +615,9 @@ class BenchmarkConfig:
     fraction: float = 0.1
     downstream: tuple[str, ...] = ("fmnist[5-9]", "digits")
     seeds: tuple[int, ...] = (0, 1, 2)
-    pretrain_recipe: Recipe = Recipe(epochs=10, lr=0.05, weight_decay=5e-4, batch_size=128)
-    finetune_recipe: Recipe = Recipe(epochs=15, lr=0.02, weight_decay=5e-4, batch_size=64)
-    finetune_per_class: int = 100
+    pretrain_recipe: Recipe = Recipe(epochs=10, lr=0.02, weight_decay=5e-4, batch_size=128)
+    finetune_recipe: Recipe = Recipe(epochs=15, lr=0.05, weight_decay=5e-4, batch_size=32)
+    finetune_per_class: int = 20
     test_per_class: int | None = None
     teacher_epochs: int | None = None  # override the split teacher's recipe (quick runs)
     objective: ObjectiveConfig = ObjectiveConfig(cache_alignment=False)
@@ -774,7 +775,7 @@ def plot_benchmark(summary: Sequence[dict[str, Any]], path: Path, title: str) ->
                     xytext=(5, 5), fontsize=8)
     ax.set_xlabel("pre-training wall time (s)")
     ax.set_ylabel("mean downstream accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

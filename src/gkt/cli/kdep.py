@@ -55,7 +55,7 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
                    help="teacher feature: auto | features | MODULE[:in|:out] of the net (default auto)")
     p.add_argument("--student-layer", default="auto", help="student feature, as --teacher-layer")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/student)")
-    _add_recipe(p, epochs=10, lr=0.05, batch_size=128)
+    _add_recipe(p, epochs=10, lr=0.02, batch_size=128)
 
 
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
@@ -91,7 +91,7 @@ def _configure_finetune(p: argparse.ArgumentParser) -> None:
     _add_data(p, None, "downstream")
     p.add_argument("--per-class", type=int, default=None, help="train on this many samples per class (seeded)")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/finetuned)")
-    _add_recipe(p, epochs=15, lr=0.02, batch_size=64)
+    _add_recipe(p, epochs=15, lr=0.05, batch_size=32)
 
 
 @register_verb("kdep finetune", "new head + full fine-tuning of a (pre-trained) model on a downstream dataset",
@@ -132,7 +132,7 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_recipe.epochs, help="pre-training epochs")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_recipe.epochs, help="fine-tuning epochs")
     p.add_argument("--finetune-per-class", type=int, default=d.finetune_per_class,
-                   help="downstream training samples per class (default 100)")
+                   help=f"downstream training samples per class (default {d.finetune_per_class})")
     p.add_argument("--loss-w", type=float, default=d.objective.loss_w, help="KDEP / linear-align loss weight")
 
 
