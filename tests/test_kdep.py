@@ -6,16 +6,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_blobs
 
 from gkt.cli import main
 from gkt.datasets_extra import class_subset, load_digits_28, parse_classes
-from gkt.kdep import (FeatureTap, KdepObjective, ObjectiveConfig, StreamingMoments, build_student, head_keys,
-                      parse_task, power_temperature_scaling, pretrain, svd_alignment_direct, with_new_head)
+from gkt.kdep import (
+    FeatureTap,
+    KdepObjective,
+    ObjectiveConfig,
+    StreamingMoments,
+    build_student,
+    head_keys,
+    parse_task,
+    power_temperature_scaling,
+    pretrain,
+    svd_alignment_direct,
+    with_new_head,
+)
 from gkt.models import save_checkpoint
 from gkt.training import Recipe
 from gkt.utils import GktError
-
-from conftest import make_blobs
 
 
 def random_features(n: int = 300, d: int = 12, offset: float = 0.0, seed: int = 0) -> torch.Tensor:

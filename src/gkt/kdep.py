@@ -43,8 +43,16 @@ from tqdm.auto import tqdm
 from gkt.augment import compose
 from gkt.data import ImageDataset, iterate_batches, stratified_indices, stratified_subset
 from gkt.datasets_extra import load_data
-from gkt.models import (ArchSpec, Classifier, DataInfo, ModelSpec, load_checkpoint, load_model, save_checkpoint,
-                        weights_hash)
+from gkt.models import (
+    ArchSpec,
+    Classifier,
+    DataInfo,
+    ModelSpec,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    weights_hash,
+)
 from gkt.models.architectures import TimmNet
 from gkt.models.preprocess import to_unit_float
 from gkt.training import Recipe, evaluate, make_optimizer, train_supervised, warmup_cosine
@@ -615,8 +623,10 @@ class BenchmarkConfig:
     fraction: float = 0.1
     downstream: tuple[str, ...] = ("fmnist[5-9]", "digits")
     seeds: tuple[int, ...] = (0, 1, 2)
-    pretrain_recipe: Recipe = Recipe(epochs=10, lr=0.02, weight_decay=5e-4, batch_size=128)
-    finetune_recipe: Recipe = Recipe(epochs=15, lr=0.05, weight_decay=5e-4, batch_size=32)
+    pretrain_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=10, lr=0.02, weight_decay=5e-4,
+                                                                   batch_size=128))
+    finetune_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=15, lr=0.05, weight_decay=5e-4,
+                                                                   batch_size=32))
     finetune_per_class: int = 20
     test_per_class: int | None = None
     teacher_epochs: int | None = None  # override the split teacher's recipe (quick runs)
