@@ -196,8 +196,7 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
 
 def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDataset, test_set: ImageDataset,
                  config: TransferConfig, device: torch.device, run_dir: Path | None = None,
-                 resume: dict[str, Any] | None = None,
-                 on_epoch: Callable[[TransferTrainer], None] | None = None) -> TransferOutcome:
+                 resume: dict[str, Any] | None = None) -> TransferOutcome:
     """Transfer ``teacher`` → ``student`` on ``transfer_set`` and evaluate on ``test_set`` after every epoch.
     With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``, ``plot.png``
     and the transferred student as ``student.safetensors`` + ``.json``; a diverged run writes
@@ -217,7 +216,8 @@ def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDa
         quality = partition_quality(*_transfer_set_partition(trainer, student, transfer_set, device))
     base = {"student": student.name, "teacher": teacher.name, "method": config.method,
             "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
-            "acc_student_before": correct_before.double().mean().item()}
+            "acc_student_before": correct_before.double().mean().item(),
+            "rho_pos_before": history[0]["rho_pos"], "rho_neg_before": history[0]["rho_neg"]}
     correct_after = None
     try:
         while trainer.epoch < config.epochs:
@@ -228,15 +228,13 @@ def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDa
                    **transfer_metrics(labels, correct_teacher, correct_before, correct_after),
                    "seconds": round(time.perf_counter() - epoch_start, 2)}
             history.append(row)
-            log.info("epoch %d/%d: loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
+            log.info("epoch %d/%d: train loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
                      config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
                      100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
             if run_dir is not None:
                 write_history(history, run_dir / "metrics.csv")
                 with atomic_path(run_dir / "state.pt") as tmp:
                     torch.save({**trainer.state_dict(), "history": history}, tmp)
-            if on_epoch is not None:
-                on_epoch(trainer)
     except GktError as exc:
         if run_dir is not None:
             write_json(run_dir / "final.json", {"status": "failed", "error": str(exc), **base,
