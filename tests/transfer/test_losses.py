@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gkt.transfer import create_method
-from gkt.transfer.base import FROZEN_LOGITS, TEACHER_FEATURES, TEACHER_LOGITS, Step
+from gkt.transfer.base import FROZEN_LOGITS, TEACHER_FEATURES, Step
 from gkt.transfer.contrastive import nce_loss, similarity_kl
 from gkt.transfer.mcl import interpolate_weights
 

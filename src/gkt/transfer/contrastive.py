@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from gkt.models.classifier import Classifier
-from gkt.transfer.base import LABELS, STUDENT_FEATURES, TEACHER_FEATURES, Step, TransferMethod, register_method
+from gkt.transfer.base import (
+    LABELS,
+    STUDENT_FEATURES,
+    TEACHER_FEATURES,
+    Step,
+    TransferMethod,
+    register_method,
+)
 from gkt.utils import GktError
 
 

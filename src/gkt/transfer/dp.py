@@ -6,8 +6,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gkt.transfer.base import (FROZEN_LOGITS, LABELS, TEACHER_LOGITS, PartitionMethod, Step, kl_loss,
-                               register_method)
+from gkt.transfer.base import (
+    FROZEN_LOGITS,
+    LABELS,
+    TEACHER_LOGITS,
+    PartitionMethod,
+    Step,
+    kl_loss,
+    register_method,
+)
 
 
 @register_method("kl-dp")

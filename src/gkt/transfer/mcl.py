@@ -8,8 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from gkt.models.classifier import Classifier
-from gkt.transfer.base import (FROZEN_LOGITS, LABELS, TEACHER_LOGITS, Step, TransferMethod, kl_per_sample,
-                               register_method)
+from gkt.transfer.base import (
+    FROZEN_LOGITS,
+    LABELS,
+    TEACHER_LOGITS,
+    Step,
+    TransferMethod,
+    kl_per_sample,
+    register_method,
+)
 from gkt.utils import GktError
 
 

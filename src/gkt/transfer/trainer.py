@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,16 @@ from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import to_unit_float
 from gkt.training import make_optimizer, predict_logits
-from gkt.transfer.base import (FROZEN_LOGITS, STUDENT_FEATURES, TEACHER_FEATURES, TEACHER_LOGITS,
-                               PartitionMethod, Step, TransferMethod, create_method)
+from gkt.transfer.base import (
+    FROZEN_LOGITS,
+    STUDENT_FEATURES,
+    TEACHER_FEATURES,
+    TEACHER_LOGITS,
+    PartitionMethod,
+    Step,
+    TransferMethod,
+    create_method,
+)
 from gkt.transfer.evaluation import partition_quality, plot_history, transfer_metrics, transfer_rates
 from gkt.utils import GktError, atomic_path, write_json
 
