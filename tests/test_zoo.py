@@ -72,3 +72,18 @@ def test_convergence_check_flags_undertrained_model() -> None:
     train_supervised(model, train, Recipe(20, "sgd", 0.05, 0.0, 16), torch.device("cpu"))
     done = convergence_check(model, train, test, torch.device("cpu"), lr=0.05)
     assert done["delta"] < fresh["delta"]
+
+
+def test_zoo_lookup_does_not_confuse_prefixes(tmp_path: Path) -> None:
+    """Regression: zoo:mlp must never resolve to a build of mlp-14px."""
+    from gkt.models import save_checkpoint
+    from gkt.utils import GktError
+
+    entry = ZooEntry("mlp-14px", "mlp", "linear", Recipe(1), input_size=14)
+    from gkt.models import Classifier
+
+    model = Classifier.create(entry.arch_spec(4), entry.preprocess(), [f"c{i}" for i in range(4)])
+    save_checkpoint(model, tmp_path / f"mlp-14px-{'0' * 16}")
+    assert load_model("zoo:mlp-14px", zoo_dir=tmp_path).preprocess.input_size == 14
+    with pytest.raises(GktError, match="not built"):
+        load_model("zoo:mlp", zoo_dir=tmp_path)

@@ -8,6 +8,7 @@ smoothing, epochs and seeds all vary. Each model is trained to the end of its co
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -101,7 +102,9 @@ def _find_built(name: str, zoo_dir: str | Path | None) -> Path | None:
     exact = entry_path(get_entry(name), zoo_dir) if name in {e.name for e in DEFAULT_ZOO} else None
     if exact is not None and exact.is_file():
         return exact
-    candidates = sorted(directory.glob(f"{name}-*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.safetensors")  # not "mlp-14px-…" for "mlp"
+    candidates = sorted((p for p in directory.glob(f"{name}-*.safetensors") if pattern.fullmatch(p.name)),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
     return candidates[0] if candidates else None
 
 
