@@ -1,4 +1,5 @@
-"""``gkt transfer``: single-teacher knowledge transfer into a pretrained student."""
+"""``gkt transfer``: knowledge transfer into a pretrained student from one teacher, or from several
+(``--multi sequential|parallel|soup|all``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "methods:\n" + describe_methods()
     p.add_argument("--student", help="model spec of the pretrained student (zoo:NAME, timm:..., file:PATH)")
-    p.add_argument("--teacher", help="model spec of the teacher (same label space)")
+    p.add_argument("--teacher", action="append", metavar="SPEC",
+                   help="model spec of the teacher (same label space); repeat it for multi-teacher transfer")
     p.add_argument("--method", default="kl-dp", help="transfer method (default: kl-dp; list below)")
     p.add_argument("--method-arg", action="append", default=[], metavar="K=V",
                    help="method hyperparameter, repeatable (e.g. --method-arg lam=0.7)")
@@ -41,6 +43,16 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted transfer run from its last finished epoch (into a new run "
                         "directory; --epochs may extend it, other options come from the run)")
+    multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
+    multi.add_argument("--multi", nargs="+", metavar="MODE",
+                       help="sequential (one teacher after another), parallel (all at once, K-teacher data "
+                            "partition), soup (weight average of the single-teacher students), or all; the "
+                            "single-teacher runs always run too (cached), and a Table-4-style summary is written")
+    multi.add_argument("--order", default="given", choices=["given", "asc", "desc"],
+                       help="sequential teacher order: as given, or by test accuracy ascending/descending")
+    multi.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                       help="repeat the multi-teacher study over these seeds (default: --seed); the summary "
+                            "gives mean ± std")
 
 
 def _parse_method_args(items: list[str]) -> dict[str, str]:
@@ -84,26 +96,33 @@ def transfer(args: argparse.Namespace) -> int:
     from gkt.transfer import TransferConfig, create_method, run_transfer
 
     create_method(args.method)  # unknown names fail before anything is loaded
+    if args.resume and args.multi:
+        raise GktError("--resume continues a single-teacher run; rerun a multi-teacher command to continue it "
+                       "(its finished transfer runs are reused from the cache)")
     resume = _resume_options(args) if args.resume else None
-    if args.student is None or args.teacher is None:
+    teachers = args.teacher or []
+    if args.student is None or not teachers:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")
     config = TransferConfig(method=args.method, method_args=_parse_method_args(args.method_arg),
                             epochs=args.epochs or TransferConfig.epochs, lr=args.lr, weight_decay=args.weight_decay,
                             batch_size=args.batch_size, temperature=args.temperature, augment=tuple(args.augment),
                             seed=args.seed, unlabelled=args.unlabelled)
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
+    if args.multi or len(teachers) > 1:
+        return _multi_transfer(args, config, teachers)
+    (spec,) = teachers
     train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
     transfer_set = stratified_subset(train, fraction=args.fraction, seed=args.seed)
     test_set = load_split(args.data, "test", data_dir=args.data_dir)
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
-    teacher = load_model(args.teacher, info, args.zoo_dir)
+    teacher = load_model(spec, info, args.zoo_dir)
     write_json(args.run_dir / "resolved_config.json", {
-        **config.to_dict(), "student": args.student, "teacher": args.teacher, "data": args.data,
+        **config.to_dict(), "student": args.student, "teacher": spec, "data": args.data,
         "transfer_set": {"name": transfer_set.name, "size": len(transfer_set), "fingerprint": transfer_set.fingerprint()},
         "test_set": {"name": test_set.name, "size": len(test_set)}, "device": str(args.torch_device),
         "resumed_from": args.resume})
-    print(f"transfer {args.teacher} → {args.student} with {args.method} on {len(transfer_set)} samples "
+    print(f"transfer {spec} → {args.student} with {args.method} on {len(transfer_set)} samples "
           f"({transfer_set.name}), {config.epochs} epochs, lr {config.lr:g}, device {args.torch_device}"
           + (f", resuming epoch {resume['epoch']} of {args.resume}" if resume else ""))
     outcome = run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, args.run_dir,
@@ -126,3 +145,76 @@ def transfer(args: argparse.Namespace) -> int:
               f"({_fmt(pq['samples_to_teacher'])}% of all samples; paper: 72% / 9%)")
     print(f"transferred student: {final['checkpoint']}\nrun directory: {args.run_dir}")
     return 0
+
+
+def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str]) -> int:
+    """Single-teacher runs plus the requested multi-teacher modes for each seed, then the summary."""
+    from dataclasses import replace
+
+    from gkt.data import load_split, stratified_subset
+    from gkt.models import DataInfo, load_model
+    from gkt.transfer.multi import (
+        MultiTeacherStudy,
+        TransferSetup,
+        resolve_modes,
+        run_study,
+        summary_entry,
+        summary_table,
+        table_row,
+        write_summary,
+    )
+
+    if not args.multi:
+        raise GktError(f"{len(specs)} teachers: choose how to combine them with --multi sequential|parallel|soup|all")
+    twice = sorted({s for s in specs if specs.count(s) > 1})
+    if twice:
+        raise GktError(f"teacher {twice[0]} is given twice; give each teacher once")
+    modes = resolve_modes(args.multi, config.method)
+    seeds = args.seeds or [args.seed]
+    train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
+    test_set = load_split(args.data, "test", data_dir=args.data_dir)
+    info = DataInfo.from_dataset(train)
+    student = load_model(args.student, info, args.zoo_dir)
+    teachers = [load_model(spec, info, args.zoo_dir) for spec in specs]
+    write_json(args.run_dir / "resolved_config.json", {
+        **config.to_dict(), "student": args.student, "teachers": specs, "modes": modes, "order": args.order,
+        "seeds": seeds, "data": args.data, "fraction": args.fraction, "test_set": {"name": test_set.name,
+        "size": len(test_set)}, "device": str(args.torch_device)})
+    print(f"multi-teacher transfer into {args.student} from {', '.join(specs)} with {config.method}: single-teacher "
+          f"runs + {', '.join(modes)}; seeds {seeds}, {config.epochs} epochs, lr {config.lr:g}, device {args.torch_device}")
+    per_seed, study = {}, None
+    for seed in seeds:
+        setup = TransferSetup(stratified_subset(train, fraction=args.fraction, seed=seed), test_set,
+                              replace(config, seed=seed), args.torch_device)
+        study = MultiTeacherStudy(student, teachers, setup, order=args.order)
+        singles, results = run_study(study, modes, args.run_dir / f"seed{seed}")
+        print(f"\n== seed {seed}: student {_fmt(study.acc_student)}%; single-teacher transfer (points on the test split)")
+        print(format_table([{"teacher": r["teacher"], "acc_teacher": _fmt(r["acc_teacher"]), "acc": _fmt(r["acc"]),
+                             "delta_transf": _signed(r["delta_transf"]), "gain": _fmt(r["knowledge_gain"]),
+                             "loss": _fmt(r["knowledge_loss"])} for r in singles]))
+        for mode, result in results.items():
+            m = result.metrics
+            print(f"\n{mode}: acc {_fmt(m['acc'])}%  Δtransf {_signed(m['delta_transf'])}  gain "
+                  f"{_fmt(m['knowledge_gain'])}  loss {_fmt(m['knowledge_loss'])}")
+            if mode == "sequential":
+                print(format_table([{"step": s["step"], "teacher": s["teacher"], "acc": _fmt(s["acc"]),
+                                     "delta_transf": _signed(s["delta_transf"]), "gain": _fmt(s["knowledge_gain"]),
+                                     "loss": _fmt(s["knowledge_loss"]), "delta_prev": _signed(s["delta_prev"]),
+                                     "gain_prev": _fmt(s["gain_prev"]), "loss_prev": _fmt(s["loss_prev"])}
+                                    for s in result.steps]))
+            if mode == "parallel":
+                size = result.details["transfer_set_size"]
+                print("samples assigned on the transfer set: " + ", ".join(
+                    f"{name} {n} ({100 * n / size:.1f}%)" for name, n in result.details["assigned"].items()))
+        per_seed[seed] = table_row(singles, results)
+    entry = summary_entry(student, study.acc_student, specs, config.method, per_seed)
+    write_summary([entry], args.run_dir)
+    print("\nΔtransf in points, mean ± std over seeds (single: over the teachers, each alone)")
+    print(summary_table([entry]))
+    print(f"\nrun directory: {args.run_dir} (summary.md/csv/json; seedN/<mode>/final.json; transfer runs cached "
+          "under $GKT_HOME/transfer-runs)")
+    return 0
+
+
+def _signed(value: float) -> str:
+    return f"{100 * value:+.2f}"

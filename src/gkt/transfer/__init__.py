@@ -1,6 +1,7 @@
-"""Single-teacher knowledge transfer: registered methods on one shared trainer, and transfer metrics."""
+"""Knowledge transfer: registered methods on one shared trainer, transfer metrics, and multi-teacher transfer
+(sequential, parallel, soup; :mod:`gkt.transfer.multi`)."""
 
-from gkt.transfer import contrastive, dp, kl, mcl  # noqa: F401  (importing registers the methods)
+from gkt.transfer import contrastive, dp, kl, mcl, multi_dp  # noqa: F401  (importing registers the methods)
 from gkt.transfer.base import METHODS, Step, TransferMethod, create_method, describe_methods, register_method
 from gkt.transfer.trainer import (
     DEFAULT_LR,

@@ -24,10 +24,11 @@ from gkt.utils import GktError
 # What a method can ask the trainer for.
 TEACHER_LOGITS = "teacher_logits"
 TEACHER_FEATURES = "teacher_features"
+TEACHERS_LOGITS = "teachers_logits"  # [B, K, C]: every teacher's logits, stacked (K-teacher methods)
 FROZEN_LOGITS = "frozen_logits"  # the frozen copy of the student before transfer ("student-teacher")
 STUDENT_FEATURES = "student_features"
 LABELS = "labels"
-NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, FROZEN_LOGITS, STUDENT_FEATURES, LABELS})
+NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, TEACHERS_LOGITS, FROZEN_LOGITS, STUDENT_FEATURES, LABELS})
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from gkt.transfer.base import (
     STUDENT_FEATURES,
     TEACHER_FEATURES,
     TEACHER_LOGITS,
+    TEACHERS_LOGITS,
     PartitionMethod,
     Step,
     TransferMethod,
@@ -88,22 +89,39 @@ def freeze(model: Classifier) -> Classifier:
 TARGET_PRODUCERS: dict[str, Callable[[TransferTrainer, torch.Tensor], torch.Tensor]] = {
     TEACHER_LOGITS: lambda trainer, x: trainer.teacher(x),
     TEACHER_FEATURES: lambda trainer, x: trainer.teacher.features(x),
+    TEACHERS_LOGITS: lambda trainer, x: torch.stack([teacher(x) for teacher in trainer.teachers], 1),
     FROZEN_LOGITS: lambda trainer, x: trainer.frozen(x),
 }
 
 
+def as_teachers(teacher: Classifier | Sequence[Classifier]) -> list[Classifier]:
+    """One teacher or several (multi-teacher methods) as a non-empty list."""
+    teachers = [teacher] if isinstance(teacher, Classifier) else list(teacher)
+    if not teachers:
+        raise GktError("give at least one teacher")
+    return teachers
+
+
 class TransferTrainer:
     """Trains ``student`` towards ``teacher`` with ``method``; the student and the method's trainable
-    parts are optimised, the teacher and the frozen student are in eval mode without gradients."""
+    parts are optimised, the teacher and the frozen student are in eval mode without gradients. Several
+    teachers are for methods that declare ``teachers_logits`` (their logits stacked ``[B, K, C]``);
+    ``self.teacher`` is the first."""
 
-    def __init__(self, student: Classifier, teacher: Classifier, method: TransferMethod, config: TransferConfig,
-                 device: torch.device, transfer_set: ImageDataset):
-        check_label_space(teacher, student.class_names, f"the student {student.name}")
+    def __init__(self, student: Classifier, teacher: Classifier | Sequence[Classifier], method: TransferMethod,
+                 config: TransferConfig, device: torch.device, transfer_set: ImageDataset):
+        teachers = as_teachers(teacher)
+        if len(teachers) > 1 and TEACHERS_LOGITS not in method.needs:
+            raise GktError(f"method {method.name} distils from one teacher; {len(teachers)} teachers at once need a "
+                           "method that takes them stacked (kl-dp-multi, kl-dp-multi-unsup)")
+        for t in teachers:
+            check_label_space(t, student.class_names, f"the student {student.name}")
         if len(transfer_set) < config.batch_size:
             raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
                            f"{config.batch_size}; lower --batch-size or raise --fraction")
         self.config, self.device, self.method, self.transfer_set = config, device, method, transfer_set
-        self.teacher = freeze(teacher).to(device)
+        self.teachers = [freeze(t).to(device) for t in teachers]
+        self.teacher = self.teachers[0]
         self.student = student.to(device).eval()
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
         example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
@@ -201,17 +219,21 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(history)
 
 
-def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDataset, test_set: ImageDataset,
-                 config: TransferConfig, device: torch.device, run_dir: Path | None = None,
+def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
+                 test_set: ImageDataset, config: TransferConfig, device: torch.device, run_dir: Path | None = None,
                  resume: dict[str, Any] | None = None) -> TransferOutcome:
     """Transfer ``teacher`` → ``student`` on ``transfer_set`` and evaluate on ``test_set`` after every epoch.
     With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``, ``plot.png``
     and the transferred student as ``student.safetensors`` + ``.json``; a diverged run writes
-    ``final.json`` with ``status: failed`` and no model. ``resume`` is a :func:`load_state` result."""
+    ``final.json`` with ``status: failed`` and no model. ``resume`` is a :func:`load_state` result.
+    Several teachers (K-teacher methods): flips are measured against the teacher set, where a sample
+    counts as known when any teacher gets it right (``acc_teacher`` is that oracle's accuracy)."""
     start = time.perf_counter()
     method = config.build_method()
     labels = test_set.labels
-    correct_teacher = correctness(predict_logits(teacher, test_set, device, desc="teacher"), labels)
+    teachers = as_teachers(teacher)
+    correct_teacher = torch.stack([correctness(predict_logits(t, test_set, device, desc="teacher"), labels)
+                                   for t in teachers]).any(0)
     correct_before = correctness(predict_logits(student, test_set, device, desc="student"), labels)
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
@@ -221,7 +243,7 @@ def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDa
     quality = None
     if isinstance(method, PartitionMethod) and not config.unlabelled:
         quality = partition_quality(*_transfer_set_partition(trainer, student, transfer_set, device))
-    base = {"student": student.name, "teacher": teacher.name, "method": config.method,
+    base = {"student": student.name, "teacher": " + ".join(t.name for t in teachers), "method": config.method,
             "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
             "acc_student_before": correct_before.double().mean().item(),
             "rho_pos_before": history[0]["rho_pos"], "rho_neg_before": history[0]["rho_neg"]}
@@ -262,7 +284,7 @@ def run_transfer(student: Classifier, teacher: Classifier, transfer_set: ImageDa
         checkpoint = save_checkpoint(model, run_dir / "student")
         final["checkpoint"] = f"file:{checkpoint.with_suffix('')}"
         write_json(run_dir / "final.json", final)
-        plot_history(history, run_dir / "plot.png", f"{teacher.name} → {student.name} ({config.method})",
+        plot_history(history, run_dir / "plot.png", f"{base['teacher']} → {student.name} ({config.method})",
                      final["acc_teacher"])
     return TransferOutcome(model, history, final, checkpoint)
 
