@@ -12,8 +12,8 @@ from conftest import write_idx
 from gkt import data
 from gkt.data import (
     FASHION_MNIST_FILES,
-    GktError,
     DataSpec,
+    GktError,
     download_fashion_mnist,
     iterate_batches,
     load_fashion_mnist,

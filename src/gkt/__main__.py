@@ -1,3 +1,5 @@
-from gkt.cli import main
 import sys
+
+from gkt.cli import main
+
 sys.exit(main())

@@ -25,7 +25,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> int:
     """Run another verb with ``parent``'s common options, writing into ``run_dir``."""
     common = ["--seed", str(parent.seed), "--device", parent.device, "--out", str(run_dir.parent)]
-    common += [f"--{k.replace('_', '-')}={v}" for k in ("data_dir", "zoo_dir", "threads") if getattr(parent, k)]
+    common += [f"--{k.replace('_', '-')}={getattr(parent, k)}" for k in ("data_dir", "zoo_dir", "threads") if getattr(parent, k)]
     args = build_parser().parse_args([*argv, *common])
     run_dir.mkdir(parents=True, exist_ok=True)
     args.run_dir, args.torch_device = run_dir, parent.torch_device
