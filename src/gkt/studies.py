@@ -147,6 +147,9 @@ class RayBackend:
         self.address, self.num_cpus_per_job, self.threads, self.local_cpus = address, num_cpus_per_job, threads, local_cpus
 
     def run(self, fn: JobFn, jobs: Sequence[JobConfig]) -> Iterator[tuple[JobConfig, dict[str, Any], str, float]]:
+        # Under `uv run`, Ray would re-create the uv environment for every worker (slow, and impossible
+        # offline); the workers run the driver's own interpreter instead.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         try:
             import ray
         except ImportError as exc:
