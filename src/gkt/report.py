@@ -50,7 +50,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _numeric(value: str) -> str:
+def numeric_text(value: str) -> str:
     try:
         number = float(value)
     except ValueError:
@@ -83,7 +83,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     if summary:
         body.append(f"<pre class='summary'>{html.escape(summary)}</pre>")
     for name, rows in tables:
-        shown = [{k: _numeric(v) for k, v in r.items()} for r in rows[:MAX_TABLE_ROWS]]
+        shown = [{k: numeric_text(v) for k, v in r.items()} for r in rows[:MAX_TABLE_ROWS]]
         more = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows)" if len(rows) > MAX_TABLE_ROWS else ""
         md += [f"\n## {name}{more}\n", format_table(shown, markdown=True) if shown else "(empty)"]
         if shown:

@@ -34,7 +34,7 @@ def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> 
 
 @register_verb("demo", "end-to-end demo: zoo, analysis, a transfer study over all pairs, report", _configure)
 def demo(args: argparse.Namespace) -> int:
-    from gkt.report import format_table, write_report
+    from gkt.report import format_table, numeric_text, write_report
 
     start = time.perf_counter()
     print("== gkt demo 1/4: the embedded zoo (trained once, then cached) ==", flush=True)
@@ -56,7 +56,7 @@ def demo(args: argparse.Namespace) -> int:
         import csv
 
         with open(summary, newline="") as f:
-            print(format_table(list(csv.DictReader(f))))
+            print(format_table([{k: numeric_text(v) for k, v in row.items()} for row in csv.DictReader(f)]))
     total = time.perf_counter() - start
     print(f"\ndemo finished in {total:.0f}s (zoo step {zoo_seconds:.0f}s)")
     for path in reports:
