@@ -380,6 +380,18 @@ def stratified_subset(dataset: ImageDataset, fraction: float | None = None, per_
     return dataset.subset(idx, f"{tag},seed={seed}")
 
 
+def carve_split(train: ImageDataset, split: str, val_fraction: float, seed: int, no_val_message: str
+                ) -> ImageDataset:
+    """``train`` minus a seeded stratified val split (``split == "train"``) or that val split; with
+    ``val_fraction <= 0`` the whole of ``train`` (asking for ``val`` is then an error)."""
+    if val_fraction <= 0:
+        if split == "val":
+            raise GktError(no_val_message)
+        return train
+    train_idx, val_idx = train_val_split(train.labels, val_fraction, seed)
+    return train.subset(train_idx if split == "train" else val_idx, f"{split},val={val_fraction},seed={seed}")
+
+
 # ----------------------------------------------------------------------------- data specs
 
 
@@ -410,12 +422,7 @@ def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, 
         if split == "test":
             return load_fashion_mnist("test", spec.path or data_dir)
         full = load_fashion_mnist("train", spec.path or data_dir)
-        if val_fraction <= 0:
-            if split == "val":
-                raise GktError("a val split needs --val-fraction > 0")
-            return full
-        train_idx, val_idx = train_val_split(full.labels, val_fraction, seed)
-        return full.subset(train_idx if split == "train" else val_idx, f"{split},val={val_fraction},seed={seed}")
+        return carve_split(full, split, val_fraction, seed, "a val split needs --val-fraction > 0")
     root = Path(spec.path)
     train_root = root / "train"
     if not train_root.is_dir():
@@ -427,12 +434,7 @@ def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, 
             return load_image_folder(shipped[name], image_size, channels, bad_images, train.class_names)
     if split == "test":
         raise GktError(f"{root}: no val/ or test/ folder to evaluate on")
-    if val_fraction <= 0:
-        if split == "val":
-            raise GktError(f"{root}: no val/ folder; carve one with --val-fraction > 0")
-        return train
-    train_idx, val_idx = train_val_split(train.labels, val_fraction, seed)
-    return train.subset(train_idx if split == "train" else val_idx, f"{split},val={val_fraction},seed={seed}")
+    return carve_split(train, split, val_fraction, seed, f"{root}: no val/ folder; carve one with --val-fraction > 0")
 
 
 # ----------------------------------------------------------------------------- batching

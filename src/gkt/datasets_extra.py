@@ -9,7 +9,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from gkt.data import ImageDataset, TensorImageDataset, load_split, stratified_indices, train_val_split
+from gkt.data import (
+    ImageDataset,
+    TensorImageDataset,
+    carve_split,
+    load_split,
+    stratified_indices,
+    train_val_split,
+)
 from gkt.utils import GktError
 
 Split = Literal["train", "val", "test"]
@@ -31,12 +38,7 @@ def load_digits_28(split: Split, seed: int = 0, test_fraction: float = DIGITS_TE
     if split == "test":
         return full.subset(test_idx, f"test={test_fraction},seed={seed}")
     train = full.subset(rest, f"train={1 - test_fraction},seed={seed}")
-    if val_fraction <= 0:
-        if split == "val":
-            raise GktError("digits: a val split needs val_fraction > 0")
-        return train
-    train_idx, val_idx = train_val_split(train.labels, val_fraction, seed)
-    return train.subset(train_idx if split == "train" else val_idx, f"{split},val={val_fraction}")
+    return carve_split(train, split, val_fraction, seed, "digits: a val split needs val_fraction > 0")
 
 
 def parse_classes(text: str | Sequence[int] | None) -> list[int] | None:
