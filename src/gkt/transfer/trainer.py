@@ -221,13 +221,15 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
 
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
                  test_set: ImageDataset, config: TransferConfig, device: torch.device, run_dir: Path | None = None,
-                 resume: dict[str, Any] | None = None) -> TransferOutcome:
+                 resume: dict[str, Any] | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TransferOutcome:
     """Transfer ``teacher`` → ``student`` on ``transfer_set`` and evaluate on ``test_set`` after every epoch.
     With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``, ``plot.png``
     and the transferred student as ``student.safetensors`` + ``.json``; a diverged run writes
     ``final.json`` with ``status: failed`` and no model. ``resume`` is a :func:`load_state` result.
     Several teachers (K-teacher methods): flips are measured against the teacher set, where a sample
-    counts as known when any teacher gets it right (``acc_teacher`` is that oracle's accuracy)."""
+    counts as known when any teacher gets it right (``acc_teacher`` is that oracle's accuracy).
+    ``on_epoch`` receives every history row as it is made (epoch 0 included), e.g. for experiment trackers."""
     start = time.perf_counter()
     method = config.build_method()
     labels = test_set.labels
@@ -240,6 +242,9 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     if resume is not None:
         trainer.load_state_dict(resume)
         history = list(resume["history"])
+    if on_epoch is not None:
+        for row in history:
+            on_epoch(row)
     quality = None
     if isinstance(method, PartitionMethod) and not config.unlabelled:
         quality = partition_quality(*_transfer_set_partition(trainer, student, transfer_set, device))
@@ -257,6 +262,8 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
                    **transfer_metrics(labels, correct_teacher, correct_before, correct_after),
                    "seconds": round(time.perf_counter() - epoch_start, 2)}
             history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
             log.info("epoch %d/%d: train loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
                      config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
                      100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
