@@ -454,17 +454,23 @@ class _Batches(TorchDataset):
 
 def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, drop_last: bool = False, workers: int = 0,
-                    pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                    pin_memory: bool = False, shard: tuple[int, int] = (0, 1)
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(raw uint8 images, labels, dataset indices)``. In-memory datasets are sliced directly;
-    folder datasets decode in ``workers`` DataLoader processes."""
+    folder datasets decode in ``workers`` DataLoader processes. ``shard=(rank, world)`` yields rank's
+    share ``batch[rank::world]`` of every batch of the same (seeded) order, as ``DistributedSampler`` does."""
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     chunks = list(order.split(batch_size))
     if drop_last and chunks and len(chunks[-1]) < batch_size:
         chunks.pop()
+    rank, world = shard
+    if world > 1:
+        chunks = [chunk[rank::world] for chunk in chunks]
     if isinstance(dataset, TensorImageDataset) and workers == 0:
         for idx in chunks:
-            yield dataset.images[idx], dataset.labels[idx], idx
+            images = dataset.images[idx]
+            yield (images.pin_memory() if pin_memory else images), dataset.labels[idx], idx
         return
     loader = DataLoader(_Batches(dataset, chunks), batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory, persistent_workers=False)

@@ -1,15 +1,18 @@
 """The one transfer trainer shared by every method.
 
 Per step: one raw batch is augmented once; the frozen models (teacher, and the frozen copy of the
-initial student when the method needs it) produce the batch's *targets* (:meth:`TransferTrainer.targets`,
-the single place a cache can later plug in); the student's outputs and the targets go to the method,
-whose summed losses update the student (and the method's own trainable parts). After every epoch the
-method's result model is evaluated on the held-out split and the full training state is checkpointed,
-so an interrupted run resumes to the same final weights.
+initial student when the method needs it) produce the batch's *targets* (:meth:`TransferTrainer.targets`)
+— or, on a deterministic pipeline, the targets are read from their cached outputs
+(:mod:`gkt.transfer.cache`); the student's outputs and the targets go to the method, whose summed losses
+update the student (and the method's own trainable parts). After every epoch the method's result model
+is evaluated on the held-out split and the full training state is checkpointed, so an interrupted run
+resumes to the same final weights. :class:`Runtime` says *how* it runs (cache, precision, memory
+format, compilation, data-parallel ranks) without changing what it computes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import time
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 
 from gkt.augment import compose
 from gkt.data import ImageDataset, iterate_batches
+from gkt.distributed import DistContext
 from gkt.metrics import correctness
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
@@ -39,6 +43,8 @@ from gkt.transfer.base import (
     TransferMethod,
     create_method,
 )
+from gkt.predictions import dataset_identity
+from gkt.transfer.cache import CachedOutputs
 from gkt.transfer.evaluation import partition_quality, plot_history, transfer_metrics, transfer_rates
 from gkt.utils import GktError, atomic_path, write_json
 
@@ -80,6 +86,30 @@ class TransferConfig:
         return method
 
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a transfer runs, not what it computes: cached and uncached, compiled or not, one process or
+    several, the results agree up to float rounding (reduced precision adds its own rounding)."""
+
+    cache_outputs: bool = True  # reuse the frozen models' stored outputs when there is no augmentation
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
+    channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the student's training forward
+    dist: DistContext = field(default_factory=DistContext)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        if self.precision == "auto":
+            return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if self.precision not in PRECISIONS:
+            raise GktError(f"unknown precision {self.precision!r}; use one of auto, {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and device.type != "cuda":
+            raise GktError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
+        return PRECISIONS[self.precision]
+
+
 def freeze(model: Classifier) -> Classifier:
     """Eval mode, no gradients: a teacher or the frozen student."""
     return model.eval().requires_grad_(False)
@@ -109,7 +139,8 @@ class TransferTrainer:
     ``self.teacher`` is the first."""
 
     def __init__(self, student: Classifier, teacher: Classifier | Sequence[Classifier], method: TransferMethod,
-                 config: TransferConfig, device: torch.device, transfer_set: ImageDataset):
+                 config: TransferConfig, device: torch.device, transfer_set: ImageDataset,
+                 runtime: Runtime | None = None):
         teachers = as_teachers(teacher)
         if len(teachers) > 1 and TEACHERS_LOGITS not in method.needs:
             raise GktError(f"method {method.name} distils from one teacher; {len(teachers)} teachers at once need a "
@@ -119,25 +150,75 @@ class TransferTrainer:
         if len(transfer_set) < config.batch_size:
             raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
                            f"{config.batch_size}; lower --batch-size or raise --fraction")
+        self.runtime = runtime = runtime or Runtime()
+        self.local_batch = runtime.dist.shard_batch(config.batch_size)
         self.config, self.device, self.method, self.transfer_set = config, device, method, transfer_set
-        self.teachers = [freeze(t).to(device) for t in teachers]
+        memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+        self.teachers = [freeze(t).to(device, memory_format=memory_format) for t in teachers]
         self.teacher = self.teachers[0]
-        self.student = student.to(device).eval()
+        self.student = student.to(device, memory_format=memory_format).eval()
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
+        self.cached = self._cache_targets() if runtime.cache_outputs and not config.augment else {}
         example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
         method.setup(self.student, self.teacher, len(transfer_set), to_unit_float(example.to(device)))
         method.to(device)
         self.optimizer = make_optimizer([*student.parameters(), *method.parameters()], config.optimizer,
                                         config.lr, config.weight_decay, config.momentum)
+        self.autocast_dtype = runtime.autocast_dtype(device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        self.student_forward, self.method_forward = self._wrap_trainable()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.augment = compose(config.augment)
         self.epoch = 0
         self.step = 0
 
+    def _cache_targets(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Cached-output readers for the declared needs that have one (rank 0 computes, then the rest read)."""
+        sources = {TEACHER_LOGITS: self.teachers[:1], TEACHERS_LOGITS: self.teachers,
+                   FROZEN_LOGITS: [self.frozen] if self.frozen is not None else []}
+        wanted = {need: models for need, models in sources.items() if need in self.method.needs and models}
+        if not wanted:
+            return {}
+        data_id = dataset_identity(self.transfer_set)
+        labels_allowed = self.method.uses_labels and not self.config.unlabelled
+        readers: dict[str, list[CachedOutputs]] = {}
+        for turn in ("main", "others"):
+            if (turn == "main") == self.runtime.dist.is_main:
+                readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
+                                                data_id=data_id) for m in models] for need, models in wanted.items()}
+            self.runtime.dist.barrier()
+        stack = {TEACHERS_LOGITS: True}
+        return {need: (lambda idx, rs=rs, s=stack.get(need, False):
+                       torch.stack([r.rows(idx, self.device) for r in rs], 1) if s else rs[0].rows(idx, self.device))
+                for need, rs in readers.items()}
+
+    def _wrap_trainable(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Step], dict]]:
+        """The student's training forward and the method, wrapped in DDP (only the trainable parts) and
+        compiled as the runtime asks."""
+        student: Callable[[torch.Tensor], torch.Tensor] = self.student
+        method: Callable[[Step], dict] = self.method
+        if self.runtime.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            student = DistributedDataParallel(self.student, device_ids=ids)
+            if any(p.requires_grad for p in self.method.parameters()):
+                method = DistributedDataParallel(self.method, device_ids=ids)
+        if self.runtime.compile:
+            student = torch.compile(student)
+        return student, method
+
     @torch.no_grad()
-    def targets(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The frozen models' outputs the method declared it needs, for one augmented batch."""
-        return {need: TARGET_PRODUCERS[need](self, x) for need in self.method.needs if need in TARGET_PRODUCERS}
+    def targets(self, x: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen models' outputs the method declared it needs, for one augmented batch ``x`` (rows
+        ``indices`` of the transfer set): read from the cache where there is one, else computed."""
+        return {need: self.cached[need](indices) if need in self.cached else TARGET_PRODUCERS[need](self, x)
+                for need in self.method.needs if need in TARGET_PRODUCERS}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the transfer set; returns the mean of each loss term and their total."""
@@ -145,30 +226,41 @@ class TransferTrainer:
         self.method.train()
         steps = len(self.transfer_set) // self.config.batch_size
         sums: dict[str, torch.Tensor] = {}
+        # The first non-finite loss (step, value), kept on the device: checking it per step would sync.
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_value = torch.zeros((), device=self.device)
+        dist = self.runtime.dist
         batches = iterate_batches(self.transfer_set, self.config.batch_size, shuffle=True, generator=self.generator,
-                                  drop_last=True)
+                                  drop_last=True, shard=(dist.rank, dist.world),
+                                  pin_memory=self.device.type == "cuda")
         for images, labels, indices in tqdm(batches, total=steps, desc=f"transfer {self.epoch + 1}/{self.config.epochs}",
-                                            leave=False, disable=None):
+                                            leave=False, disable=None if dist.is_main else True):
             x = self.augment(to_unit_float(images.to(self.device, non_blocking=True)), self.generator)
-            step = Step(self.student(x), self.targets(x), indices, self.generator,
-                        labels=labels.to(self.device) if self.method.uses_labels else None,
-                        student_features=self.student.features(x) if STUDENT_FEATURES in self.method.needs else None)
-            losses = self.method(step)
-            total = torch.stack(list(losses.values())).sum()
-            if not torch.isfinite(total):
-                parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise GktError(f"transfer loss became {total.item()} ({parts}) in epoch {self.epoch + 1}, step "
-                               f"{self.step + 1}; the run is marked failed and no model was saved — lower --lr or "
-                               "--temperature")
+            with self.autocast():
+                step = Step(self.student_forward(x), self.targets(x, indices), indices, self.generator,
+                            labels=labels.to(self.device, non_blocking=True) if self.method.uses_labels else None,
+                            student_features=self.student.features(x) if STUDENT_FEATURES in self.method.needs
+                            else None)
+                losses = self.method_forward(step)
+                total = torch.stack([v.float() for v in losses.values()]).sum()
+            first_bad = (bad_step < 0) & ~torch.isfinite(total)
+            bad_step = torch.where(first_bad, self.step, bad_step)
+            bad_value = torch.where(first_bad, total.detach(), bad_value)
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.method.after_step(self.student, self.step)
             self.step += 1
             for key, value in {**losses, "loss": total}.items():
-                sums[key] = sums.get(key, 0) + value.detach()
+                sums[key] = sums.get(key, 0) + value.detach().float()
         self.epoch += 1
-        return {("train_loss" if k == "loss" else f"loss_{k}"): (v / steps).item() for k, v in sums.items()}
+        if dist.sum((bad_step >= 0).long()).item():  # any rank saw one
+            raise GktError(f"transfer loss became {bad_value.item()} in epoch {self.epoch}, step "
+                           f"{bad_step.item() + 1}; the run is marked failed and no model was saved — lower --lr "
+                           "or --temperature")
+        return {("train_loss" if k == "loss" else f"loss_{k}"): (dist.sum(v) / (steps * dist.world)).item()
+                for k, v in sums.items()}
 
     def result(self) -> Classifier:
         return self.method.result(self.student)
@@ -177,7 +269,7 @@ class TransferTrainer:
         state = {"format": STATE_FORMAT, "epoch": self.epoch, "step": self.step,
                  "student": self.student.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "method": self.method.state_dict(), "generator": self.generator.get_state(),
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(), "scaler": self.scaler.state_dict()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -189,6 +281,8 @@ class TransferTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         self.generator.set_state(state["generator"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -222,22 +316,31 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
                  test_set: ImageDataset, config: TransferConfig, device: torch.device, run_dir: Path | None = None,
                  resume: dict[str, Any] | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TransferOutcome:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 runtime: Runtime | None = None) -> TransferOutcome:
     """Transfer ``teacher`` → ``student`` on ``transfer_set`` and evaluate on ``test_set`` after every epoch.
     With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``, ``plot.png``
     and the transferred student as ``student.safetensors`` + ``.json``; a diverged run writes
     ``final.json`` with ``status: failed`` and no model. ``resume`` is a :func:`load_state` result.
     Several teachers (K-teacher methods): flips are measured against the teacher set, where a sample
     counts as known when any teacher gets it right (``acc_teacher`` is that oracle's accuracy).
-    ``on_epoch`` receives every history row as it is made (epoch 0 included), e.g. for experiment trackers."""
+    ``on_epoch`` receives every history row as it is made (epoch 0 included), e.g. for experiment trackers.
+    Under ``torchrun`` (``runtime.dist``) every rank trains and evaluates its share; pass ``run_dir`` on
+    rank 0 only."""
     start = time.perf_counter()
+    runtime = runtime or Runtime()
     method = config.build_method()
     labels = test_set.labels
     teachers = as_teachers(teacher)
-    correct_teacher = torch.stack([correctness(predict_logits(t, test_set, device, desc="teacher"), labels)
-                                   for t in teachers]).any(0)
-    correct_before = correctness(predict_logits(student, test_set, device, desc="student"), labels)
-    trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set)
+
+    def predict(model: Classifier, dataset: ImageDataset, desc: str) -> torch.Tensor:
+        """Logits over ``dataset``, each rank predicting its shard."""
+        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc)
+        return runtime.dist.gather_rows(logits.to(device), len(dataset)).cpu()
+
+    correct_teacher = torch.stack([correctness(predict(t, test_set, "teacher"), labels) for t in teachers]).any(0)
+    correct_before = correctness(predict(student, test_set, "student"), labels)
+    trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
     if resume is not None:
         trainer.load_state_dict(resume)
@@ -247,7 +350,10 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             on_epoch(row)
     quality = None
     if isinstance(method, PartitionMethod) and not config.unlabelled:
-        quality = partition_quality(*_transfer_set_partition(trainer, student, transfer_set, device))
+        quality = partition_quality(*_transfer_set_partition(trainer.method, predict(trainer.teacher, transfer_set,
+                                                                                    "teacher (transfer set)"),
+                                                             predict(student, transfer_set, "student (transfer set)"),
+                                                             transfer_set.labels))
     base = {"student": student.name, "teacher": " + ".join(t.name for t in teachers), "method": config.method,
             "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
             "acc_student_before": correct_before.double().mean().item(),
@@ -257,7 +363,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         while trainer.epoch < config.epochs:
             epoch_start = time.perf_counter()
             losses = trainer.train_epoch()
-            correct_after = correctness(predict_logits(trainer.result(), test_set, device, desc="evaluate"), labels)
+            correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
             row = {"epoch": trainer.epoch, **losses,
                    **transfer_metrics(labels, correct_teacher, correct_before, correct_after),
                    "seconds": round(time.perf_counter() - epoch_start, 2)}
@@ -277,7 +383,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
                                                 "config": config.to_dict(), "history": history})
         raise
     if correct_after is None:  # resumed a run that had already finished its epochs
-        correct_after = correctness(predict_logits(trainer.result(), test_set, device), labels)
+        correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
     final = {"status": "ok", **base, **{k: v for k, v in history[-1].items() if k != "seconds"},
              **transfer_rates(correct_teacher, correct_before, correct_after, labels, test_set.num_classes),
              "partition_quality": quality, "config": config.to_dict(),
@@ -296,13 +402,8 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     return TransferOutcome(model, history, final, checkpoint)
 
 
-@torch.no_grad()
-def _transfer_set_partition(trainer: TransferTrainer, student: Classifier, transfer_set: ImageDataset,
-                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _transfer_set_partition(method: PartitionMethod, teacher_logits: torch.Tensor, frozen_logits: torch.Tensor,
+                            labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(teacher mask, teacher correct, frozen student correct) on the un-augmented transfer set."""
-    method = trainer.method
-    teacher_logits = predict_logits(trainer.teacher, transfer_set, device, desc="teacher (transfer set)")
-    frozen_logits = predict_logits(student, transfer_set, device, desc="student (transfer set)")
-    labels = transfer_set.labels
     mask = method.teacher_mask(teacher_logits, frozen_logits, labels if method.uses_labels else None)
     return mask, correctness(teacher_logits, labels), correctness(frozen_logits, labels)
