@@ -6,13 +6,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from gkt import __version__
+from gkt.config import parse_args, resolved_config, write_config
 from gkt.utils import GktError, new_run_dir, resolve_device, seed_everything, set_threads, write_json
 
 log = logging.getLogger("gkt")
@@ -28,6 +32,9 @@ class Verb:
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
 
+
+# Free space the output root must have before a command starts (override: $GKT_MIN_FREE_MB).
+MIN_FREE_MB = 100
 
 VERBS: dict[str, Verb] = {}
 GROUP_HELP: dict[str, str] = {}
@@ -46,6 +53,9 @@ def register_verb(path: str, help: str, configure: Callable[[argparse.ArgumentPa
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common options")
+    group.add_argument("--config", metavar="FILE.yaml",
+                       help="read the options from a YAML file (keys = option names; flags given here override it; "
+                            "every run directory holds its resolved config.yaml)")
     group.add_argument("--out", default="runs", help="root of run directories (default: ./runs)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
@@ -82,21 +92,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def open_run_dir(out: str, command: str) -> Path:
+    """A fresh run directory under ``out``; an unwritable ``out`` or a disk with less than
+    :data:`MIN_FREE_MB` free is a clear error before any work is done."""
+    existing = Path(out).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    needed = float(os.environ.get("GKT_MIN_FREE_MB", MIN_FREE_MB))
+    if free_mb < needed:
+        raise GktError(f"--out {out}: only {free_mb:.0f} MB free on its disk, gkt needs at least {needed:.0f} MB "
+                       "(free space, or point --out elsewhere; $GKT_MIN_FREE_MB sets the threshold)")
+    try:
+        run_dir = new_run_dir(out, command.replace(" ", "-"))
+        with open(run_dir / ".write-check", "w") as f:
+            f.write("ok")
+        (run_dir / ".write-check").unlink()
+    except OSError as exc:
+        raise GktError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable --out") from None
+    return run_dir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(parser, argv)
+    except GktError as exc:
+        print(f"gkt: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        args.run_dir = open_run_dir(args.out, args.command)
         set_threads(args.threads)
         seed_everything(args.seed)
         args.torch_device = resolve_device(args.device)
-        args.run_dir = new_run_dir(args.out, args.command.replace(" ", "-"))
         handler = logging.FileHandler(args.run_dir / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir")}
         write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
                                                   "device": str(args.torch_device), **config})
+        write_config(args.run_dir / "config.yaml", resolved_config(args))
         return VERBS[args.command].run(args)
     except GktError as exc:
         print(f"gkt: error: {exc}", file=sys.stderr)

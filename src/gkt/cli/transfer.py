@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
+from gkt.config import resolved_config
 from gkt.report import format_table
+from gkt.tracking import add_tracking_options, tracking
 from gkt.utils import GktError, read_json, write_json
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
@@ -53,6 +55,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     multi.add_argument("--seeds", type=int, nargs="+", metavar="N",
                        help="repeat the multi-teacher study over these seeds (default: --seed); the summary "
                             "gives mean ± std")
+    add_tracking_options(p)
 
 
 def _parse_method_args(items: list[str]) -> dict[str, str]:
@@ -125,8 +128,10 @@ def transfer(args: argparse.Namespace) -> int:
     print(f"transfer {spec} → {args.student} with {args.method} on {len(transfer_set)} samples "
           f"({transfer_set.name}), {config.epochs} epochs, lr {config.lr:g}, device {args.torch_device}"
           + (f", resuming epoch {resume['epoch']} of {args.resume}" if resume else ""))
-    outcome = run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, args.run_dir,
-                           resume=resume)
+    with tracking(args, resolved_config(args)) as tracker:
+        outcome = run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, args.run_dir,
+                               resume=resume, on_epoch=tracker.log_epoch)
+        tracker.log_metrics({f"final/{k}": v for k, v in outcome.final.items() if k != "config"}, config.epochs)
     columns = ["epoch", "train_loss", "acc", "delta_transf", "knowledge_gain", "knowledge_loss", "delta_rho_pos",
                "delta_rho_neg"]
     print(format_table([{c: (row.get(c, "-") if c in ("epoch", "train_loss") else _fmt(row[c])) for c in columns}
