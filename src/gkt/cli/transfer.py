@@ -27,6 +27,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", help="model spec of the pretrained student (zoo:NAME, timm:..., file:PATH)")
     p.add_argument("--teacher", action="append", metavar="SPEC",
                    help="model spec of the teacher (same label space); repeat it for multi-teacher transfer")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="JSON/YAML {student_class: teacher_class_or_list} aligning the teachers' classes to the "
+                        "student's (mapped logit = logsumexp of the teacher classes); without it, teacher classes "
+                        "that differ only in order or case are matched by name")
     p.add_argument("--method", default="kl-dp", help="transfer method (default: kl-dp; list below)")
     p.add_argument("--method-arg", action="append", default=[], metavar="K=V",
                    help="method hyperparameter, repeatable (e.g. --method-arg lam=0.7)")
@@ -84,6 +88,7 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
             raise GktError(f"--resume {old}: that run used --{key} {config[key]}, not {given}")
     for key in RESUMED:
         setattr(args, key, config[key])
+    args.class_map = config.get("class_map")
     args.epochs = args.epochs or config["epochs"]
     return load_state(old)
 
@@ -119,9 +124,10 @@ def transfer(args: argparse.Namespace) -> int:
     test_set = load_split(args.data, "test", data_dir=args.data_dir)
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
-    teacher = load_model(spec, info, args.zoo_dir)
+    teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
     write_json(args.run_dir / "resolved_config.json", {
         **config.to_dict(), "student": args.student, "teacher": spec, "data": args.data,
+        "class_map": teacher.provenance.get("class_map"),
         "transfer_set": {"name": transfer_set.name, "size": len(transfer_set), "fingerprint": transfer_set.fingerprint()},
         "test_set": {"name": test_set.name, "size": len(test_set)}, "device": str(args.torch_device),
         "resumed_from": args.resume})
@@ -180,7 +186,7 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str]) -> 
     test_set = load_split(args.data, "test", data_dir=args.data_dir)
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
-    teachers = [load_model(spec, info, args.zoo_dir) for spec in specs]
+    teachers = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
     write_json(args.run_dir / "resolved_config.json", {
         **config.to_dict(), "student": args.student, "teachers": specs, "modes": modes, "order": args.order,
         "seeds": seeds, "data": args.data, "fraction": args.fraction, "test_set": {"name": test_set.name,

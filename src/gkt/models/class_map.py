@@ -1,0 +1,151 @@
+"""Class maps: align a model's classes to another label space (e.g. a 1000-class ImageNet teacher to a
+10-class student on the shared classes, or the same classes in another order).
+
+A map is ``{target_class: source_class_or_list}`` (JSON or YAML file, or a dict); a source class is its
+name (exact, else case-insensitive) or its index. Target classes the map leaves out are matched by name
+(case-insensitive). The mapped model's logit for a target class is the **logsumexp of the logits of its
+source classes**: its softmax is then the model's probability mass on those classes renormalised over
+all mapped classes (unmapped source classes drop out). The mapped model is a plain
+:class:`~gkt.models.Classifier` (its net is a :class:`ClassMappedNet`), so every method and trainer works
+unchanged, its checkpoints round-trip, and caches keyed on architecture and weights tell it apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from gkt.models.classifier import ArchSpec, Classifier, register_source
+from gkt.utils import GktError
+
+ClassMapLike = Union[str, os.PathLike, Mapping[str, Any]]
+AUTO = "auto"
+
+
+class ClassMappedNet(nn.Module):
+    """``base``'s logits aggregated into target classes: ``logit[s] = logsumexp(base_logits[groups[s]])``."""
+
+    def __init__(self, base: nn.Module, groups: Sequence[Sequence[int]]):
+        super().__init__()
+        width = max(len(g) for g in groups)
+        index = torch.tensor([list(g) + [g[0]] * (width - len(g)) for g in groups], dtype=torch.long)
+        valid = torch.tensor([[True] * len(g) + [False] * (width - len(g)) for g in groups])
+        self.base = base
+        # Persistent buffers: the map is part of the weights, so their hash tells mapped models apart.
+        self.register_buffer("index", index)
+        self.register_buffer("valid", valid)
+
+    def aggregate(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` source logits → ``[B, S]`` target logits."""
+        grouped = logits[:, self.index].masked_fill(~self.valid, float("-inf"))
+        return torch.logsumexp(grouped, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(self.base(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.forward_features(x)
+
+
+@register_source("class_map")
+def build_class_mapped_net(name: str, num_classes: int, in_chans: int, img_size: int, base: dict[str, Any],
+                           groups: Sequence[Sequence[int]]) -> ClassMappedNet:
+    """Rebuild a mapped net from its arch kwargs (``base``: the source model's arch; ``groups``)."""
+    if num_classes != len(groups):
+        raise GktError(f"a class-mapped {name} has {len(groups)} classes, not {num_classes}")
+    return ClassMappedNet(ArchSpec.from_dict(base).build(), groups)
+
+
+def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
+    """``{target_class: source_class_or_list}`` from a JSON or YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GktError(f"class map {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            mapping = yaml.safe_load(text)
+        else:
+            mapping = json.loads(text)
+    except Exception as exc:  # yaml and json raise their own error types
+        raise GktError(f"class map {path}: cannot parse it ({exc})") from exc
+    if not isinstance(mapping, dict):
+        raise GktError(f"class map {path}: expected a mapping {{student_class: teacher_class_or_list}}")
+    return mapping
+
+
+def _lookup(ref: Any, names: Sequence[str]) -> int | str:
+    """Index of a source class given by index, exact name or case-insensitive name; an error text otherwise."""
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return ref if 0 <= ref < len(names) else f"index {ref} (out of range 0..{len(names) - 1})"
+    if not isinstance(ref, str):
+        return f"{ref!r} (not a class name or index)"
+    for matches in ([i for i, n in enumerate(names) if n == ref],
+                    [i for i, n in enumerate(names) if n.casefold() == ref.casefold()]):
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            return f"{ref!r} (ambiguous: indices {matches}; give the index)"
+    return repr(ref)
+
+
+def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mapping[str, Any] | None = None
+                   ) -> list[list[int]]:
+    """Source class indices for each target class; a clear error naming every class that cannot be matched."""
+    mapping = dict(mapping or {})
+    extra = sorted(set(mapping) - set(target))
+    if extra:
+        raise GktError(f"class map names classes the student does not have: {extra}")
+    groups, unmatched = [], []
+    for name in target:
+        refs = mapping.get(name, name)
+        refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
+        found = [_lookup(ref, source) for ref in refs]
+        bad = [f for f in found if isinstance(f, str)]
+        if bad or not refs:
+            unmatched.append(f"{name} → {', '.join(bad) or 'nothing'}")
+        groups.append([f for f in found if isinstance(f, int)])
+    if unmatched:
+        raise GktError(f"cannot match {len(unmatched)} of {len(target)} student classes to the teacher's "
+                       f"{len(source)} classes: {'; '.join(unmatched)} (give --class-map FILE with "
+                       "{student_class: teacher_class_or_list})")
+    twice = sorted(source[i] for i, n in Counter(i for g in groups for i in g).items() if n > 1)
+    if twice:
+        raise GktError(f"class map sends teacher classes {twice} to several student classes; each teacher class "
+                       "may feed one student class")
+    return groups
+
+
+def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO) -> Classifier:
+    """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
+    (names matched case-insensitively; only when they differ in order or case, not in number). ``model``
+    itself is returned when it already predicts ``class_names`` in order."""
+    if list(model.class_names) == list(class_names):
+        return model
+    if isinstance(class_map, Mapping):
+        mapping = dict(class_map)
+    elif str(class_map) == AUTO:
+        if len(model.class_names) != len(class_names):
+            raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: "
+                           "give a class map ({student_class: teacher_class_or_list}) to align them")
+        mapping = {}
+    else:
+        mapping = read_class_map(class_map)
+    groups = resolve_groups(class_names, model.class_names, mapping)
+    if groups == [[i] for i in range(model.num_classes)]:  # same order, names differ only in case
+        return Classifier(model.net, model.arch, model.preprocess, class_names, model.provenance, model.name)
+    arch = ArchSpec("class_map", model.arch.name, len(class_names), model.arch.in_chans, model.arch.img_size,
+                    {"base": model.arch.to_dict(), "groups": groups})
+    provenance = {**model.provenance, "class_map": {name: [model.class_names[i] for i in g]
+                                                    for name, g in zip(class_names, groups)}}
+    net = ClassMappedNet(model.net, groups)
+    return Classifier(net, arch, model.preprocess, class_names, provenance=provenance, name=model.name)
