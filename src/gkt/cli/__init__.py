@@ -17,12 +17,13 @@ import torch
 
 from gkt import __version__
 from gkt.config import parse_args, resolved_config, write_config
+from gkt.distributed import from_environment, shutdown
 from gkt.utils import GktError, new_run_dir, resolve_device, seed_everything, set_threads, write_json
 
 log = logging.getLogger("gkt")
 
 # Modules whose import registers verbs, in the order they appear in --help.
-VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.report", "gkt.cli.demo")
+VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.report", "gkt.cli.demo")
 
 
 @dataclass(frozen=True)
@@ -124,17 +125,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        args.run_dir = open_run_dir(args.out, args.command)
+        device = resolve_device(args.device)
+        dist = from_environment(device)  # several processes under torchrun: rank 0 makes the run directory
+        args.torch_device = dist.device(device)
+        args.run_dir = dist.broadcast(open_run_dir(args.out, args.command) if dist.is_main else None)
         set_threads(args.threads)
         seed_everything(args.seed)
-        args.torch_device = resolve_device(args.device)
-        handler = logging.FileHandler(args.run_dir / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir")}
-        write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
-                                                  "device": str(args.torch_device), **config})
-        write_config(args.run_dir / "config.yaml", resolved_config(args))
+        if dist.is_main:
+            handler = logging.FileHandler(args.run_dir / "log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger().addHandler(handler)
+            config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir")}
+            write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
+                                                      "device": str(args.torch_device), **config})
+            write_config(args.run_dir / "config.yaml", resolved_config(args))
+        else:
+            logging.getLogger().setLevel(logging.WARNING)
+        args.dist = dist
         return VERBS[args.command].run(args)
     except GktError as exc:
         print(f"gkt: error: {exc}", file=sys.stderr)
@@ -142,3 +149,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gkt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()

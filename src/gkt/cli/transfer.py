@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
+from gkt.distributed import DistContext
 from gkt.config import resolved_config
 from gkt.report import format_table
 from gkt.tracking import add_tracking_options, tracking
@@ -49,6 +51,15 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted transfer run from its last finished epoch (into a new run "
                         "directory; --epochs may extend it, other options come from the run)")
+    speed = p.add_argument_group("speed (how it runs, not what it computes; under torchrun every rank trains "
+                                 "1/N of each --batch-size batch)")
+    speed.add_argument("--no-cache", action="store_true",
+                       help="compute the frozen models' outputs every step even without augmentation (default: "
+                            "computed once, stored in $GKT_HOME/predictions and reused)")
+    speed.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="autocast precision (auto: bf16 on a GPU that supports it, else fp32; default fp32)")
+    speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
     multi.add_argument("--multi", nargs="+", metavar="MODE",
                        help="sequential (one teacher after another), parallel (all at once, K-teacher data "
@@ -102,6 +113,7 @@ def transfer(args: argparse.Namespace) -> int:
     from gkt.data import load_split, stratified_subset
     from gkt.models import DataInfo, load_model
     from gkt.transfer import TransferConfig, create_method, run_transfer
+    from gkt.transfer.trainer import Runtime
 
     create_method(args.method)  # unknown names fail before anything is loaded
     if args.resume and args.multi:
@@ -116,7 +128,12 @@ def transfer(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, temperature=args.temperature, augment=tuple(args.augment),
                             seed=args.seed, unlabelled=args.unlabelled)
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
+    dist = getattr(args, "dist", DistContext())
+    runtime = Runtime(cache_outputs=not args.no_cache, precision=args.precision, channels_last=args.channels_last,
+                      compile=args.compile, dist=dist)
     if args.multi or len(teachers) > 1:
+        if dist.enabled:
+            raise GktError("multi-teacher transfer runs in one process; start it without torchrun")
         return _multi_transfer(args, config, teachers)
     (spec,) = teachers
     train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
@@ -125,18 +142,24 @@ def transfer(args: argparse.Namespace) -> int:
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
     teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
+    if not dist.is_main:  # another rank of a torchrun job: train and evaluate its share, write nothing
+        run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, None, resume=resume,
+                     runtime=runtime)
+        return 0
     write_json(args.run_dir / "resolved_config.json", {
         **config.to_dict(), "student": args.student, "teacher": spec, "data": args.data,
         "class_map": teacher.provenance.get("class_map"),
         "transfer_set": {"name": transfer_set.name, "size": len(transfer_set), "fingerprint": transfer_set.fingerprint()},
         "test_set": {"name": test_set.name, "size": len(test_set)}, "device": str(args.torch_device),
+        "runtime": {k: v for k, v in asdict(runtime).items() if k != "dist"} | {"processes": dist.world},
         "resumed_from": args.resume})
     print(f"transfer {spec} → {args.student} with {args.method} on {len(transfer_set)} samples "
           f"({transfer_set.name}), {config.epochs} epochs, lr {config.lr:g}, device {args.torch_device}"
+          + (f" x {dist.world} processes" if dist.enabled else "")
           + (f", resuming epoch {resume['epoch']} of {args.resume}" if resume else ""))
     with tracking(args, resolved_config(args)) as tracker:
         outcome = run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, args.run_dir,
-                               resume=resume, on_epoch=tracker.log_epoch)
+                               resume=resume, on_epoch=tracker.log_epoch, runtime=runtime)
         tracker.log_metrics({f"final/{k}": v for k, v in outcome.final.items() if k != "config"}, config.epochs)
     columns = ["epoch", "train_loss", "acc", "delta_transf", "knowledge_gain", "knowledge_loss", "delta_rho_pos",
                "delta_rho_neg"]
