@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from gkt.analysis import Analysis, x_label
+from gkt.utils import atomic_path
 
 FigureFn = Callable[[Analysis, "str | None"], "Figure | None"]
 FIGURES: dict[str, FigureFn] = {}
@@ -204,7 +205,8 @@ def write_figures(a: Analysis, out_dir: str | Path, student: str | None = None, 
         if fig is None:
             continue
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=dpi)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
         plt.close(fig)
         written.append(path)
     return written

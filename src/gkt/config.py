@@ -17,7 +17,7 @@ from gkt.utils import GktError, atomic_path
 
 CONFIG_OPTION = "config"
 # Namespace entries that are not options of the command (set by the CLI itself).
-INTERNAL = ("command", "verb", "action", "torch_device", "run_dir", CONFIG_OPTION)
+INTERNAL = ("command", "verb", "action", "torch_device", "run_dir", "dist", CONFIG_OPTION)
 SCALARS: dict[Any, type] = {None: str, str: str, int: int, float: float}
 
 

@@ -177,8 +177,10 @@ class RayBackend:
 
 
 def run_study(fn: JobFn, jobs: Iterable[JobConfig], store: ResultsStore, backend: LocalBackend | RayBackend,
-              retry_failed: bool = False, desc: str = "study") -> dict[str, int]:
-    """Run the jobs of ``jobs`` whose key is not done in ``store``; returns counts of what happened."""
+              retry_failed: bool = False, desc: str = "study",
+              on_result: Callable[[JobConfig, dict[str, Any], str], None] | None = None) -> dict[str, int]:
+    """Run the jobs of ``jobs`` whose key is not done in ``store``; returns counts of what happened.
+    ``on_result(config, metrics, status)`` sees every job as it is stored (e.g. for experiment trackers)."""
     jobs = list(jobs)
     keys = [job_key(j) for j in jobs]
     if len(set(keys)) != len(keys):
@@ -191,6 +193,8 @@ def run_study(fn: JobFn, jobs: Iterable[JobConfig], store: ResultsStore, backend
     for config, metrics, status, seconds in tqdm(backend.run(fn, todo), total=len(todo), desc=desc, disable=None):
         store.put(config, metrics, status, seconds)
         counts[status] += 1
+        if on_result is not None:
+            on_result(config, metrics, status)
         if status == "failed":
             log.warning("job failed: %s: %s", config, metrics.get("error"))
     return counts

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
 from gkt.report import format_table
-from gkt.utils import GktError, write_json
+from gkt.utils import GktError, atomic_path, write_json
 
 if TYPE_CHECKING:
     from gkt.analysis import Analysis
@@ -51,7 +51,7 @@ def resolve_specs(models: Sequence[str], student: str | None, zoo_dir: str | Non
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
 from gkt.report import format_table
-from gkt.utils import write_json
+from gkt.utils import atomic_path, write_json
 
 GROUP_HELP["kdep"] = "KDEP: pre-train a new architecture from a teacher's features, fine-tune, benchmark"
 
@@ -153,7 +153,7 @@ def kdep_benchmark(args: argparse.Namespace) -> int:
     write_json(args.run_dir / "benchmark_config.json", cfg.to_dict())
     start = time.perf_counter()
     result = run_benchmark(cfg, args.torch_device, data_dir=args.data_dir, progress=print)
-    with open(args.run_dir / "results.csv", "w", newline="") as f:
+    with atomic_path(args.run_dir / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(result.rows[0]))
         writer.writeheader()
         writer.writerows(result.rows)
@@ -161,7 +161,8 @@ def kdep_benchmark(args: argparse.Namespace) -> int:
                                                "rows": result.rows, "summary": result.summary})
     columns = ["method", "pretrain_samples", "pretrain_s", *cfg.downstream, "mean"]
     table = format_table(result.summary, columns)
-    (args.run_dir / "table.md").write_text(format_table(result.summary, columns, markdown=True) + "\n")
+    with atomic_path(args.run_dir / "table.md") as tmp:
+        tmp.write_text(format_table(result.summary, columns, markdown=True) + "\n")
     title = (f"{cfg.student_arch} pre-trained on {cfg.pretrain_data}[{cfg.pretrain_classes}], "
              f"{len(cfg.seeds)} seed(s); downstream: {', '.join(cfg.downstream)}")
     plot_benchmark(result.summary, args.run_dir / "accuracy_vs_time.png", title)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
+from gkt.config import resolved_config
 from gkt.report import format_table
-from gkt.utils import GktError, read_json, write_json
+from gkt.tracking import add_tracking_options, tracking
+from gkt.utils import GktError, atomic_path, read_json, write_json
 
 STORE_NAME = "results.sqlite"
 
@@ -45,6 +47,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="local backend: parallel processes (default: 1)")
     p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a study: reuse RUN_DIR's results store")
+    add_tracking_options(p)
 
 
 def _method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -99,18 +102,19 @@ def write_study_outputs(run_dir: Path, records: list[dict[str, Any]]) -> list[di
     for name, rows in (("runs.csv", records), ("pairs.csv", pairs), ("success_table.csv", table),
                        ("best_settings.csv", best_settings(pairs))):
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        with open(run_dir / name, "w", newline="") as f:
+        with atomic_path(run_dir / name) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows)
-    (run_dir / "summary.md").write_text("## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n")
+    with atomic_path(run_dir / "summary.md") as tmp:
+        tmp.write_text("## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n")
     write_study_figures(pairs, run_dir)
     return table
 
 
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
 def study(args: argparse.Namespace) -> int:
-    from gkt.studies import LocalBackend, RayBackend, ResultsStore, run_study, transfer_job
+    from gkt.studies import LocalBackend, RayBackend, ResultsStore, job_key, run_study, transfer_job
 
     if args.resume:
         old = Path(args.resume)
@@ -126,7 +130,13 @@ def study(args: argparse.Namespace) -> int:
                else LocalBackend(args.workers, args.threads))
     start = time.perf_counter()
     store = ResultsStore(store_path)
-    counts = run_study(transfer_job, jobs, store, backend)
+    with tracking(args, resolved_config(args)) as tracker:
+        def track_job(config: dict[str, Any], metrics: dict[str, Any], status: str) -> None:
+            if status == "done":
+                tracker.log_job(job_key(config), config, metrics)
+
+        counts = run_study(transfer_job, jobs, store, backend, on_result=track_job)
+        tracker.log_metrics({f"jobs_{k}": v for k, v in counts.items()}, 0)
     records = [r for r in store.records() if r.get("status") == "done"]
     print(f"{counts['total']} jobs: {counts['skipped']} already done, {counts['done']} ran, {counts['failed']} failed "
           f"({time.perf_counter() - start:.0f}s); results store: {store_path}")

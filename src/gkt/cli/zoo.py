@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
 from gkt.report import format_table
-from gkt.utils import write_json
+from gkt.utils import atomic_path, write_json
 
 GROUP_HELP["zoo"] = "build and list the embedded Fashion-MNIST model zoo"
 
@@ -34,7 +34,7 @@ def print_zoo(records: Sequence, run_dir: Path | None = None) -> None:
               f"cross-entropy (SGD, lr {records[0].convergence['lr'] if records[0].convergence else '-'}, no "
               "augmentation); a finished model gains at most +0.30 points")
     if run_dir is not None and rows:
-        with open(run_dir / "zoo.csv", "w", newline="") as f:
+        with atomic_path(run_dir / "zoo.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -385,7 +385,8 @@ def write_summary(entries: Sequence[dict[str, Any]], run_dir: Path) -> None:
     write_rows(flat, run_dir / "summary.csv")
     text = ("Δtransf in accuracy points on the test split, mean ± std over seeds "
             "(single: over the teachers, each transferred alone).\n\n" + summary_table(entries, markdown=True) + "\n")
-    (run_dir / "summary.md").write_text(text)
+    with atomic_path(run_dir / "summary.md") as tmp:
+        tmp.write_text(text)
 
 
 def run_study(study: MultiTeacherStudy, modes: Sequence[str], out_dir: Path
