@@ -102,7 +102,7 @@ def test_nan_loss_fails_cleanly(tmp_path: Path, tiny_fmnist_dir: Path, models: t
     student, teacher = models
     code, run_dir = run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method", "exploding")
     err = capsys.readouterr().err
-    assert code == 2 and "transfer loss became nan" in err and "step 2" in err and "Traceback" not in err
+    assert code == 2 and "transfer loss became non-finite in epoch 1" in err and "kl=nan" in err and "Traceback" not in err
     assert json.loads((run_dir / "final.json").read_text())["status"] == "failed"
     assert not (run_dir / "student.safetensors").exists()
 

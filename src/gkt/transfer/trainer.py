@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -225,10 +226,7 @@ class TransferTrainer:
         self.student.train()
         self.method.train()
         steps = len(self.transfer_set) // self.config.batch_size
-        sums: dict[str, torch.Tensor] = {}
-        # The first non-finite loss (step, value), kept on the device: checking it per step would sync.
-        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        bad_value = torch.zeros((), device=self.device)
+        running: torch.Tensor | None = None  # per-loss sums, on the device: no host sync inside the loop
         dist = self.runtime.dist
         batches = iterate_batches(self.transfer_set, self.config.batch_size, shuffle=True, generator=self.generator,
                                   drop_last=True, shard=(dist.rank, dist.world),
@@ -242,25 +240,22 @@ class TransferTrainer:
                             student_features=self.student.features(x) if STUDENT_FEATURES in self.method.needs
                             else None)
                 losses = self.method_forward(step)
-                total = torch.stack([v.float() for v in losses.values()]).sum()
-            first_bad = (bad_step < 0) & ~torch.isfinite(total)
-            bad_step = torch.where(first_bad, self.step, bad_step)
-            bad_value = torch.where(first_bad, total.detach(), bad_value)
+                parts = torch.stack([v.float() for v in losses.values()])
+                total = parts.sum()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.after_step(self.student, self.step)
             self.step += 1
-            for key, value in {**losses, "loss": total}.items():
-                sums[key] = sums.get(key, 0) + value.detach().float()
+            running = parts.detach() if running is None else running + parts.detach()
         self.epoch += 1
-        if dist.sum((bad_step >= 0).long()).item():  # any rank saw one
-            raise GktError(f"transfer loss became {bad_value.item()} in epoch {self.epoch}, step "
-                           f"{bad_step.item() + 1}; the run is marked failed and no model was saved — lower --lr "
-                           "or --temperature")
-        return {("train_loss" if k == "loss" else f"loss_{k}"): (dist.sum(v) / (steps * dist.world)).item()
-                for k, v in sums.items()}
+        means = (dist.sum(running) / (steps * dist.world)).tolist()
+        if not all(map(math.isfinite, means)):  # a NaN/inf loss anywhere in the epoch poisons its sum
+            parts_text = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, means))
+            raise GktError(f"transfer loss became non-finite in epoch {self.epoch} (epoch means: {parts_text}); the "
+                           "run is marked failed and no model was saved — lower --lr or --temperature")
+        return {"train_loss": sum(means), **{f"loss_{k}": v for k, v in zip(losses, means)}}
 
     def result(self) -> Classifier:
         return self.method.result(self.student)

@@ -1,0 +1,123 @@
+"""Transfer throughput against its limit: plain fine-tuning of the student on the same data.
+
+    uv run python benchmarks/bench_transfer.py [--student mlp] [--teacher resnet] [--samples 6000] [--threads 2]
+
+A KL+DP step costs the student's forward+backward (the limit) plus the teacher's and the frozen
+student's forwards; the output cache removes the latter. Models are zoo architectures freshly
+initialised (throughput does not depend on the weights), the data are Fashion-MNIST train images when
+they are installed, else random images of the same shape. Every variant runs ``--repeats`` epochs,
+interleaved, and reports the median samples/s; the ratios are measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gkt.data import FASHION_MNIST_CLASSES, TensorImageDataset, iterate_batches, load_split, stratified_subset
+from gkt.models import Classifier
+from gkt.models.preprocess import to_unit_float
+from gkt.training import make_optimizer
+from gkt.transfer import TransferConfig
+from gkt.transfer.trainer import Runtime, TransferTrainer
+from gkt.utils import GktError, resolve_device
+from gkt.zoo import get_entry
+
+
+def zoo_architecture(name: str, seed: int) -> Classifier:
+    entry = get_entry(name)
+    torch.manual_seed(seed)
+    return Classifier.create(entry.arch_spec(), entry.preprocess(), FASHION_MNIST_CLASSES, name=name)
+
+
+def transfer_data(samples: int) -> TensorImageDataset:
+    try:
+        return stratified_subset(load_split("fmnist", "train"), per_class=samples // 10, seed=0)
+    except GktError:
+        g = torch.Generator().manual_seed(0)
+        return TensorImageDataset("random", torch.randint(0, 256, (samples, 1, 28, 28), generator=g, dtype=torch.uint8),
+                                  torch.arange(samples) % 10, FASHION_MNIST_CLASSES)
+
+
+def plain_finetune_epoch(student: Classifier, data: TensorImageDataset, batch_size: int, device: torch.device,
+                         autocast: torch.dtype | None) -> Callable[[], None]:
+    """The limit: the student's own forward+backward+step with cross-entropy, nothing else."""
+    optimizer = make_optimizer(student.parameters(), "sgd", 3e-4, 1e-3)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch() -> None:
+        student.train()
+        for images, labels, _ in iterate_batches(data, batch_size, shuffle=True, generator=generator, drop_last=True):
+            x = to_unit_float(images.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = F.cross_entropy(student(x), labels.to(device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return epoch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--student", default="mlp")
+    p.add_argument("--teacher", default="resnet")
+    p.add_argument("--samples", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CPU: only where it is faster)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = transfer_data(args.samples)
+    os.environ["GKT_HOME"] = tempfile.mkdtemp(prefix="gkt-bench-")  # random models' outputs stay out of the cache
+    student, teacher = zoo_architecture(args.student, 1).to(device), zoo_architecture(args.teacher, 2).to(device)
+    config = TransferConfig(method="kl-dp", epochs=1, batch_size=args.batch_size)
+    start = time.perf_counter()
+    cached = TransferTrainer(student.clone(), teacher, config.build_method(), config, device, data, Runtime())
+    cache_build = time.perf_counter() - start
+    variants: dict[str, Callable[[], object]] = {
+        "plain fine-tuning (limit)": plain_finetune_epoch(student.clone(), data, args.batch_size, device, None),
+        "kl-dp, outputs cached": cached.train_epoch,
+        "kl-dp, outputs computed per step": TransferTrainer(student.clone(), teacher, config.build_method(), config,
+                                                            device, data, Runtime(cache_outputs=False)).train_epoch,
+    }
+    if args.bf16:
+        variants["plain fine-tuning, bf16 autocast"] = plain_finetune_epoch(student.clone(), data, args.batch_size,
+                                                                            device, torch.bfloat16)
+        variants["kl-dp, cached, bf16 autocast"] = TransferTrainer(
+            student.clone(), teacher, config.build_method(), config, device, data, Runtime(precision="bf16")).train_epoch
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t)
+    samples = (len(data) // args.batch_size) * args.batch_size
+    rate = {name: samples / statistics.median(ts) for name, ts in times.items()}
+    limit = rate["plain fine-tuning (limit)"]
+    print(f"student {args.student} ({student.num_parameters():,} params), teacher {args.teacher} "
+          f"({teacher.num_parameters():,} params), {samples} samples/epoch ({data.name}), batch {args.batch_size}, "
+          f"device {device}, {torch.get_num_threads()} thread(s), median of {args.repeats} epochs")
+    print(f"one-off cache build (teacher + frozen student over the transfer set): {cache_build:.2f}s")
+    for name, r in rate.items():
+        spread = (max(times[name]) - min(times[name])) / 2 / statistics.median(times[name])
+        print(f"  {name:36s} {r:9.0f} samples/s (±{100 * spread:.0f}%)   ÷ limit = {r / limit:.2f}")
+
+
+if __name__ == "__main__":
+    main()
