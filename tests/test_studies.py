@@ -84,8 +84,9 @@ def test_killed_study_resumes_only_missing(tmp_path: Path) -> None:
     assert [(r.key, r.metrics) for r in store.rows()] == [(r.key, r.metrics) for r in full.rows()]
 
 
-@pytest.mark.slow  # a local Ray start takes minutes here and its workers fail to start under `uv run` (open)
 def test_ray_backend_matches_local(tmp_path: Path) -> None:
+    """A local Ray instance (~40 s to start on 2 cores) writes the same table as the inline backend. Under
+    `./run test` (`uv run --no-sync`) Ray is imported here before the backend runs: its uv hook must stay off."""
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     jobs = expand_grid({}, GRID)

@@ -147,14 +147,19 @@ class RayBackend:
         self.address, self.num_cpus_per_job, self.threads, self.local_cpus = address, num_cpus_per_job, threads, local_cpus
 
     def run(self, fn: JobFn, jobs: Sequence[JobConfig]) -> Iterator[tuple[JobConfig, dict[str, Any], str, float]]:
-        # Under `uv run`, Ray would re-create the uv environment for every worker (slow, and impossible
-        # offline); the workers run the driver's own interpreter instead.
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         try:
             import ray
+            from ray._private import ray_constants
         except ImportError as exc:
             raise GktError("the ray backend needs Ray: install gkt with the 'cluster' extra "
                            "(uv sync --extra cluster, or pip install 'ray[default]')") from exc
+        # Under `uv run`, Ray's uv hook would run every worker as `uv run ... python` inside a copy of the
+        # working directory: with `--no-sync` that is an empty new venv without Ray (the workers never
+        # start), without it a fresh environment per node (slow, and impossible offline). The workers run
+        # the driver's own interpreter instead, unless RAY_ENABLE_UV_RUN_RUNTIME_ENV asks for the hook.
+        # Ray reads that variable once, when it is first imported, so the flag is also set on the module.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"].lower() in ("1", "true")
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self.address, num_cpus=None if self.address else self.local_cpus,
