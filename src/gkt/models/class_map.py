@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.utils import GktError
 
-ClassMapLike = Union[str, os.PathLike, Mapping[str, Any]]
+ClassMapLike = str | os.PathLike | Mapping[str, Any]
 AUTO = "auto"
 
 
@@ -115,8 +115,8 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
             unmatched.append(f"{name} → {', '.join(bad) or 'nothing'}")
         groups.append([f for f in found if isinstance(f, int)])
     if unmatched:
-        raise GktError(f"cannot match {len(unmatched)} of {len(target)} student classes to the teacher's "
-                       f"{len(source)} classes: {'; '.join(unmatched)} (give --class-map FILE with "
+        raise GktError(f"the teacher's class names differ from the student's: cannot match {len(unmatched)} of "
+                       f"{len(target)} student classes to the teacher's {len(source)} classes: {'; '.join(unmatched)} (give --class-map FILE with "
                        "{student_class: teacher_class_or_list})")
     twice = sorted(source[i] for i, n in Counter(i for g in groups for i in g).items() if n > 1)
     if twice:
@@ -125,7 +125,8 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
     return groups
 
 
-def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO) -> Classifier:
+def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO
+                    ) -> Classifier:
     """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
     (names matched case-insensitively; only when they differ in order or case, not in number). ``model``
     itself is returned when it already predicts ``class_names`` in order."""

@@ -55,7 +55,8 @@ class HeadInputNet(nn.Module):
         return self.model(x)
 
     def head(self) -> nn.Linear:
-        heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.out_features == self.num_classes]
+        heads = [m for m in self.model.modules()
+                 if isinstance(m, nn.Linear) and m.out_features == self.num_classes]
         if not heads:
             raise GktError(f"{type(self.model).__name__} has no linear classifier with {self.num_classes} outputs "
                            "to take features from")
@@ -108,14 +109,17 @@ def hf_config_dict(config: Any) -> dict[str, Any]:
     return {"model_type": config.model_type, **{k: v for k, v in d.items() if k not in IGNORED_HF_CONFIG_KEYS}}
 
 
-def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+def hf_preprocess(processor: Any, channels: int, spec: ModelSpec
+                  ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """``(input_size, mean, std)`` on gkt's [0, 1] scale from a ``transformers`` image processor."""
-    size = processor.crop_size if getattr(processor, "do_center_crop", False) and processor.crop_size else processor.size
+    crops = getattr(processor, "do_center_crop", False) and processor.crop_size
+    size = processor.crop_size if crops else processor.size
     height, width = (size.get("height"), size.get("width")) if size is not None else (None, None)
     if height is None and size is not None:
         height = width = size.get("shortest_edge")
     if height is None or height != width:
-        raise GktError(f"hf:{spec.target}: the image processor's size {size} is not a square input; give img_size=N")
+        raise GktError(f"hf:{spec.target}: the image processor's size {size} is not a square input; "
+                       "give img_size=N")
     # The network sees (x * scale - mean) / std with x in [0, 1]; fold the scale into mean and std.
     scale = 255 * (processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0)
     if getattr(processor, "do_normalize", True) and processor.image_mean is not None:
@@ -151,7 +155,8 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
     if options:
         raise GktError(f"hf:{path}: unknown options {sorted(options)} (known: img_size, mean, std)")
     arch = ArchSpec("hf", type(model).__name__, len(names), channels, size, {"config": hf_config_dict(config)})
-    return Classifier(HFNet(model.float(), len(names)), arch, make_preprocess(size, channels, mean, std, spec), names,
+    preprocess = make_preprocess(size, channels, mean, std, spec)
+    return Classifier(HFNet(model.float(), len(names)), arch, preprocess, names,
                       provenance={"weights": str(path.resolve())})
 
 
@@ -159,7 +164,8 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
 
 
 @register_source("torchvision")
-def build_torchvision_net(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> HeadInputNet:
+def build_torchvision_net(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any
+                          ) -> HeadInputNet:
     """A randomly initialised ``torchvision.models`` architecture with ``num_classes`` outputs."""
     import torchvision
 

@@ -82,7 +82,8 @@ class ModelSpec:
             rest, _, weights = rest.partition("@")
         if not rest:
             raise GktError(f"model spec {spec!r}: write it as {syntax.usage}")
-        return cls(source, rest, weights or None, {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True)})
+        options = {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+        return cls(source, rest, weights or None, options)
 
 
 SpecLoader = Callable[[ModelSpec, "DataInfo | None", "str | Path | None"], Classifier]
@@ -263,7 +264,8 @@ def square_input(input_size: Sequence[int] | None, what: str) -> tuple[int | Non
     return c, h
 
 
-def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequence[float], spec: ModelSpec) -> Preprocess:
+def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequence[float], spec: ModelSpec
+                    ) -> Preprocess:
     try:
         return Preprocess(size, channels, tuple(float(v) for v in mean), tuple(float(v) for v in std))
     except ValueError as exc:

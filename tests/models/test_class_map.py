@@ -1,0 +1,119 @@
+"""Class maps: automatic name matching, a 20-class teacher on 10 student classes, clear errors, and
+``gkt transfer --class-map``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gkt.cli import main
+from gkt.data import FASHION_MNIST_CLASSES
+from gkt.models import (
+    ArchSpec,
+    Classifier,
+    DataInfo,
+    Preprocess,
+    apply_class_map,
+    check_label_space,
+    load_model,
+    save_checkpoint,
+    weights_hash,
+)
+from gkt.utils import GktError
+
+STUDENT = [f"s{i}" for i in range(10)]
+
+
+def model(names: list[str], seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier.create(ArchSpec("zoo", "mlp", len(names), 1, 14, {"hidden": [8]}),
+                             Preprocess(14, 1, (0.5,), (0.3,)), names).eval()
+
+
+def raw(n: int = 5) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, 14, 14), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_permuted_names_auto_match() -> None:
+    teacher = model(list(reversed(STUDENT)))
+    mapped = apply_class_map(teacher, STUDENT)
+    check_label_space(mapped, STUDENT)
+    x = raw()
+    with torch.no_grad():
+        assert torch.allclose(mapped(x), teacher(x).flip(-1))
+        assert torch.equal(mapped.features(x), teacher.features(x))
+    assert mapped.provenance["class_map"]["s0"] == ["s0"]
+    assert weights_hash(mapped) != weights_hash(teacher)  # cached outputs of the two never mix
+
+
+def test_case_only_difference_keeps_the_network() -> None:
+    teacher = model([n.upper() for n in STUDENT])
+    mapped = apply_class_map(teacher, STUDENT)
+    assert mapped.class_names == STUDENT and mapped.net is teacher.net and mapped.arch == teacher.arch
+    same = model(STUDENT)
+    assert apply_class_map(same, STUDENT) is same
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_twenty_class_teacher_mapped_to_ten_student_classes(tmp_path: Path, suffix: str) -> None:
+    teacher_names = [f"t{i}" for i in range(20)]
+    teacher = model(teacher_names)
+    # s0..s8 take two teacher classes each (names, one case-insensitive, or an index); s9 takes t19 alone
+    mapping = {f"s{i}": [f"t{2 * i}", f"T{2 * i + 1}" if i % 2 else 2 * i + 1] for i in range(9)} | {"s9": "t19"}
+    path = tmp_path / f"map{suffix}"
+    if suffix == ".yaml":
+        import yaml
+
+        path.write_text(yaml.safe_dump(mapping))
+    else:
+        path.write_text(json.dumps(mapping))
+    info = DataInfo(tuple(STUDENT), 1, 14, (0.5,), (0.3,))
+    spec = f"file:{save_checkpoint(teacher, tmp_path / 'teacher')}"
+    with pytest.raises(GktError, match="predicts 20 classes"):
+        load_model(spec, info)
+    mapped = load_model(spec, info, class_map=path)
+    x = raw()
+    with torch.no_grad():
+        t = teacher(x)
+        expected = torch.cat([torch.logsumexp(t[:, :18].view(-1, 9, 2), -1), t[:, 19:]], 1)
+        assert torch.allclose(mapped(x), expected, atol=1e-6)
+    assert mapped.provenance["class_map"]["s9"] == ["t19"] and mapped.provenance["class_map"]["s1"] == ["t2", "t3"]
+    # the mapped teacher is a checkpointable classifier of its own
+    again = load_model(f"file:{save_checkpoint(mapped, tmp_path / 'mapped')}", info)
+    assert torch.equal(again(x), mapped(x)) and again.arch.source == "class_map"
+
+
+def test_unmatched_classes_are_named() -> None:
+    teacher = model([f"t{i}" for i in range(10)])
+    with pytest.raises(GktError, match=r"cannot match 10 of 10 student classes.*s0 → 's0'.*s9 → 's9'"):
+        apply_class_map(teacher, STUDENT)
+    with pytest.raises(GktError, match=r"cannot match 2 of 10.*s3 → 'cat'.*s4 → index 12"):
+        apply_class_map(teacher, STUDENT, {f"s{i}": f"t{i}" for i in range(10)} | {"s3": "cat", "s4": 12})
+    with pytest.raises(GktError, match=r"predicts 20 classes, the data has 10: give a class map"):
+        apply_class_map(model([f"t{i}" for i in range(20)]), STUDENT)
+    with pytest.raises(GktError, match=r"classes the student does not have: \['s99'\]"):
+        apply_class_map(teacher, STUDENT, {"s99": "t0"})
+    with pytest.raises(GktError, match=r"teacher classes \['t0'\] to several"):
+        apply_class_map(teacher, STUDENT, {f"s{i}": f"t{i}" for i in range(10)} | {"s1": ["t0", "t1"]})
+    with pytest.raises(GktError, match=r"ambiguous: indices \[0, 1\]"):
+        apply_class_map(model(["crane", "crane"] + [f"t{i}" for i in range(8)]), STUDENT[:1], {"s0": "crane"})
+
+
+def test_cli_transfer_with_class_map(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    student = save_checkpoint(model(FASHION_MNIST_CLASSES, seed=1), tmp_path / "student")
+    teacher_names = [f"{n} (teacher)" for n in FASHION_MNIST_CLASSES] + [f"other{i}" for i in range(10)]
+    teacher = save_checkpoint(model(teacher_names, seed=2), tmp_path / "teacher")
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({n: [f"{n} (teacher)", f"other{i}"] for i, n in enumerate(FASHION_MNIST_CLASSES)}))
+    common = ["transfer", "--data-dir", str(tiny_fmnist_dir), "--fraction", "1.0", "--batch-size", "8", "--epochs", "1",
+              "--out", str(tmp_path / "runs"), "--threads", "1", "--student", f"file:{student}",
+              "--teacher", f"file:{teacher}"]
+    assert main(common) == 2
+    assert "give a class map" in capsys.readouterr().err
+    assert main([*common, "--class-map", str(mapping)]) == 0
+    (run_dir,) = [d for d in (tmp_path / "runs").iterdir() if (d / "final.json").is_file()]
+    resolved = json.loads((run_dir / "resolved_config.json").read_text())
+    assert resolved["class_map"]["T-shirt/top"] == ["T-shirt/top (teacher)", "other0"]
