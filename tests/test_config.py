@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import write_idx
+
 from gkt.cli import build_parser, main
 from gkt.config import config_model, parse_args, validate_config, verb_parsers
 from gkt.data import FASHION_MNIST_CLASSES

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_config import fmnist_dir, write_model
 
 from gkt.cli import main
-from gkt.tracking import TrackingContext, Trackers, flatten, numeric, open_trackers
+from gkt.tracking import Trackers, TrackingContext, flatten, numeric, open_trackers
 from gkt.utils import GktError
-from test_config import fmnist_dir, write_model
 
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
