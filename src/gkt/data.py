@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import os
 import shutil
 import struct
@@ -16,7 +17,7 @@ import urllib.request
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -395,29 +396,59 @@ def carve_split(train: ImageDataset, split: str, val_fraction: float, seed: int,
 # ----------------------------------------------------------------------------- data specs
 
 
+# Further data specs: kind -> "module:function" loading one split with the keyword arguments of
+# :func:`load_split` (``split, *, path, data_dir, val_fraction, seed, image_size, channels, bad_images``);
+# imported on first use, so extensions may import this module.
+DATA_SPEC_LOADERS: dict[str, str] = {"digits": "gkt.datasets_extra:digits_split"}
+DOMAIN_SEPARATOR = "@"  # ``BASE@DOMAIN``: a registered style transform of gkt.domains applied to BASE
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    """``fmnist`` (embedded default) or ``folder:PATH`` (ImageNet layout: PATH/train, PATH/val)."""
+    """``fmnist`` (embedded default), ``folder:PATH`` (ImageNet layout: PATH/train, PATH/val), a kind of
+    :data:`DATA_SPEC_LOADERS` (``digits``), each optionally ``@DOMAIN`` (e.g. ``fmnist@edges``)."""
 
     kind: str
     path: str | None = None
+    domain: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> DataSpec:
+        base, sep, domain = spec.rpartition(DOMAIN_SEPARATOR)
+        if sep:
+            if not (base and domain):
+                raise GktError(f"data spec {spec!r}: use BASE@DOMAIN, e.g. fmnist@edges")
+            return replace(cls.parse(base), domain=domain)
         kind, _, rest = spec.partition(":")
         if kind in ("fmnist", "fashion-mnist", "fashion_mnist"):
             return cls("fmnist", rest or None)
         if kind == "folder" and rest:
             return cls("folder", rest)
-        raise GktError(f"unknown data spec {spec!r}; use 'fmnist' or 'folder:PATH' (PATH/train/<class>/...)")
+        if kind in DATA_SPEC_LOADERS:
+            return cls(kind, rest or None)
+        extra = "".join(f", '{k}'" for k in DATA_SPEC_LOADERS)
+        raise GktError(f"unknown data spec {spec!r}; use 'fmnist', 'folder:PATH' (PATH/train/<class>/...){extra}, "
+                       "optionally with @DOMAIN (e.g. fmnist@edges)")
 
 
 def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, data_dir: str | None = None,
                val_fraction: float = 0.1, seed: int = 0, image_size: int = 224, channels: int = 3,
                bad_images: BadImagePolicy = "fail") -> ImageDataset:
     """Load one split of a data spec. ``val`` is carved (stratified, seeded) from ``train`` unless the
-    dataset ships one; for Fashion-MNIST ``train`` then means the rest of the official train split."""
+    dataset ships one; for Fashion-MNIST ``train`` then means the rest of the official train split.
+    ``BASE@DOMAIN`` loads the same split of BASE with the domain's transform applied (same samples)."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.domain is not None:
+        from gkt.domains import apply_domain
+
+        base = replace(spec, domain=None)
+        return apply_domain(load_split(base, split, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
+                                       image_size=image_size, channels=channels, bad_images=bad_images), spec.domain)
+    if spec.kind in DATA_SPEC_LOADERS:
+        module, _, function = DATA_SPEC_LOADERS[spec.kind].partition(":")
+        loader = getattr(importlib.import_module(module), function)
+        return loader(split, path=spec.path, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
+                      image_size=image_size, channels=channels, bad_images=bad_images)
     if spec.kind == "fmnist":
         if split == "test":
             return load_fashion_mnist("test", spec.path or data_dir)

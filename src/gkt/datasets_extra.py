@@ -41,6 +41,15 @@ def load_digits_28(split: Split, seed: int = 0, test_fraction: float = DIGITS_TE
     return carve_split(train, split, val_fraction, seed, "digits: a val split needs val_fraction > 0")
 
 
+def digits_split(split: Split, *, val_fraction: float = 0.0, seed: int = 0, **_: object) -> ImageDataset:
+    """The ``digits`` data spec of :func:`gkt.data.load_split`: the fixed (seed 0) train/test split, with
+    ``val`` carved from train with ``seed``; the remaining options of ``load_split`` do not apply."""
+    if split == "test":
+        return load_digits_28("test", seed=0)
+    return carve_split(load_digits_28("train", seed=0), split, val_fraction, seed,
+                       "digits: a val split needs val_fraction > 0")
+
+
 def parse_classes(text: str | Sequence[int] | None) -> list[int] | None:
     """``"0-4"``, ``"5,7,9"`` or ``"0-2,8"`` to a list of class indices (``None``/empty: all classes)."""
     if text is None or text == "":

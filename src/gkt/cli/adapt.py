@@ -1,0 +1,102 @@
+"""``gkt adapt``: new classifier heads for a target dataset (linear probe or full fine-tuning), then
+optionally transfers between the adapted models on it (paper appendix B.4, Fig. 9)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from gkt.cli import register_verb
+from gkt.report import format_table
+from gkt.utils import GktError, write_json
+
+DEFAULT_METHODS = ("kl", "xekl-mcl", "kl-dp")
+
+
+def add_transfer_options(p: argparse.ArgumentParser, epochs: int | None, fraction: float) -> None:
+    """Options of the transfer grid shared by ``gkt adapt --transfer`` and ``gkt crossdomain``."""
+    g = p.add_argument_group("transfer study")
+    g.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help=f"transfer methods (default: {' '.join(DEFAULT_METHODS)})")
+    g.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the transfer runs (default: 0)")
+    g.add_argument("--epochs", type=int, default=epochs,
+                   help=f"transfer epochs (default: {epochs or 'the transfer default, 5'})")
+    g.add_argument("--lr", type=float, default=None, help="transfer learning rate (default: the transfer default)")
+    g.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: 128)")
+    g.add_argument("--fraction", type=float, default=fraction,
+                   help=f"stratified share of the train split used as transfer set (default: {fraction:g})")
+    g.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
+                   help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
+    g.add_argument("--workers", type=int, default=1, help="parallel transfer processes (default: 1)")
+
+
+def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str], data: str) -> Any:
+    from gkt.adapt import StudyPlan
+    from gkt.cli.study import _method_args
+
+    return StudyPlan(students, teachers, args.methods, args.seeds, data, args.fraction,
+                     {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
+                     _method_args(args.method_arg, args.methods), args.data_dir, args.zoo_dir, args.device)
+
+
+def print_study(result: dict[str, Any], run_dir: Any, seconds: float) -> None:
+    counts = result["counts"]
+    print(f"{counts['total']} transfer jobs: {counts['skipped']} already done, {counts['done']} ran, "
+          f"{counts['failed']} failed ({seconds:.0f}s); results store: {run_dir / 'results.sqlite'}")
+    print(format_table(result["summary"]))
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", required=True, help="model specs to adapt (zoo:NAME, file:PATH, ...)")
+    p.add_argument("--data", default="digits",
+                   help="target data spec: digits (scikit-learn 8x8 digits at 28x28) | folder:PATH | any gkt data "
+                        "spec (default: digits)")
+    p.add_argument("--full", action="store_true", help="fine-tune every weight after the probe (default: linear probe "
+                                                       "on frozen features)")
+    p.add_argument("--l2", type=float, nargs="+", default=None,
+                   help="probe L2 strength(s); several are compared on a val share of train (default: 1e-4 1e-3 1e-2 1e-1)")
+    p.add_argument("--ft-epochs", type=int, default=10, help="--full: fine-tuning epochs (default: 10)")
+    p.add_argument("--ft-lr", type=float, default=0.01, help="--full: peak SGD learning rate (default: 0.01)")
+    p.add_argument("--ft-batch-size", type=int, default=64, help="--full: batch size (default: 64)")
+    p.add_argument("--transfer", action="store_true",
+                   help="then transfer between the adapted models (all ordered pairs) on the target data")
+    add_transfer_options(p, epochs=20, fraction=1.0)
+
+
+@register_verb("adapt", "fit new heads on a target dataset (linear probe / --full), optionally transfer between them",
+               _configure)
+def adapt(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from gkt.adapt import AdaptConfig, adapt_cached, transfer_study, write_rows
+
+    if len(set(args.models)) != len(args.models):
+        raise GktError("--models lists a model twice")
+    cfg = AdaptConfig(mode="full" if args.full else "probe", seed=args.seed)
+    cfg = replace(cfg, finetune=replace(cfg.finetune, epochs=args.ft_epochs, lr=args.ft_lr,
+                                        batch_size=args.ft_batch_size))
+    if args.l2:
+        cfg = replace(cfg, l2=tuple(args.l2))
+    rows, labels = [], {}
+    for spec in args.models:
+        adapted, record = adapt_cached(spec, args.data, cfg, args.torch_device, args.data_dir, args.zoo_dir)
+        labels[adapted] = spec
+        rows.append({"model": spec, "adapted": adapted, "mode": record["mode"], "l2": record["l2"],
+                     "probe_test_acc": round(100 * record["probe_test_acc"], 2),
+                     "test_acc": round(100 * record["test_acc"], 2), "seconds": record["seconds"],
+                     "cached": record["cached"]})
+    write_rows(args.run_dir / "adapted.csv", rows)
+    write_json(args.run_dir / "adapted.json", {"data": args.data, "config": cfg.to_dict(), "models": rows})
+    print(f"adapted to {args.data} ({cfg.mode}); test accuracy in %:")
+    print(format_table(rows, ["model", "mode", "l2", "probe_test_acc", "test_acc", "seconds", "cached", "adapted"]))
+    if args.transfer:
+        if len(rows) < 2:
+            raise GktError("--transfer needs at least two --models")
+        specs = [r["adapted"] for r in rows]
+        start = time.perf_counter()
+        result = transfer_study(study_plan(args, specs, specs, args.data), args.run_dir, labels, args.workers,
+                                args.threads, title=f"Transfer between models adapted to {args.data} ({cfg.mode})")
+        print_study(result, args.run_dir, time.perf_counter() - start)
+    print(f"run directory: {args.run_dir}")
+    return 0

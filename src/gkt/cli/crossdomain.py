@@ -1,0 +1,65 @@
+"""``gkt crossdomain``: teachers fine-tuned on a shifted domain transfer into original-domain students
+(paper appendix B.5, Fig. 10)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from gkt.cli import register_verb
+from gkt.cli.adapt import add_transfer_options, print_study, study_plan
+from gkt.report import format_table
+from gkt.utils import GktError
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.domains import describe_domains
+
+    p.description = f"{p.description}\n\ndomains:\n{describe_domains()}"
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--domain", required=True, help="the teachers' shifted domain (listed above)")
+    p.add_argument("--teachers", nargs="+", required=True, help="model specs fine-tuned on the domain, then teachers")
+    p.add_argument("--students", nargs="+", required=True, help="original-domain students (model specs)")
+    p.add_argument("--data", default="fmnist", help="original data spec (default: fmnist)")
+    p.add_argument("--ft-epochs", type=int, default=3, help="domain fine-tuning epochs (default: 3)")
+    p.add_argument("--ft-lr", type=float, default=1e-3, help="domain fine-tuning peak lr, AdamW (default: 1e-3)")
+    p.add_argument("--ft-batch-size", type=int, default=128, help="domain fine-tuning batch size (default: 128)")
+    p.add_argument("--ft-fraction", type=float, default=1.0,
+                   help="stratified share of the shifted train split to fine-tune on (default: 1)")
+    add_transfer_options(p, epochs=None, fraction=0.1)
+
+
+@register_verb("crossdomain", "fine-tune teachers on a shifted domain, transfer them into original-domain students",
+               _configure)
+def crossdomain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from gkt.adapt import transfer_study, write_rows
+    from gkt.domains import DomainFinetune, domain_teacher, get_domain
+
+    get_domain(args.domain)
+    if len(set(args.teachers)) != len(args.teachers):
+        raise GktError("--teachers lists a model twice")
+    cfg = DomainFinetune()
+    cfg = replace(cfg, fraction=args.ft_fraction,
+                  recipe=replace(cfg.recipe, epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size))
+    shifted = f"{args.data}@{args.domain}"
+    rows, labels = [], {}
+    for spec in args.teachers:
+        teacher, record = domain_teacher(spec, shifted, cfg, args.torch_device, args.data_dir, args.zoo_dir)
+        labels[teacher] = f"{spec}@{args.domain}"
+        rows.append({"teacher": labels[teacher], "source": spec,
+                     **{k: round(100 * record[k], 2) for k in ("acc_orig_before", "acc_orig_after",
+                                                               "acc_domain_before", "acc_domain_after")},
+                     "train_seconds": record["train_seconds"], "cached": record["cached"], "checkpoint": teacher})
+    write_rows(args.run_dir / "domain_teachers.csv", rows)
+    print(f"teachers fine-tuned on {shifted}; test accuracy in % on the original and the shifted domain:")
+    print(format_table(rows, ["teacher", "acc_orig_before", "acc_orig_after", "acc_domain_before",
+                              "acc_domain_after", "train_seconds", "cached"]))
+    start = time.perf_counter()
+    result = transfer_study(study_plan(args, list(args.students), list(labels), args.data), args.run_dir, labels,
+                            args.workers, args.threads, figure="fig10_crossdomain_delta_transf_vs_delta_acc.png",
+                            title=f"Teachers fine-tuned on {shifted} -> {args.data} students")
+    print_study(result, args.run_dir, time.perf_counter() - start)
+    print(f"run directory: {args.run_dir}")
+    return 0
