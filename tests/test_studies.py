@@ -94,3 +94,20 @@ def test_ray_backend_matches_local(tmp_path: Path) -> None:
     run_study(seeded_job, jobs, local, LocalBackend(1))
     run_study(seeded_job, jobs, remote, RayBackend(local_cpus=2))
     assert [(r.key, r.config, r.metrics) for r in local.rows()] == [(r.key, r.config, r.metrics) for r in remote.rows()]
+
+
+def test_success_table_reports_seed_noise() -> None:
+    from gkt.study_report import pair_means, success_table
+
+    deltas = {("a", "kl-dp"): [0.010, 0.012, 0.011], ("b", "kl-dp"): [0.002, -0.002, 0.001],
+              ("a", "kl"): [-0.02, -0.03, -0.025], ("b", "kl"): [0.001, 0.0, -0.001]}
+    records = [{"student": s, "teacher": "t", "method": m, "seed": seed, "delta_transf": d, "knowledge_gain": 0.01,
+                "knowledge_loss": 0.01} for (s, m), ds in deltas.items() for seed, d in enumerate(ds)]
+    pairs = pair_means(records)
+    assert next(p for p in pairs if p["student"] == "a" and p["method"] == "kl")["delta_transf_std"] == pytest.approx(0.005)
+    table = {r["method"]: r for r in success_table(pairs)}
+    assert table["kl-dp"]["success_%"] == 100 and table["kl-dp"]["clear_gain_%"] == 50
+    assert table["kl"]["success_%"] == 0 and table["kl"]["clear_loss_%"] == 50 and table["kl"]["clear_gain_%"] == 0
+    assert table["kl"]["seeds"] == 3 and table["kl"]["seed_std_pp"] == pytest.approx(100 * (0.005 + 0.001) / 2)
+    single = success_table(pair_means([r for r in records if r["seed"] == 0]))
+    assert "clear_gain_%" not in single[0]

@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import mean, median, pstdev
+from statistics import mean, median, stdev
 from typing import Any
 
 from gkt.utils import atomic_path
@@ -22,8 +22,8 @@ def setting(record: Record) -> str:
 
 
 def pair_means(records: Sequence[Record], value: str = "delta_transf") -> list[Record]:
-    """One row per (student, teacher, method, setting): the seeds' mean and std of ``value`` plus the
-    other numeric metrics averaged."""
+    """One row per (student, teacher, method, setting): the seeds' mean and sample std of ``value`` plus
+    the other numeric metrics averaged."""
     groups: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         groups[(*(r[f] for f in PAIR_FIELDS), setting(r))].append(r)
@@ -34,28 +34,45 @@ def pair_means(records: Sequence[Record], value: str = "delta_transf") -> list[R
         for k in sorted(numeric - {"seed"}):
             values = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and not math.isnan(r[k])]
             row[k] = mean(values) if values else math.nan
-        row[f"{value}_std"] = pstdev([r[value] for r in rs]) if len(rs) > 1 else 0.0
+        row[f"{value}_std"] = stdev([r[value] for r in rs]) if len(rs) > 1 else 0.0
         row["student_family"], row["teacher_family"] = rs[0].get("student_family"), rs[0].get("teacher_family")
         row["delta_acc"] = row.get("acc_teacher", math.nan) - row.get("acc_student_before", math.nan)
         rows.append(row)
     return rows
 
 
+def beyond_noise(pair: Record, value: str = "delta_transf", z: float = 2.0) -> int:
+    """+1 / −1 where the seeds' mean of ``value`` lies more than ``z`` standard errors above / below 0,
+    else 0 (also for a single seed, whose noise is unknown)."""
+    if pair.get("seeds", 1) < 2:
+        return 0
+    margin = z * pair[f"{value}_std"] / math.sqrt(pair["seeds"])
+    return int(pair[value] > margin) - int(pair[value] < -margin)
+
+
 def success_table(pairs: Sequence[Record]) -> list[Record]:
-    """Per method: share of pairs with mean Δtransf > 0, the median over students of their success rate
-    (paper Fig. 4a), mean Δtransf, gain and loss (percentage points)."""
+    """Per method: share of pairs with seed-mean Δtransf > 0, the median over students of their success
+    rate (paper Fig. 4a), mean Δtransf, gain and loss (percentage points). With several seeds per pair
+    also the noise: the mean seed std of Δtransf and the shares of pairs whose mean is more than two
+    standard errors above (clear gain) or below (clear loss) zero."""
     by_method: dict[str, list[Record]] = defaultdict(list)
     for p in pairs:
         by_method[p["method"]].append(p)
+    seeded = all(p.get("seeds", 1) > 1 for p in pairs)
     rows = []
     for method, ps in by_method.items():
         per_student = student_success(ps)
-        rows.append({"method": method, "pairs": len(ps), "success_%": 100 * mean(p["delta_transf"] > 0 for p in ps),
-                     "median_student_success_%": 100 * median(per_student.values()),
-                     "mean_delta_transf_pp": 100 * mean(p["delta_transf"] for p in ps),
-                     "min_delta_transf_pp": 100 * min(p["delta_transf"] for p in ps),
-                     "mean_gain_pp": 100 * mean(p["knowledge_gain"] for p in ps),
-                     "mean_loss_pp": 100 * mean(p["knowledge_loss"] for p in ps)})
+        row = {"method": method, "pairs": len(ps), "success_%": 100 * mean(p["delta_transf"] > 0 for p in ps),
+               "median_student_success_%": 100 * median(per_student.values()),
+               "mean_delta_transf_pp": 100 * mean(p["delta_transf"] for p in ps),
+               "min_delta_transf_pp": 100 * min(p["delta_transf"] for p in ps),
+               "mean_gain_pp": 100 * mean(p["knowledge_gain"] for p in ps),
+               "mean_loss_pp": 100 * mean(p["knowledge_loss"] for p in ps)}
+        if seeded:
+            signs = [beyond_noise(p) for p in ps]
+            row |= {"seeds": min(p["seeds"] for p in ps), "seed_std_pp": 100 * mean(p["delta_transf_std"] for p in ps),
+                    "clear_gain_%": 100 * mean(s > 0 for s in signs), "clear_loss_%": 100 * mean(s < 0 for s in signs)}
+        rows.append(row)
     return sorted(rows, key=lambda r: r["success_%"])
 
 
