@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -140,7 +141,7 @@ def plot_delta_vs_acc(pairs: Sequence[Record], path: Path, bins: int = 6) -> Pat
     edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
     for method in _methods(pairs):
         xs, ys = [], []
-        for a, b in zip(edges, edges[1:]):
+        for a, b in itertools.pairwise(edges):
             inside = sorted((100 * p["delta_transf"] for p in pairs
                              if p["method"] == method and a <= 100 * p["delta_acc"] <= b), reverse=True)
             if inside:
