@@ -105,6 +105,11 @@ def test_adapt_cli_transfer_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         assert {r["student"] for r in csv.DictReader(f)} == set(specs)  # labelled by source spec
     assert main(["report", str(run), "--out", str(tmp_path)]) == 0
     assert "fig9_delta_transf_vs_delta_acc.png" in (run / "report.md").read_text()
+    resumed = ["adapt", "--models", *specs, "--data", "digits", "--l2", "0.01", "--transfer", "--methods", "kl",
+               "--seeds", "0", "--epochs", "1", "--resume", str(run), "--out", str(tmp_path / "again")]
+    assert main(resumed) == 0
+    out = capsys.readouterr().out
+    assert "True" in out and "2 transfer jobs: 2 already done, 0 ran" in out  # adapted models and runs reused
     assert main(["adapt", "--models", specs[0], "--transfer", "--out", str(tmp_path)]) == 2
 
 

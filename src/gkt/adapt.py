@@ -41,7 +41,7 @@ from gkt.data import ImageDataset, iterate_batches, load_split, train_val_split
 from gkt.kdep import head_keys, with_new_head
 from gkt.models import Classifier, load_checkpoint, load_model, save_checkpoint, weights_hash
 from gkt.report import format_table
-from gkt.studies import LocalBackend, ResultsStore, expand_grid, run_study, transfer_job
+from gkt.studies import LocalBackend, ResultsStore, expand_grid, job_key, run_study, transfer_job
 from gkt.study_report import _pyplot, _save, pair_means
 from gkt.training import Recipe, evaluate, train_supervised
 from gkt.utils import GktError, atomic_path, cache_home, stable_hash
@@ -248,16 +248,21 @@ class StudyPlan:
 
 def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], workers: int = 1,
                    threads: int | None = None, figure: str = "fig9_delta_transf_vs_delta_acc.png",
-                   title: str = "Transfer delta vs teacher-student accuracy gap") -> dict[str, Any]:
-    """Run ``plan`` into ``run_dir/results.sqlite`` (finished jobs are skipped), then write the study
-    tables and figures, ``by_method.csv`` (:func:`method_summary`) and the Δtransf vs Δacc figure.
-    ``labels`` gives short names for model specs in tables and the figure."""
-    store = ResultsStore(run_dir / STORE_NAME)
-    counts = run_study(transfer_job, plan.jobs(), store, LocalBackend(workers, threads))
-    records = [{**r, "student": labels.get(r["student"], r["student"]), "teacher": labels.get(r["teacher"], r["teacher"])}
-               for r in store.records()]
+                   title: str = "Transfer delta vs teacher-student accuracy gap", store_path: Path | None = None
+                   ) -> dict[str, Any]:
+    """Run ``plan``'s jobs into the results store (``store_path``, default ``run_dir/results.sqlite``; jobs
+    finished there are skipped), then write, from the plan's finished jobs, the study tables and figures,
+    ``by_method.csv`` (:func:`method_summary`) and the Δtransf vs Δacc figure. ``labels`` gives short names
+    for model specs in tables and the figure."""
+    store = ResultsStore(store_path or run_dir / STORE_NAME)
+    jobs = plan.jobs()
+    counts = run_study(transfer_job, jobs, store, LocalBackend(workers, threads))
+    wanted = {job_key(j) for j in jobs}
+    records = [{**r.config, **r.metrics, "student": labels.get(r.config["student"], r.config["student"]),
+                "teacher": labels.get(r.config["teacher"], r.config["teacher"])}
+               for r in store.rows() if r.key in wanted]
     if not records:
-        raise GktError(f"no transfer job finished ({counts['failed']} failed); see {run_dir / STORE_NAME}")
+        raise GktError(f"no transfer job finished ({counts['failed']} failed); see {store.path}")
     write_study_outputs(run_dir, records)
     summary = method_summary(records)
     write_rows(run_dir / "by_method.csv", summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
@@ -29,6 +30,18 @@ def add_transfer_options(p: argparse.ArgumentParser, epochs: int | None, fractio
     g.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
     g.add_argument("--workers", type=int, default=1, help="parallel transfer processes (default: 1)")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="use RUN_DIR's results store: its finished jobs are not run again (e.g. to add seeds)")
+
+
+def store_path(args: argparse.Namespace) -> Path | None:
+    """The results store of ``--resume RUN_DIR`` (None: a new one in this run's directory)."""
+    if not args.resume:
+        return None
+    path = Path(args.resume) / "results.sqlite"
+    if not path.is_file():
+        raise GktError(f"{args.resume}: no results.sqlite to resume")
+    return path
 
 
 def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str], data: str) -> Any:
@@ -40,10 +53,10 @@ def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str
                      _method_args(args.method_arg, args.methods), args.data_dir, args.zoo_dir, args.device)
 
 
-def print_study(result: dict[str, Any], run_dir: Any, seconds: float) -> None:
+def print_study(result: dict[str, Any], store: Path, seconds: float) -> None:
     counts = result["counts"]
     print(f"{counts['total']} transfer jobs: {counts['skipped']} already done, {counts['done']} ran, "
-          f"{counts['failed']} failed ({seconds:.0f}s); results store: {run_dir / 'results.sqlite'}")
+          f"{counts['failed']} failed ({seconds:.0f}s); results store: {store}")
     print(format_table(result["summary"]))
 
 
@@ -95,8 +108,10 @@ def adapt(args: argparse.Namespace) -> int:
             raise GktError("--transfer needs at least two --models")
         specs = [r["adapted"] for r in rows]
         start = time.perf_counter()
+        store = store_path(args)
         result = transfer_study(study_plan(args, specs, specs, args.data), args.run_dir, labels, args.workers,
-                                args.threads, title=f"Transfer between models adapted to {args.data} ({cfg.mode})")
-        print_study(result, args.run_dir, time.perf_counter() - start)
+                                args.threads, title=f"Transfer between models adapted to {args.data} ({cfg.mode})",
+                                store_path=store)
+        print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
     print(f"run directory: {args.run_dir}")
     return 0

@@ -7,7 +7,7 @@ import argparse
 import time
 
 from gkt.cli import register_verb
-from gkt.cli.adapt import add_transfer_options, print_study, study_plan
+from gkt.cli.adapt import add_transfer_options, print_study, store_path, study_plan
 from gkt.report import format_table
 from gkt.utils import GktError
 
@@ -57,9 +57,10 @@ def crossdomain(args: argparse.Namespace) -> int:
     print(format_table(rows, ["teacher", "acc_orig_before", "acc_orig_after", "acc_domain_before",
                               "acc_domain_after", "train_seconds", "cached"]))
     start = time.perf_counter()
+    store = store_path(args)
     result = transfer_study(study_plan(args, list(args.students), list(labels), args.data), args.run_dir, labels,
                             args.workers, args.threads, figure="fig10_crossdomain_delta_transf_vs_delta_acc.png",
-                            title=f"Teachers fine-tuned on {shifted} -> {args.data} students")
-    print_study(result, args.run_dir, time.perf_counter() - start)
+                            title=f"Teachers fine-tuned on {shifted} -> {args.data} students", store_path=store)
+    print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
     print(f"run directory: {args.run_dir}")
     return 0
