@@ -74,6 +74,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ft-batch-size", type=int, default=64, help="--full: batch size (default: 64)")
     p.add_argument("--transfer", action="store_true",
                    help="then transfer between the adapted models (all ordered pairs) on the target data")
+    p.add_argument("--students", nargs="+", default=None, metavar="SPEC",
+                   help="--transfer: only these of --models as students (default: all; every model is a teacher)")
     add_transfer_options(p, epochs=20, fraction=1.0)
 
 
@@ -107,9 +109,13 @@ def adapt(args: argparse.Namespace) -> int:
         if len(rows) < 2:
             raise GktError("--transfer needs at least two --models")
         specs = [r["adapted"] for r in rows]
+        unknown = sorted(set(args.students or []) - set(args.models))
+        if unknown:
+            raise GktError(f"--students {unknown} are not among --models")
+        students = [r["adapted"] for r in rows if args.students is None or r["model"] in args.students]
         start = time.perf_counter()
         store = store_path(args)
-        result = transfer_study(study_plan(args, specs, specs, args.data), args.run_dir, labels, args.workers,
+        result = transfer_study(study_plan(args, students, specs, args.data), args.run_dir, labels, args.workers,
                                 args.threads, title=f"Transfer between models adapted to {args.data} ({cfg.mode})",
                                 store_path=store)
         print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
