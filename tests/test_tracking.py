@@ -3,6 +3,7 @@ as child runs in an SQLite store, a clear error without the packages."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -82,3 +83,22 @@ def test_missing_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         open_trackers(["mlflow"], TrackingContext(tmp_path, "transfer"))
     with pytest.raises(GktError, match="unknown tracker 'wandb'; known: mlflow, tensorboard"):
         open_trackers(["wandb"], TrackingContext(tmp_path, "transfer"))
+
+
+def test_multi_teacher_runs_tracked_as_jobs(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = fmnist_dir(tmp_path / "fmnist", 40)
+    student = write_model(tmp_path / "student", 1)
+    teachers = [write_model(tmp_path / f"teacher{i}", 2 + i, hidden=8) for i in range(2)]
+    out = tmp_path / "runs"
+    assert main(["transfer", "--student", student, "--teacher", teachers[0], "--teacher", teachers[1], "--multi",
+                 "soup", "--data-dir", str(data), "--fraction", "1.0", "--batch-size", "8", "--epochs", "1",
+                 "--threads", "1", "--out", str(out), "--track", "tensorboard"]) == 0
+    (run_dir,) = out.iterdir()
+    jobs = run_dir / "tensorboard" / "jobs"
+    assert sorted(p.name for p in jobs.iterdir()) == ["seed0-single0", "seed0-single1", "seed0-soup"]
+    events = EventAccumulator(str(jobs / "seed0-soup"))
+    events.Reload()
+    soup = json.loads((run_dir / "seed0" / "soup" / "final.json").read_text())
+    assert events.Scalars("acc")[0].value == pytest.approx(soup["acc"])

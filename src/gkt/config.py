@@ -142,8 +142,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     written_for = values.pop("command", command)
     if written_for != command:
         raise GktError(f"--config {path} is a `gkt {written_for}` config, not `gkt {command}`")
-    given = {k: v for k, v in vars(explicit).items() if k not in INTERNAL}
     sub = verb_parsers(parser)[command]
+    options = {a.dest for a in option_actions(sub)}
+    given = {k: v for k, v in vars(explicit).items() if k in options}
     resolved = validate_config(sub, command, {**values, **given})
     return argparse.Namespace(**{**vars(explicit), **resolved, CONFIG_OPTION: str(path)})
 

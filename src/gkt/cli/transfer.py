@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
-from gkt.distributed import DistContext
 from gkt.config import resolved_config
+from gkt.distributed import DistContext
 from gkt.report import format_table
-from gkt.tracking import add_tracking_options, tracking
+from gkt.tracking import Trackers, add_tracking_options, tracking
 from gkt.utils import GktError, read_json, write_json
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
@@ -134,7 +134,8 @@ def transfer(args: argparse.Namespace) -> int:
     if args.multi or len(teachers) > 1:
         if dist.enabled:
             raise GktError("multi-teacher transfer runs in one process; start it without torchrun")
-        return _multi_transfer(args, config, teachers)
+        with tracking(args, resolved_config(args)) as tracker:
+            return _multi_transfer(args, config, teachers, tracker)
     (spec,) = teachers
     train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
     transfer_set = stratified_subset(train, fraction=args.fraction, seed=args.seed)
@@ -181,8 +182,9 @@ def transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str]) -> int:
-    """Single-teacher runs plus the requested multi-teacher modes for each seed, then the summary."""
+def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tracker: Trackers) -> int:
+    """Single-teacher runs plus the requested multi-teacher modes for each seed, then the summary; each
+    run's final metrics go to ``tracker`` as a job record."""
     from dataclasses import replace
 
     from gkt.data import load_split, stratified_subset
@@ -222,6 +224,10 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str]) -> 
                               replace(config, seed=seed), args.torch_device)
         study = MultiTeacherStudy(student, teachers, setup, order=args.order)
         singles, results = run_study(study, modes, args.run_dir / f"seed{seed}")
+        for i, row in enumerate(singles):
+            tracker.log_job(f"seed{seed}-single{i}", {"seed": seed, "mode": "single", "teacher": row["teacher"]}, row)
+        for mode, result in results.items():
+            tracker.log_job(f"seed{seed}-{mode}", {"seed": seed, "mode": mode}, result.metrics)
         print(f"\n== seed {seed}: student {_fmt(study.acc_student)}%; single-teacher transfer (points on the test split)")
         print(format_table([{"teacher": r["teacher"], "acc_teacher": _fmt(r["acc_teacher"]), "acc": _fmt(r["acc"]),
                              "delta_transf": _signed(r["delta_transf"]), "gain": _fmt(r["knowledge_gain"]),
