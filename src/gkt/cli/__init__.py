@@ -100,7 +100,10 @@ def open_run_dir(out: str, command: str) -> Path:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     free_mb = shutil.disk_usage(existing).free / 2**20
-    needed = float(os.environ.get("GKT_MIN_FREE_MB", MIN_FREE_MB))
+    try:
+        needed = float(os.environ.get("GKT_MIN_FREE_MB", MIN_FREE_MB))
+    except ValueError:
+        raise GktError(f"$GKT_MIN_FREE_MB must be a number of megabytes, got {os.environ['GKT_MIN_FREE_MB']!r}") from None
     if free_mb < needed:
         raise GktError(f"--out {out}: only {free_mb:.0f} MB free on its disk, gkt needs at least {needed:.0f} MB "
                        "(free space, or point --out elsewhere; $GKT_MIN_FREE_MB sets the threshold)")
