@@ -269,8 +269,9 @@ def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], worke
     plot_delta_transf_vs_gap(pair_means(records), run_dir / figure, title)
     table = format_table(summary, markdown=True)
     previous = (run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else ""
-    (run_dir / "summary.md").write_text("## Δtransf by method, weaker vs stronger teachers (pp, mean ± std over "
-                                        f"seeds)\n\n{table}\n\n{previous}")
+    with atomic_path(run_dir / "summary.md") as tmp:
+        tmp.write_text(f"## Δtransf by method, weaker vs stronger teachers (pp, mean ± std over seeds)\n\n{table}\n\n"
+                       f"{previous}")
     return {"counts": counts, "summary": summary, "records": records}
 
 
