@@ -233,12 +233,15 @@ def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
 
 def transfer_job(config: JobConfig) -> dict[str, Any]:
     """One transfer run of a study: ``config`` holds student, teacher, method, method_args, seed, epochs,
-    lr, fraction, data (+ data_dir, zoo_dir, subset_seed). Models and data are cached per process;
-    every run gets fresh copies, so runs never share state."""
+    lr, fraction, data (+ data_dir, zoo_dir, subset_seed). The transfer set is drawn with ``subset_seed``,
+    by default the run's seed (as ``gkt transfer`` does), so seeds vary the subset as well as the order and
+    the seeds' spread covers both; every method of a seed sees the same subset. Models and data are cached
+    per process; every run gets fresh copies, so runs never share state."""
     from gkt.transfer import TransferConfig, run_transfer
 
     data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
-    transfer_set = _transfer_set(data, data_dir, config.get("fraction", 0.1), config.get("subset_seed", 0))
+    subset_seed = config.get("subset_seed", config.get("seed", 0))
+    transfer_set = _transfer_set(data, data_dir, config.get("fraction", 0.1), subset_seed)
     test_set = _test_set(data, data_dir)
     student = _study_model(config["student"], data, data_dir, zoo_dir).clone().requires_grad_(True)
     teacher = _study_model(config["teacher"], data, data_dir, zoo_dir).clone()
@@ -246,6 +249,6 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
                 if k in config}
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
                            resolve_device(config.get("device", "auto")))
-    return {**_scalar_metrics(outcome.final), "student_params": student.num_parameters(),
+    return {**_scalar_metrics(outcome.final), "test_samples": len(test_set), "student_params": student.num_parameters(),
             "student_family": student.provenance.get("family", student.arch.name),
             "teacher_family": teacher.provenance.get("family", teacher.arch.name)}

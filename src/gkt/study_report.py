@@ -42,24 +42,30 @@ def pair_means(records: Sequence[Record], value: str = "delta_transf") -> list[R
     return rows
 
 
-def beyond_noise(pair: Record, value: str = "delta_transf", z: float = 2.0) -> int:
-    """+1 / −1 where the seeds' mean of ``value`` lies more than ``z`` standard errors above / below 0,
-    else 0 (also for a single seed, whose noise is unknown)."""
-    if pair.get("seeds", 1) < 2:
+def beyond_noise(pair: Record, z: float = 2.0) -> int:
+    """+1 / −1 where the transferred student's knowledge gain exceeds its loss (or the reverse) by more
+    than ``z`` standard errors of McNemar's paired test on the test samples, ``(g − l) / √(g + l)`` with
+    g, l the (seed-mean) counts of samples turned right / wrong; else 0 (also without ``test_samples``)."""
+    n = pair.get("test_samples")
+    if not n:
         return 0
-    margin = z * pair[f"{value}_std"] / math.sqrt(pair["seeds"])
-    return int(pair[value] > margin) - int(pair[value] < -margin)
+    gained, lost = n * pair["knowledge_gain"], n * pair["knowledge_loss"]
+    if gained + lost == 0:
+        return 0
+    score = (gained - lost) / math.sqrt(gained + lost)
+    return int(score > z) - int(score < -z)
 
 
 def success_table(pairs: Sequence[Record]) -> list[Record]:
     """Per method: share of pairs with seed-mean Δtransf > 0, the median over students of their success
-    rate (paper Fig. 4a), mean Δtransf, gain and loss (percentage points). With several seeds per pair
-    also the noise: the mean seed std of Δtransf and the shares of pairs whose mean is more than two
-    standard errors above (clear gain) or below (clear loss) zero."""
+    rate (paper Fig. 4a), mean Δtransf, gain and loss (percentage points), and the noise: the shares of
+    pairs whose gain exceeds the loss beyond test-sample noise (clear gain) or the reverse (clear loss),
+    see :func:`beyond_noise`, and with several seeds per pair the mean seed std of Δtransf."""
     by_method: dict[str, list[Record]] = defaultdict(list)
     for p in pairs:
         by_method[p["method"]].append(p)
     seeded = all(p.get("seeds", 1) > 1 for p in pairs)
+    counted = all(p.get("test_samples") for p in pairs)
     rows = []
     for method, ps in by_method.items():
         per_student = student_success(ps)
@@ -70,9 +76,10 @@ def success_table(pairs: Sequence[Record]) -> list[Record]:
                "mean_gain_pp": 100 * mean(p["knowledge_gain"] for p in ps),
                "mean_loss_pp": 100 * mean(p["knowledge_loss"] for p in ps)}
         if seeded:
+            row |= {"seeds": min(p["seeds"] for p in ps), "seed_std_pp": 100 * mean(p["delta_transf_std"] for p in ps)}
+        if counted:
             signs = [beyond_noise(p) for p in ps]
-            row |= {"seeds": min(p["seeds"] for p in ps), "seed_std_pp": 100 * mean(p["delta_transf_std"] for p in ps),
-                    "clear_gain_%": 100 * mean(s > 0 for s in signs), "clear_loss_%": 100 * mean(s < 0 for s in signs)}
+            row |= {"clear_gain_%": 100 * mean(s > 0 for s in signs), "clear_loss_%": 100 * mean(s < 0 for s in signs)}
         rows.append(row)
     return sorted(rows, key=lambda r: r["success_%"])
 
