@@ -14,12 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import make_blobs
+from safetensors.torch import save_file
 from test_config import COMPARED, fmnist_dir, new_runs, write_model
 
 import gkt
 from gkt.cli import main
-from gkt.models import load_model, weights_hash
+from gkt.models import ArchSpec, Classifier, Preprocess, load_model, weights_hash
+from gkt.models.checkpoint import checkpoint_paths
 from gkt.studies import ResultsStore
+from gkt.training import Recipe
+from gkt.zoo import ZooEntry, build_zoo, entry_path, list_zoo
 
 SOURCE = Path(gkt.__file__).parent
 
@@ -148,3 +153,17 @@ def test_no_checkpoint_is_ever_unpickled() -> None:
                      and n.arg == "allow_pickle" and not (isinstance(n.value, ast.Constant) and n.value.value is False)]
     assert loads >= 2  # the scan does see gkt's own checkpoint and state loaders
     assert offences == []
+
+
+def test_zoo_build_killed_between_weights_and_sidecar_is_rebuilt(tmp_path: Path) -> None:
+    """A kill after the weights and before the sidecar leaves half a checkpoint: it is not 'built'."""
+    entry = ZooEntry("lin", "linear", "linear", Recipe(1, "sgd", 0.1, 0.0, 16))
+    weights, sidecar = checkpoint_paths(entry_path(entry, tmp_path))
+    stale = Classifier.create(ArchSpec("zoo", "linear", 4, 1, 12), Preprocess(12, 1, (0.5,), (0.3,)),
+                              [f"class{c}" for c in range(4)])
+    save_file({k: v.contiguous() for k, v in stale.net.state_dict().items()}, str(weights))
+    assert list_zoo(tmp_path, (entry,)) == []
+    (record,) = build_zoo((entry,), zoo_dir=tmp_path, train_set=make_blobs(10), test_set=make_blobs(5, seed=1),
+                          check=False)
+    assert not record.cached and sidecar.is_file()
+    assert [r.name for r in list_zoo(tmp_path, (entry,))] == ["lin"]

@@ -96,14 +96,20 @@ def entry_path(entry: ZooEntry, zoo_dir: str | Path | None = None, train_fractio
     return Path(zoo_dir or zoo_dir_default()) / f"{entry.name}-{entry.key(train_fraction)}.safetensors"
 
 
+def is_built(path: Path) -> bool:
+    """Both files of the checkpoint exist: the sidecar is written last, so a build killed in between
+    (weights without sidecar) counts as not built and is trained again."""
+    return all(p.is_file() for p in checkpoint_paths(path))
+
+
 def _find_built(name: str, zoo_dir: str | Path | None) -> Path | None:
     """The checkpoint of zoo model ``name``: the current recipe's, else any build of that name (newest)."""
     directory = Path(zoo_dir or zoo_dir_default())
     exact = entry_path(get_entry(name), zoo_dir) if name in {e.name for e in DEFAULT_ZOO} else None
-    if exact is not None and exact.is_file():
+    if exact is not None and is_built(exact):
         return exact
     pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.safetensors")  # not "mlp-14px-…" for "mlp"
-    candidates = sorted((p for p in directory.glob(f"{name}-*.safetensors") if pattern.fullmatch(p.name)),
+    candidates = sorted((p for p in directory.glob(f"{name}-*.safetensors") if pattern.fullmatch(p.name) and is_built(p)),
                         key=lambda p: p.stat().st_mtime, reverse=True)
     return candidates[0] if candidates else None
 
@@ -148,7 +154,7 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
     records = []
     for entry in entries:
         path = entry_path(entry, zoo_dir, train_fraction)
-        if path.is_file():
+        if is_built(path):
             records.append(_record(entry.name, entry.family, path, cached=True))
             continue
         if train_set is None:
@@ -169,7 +175,7 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
                             "params": model.num_parameters()}
         if check:
             model.provenance["convergence"] = _check(model, train_set, test_set, device, acc)
-        save_checkpoint(model.cpu(), path)
+        save_checkpoint(model.cpu(), path, overwrite=True)  # at most the weights of a killed build are there
         log.info("zoo %s: test acc %.4f in %.0fs", entry.name, acc, seconds)
         records.append(_record(entry.name, entry.family, path, cached=False))
     return records
@@ -213,6 +219,6 @@ def list_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = 
     records = []
     for entry in entries:
         path = entry_path(entry, zoo_dir, train_fraction)
-        if path.is_file():
+        if is_built(path):
             records.append(_record(entry.name, entry.family, path, cached=True))
     return records
