@@ -63,6 +63,14 @@ def test_checkpoint_never_overwrites(tmp_path: Path) -> None:
         save_checkpoint(model, tmp_path / "m.safetensors")
 
 
+def test_checkpoint_weights_without_sidecar_are_replaced(tmp_path: Path) -> None:
+    """A save killed between the weights and the sidecar left no checkpoint: saving again succeeds."""
+    model = Classifier.create(ArchSpec("zoo", "linear", 10, 1, 28), FMNIST_INFO.preprocess(), FMNIST_INFO.class_names)
+    (tmp_path / "m.safetensors").write_bytes(b"half a file")
+    save_checkpoint(model, tmp_path / "m")
+    assert torch.equal(next(load_model(f"file:{tmp_path / 'm'}").parameters()), next(model.parameters()))
+
+
 def test_checkpoint_label_count_mismatch(tmp_path: Path) -> None:
     model = Classifier.create(ArchSpec("zoo", "linear", 5, 1, 28), FMNIST_INFO.preprocess(), list("abcde"))
     path = save_checkpoint(model, tmp_path / "five")

@@ -38,9 +38,10 @@ def weights_hash(model: Classifier) -> str:
 
 def save_checkpoint(model: Classifier, path: str | os.PathLike, extra: dict[str, Any] | None = None,
                     overwrite: bool = False) -> Path:
-    """Write ``path.safetensors`` + ``path.json`` atomically; refuses to overwrite unless asked."""
+    """Write ``path.safetensors`` + ``path.json`` atomically, the sidecar last (a checkpoint exists once its
+    sidecar does: weights left without one by a killed save are replaced); refuses to overwrite unless asked."""
     weights_path, sidecar_path = checkpoint_paths(path)
-    if not overwrite and (weights_path.exists() or sidecar_path.exists()):
+    if not overwrite and sidecar_path.exists():
         raise GktError(f"{weights_path} exists; gkt never overwrites a model (choose another output path)")
     tensors = state_dict_for_saving(model)
     with atomic_path(weights_path) as tmp:
