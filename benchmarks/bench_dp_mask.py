@@ -9,11 +9,9 @@ build the per-sample KL target; the script checks they agree and prints the time
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from bench_analysis import timed  # benchmarks/ is the script's directory
 
 from gkt.transfer import create_method
 from gkt.transfer.base import FROZEN_LOGITS, TEACHER_LOGITS, Step, kl_loss
@@ -29,16 +27,6 @@ def loop_partition(student: torch.Tensor, teacher: torch.Tensor, frozen: torch.T
         target = teacher[i] if p_teacher > p_frozen else frozen[i]
         losses.append(kl_loss(student[i:i + 1], target[None], 1.0))
     return torch.stack(losses).mean()
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -60,8 +48,8 @@ def main() -> None:
             vectorised = method(step)["kl"]
             looped = loop_partition(student, teacher, frozen, labels)
             assert torch.allclose(vectorised, looped, rtol=1e-4), (vectorised, looped)
-            fast = median_seconds(lambda: method(step), args.repeats)
-            slow = median_seconds(lambda: loop_partition(student, teacher, frozen, labels), args.repeats)
+            fast = timed(lambda: method(step), args.repeats)[0]
+            slow = timed(lambda: loop_partition(student, teacher, frozen, labels), args.repeats)[0]
             print(f"  {classes:5d} classes, batch {batch:5d}: vectorised {1e3 * fast:7.3f} ms, per-sample loop "
                   f"{1e3 * slow:8.2f} ms -> {slow / fast:6.0f}x faster (same loss: {vectorised.item():.5f})")
 
