@@ -503,6 +503,7 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
             images = dataset.images[idx]
             yield (images.pin_memory() if pin_memory else images), dataset.labels[idx], idx
         return
+    # Its own generator: the loader must not draw from torch's global RNG (that would shift dropout masks).
     loader = DataLoader(_Batches(dataset, chunks), batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=pin_memory, persistent_workers=False)
+                        pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator().manual_seed(0))
     yield from loader

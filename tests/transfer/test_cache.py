@@ -1,4 +1,5 @@
-"""Cached frozen-model outputs: same results as computing them, exact top-k reconstruction, memory maps."""
+"""Runtime options change how a transfer runs, not its result: cached outputs (exact top-k reconstruction,
+memory maps), DataLoader workers."""
 
 from __future__ import annotations
 
@@ -94,3 +95,11 @@ def test_mmap_reads_the_stored_tensors(tmp_path) -> None:
     assert torch.equal(torch.from_numpy(np.array(maps["labels"])), preds.labels)
     save_predictions(preds, tmp_path / "copy.safetensors", "blobs")  # a second file maps independently
     assert mmap_safetensors(tmp_path / "copy.safetensors")["logits"].shape == tuple(preds.logits.shape)
+
+
+def test_loader_workers_give_the_same_run() -> None:
+    data, test = make_blobs(n_per_class=16, seed=0), make_blobs(n_per_class=4, seed=1)
+    config = TransferConfig(method="kl-dp", epochs=1, lr=0.05, batch_size=16, seed=1)
+    runs = [run_transfer(tiny_model(data.class_names, 1), tiny_model(data.class_names, 2), data, test, config, CPU,
+                         runtime=Runtime(loader_workers=workers)).model.net.state_dict() for workers in (0, 2)]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

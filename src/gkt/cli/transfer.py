@@ -60,6 +60,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                        help="autocast precision (auto: bf16 on a GPU that supports it, else fp32; default fp32)")
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
+    speed.add_argument("--loader-workers", type=int, default=0,
+                       help="DataLoader processes decoding image-folder batches (default 0: in the main process)")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
     multi.add_argument("--multi", nargs="+", metavar="MODE",
                        help="sequential (one teacher after another), parallel (all at once, K-teacher data "
@@ -130,7 +132,7 @@ def transfer(args: argparse.Namespace) -> int:
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
     dist = getattr(args, "dist", DistContext())
     runtime = Runtime(cache_outputs=not args.no_cache, precision=args.precision, channels_last=args.channels_last,
-                      compile=args.compile, dist=dist)
+                      compile=args.compile, loader_workers=args.loader_workers, dist=dist)
     if args.multi or len(teachers) > 1:
         if dist.enabled:
             raise GktError("multi-teacher transfer runs in one process; start it without torchrun")

@@ -99,6 +99,7 @@ class Runtime:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
     channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the student's training forward
+    loader_workers: int = 0  # DataLoader processes decoding image-folder batches (in-memory data: sliced directly)
     dist: DistContext = field(default_factory=DistContext)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
@@ -229,7 +230,7 @@ class TransferTrainer:
         running: torch.Tensor | None = None  # per-loss sums, on the device: no host sync inside the loop
         dist = self.runtime.dist
         batches = iterate_batches(self.transfer_set, self.config.batch_size, shuffle=True, generator=self.generator,
-                                  drop_last=True, shard=(dist.rank, dist.world),
+                                  drop_last=True, shard=(dist.rank, dist.world), workers=self.runtime.loader_workers,
                                   pin_memory=self.device.type == "cuda")
         for images, labels, indices in tqdm(batches, total=steps, desc=f"transfer {self.epoch + 1}/{self.config.epochs}",
                                             leave=False, disable=None if dist.is_main else True):
