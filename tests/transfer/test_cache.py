@@ -103,3 +103,14 @@ def test_loader_workers_give_the_same_run() -> None:
     runs = [run_transfer(tiny_model(data.class_names, 1), tiny_model(data.class_names, 2), data, test, config, CPU,
                          runtime=Runtime(loader_workers=workers)).model.net.state_dict() for workers in (0, 2)]
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+@pytest.mark.slow
+def test_compiled_student_trains() -> None:
+    """torch.compile (inductor, ~20 s on CPU) runs the same transfer; dropout draws from inductor's own RNG
+    stream, so the weights agree only loosely."""
+    data, test = make_blobs(n_per_class=32, seed=0), make_blobs(n_per_class=10, seed=1)
+    config = TransferConfig(method="kl-dp", epochs=2, lr=0.05, batch_size=16, seed=3)
+    plain, compiled = (run_transfer(tiny_model(data.class_names, 1), tiny_model(data.class_names, 2), data, test, config,
+                                    CPU, runtime=Runtime(compile=flag)) for flag in (False, True))
+    assert compiled.final["status"] == "ok" and abs(compiled.final["acc"] - plain.final["acc"]) < 0.1
