@@ -57,6 +57,8 @@ def demo(args: argparse.Namespace) -> int:
 
         with open(summary, newline="") as f:
             print(format_table([{k: numeric_text(v) for k, v in row.items()} for row in csv.DictReader(f)]))
+        print("success_% = share of pairs with Δtransf > 0; clear_gain_% / clear_loss_% = share of pairs whose "
+              "gained samples outnumber the lost (or the reverse) beyond test-sample noise (McNemar, 2 s.e.)")
     total = time.perf_counter() - start
     print(f"\ndemo finished in {total:.0f}s (zoo step {zoo_seconds:.0f}s)")
     for path in reports:
