@@ -85,7 +85,7 @@ def test_killed_study_resumes_only_missing(tmp_path: Path) -> None:
 
 
 def test_ray_backend_matches_local(tmp_path: Path) -> None:
-    """A local Ray instance (~40 s to start on 2 cores) writes the same table as the inline backend. Under
+    """A local Ray instance (14–40 s on 2 cores) writes the same table as the inline backend. Under
     `./run test` (`uv run --no-sync`) Ray is imported here before the backend runs: its uv hook must stay off."""
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
