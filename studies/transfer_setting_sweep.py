@@ -23,6 +23,7 @@ import torch
 from gkt.data import load_split, stratified_subset, train_val_split
 from gkt.models import DataInfo, load_model
 from gkt.transfer import TransferConfig, run_transfer
+from gkt.utils import seed_everything
 
 
 def main() -> None:
@@ -65,10 +66,12 @@ def main() -> None:
             continue
         teacher_name, student_name = pair.split(":")
         for name in (teacher_name, student_name):
-            models.setdefault(name, load_model(f"zoo:{name}", info))
+            if name not in models:
+                models[name] = load_model(f"zoo:{name}", info)
         transfer_set = stratified_subset(train, fraction=args.fraction, seed=seed) if tset == "train" else test_a
         config = TransferConfig(method=method, lr=lr, epochs=epochs, temperature=temp, batch_size=bs,
                                 weight_decay=wd, augment=tuple(aug.split("+")) if aug != "none" else (), seed=seed)
+        seed_everything(seed)  # dropout (mlp-deep) draws from the global RNG
         out = run_transfer(models[student_name].clone().requires_grad_(True), models[teacher_name].clone(),
                            transfer_set, test_b, config, device)
         keep = ("acc_teacher", "acc_student_before", "acc", "delta_transf", "knowledge_gain", "knowledge_loss",

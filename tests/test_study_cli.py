@@ -8,17 +8,22 @@ import pytest
 import torch
 
 from gkt.cli import main
-from gkt.data import load_split, stratified_subset
+from gkt.data import ImageDataset, load_split, stratified_subset
 from gkt.models import ArchSpec, Classifier, Preprocess, save_checkpoint
 from gkt.training import Recipe, train_supervised
+from gkt.utils import GktError
+
+
+def _fmnist_subset() -> ImageDataset:
+    try:
+        return stratified_subset(load_split("fmnist", "train", val_fraction=0), fraction=0.02, seed=0)
+    except GktError:
+        pytest.skip("Fashion-MNIST not installed")
 
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    try:
-        train = stratified_subset(load_split("fmnist", "train", val_fraction=0), fraction=0.02, seed=0)
-    except Exception:
-        pytest.skip("Fashion-MNIST not installed")
+    train = _fmnist_subset()
     out = tmp_path_factory.mktemp("models")
     specs = []
     for name, arch in (("lin", ArchSpec("zoo", "linear", 10, 1, 7)),
@@ -50,3 +55,23 @@ def test_study_resume_and_report(two_models: list[str], tmp_path: Path, capsys: 
 def test_study_rejects_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["study", "--students", "zoo:a", "zoo:b", "--grid", "colour=red", "--out", str(tmp_path)]) == 2
     assert "--grid expects" in capsys.readouterr().err
+
+
+def test_transfer_job_ignores_the_workers_rng_state(tmp_path: Path) -> None:
+    """A dropout student's run depends only on its config, not on the RNG state its worker is in."""
+    from gkt.studies import transfer_job
+
+    train = _fmnist_subset()
+    arch = ArchSpec("zoo", "mlp", 10, 1, 14, {"hidden": [32], "dropout": 0.5})
+    specs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = Classifier.create(arch, Preprocess(arch.img_size, 1, (0.286,), (0.353,)), train.class_names)
+        specs.append(f"file:{save_checkpoint(model, tmp_path / f'm{seed}')}")
+    config = {"student": specs[0], "teacher": specs[1], "method": "kl", "epochs": 1, "lr": 0.05, "fraction": 0.02,
+              "seed": 3, "device": "cpu"}
+    results = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        results.append(transfer_job(config)["acc"])
+    assert results[0] == results[1]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from gkt.data import ImageDataset, load_split, stratified_subset
 from gkt.models import Classifier, DataInfo, load_model
-from gkt.utils import GktError, resolve_device, stable_hash
+from gkt.utils import GktError, resolve_device, seed_everything, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,9 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     """One transfer run of a study: ``config`` holds student, teacher, method, method_args, seed, epochs,
     lr, fraction, data (+ data_dir, zoo_dir, subset_seed). The transfer set is drawn with ``subset_seed``,
     by default the run's seed (as ``gkt transfer`` does), so seeds vary the subset as well as the order and
-    the seeds' spread covers both; every method of a seed sees the same subset. Models and data are cached
-    per process; every run gets fresh copies, so runs never share state."""
+    the seeds' spread covers both; every method of a seed sees the same subset. The global RNGs (dropout)
+    are seeded with the run's seed, so a run's result does not depend on the worker or the jobs before
+    it. Models and data are cached per process; every run gets fresh copies, so runs never share state."""
     from gkt.transfer import TransferConfig, run_transfer
 
     data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
@@ -247,6 +248,7 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     teacher = _study_model(config["teacher"], data, data_dir, zoo_dir).clone()
     settings = {k: config[k] for k in ("method", "method_args", "epochs", "lr", "seed", "batch_size", "temperature")
                 if k in config}
+    seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
                            resolve_device(config.get("device", "auto")))
     return {**_scalar_metrics(outcome.final), "test_samples": len(test_set), "student_params": student.num_parameters(),
