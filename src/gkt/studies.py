@@ -237,8 +237,10 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     by default the run's seed (as ``gkt transfer`` does), so seeds vary the subset as well as the order and
     the seeds' spread covers both; every method of a seed sees the same subset. The global RNGs (dropout)
     are seeded with the run's seed, so a run's result does not depend on the worker or the jobs before
-    it. Models and data are cached per process; every run gets fresh copies, so runs never share state."""
+    it. Models and data are cached per process; every run gets fresh copies, so runs never share state.
+    Only the final model is evaluated (a study keeps final metrics, not per-epoch curves)."""
     from gkt.transfer import TransferConfig, run_transfer
+    from gkt.transfer.trainer import Runtime
 
     data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
     subset_seed = config.get("subset_seed", config.get("seed", 0))
@@ -250,7 +252,7 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
                 if k in config}
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
-                           resolve_device(config.get("device", "auto")))
+                           resolve_device(config.get("device", "auto")), runtime=Runtime(evaluate_every_epoch=False))
     return {**_scalar_metrics(outcome.final), "test_samples": len(test_set), "student_params": student.num_parameters(),
             "student_family": student.provenance.get("family", student.arch.name),
             "teacher_family": teacher.provenance.get("family", teacher.arch.name)}

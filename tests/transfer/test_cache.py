@@ -114,3 +114,26 @@ def test_compiled_student_trains() -> None:
     plain, compiled = (run_transfer(tiny_model(data.class_names, 1), tiny_model(data.class_names, 2), data, test, config,
                                     CPU, runtime=Runtime(compile=flag)) for flag in (False, True))
     assert compiled.final["status"] == "ok" and abs(compiled.final["acc"] - plain.final["acc"]) < 0.1
+
+
+def test_evaluating_only_the_last_epoch_gives_the_same_final_metrics() -> None:
+    data, test = make_blobs(n_per_class=16, seed=0), make_blobs(n_per_class=6, seed=1)
+    config = TransferConfig(method="kl-dp", epochs=3, lr=0.05, batch_size=16, seed=2)
+    every, last = (run_transfer(tiny_model(data.class_names, 1), tiny_model(data.class_names, 2), data, test, config,
+                                CPU, runtime=Runtime(evaluate_every_epoch=flag)) for flag in (True, False))
+    assert [("acc" in row) for row in last.history] == [True, False, False, True]
+    for key in ("acc", "delta_transf", "knowledge_gain", "knowledge_loss", "train_loss"):
+        assert last.final[key] == every.final[key], key
+
+
+def test_runs_are_seeded_whatever_the_global_rng() -> None:
+    """Dropout masks follow the run's seed, not what ran before in the process."""
+    data, test = make_blobs(n_per_class=16, seed=0), make_blobs(n_per_class=4, seed=1)
+    config = TransferConfig(method="kl", epochs=1, lr=0.05, batch_size=16, seed=4)
+    weights = []
+    for noise in (0, 1):
+        torch.manual_seed(100 + noise)
+        student, teacher = tiny_model(data.class_names, 1), tiny_model(data.class_names, 2)  # dropout 0.1
+        torch.rand(noise + 3)  # different global RNG states
+        weights.append(run_transfer(student, teacher, data, test, config, CPU).model.net.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -73,6 +73,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str, teacher_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    history = [row for row in history if "acc" in row]  # epochs that were evaluated
     epochs = [row["epoch"] for row in history]
     fig, (ax_acc, ax_gl) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_acc.plot(epochs, [100 * row["acc"] for row in history], marker="o", label="student")

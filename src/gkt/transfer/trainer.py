@@ -100,6 +100,7 @@ class Runtime:
     channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the student's training forward
     loader_workers: int = 0  # DataLoader processes decoding image-folder batches (in-memory data: sliced directly)
+    evaluate_every_epoch: bool = True  # False: evaluate on the test split after the last epoch only (studies)
     dist: DistContext = field(default_factory=DistContext)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
@@ -162,6 +163,7 @@ class TransferTrainer:
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
         self.cached = self._cache_targets() if runtime.cache_outputs and not config.augment else {}
         example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
+        torch.manual_seed(config.seed)  # dropout masks and a method's random parts follow the run's seed
         method.setup(self.student, self.teacher, len(transfer_set), to_unit_float(example.to(device)))
         method.to(device)
         self.optimizer = make_optimizer([*student.parameters(), *method.parameters()], config.optimizer,
@@ -359,16 +361,17 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         while trainer.epoch < config.epochs:
             epoch_start = time.perf_counter()
             losses = trainer.train_epoch()
-            correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
-            row = {"epoch": trainer.epoch, **losses,
-                   **transfer_metrics(labels, correct_teacher, correct_before, correct_after),
-                   "seconds": round(time.perf_counter() - epoch_start, 2)}
+            row = {"epoch": trainer.epoch, **losses}
+            if runtime.evaluate_every_epoch or trainer.epoch == config.epochs:
+                correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
+                row |= transfer_metrics(labels, correct_teacher, correct_before, correct_after)
+                log.info("epoch %d/%d: train loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
+                         config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
+                         100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
+            row["seconds"] = round(time.perf_counter() - epoch_start, 2)
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
-            log.info("epoch %d/%d: train loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
-                     config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
-                     100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
             if run_dir is not None:
                 write_history(history, run_dir / "metrics.csv")
                 with atomic_path(run_dir / "state.pt") as tmp:
@@ -378,7 +381,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             write_json(run_dir / "final.json", {"status": "failed", "error": str(exc), **base,
                                                 "config": config.to_dict(), "history": history})
         raise
-    if correct_after is None:  # resumed a run that had already finished its epochs
+    if correct_after is None:  # resumed a run that had already finished and evaluated its epochs
         correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
     final = {"status": "ok", **base, **{k: v for k, v in history[-1].items() if k != "seconds"},
              **transfer_rates(correct_teacher, correct_before, correct_after, labels, test_set.num_classes),
