@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -118,3 +119,13 @@ def test_success_table_reports_noise() -> None:
     assert "seed_std_pp" not in single[0] and "clear_gain_%" in single[0]
     unknown_n = success_table(pair_means([{**r, "test_samples": None} for r in records]))
     assert "clear_gain_%" not in unknown_n[0]
+
+
+def test_student_figure_with_no_finite_transfer_rate(tmp_path: Path) -> None:
+    """Teachers without positive flips give NaN transfer rates; the figure still renders (log axis skipped)."""
+    from gkt.study_report import plot_by_student
+
+    pairs = [{"student": f"zoo:s{i}", "method": m, "delta_transf": 0.001 * i, "transfer_rate_top100": math.nan,
+              "student_params": 1000 * (i + 1), "student_family": "mlp", "knowledge_gain": 0.01,
+              "knowledge_loss": 0.01} for i in range(3) for m in ("kl", "kl-dp")]
+    assert plot_by_student(pairs, tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"

@@ -202,20 +202,28 @@ def plot_by_student(pairs: Sequence[Record], path: Path, metric: str = "delta_tr
     students = sorted({p["student"] for p in pairs})
     for ax, key, label in ((axes[0], metric, "mean Δtransf (pp)"),
                            (axes[1], "transfer_rate_top100", "positive flips transferred (%)")):
+        plotted = 0
         for method in _methods(pairs):
             xs, ys = [], []
             for s in students:
                 ps = [p for p in pairs if p["student"] == s and p["method"] == method and key in p]
-                if ps:
+                y = 100 * mean(p[key] for p in ps) if ps else math.nan
+                if math.isfinite(y):  # transfer rates are NaN where the teacher has no positive flips
                     xs.append(ps[0].get("student_params", math.nan))
-                    ys.append(100 * mean(p[key] for p in ps))
+                    ys.append(y)
             ax.scatter(xs, ys, label=method, s=30)
-        ax.set_xscale("log")
+            plotted += len(xs)
+        if plotted:
+            ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "no finite values", ha="center", transform=ax.transAxes)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set(xlabel="student parameters", ylabel=label)
     families = {p["student"]: p.get("student_family") for p in pairs}
     for s in students:
         ps = [p for p in pairs if p["student"] == s]
+        if not math.isfinite(mean(p[metric] for p in ps)):
+            continue
         axes[0].annotate(f"{s.split(':')[-1]} ({families[s]})", (ps[0].get("student_params", 1),
                          100 * mean(p[metric] for p in ps)), fontsize=6, alpha=0.7)
     axes[0].legend(fontsize=7)
