@@ -88,15 +88,15 @@ def test_twenty_class_teacher_mapped_to_ten_student_classes(tmp_path: Path, suff
 
 def test_unmatched_classes_are_named() -> None:
     teacher = model([f"t{i}" for i in range(10)])
-    with pytest.raises(GktError, match=r"cannot match 10 of 10 student classes.*s0 → 's0'.*s9 → 's9'"):
+    with pytest.raises(GktError, match=r"cannot match 10 of 10 target classes.*s0 → 's0'.*s9 → 's9'"):
         apply_class_map(teacher, STUDENT)
     with pytest.raises(GktError, match=r"cannot match 2 of 10.*s3 → 'cat'.*s4 → index 12"):
         apply_class_map(teacher, STUDENT, {f"s{i}": f"t{i}" for i in range(10)} | {"s3": "cat", "s4": 12})
     with pytest.raises(GktError, match=r"predicts 20 classes, the data has 10: give a class map"):
         apply_class_map(model([f"t{i}" for i in range(20)]), STUDENT)
-    with pytest.raises(GktError, match=r"classes the student does not have: \['s99'\]"):
+    with pytest.raises(GktError, match=r"classes the target label space does not have: \['s99'\]"):
         apply_class_map(teacher, STUDENT, {"s99": "t0"})
-    with pytest.raises(GktError, match=r"teacher classes \['t0'\] to several"):
+    with pytest.raises(GktError, match=r"model classes \['t0'\] to several"):
         apply_class_map(teacher, STUDENT, {f"s{i}": f"t{i}" for i in range(10)} | {"s1": ["t0", "t1"]})
     with pytest.raises(GktError, match=r"ambiguous: indices \[0, 1\]"):
         apply_class_map(model(["crane", "crane"] + [f"t{i}" for i in range(8)]), STUDENT[:1], {"s0": "crane"})
@@ -117,3 +117,17 @@ def test_cli_transfer_with_class_map(tmp_path: Path, tiny_fmnist_dir: Path, caps
     (run_dir,) = [d for d in (tmp_path / "runs").iterdir() if (d / "final.json").is_file()]
     resolved = json.loads((run_dir / "resolved_config.json").read_text())
     assert resolved["class_map"]["T-shirt/top"] == ["T-shirt/top (teacher)", "other0"]
+
+
+def test_cli_analyze_with_class_map(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    plain = save_checkpoint(model(FASHION_MNIST_CLASSES, seed=1), tmp_path / "plain")
+    reversed_names = save_checkpoint(model(FASHION_MNIST_CLASSES[::-1], seed=2), tmp_path / "reversed")
+    renamed = save_checkpoint(model([f"c{i}" for i in range(10)], seed=3), tmp_path / "renamed")
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("\n".join(f"'{n}': c{i}" for i, n in enumerate(FASHION_MNIST_CLASSES)))
+    common = ["analyze", "--data-dir", str(tiny_fmnist_dir), "--no-random-baseline", "--no-semantic", "--no-figures",
+              "--out", str(tmp_path / "runs"), "--threads", "1", "--models", f"file:{plain}"]
+    assert main([*common, f"file:{reversed_names}"]) == 0  # order-only difference: matched by name
+    assert main([*common, f"file:{renamed}"]) == 2
+    assert "give a class map" in capsys.readouterr().err
+    assert main([*common, f"file:{renamed}", "--class-map", str(mapping)]) == 0

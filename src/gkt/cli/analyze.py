@@ -24,6 +24,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="evaluation split (default: test)")
     p.add_argument("--fraction", type=float, default=1.0, help="analyse a stratified share of the split (seeded)")
     p.add_argument("--student", metavar="SPEC", help="show where to find gains for this model (added to --models)")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="JSON/YAML {data_class: model_class_or_list} aligning the models' classes to the data's "
+                        "(as for gkt transfer); without it, classes that differ only in order or case are matched")
     p.add_argument("--batch-size", type=int, default=500, help="forward-pass batch size (default: 500)")
     p.add_argument("--refresh", action="store_true", help="recompute predictions even when stored")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the random-initialised-teacher baseline")
@@ -154,7 +157,7 @@ def analyze_verb(args: argparse.Namespace) -> int:
         dataset = stratified_subset(dataset, fraction=args.fraction, seed=args.seed)
     specs = resolve_specs(args.models, args.student, args.zoo_dir)
     info = DataInfo.from_dataset(dataset)
-    models = [load_model(spec, info, args.zoo_dir) for spec in specs]
+    models = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
     print(f"analysing {len(models)} models on {dataset.name} ({len(dataset)} samples): one forward pass per model "
           "and per random-init architecture, reused from the prediction store when possible")
     analysis = analyze(models, dataset, args.torch_device, batch_size=args.batch_size, refresh=args.refresh,

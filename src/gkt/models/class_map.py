@@ -79,7 +79,7 @@ def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # yaml and json raise their own error types
         raise GktError(f"class map {path}: cannot parse it ({exc})") from exc
     if not isinstance(mapping, dict):
-        raise GktError(f"class map {path}: expected a mapping {{student_class: teacher_class_or_list}}")
+        raise GktError(f"class map {path}: expected a mapping {{target_class: model_class_or_list}}")
     return mapping
 
 
@@ -104,7 +104,7 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
     mapping = dict(mapping or {})
     extra = sorted(set(mapping) - set(target))
     if extra:
-        raise GktError(f"class map names classes the student does not have: {extra}")
+        raise GktError(f"class map names classes the target label space does not have: {extra}")
     groups, unmatched = [], []
     for name in target:
         refs = mapping.get(name, name)
@@ -115,13 +115,13 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
             unmatched.append(f"{name} → {', '.join(bad) or 'nothing'}")
         groups.append([f for f in found if isinstance(f, int)])
     if unmatched:
-        raise GktError(f"the teacher's class names differ from the student's: cannot match {len(unmatched)} of "
-                       f"{len(target)} student classes to the teacher's {len(source)} classes: {'; '.join(unmatched)} (give --class-map FILE with "
-                       "{student_class: teacher_class_or_list})")
+        raise GktError(f"the model's class names differ from the target label space: cannot match {len(unmatched)} "
+                       f"of {len(target)} target classes to the model's {len(source)} classes: {'; '.join(unmatched)} "
+                       "(give a class map, --class-map FILE with {target_class: model_class_or_list})")
     twice = sorted(source[i] for i, n in Counter(i for g in groups for i in g).items() if n > 1)
     if twice:
-        raise GktError(f"class map sends teacher classes {twice} to several student classes; each teacher class "
-                       "may feed one student class")
+        raise GktError(f"class map sends model classes {twice} to several target classes; each model class "
+                       "may feed one target class")
     return groups
 
 
@@ -137,7 +137,7 @@ def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: Cl
     elif str(class_map) == AUTO:
         if len(model.class_names) != len(class_names):
             raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: "
-                           "give a class map ({student_class: teacher_class_or_list}) to align them")
+                           "give a class map ({target_class: model_class_or_list}) to align them")
         mapping = {}
     else:
         mapping = read_class_map(class_map)
