@@ -169,7 +169,7 @@ def test_cli_analyze(tiny_fmnist_dir: Path, tmp_path: Path, capsys: pytest.Captu
     small = make_model("linear", 9, num_classes=4, size=28)
     bad = f"file:{save_checkpoint(small, tmp_path / 'four')}"
     assert main(["analyze", "--models", specs[0], bad, *common]) == 2
-    assert "predicts 4 classes but the data has 10" in capsys.readouterr().err
+    assert "predicts 4 classes, the data has 10: give a class map" in capsys.readouterr().err
     assert main(["analyze", "--models", "zoo", "--zoo-dir", str(tmp_path / "nozoo"), *common]) == 2
     assert "found no built zoo models" in capsys.readouterr().err
     assert main(["analyze", "--models", specs[0], *common]) == 2
