@@ -36,13 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gkt.cli.study import STORE_NAME, write_study_outputs
 from gkt.data import ImageDataset, iterate_batches, load_split, train_val_split
 from gkt.kdep import head_keys, with_new_head
 from gkt.models import Classifier, load_checkpoint, load_model, save_checkpoint, weights_hash
 from gkt.report import format_table
 from gkt.studies import LocalBackend, ResultsStore, expand_grid, job_key, run_study, transfer_job
-from gkt.study_report import _pyplot, _save, pair_means
+from gkt.study_report import STORE_NAME, pair_means, pyplot, save_figure, write_study_outputs
 from gkt.training import Recipe, evaluate, train_supervised
 from gkt.utils import GktError, atomic_path, cache_home, stable_hash
 
@@ -325,7 +324,7 @@ def plot_delta_transf_vs_gap(pairs: Sequence[dict[str, Any]], path: Path, title:
     """Paper Figs. 9/10: one panel per method; every pair's Δtransf (mean ± std over seeds) against
     Δacc = acc(teacher) − acc(student) on the evaluation data, and the paper's summary line: the mean of
     the top 25% of pairs in each of ``bins`` equal-width Δacc bins."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = sorted({p["method"] for p in pairs})
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.8), sharey=True, squeeze=False)
     gaps = [100 * p["delta_acc"] for p in pairs]
@@ -349,4 +348,4 @@ def plot_delta_transf_vs_gap(pairs: Sequence[dict[str, Any]], path: Path, title:
     axes[0][0].set_ylabel("Δtransf (pp)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

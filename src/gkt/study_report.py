@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -11,6 +13,8 @@ from statistics import mean, median, stdev
 from typing import Any
 
 from gkt.utils import atomic_path
+
+STORE_NAME = "results.sqlite"  # a study's results store inside its run directory
 
 Record = dict[str, Any]
 PAIR_FIELDS = ("student", "teacher", "method")
@@ -105,7 +109,7 @@ def best_settings(pairs: Sequence[Record]) -> list[Record]:
 # ----------------------------------------------------------------------------- figures
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,11 +118,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -128,7 +132,7 @@ def _methods(pairs: Sequence[Record]) -> list[str]:
 
 def plot_success_box(pairs: Sequence[Record], path: Path) -> Path:
     """Fig. 4a: per method, the distribution over students of their success rate."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = _methods(pairs)
     data = [[100 * v for v in student_success([p for p in pairs if p["method"] == m]).values()] for m in methods]
     fig, ax = plt.subplots(figsize=(1.4 * len(methods) + 2, 4))
@@ -136,12 +140,12 @@ def plot_success_box(pairs: Sequence[Record], path: Path) -> Path:
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20)
     ax.set(ylabel="success rate per student (%)", title="Success rate per student\n(share of its teachers with Δtransf > 0)",
            ylim=(-5, 105))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_delta_vs_acc(pairs: Sequence[Record], path: Path, bins: int = 6) -> Path:
     """Fig. 4b: Δtransf against the teacher-student accuracy gap, binned; mean of the top 25% per bin."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     gaps = [100 * p["delta_acc"] for p in pairs]
     lo, hi = min(gaps), max(gaps)
@@ -159,12 +163,12 @@ def plot_delta_vs_acc(pairs: Sequence[Record], path: Path, bins: int = 6) -> Pat
     ax.set(xlabel="Δacc = acc(teacher) − acc(student) (pp)", ylabel="Δtransf, mean of top 25% (pp)",
            title="Transfer delta vs performance difference")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gain_loss(pairs: Sequence[Record], path: Path) -> Path:
     """Fig. 7: knowledge gain vs knowledge loss per pair, one colour per method, with the diagonal."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     top = 0.0
     for method in _methods(pairs):
@@ -176,12 +180,12 @@ def plot_gain_loss(pairs: Sequence[Record], path: Path) -> Path:
     ax.set(xlabel="knowledge loss (% of test samples)", ylabel="knowledge gain (% of test samples)",
            title="Knowledge gain vs loss per pair")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_transfer_rate_topx(pairs: Sequence[Record], path: Path) -> Path:
     """Fig. 5a: share of the positive flips transferred, within the classes holding the top-X% of them."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = sorted({k for p in pairs for k in p if k.startswith("transfer_rate_top")},
                   key=lambda k: float(k.removeprefix("transfer_rate_top")))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -192,12 +196,12 @@ def plot_transfer_rate_topx(pairs: Sequence[Record], path: Path) -> Path:
     ax.set(xlabel="classes holding the top-X% of complementary knowledge", ylabel="positive flips transferred (%)",
            title="Transfer rate by class concentration")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_by_student(pairs: Sequence[Record], path: Path, metric: str = "delta_transf") -> Path:
     """Figs. 5b/8: mean Δtransf and transfer rate per student against its size, coloured by family."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     students = sorted({p["student"] for p in pairs})
     for ax, key, label in ((axes[0], metric, "mean Δtransf (pp)"),
@@ -228,7 +232,7 @@ def plot_by_student(pairs: Sequence[Record], path: Path, metric: str = "delta_tr
                          100 * mean(p[metric] for p in ps)), fontsize=6, alpha=0.7)
     axes[0].legend(fontsize=7)
     fig.suptitle("Transfer by student size and family")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY_FIGURES = {
@@ -242,3 +246,22 @@ STUDY_FIGURES = {
 
 def write_study_figures(pairs: Sequence[Record], directory: Path) -> list[Path]:
     return [fn(pairs, directory / name) for name, fn in STUDY_FIGURES.items()]
+
+
+def write_study_outputs(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tables (CSV + Markdown) and figures from the store's records; returns the success table."""
+    from gkt.report import format_table
+
+    pairs = pair_means(records)
+    table = success_table(pairs)
+    for name, rows in (("runs.csv", records), ("pairs.csv", pairs), ("success_table.csv", table),
+                       ("best_settings.csv", best_settings(pairs))):
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_path(run_dir / name) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows)
+    with atomic_path(run_dir / "summary.md") as tmp:
+        tmp.write_text("## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n")
+    write_study_figures(pairs, run_dir)
+    return table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from collections.abc import Sequence
@@ -13,10 +12,9 @@ from typing import Any
 from gkt.cli import register_verb
 from gkt.config import resolved_config
 from gkt.report import format_table
+from gkt.study_report import STORE_NAME, write_study_outputs
 from gkt.tracking import add_tracking_options, tracking
-from gkt.utils import GktError, atomic_path, read_json, write_json
-
-STORE_NAME = "results.sqlite"
+from gkt.utils import GktError, read_json, write_json
 
 
 def _values(text: str) -> list[Any]:
@@ -91,25 +89,6 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     for job in jobs:
         job["method_args"] = method_args[job["method"]]
     return jobs
-
-
-def write_study_outputs(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Tables (CSV + Markdown) and figures from the store's records; returns the success table."""
-    from gkt.study_report import best_settings, pair_means, success_table, write_study_figures
-
-    pairs = pair_means(records)
-    table = success_table(pairs)
-    for name, rows in (("runs.csv", records), ("pairs.csv", pairs), ("success_table.csv", table),
-                       ("best_settings.csv", best_settings(pairs))):
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        with atomic_path(run_dir / name) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows)
-    with atomic_path(run_dir / "summary.md") as tmp:
-        tmp.write_text("## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n")
-    write_study_figures(pairs, run_dir)
-    return table
 
 
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
