@@ -154,7 +154,7 @@ class TransferTrainer:
             raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
                            f"{config.batch_size}; lower --batch-size or raise --fraction")
         self.runtime = runtime = runtime or Runtime()
-        self.local_batch = runtime.dist.shard_batch(config.batch_size)
+        runtime.dist.shard_batch(config.batch_size)  # the global batch must split evenly over the ranks
         self.config, self.device, self.method, self.transfer_set = config, device, method, transfer_set
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.teachers = [freeze(t).to(device, memory_format=memory_format) for t in teachers]
@@ -185,16 +185,20 @@ class TransferTrainer:
             return {}
         data_id = dataset_identity(self.transfer_set)
         labels_allowed = self.method.uses_labels and not self.config.unlabelled
-        readers: dict[str, list[CachedOutputs]] = {}
-        for turn in ("main", "others"):
-            if (turn == "main") == self.runtime.dist.is_main:
-                readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
-                                                data_id=data_id) for m in models] for need, models in wanted.items()}
-            self.runtime.dist.barrier()
-        stack = {TEACHERS_LOGITS: True}
-        return {need: (lambda idx, rs=rs, s=stack.get(need, False):
-                       torch.stack([r.rows(idx, self.device) for r in rs], 1) if s else rs[0].rows(idx, self.device))
-                for need, rs in readers.items()}
+        dist = self.runtime.dist
+        if not dist.is_main:
+            dist.barrier()  # rank 0 computes and stores the outputs first
+        readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
+                                        data_id=data_id) for m in models] for need, models in wanted.items()}
+        if dist.is_main:
+            dist.barrier()
+
+        def reader(need: str, outputs: list[CachedOutputs]) -> Callable[[torch.Tensor], torch.Tensor]:
+            if need == TEACHERS_LOGITS:
+                return lambda idx: torch.stack([o.rows(idx, self.device) for o in outputs], 1)
+            return lambda idx: outputs[0].rows(idx, self.device)
+
+        return {need: reader(need, outputs) for need, outputs in readers.items()}
 
     def _wrap_trainable(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Step], dict]]:
         """The student's training forward and the method, wrapped in DDP (only the trainable parts) and
@@ -348,10 +352,15 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             on_epoch(row)
     quality = None
     if isinstance(method, PartitionMethod) and not config.unlabelled:
-        quality = partition_quality(*_transfer_set_partition(trainer.method, predict(trainer.teacher, transfer_set,
-                                                                                    "teacher (transfer set)"),
-                                                             predict(student, transfer_set, "student (transfer set)"),
-                                                             transfer_set.labels))
+        every_row = torch.arange(len(transfer_set))
+
+        def transfer_set_outputs(need: str, model: Classifier, desc: str) -> torch.Tensor:
+            """The cached outputs where the trainer has them, else one forward pass."""
+            return trainer.cached[need](every_row).cpu() if need in trainer.cached else predict(model, transfer_set, desc)
+
+        quality = partition_quality(*_transfer_set_partition(
+            trainer.method, transfer_set_outputs(TEACHER_LOGITS, trainer.teacher, "teacher (transfer set)"),
+            transfer_set_outputs(FROZEN_LOGITS, student, "student (transfer set)"), transfer_set.labels))
     base = {"student": student.name, "teacher": " + ".join(t.name for t in teachers), "method": config.method,
             "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
             "acc_student_before": correct_before.double().mean().item(),
