@@ -75,3 +75,18 @@ def test_transfer_job_ignores_the_workers_rng_state(tmp_path: Path) -> None:
         torch.manual_seed(state)
         results.append(transfer_job(config)["acc"])
     assert results[0] == results[1]
+
+
+def test_study_grid_over_student_mode_reaches_the_transfer_config() -> None:
+    from gkt.cli import build_parser
+    from gkt.cli.study import study_jobs
+    from gkt.transfer import TransferConfig
+
+    args = build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b", "--methods", "kl-dp",
+                                      "--grid", "student_mode=train,eval"])
+    jobs = study_jobs(args)
+    assert sorted((j["student"], j["student_mode"]) for j in jobs) == [
+        ("zoo:a", "eval"), ("zoo:a", "train"), ("zoo:b", "eval"), ("zoo:b", "train")]
+    assert TransferConfig(method="kl-dp", student_mode=jobs[0]["student_mode"]).build_method().name == "kl-dp"
+    with pytest.raises(GktError, match="student_mode must be"):
+        TransferConfig(student_mode="frozen").build_method()

@@ -77,6 +77,24 @@ def test_registry_errors() -> None:
     assert not TransferConfig(method="kl-dp-unsup", unlabelled=True).build_method().uses_labels
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_student_mode_decides_whether_batchnorm_and_dropout_move_the_student(mode: str) -> None:
+    """Distilling a BatchNorm + dropout student from its own copy: in eval mode the loss has nothing to teach,
+    so the student stays put; in train mode BatchNorm statistics and dropout move it all the same."""
+    data, test = make_blobs(n_per_class=24, seed=0), make_blobs(n_per_class=10, seed=1)
+    torch.manual_seed(0)
+    student = Classifier.create(ArchSpec("zoo", "cnn", data.num_classes, 1, 12, {"channels": [4, 8], "dropout": 0.5}),
+                                Preprocess(12, 1, (0.4,), (0.3,)), data.class_names, name="bn-dropout")
+    config = TransferConfig(method="kl", epochs=2, lr=0.05, batch_size=16, weight_decay=0.0, student_mode=mode)
+    outcome = run_transfer(student, student.clone(), data, test, config, torch.device("cpu"))
+    before, after = student.net.state_dict(), outcome.model.net.state_dict()
+    moved = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+    if mode == "eval":
+        assert moved < 1e-5 and outcome.final["delta_transf"] == 0
+    else:
+        assert moved > 1e-3
+
+
 def test_label_space_mismatch_is_an_error() -> None:
     data, test = make_blobs(n_per_class=24), make_blobs(n_per_class=10, seed=1)
     teacher = tiny_model(["a", "b", "c", "d"], 2)

@@ -12,6 +12,7 @@ from typing import Any
 from gkt.cli import register_verb
 from gkt.config import resolved_config
 from gkt.report import format_table
+from gkt.studies import GRID_KEYS
 from gkt.study_report import STORE_NAME, write_study_outputs
 from gkt.tracking import add_tracking_options, tracking
 from gkt.utils import GktError, read_json, write_json
@@ -36,7 +37,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default: the transfer default)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the transfer default)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="extra grid axis over a job setting (lr, epochs, temperature, batch_size), repeatable")
+                   help="extra grid axis over a job setting (lr, epochs, temperature, batch_size, student_mode), "
+                        "repeatable")
     p.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
     p.add_argument("--data", default="fmnist")
@@ -82,8 +84,8 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
                                   "seed": list(args.seeds)}
     for item in args.grid:
         key, sep, values = item.partition("=")
-        if not sep or key not in ("lr", "epochs", "temperature", "batch_size"):
-            raise GktError(f"--grid expects KEY=V1,V2 with KEY in lr, epochs, temperature, batch_size; got {item!r}")
+        if not sep or key not in GRID_KEYS:
+            raise GktError(f"--grid expects KEY=V1,V2 with KEY in {', '.join(GRID_KEYS)}; got {item!r}")
         axes[key] = _values(values)
     jobs = expand_grid(base, axes, skip=lambda j: j["student"] == j["teacher"])
     for job in jobs:

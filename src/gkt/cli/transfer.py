@@ -18,7 +18,7 @@ from gkt.utils import GktError, read_json, write_json
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
 RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size", "temperature", "method_arg",
-           "weight_decay", "augment", "unlabelled", "seed")
+           "weight_decay", "augment", "unlabelled", "student_mode", "seed")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="batch augmentations applied once, seen by every model (flip, crop, erase; default none)")
     p.add_argument("--unlabelled", action="store_true",
                    help="treat the transfer set as unlabelled: only label-free methods are allowed")
+    p.add_argument("--student-mode", default="train", choices=["train", "eval"],
+                   help="train: the student's dropout and BatchNorm statistics work as in ordinary fine-tuning "
+                        "(default); eval: both frozen, so only the loss changes the student")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted transfer run from its last finished epoch (into a new run "
                         "directory; --epochs may extend it, other options come from the run)")
@@ -128,7 +131,7 @@ def transfer(args: argparse.Namespace) -> int:
     config = TransferConfig(method=args.method, method_args=_parse_method_args(args.method_arg),
                             epochs=args.epochs or TransferConfig.epochs, lr=args.lr, weight_decay=args.weight_decay,
                             batch_size=args.batch_size, temperature=args.temperature, augment=tuple(args.augment),
-                            seed=args.seed, unlabelled=args.unlabelled)
+                            seed=args.seed, unlabelled=args.unlabelled, student_mode=args.student_mode)
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
     dist = getattr(args, "dist", DistContext())
     runtime = Runtime(cache_outputs=not args.no_cache, precision=args.precision, channels_last=args.channels_last,

@@ -71,6 +71,7 @@ class TransferConfig:
     augment: tuple[str, ...] = ()
     seed: int = 0
     unlabelled: bool = False  # the transfer set's labels must not be used
+    student_mode: str = "train"  # "eval": the student's dropout off and BatchNorm statistics frozen while it learns
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +81,8 @@ class TransferConfig:
         return cls(**{**d, "augment": tuple(d.get("augment", ()))})
 
     def build_method(self) -> TransferMethod:
+        if self.student_mode not in ("train", "eval"):
+            raise GktError(f"student_mode must be 'train' or 'eval', got {self.student_mode!r}")
         method = create_method(self.method, {"temperature": self.temperature, **self.method_args})
         if self.unlabelled and method.uses_labels:
             raise GktError(f"method {self.method} needs labels but the transfer set is unlabelled; use a "
@@ -230,7 +233,7 @@ class TransferTrainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the transfer set; returns the mean of each loss term and their total."""
-        self.student.train()
+        self.student.train(self.config.student_mode == "train")
         self.method.train()
         steps = len(self.transfer_set) // self.config.batch_size
         running: torch.Tensor | None = None  # per-loss sums, on the device: no host sync inside the loop
