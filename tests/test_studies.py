@@ -121,6 +121,21 @@ def test_success_table_reports_noise() -> None:
     assert "clear_gain_%" not in unknown_n[0]
 
 
+def test_paper_claims_checked_against_the_success_table() -> None:
+    from gkt.study_report import paper_claims
+
+    table = [{"method": "kl", "success_%": 20.0}, {"method": "xekl-mcl", "success_%": 50.0},
+             {"method": "kl-dp", "success_%": 70.0}, {"method": "kl-dp-unsup", "success_%": 43.3}]
+    claims = {c["paper_claim"]: (c["measured"], c["met"]) for c in paper_claims(table)}
+    assert claims == {"kl-dp success rate >= 85%": ("70.0%", "NO"),
+                      "kl-dp at least 30 points above kl": ("+50.0 points", "yes"),
+                      "kl-dp-unsup within 15 points of kl-dp": ("-26.7 points", "NO"),
+                      "xekl-mcl between kl and kl-dp": ("20.0 <= 50.0 <= 70.0", "yes")}
+    only_two = paper_claims([{"method": "kl", "success_%": 10.0}, {"method": "kl-dp", "success_%": 90.0}])
+    assert [(c["paper_claim"], c["met"]) for c in only_two] == [("kl-dp success rate >= 85%", "yes"),
+                                                                ("kl-dp at least 30 points above kl", "yes")]
+
+
 def test_student_figure_with_no_finite_transfer_rate(tmp_path: Path) -> None:
     """Teachers without positive flips give NaN transfer rates; the figure still renders (log axis skipped)."""
     from gkt.study_report import plot_by_student

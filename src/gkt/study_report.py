@@ -88,6 +88,27 @@ def success_table(pairs: Sequence[Record]) -> list[Record]:
     return sorted(rows, key=lambda r: r["success_%"])
 
 
+def paper_claims(table: Sequence[Record]) -> list[Record]:
+    """The paper's §5.1 success-rate claims checked against a success table (SPEC §6; claims whose
+    methods the study did not run are left out)."""
+    rate = {row["method"]: row["success_%"] for row in table}
+    claims = [("kl-dp success rate >= 85%", ("kl-dp",), lambda: (f"{rate['kl-dp']:.1f}%", rate["kl-dp"] >= 85)),
+              ("kl-dp at least 30 points above kl", ("kl-dp", "kl"),
+               lambda: (f"{rate['kl-dp'] - rate['kl']:+.1f} points", rate["kl-dp"] - rate["kl"] >= 30)),
+              ("kl-dp-unsup within 15 points of kl-dp", ("kl-dp", "kl-dp-unsup"),
+               lambda: (f"{rate['kl-dp-unsup'] - rate['kl-dp']:+.1f} points",
+                        abs(rate["kl-dp-unsup"] - rate["kl-dp"]) <= 15)),
+              ("xekl-mcl between kl and kl-dp", ("kl", "xekl-mcl", "kl-dp"),
+               lambda: (f"{rate['kl']:.1f} <= {rate['xekl-mcl']:.1f} <= {rate['kl-dp']:.1f}",
+                        rate["kl"] <= rate["xekl-mcl"] <= rate["kl-dp"]))]
+    rows = []
+    for claim, methods, check in claims:
+        if all(m in rate for m in methods):
+            measured, met = check()
+            rows.append({"paper_claim": claim, "measured": measured, "met": "yes" if met else "NO"})
+    return rows
+
+
 def student_success(pairs: Sequence[Record]) -> dict[str, float]:
     """Success rate per student: the share of its teachers with mean Δtransf > 0."""
     by_student: dict[str, list[bool]] = defaultdict(list)
@@ -262,6 +283,10 @@ def write_study_outputs(run_dir: Path, records: list[dict[str, Any]]) -> list[di
             writer.writeheader()
             writer.writerows({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows)
     with atomic_path(run_dir / "summary.md") as tmp:
-        tmp.write_text("## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n")
+        text = "## Transfer success per method\n\n" + format_table(table, markdown=True) + "\n"
+        claims = paper_claims(table)
+        if claims:
+            text += "\n## The paper's claims (§5.1) at this study's scale\n\n" + format_table(claims, markdown=True) + "\n"
+        tmp.write_text(text)
     write_study_figures(pairs, run_dir)
     return table

@@ -35,6 +35,7 @@ def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> 
 @register_verb("demo", "end-to-end demo: zoo, analysis, a transfer study over all pairs, report", _configure)
 def demo(args: argparse.Namespace) -> int:
     from gkt.report import format_table, numeric_text, write_report
+    from gkt.study_report import paper_claims
 
     start = time.perf_counter()
     print("== gkt demo 1/4: the embedded zoo (trained once, then cached) ==", flush=True)
@@ -56,9 +57,11 @@ def demo(args: argparse.Namespace) -> int:
         import csv
 
         with open(summary, newline="") as f:
-            print(format_table([{k: numeric_text(v) for k, v in row.items()} for row in csv.DictReader(f)]))
+            table = list(csv.DictReader(f))
+        print(format_table([{k: numeric_text(v) for k, v in row.items()} for row in table]))
         print("success_% = share of pairs with Δtransf > 0; clear_gain_% / clear_loss_% = share of pairs whose "
               "gained samples outnumber the lost (or the reverse) beyond test-sample noise (McNemar, 2 s.e.)")
+        print("\n" + format_table(paper_claims([{**row, "success_%": float(row["success_%"])} for row in table])))
     total = time.perf_counter() - start
     print(f"\ndemo finished in {total:.0f}s (zoo step {zoo_seconds:.0f}s)")
     for path in reports:
