@@ -23,6 +23,7 @@ import torch
 from gkt.data import load_split, stratified_subset
 from gkt.models import Classifier
 from gkt.models.checkpoint import load_checkpoint
+from gkt.study_report import pair_means, success_table
 from gkt.transfer import TransferConfig, run_transfer
 from gkt.utils import cache_home, seed_everything
 from gkt.zoo import build_zoo, get_entry, load_zoo_model
@@ -46,23 +47,26 @@ def zoo_models(names: list[str], shard: float) -> dict[str, Classifier]:
 
 
 def summary(path: Path) -> None:
-    """Success rate (seed-mean Δtransf > 0) per method and the positive pairs per student."""
-    runs: dict[tuple, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    """The study success table (seed-mean Δtransf > 0) per method and student mode, with the best pair and
+    the positive pairs per student."""
+    records = []
     for line in path.read_text().splitlines():
         row = json.loads(line)
         job = row["job"]
-        runs[(job["method"], job.get("student_mode", "train"))][job["pair"]].append(row["delta_transf"])
-    for (method, mode), pairs in sorted(runs.items()):
-        means = {pair: sum(v) / len(v) for pair, v in pairs.items()}
-        seeds = sorted({len(v) for v in pairs.values()})
+        teacher, student = job["pair"].split(":")
+        records.append({"student": student, "teacher": teacher, "seed": job["seed"],
+                        "method": f"{job['method']} ({job.get('student_mode', 'train')})",
+                        **{k: row[k] for k in ("delta_transf", "knowledge_gain", "knowledge_loss")}})
+    pairs = pair_means(records)
+    for row in success_table(pairs):
+        ps = [p for p in pairs if p["method"] == row["method"]]
         per_student = collections.defaultdict(list)
-        for pair, delta in means.items():
-            per_student[pair.split(":")[1]].append(delta > 0)
-        print(f"{method:12s} student_mode={mode:5s} seeds/pair {seeds} pairs {len(means):2d}: success "
-              f"{100 * sum(d > 0 for d in means.values()) / len(means):5.1f}%, mean Δtransf "
-              f"{100 * sum(means.values()) / len(means):+.3f} pp, min {100 * min(means.values()):+.2f}, max "
-              f"{100 * max(means.values()):+.2f}; positive per student "
-              + ", ".join(f"{s} {sum(v)}/{len(v)}" for s, v in per_student.items()))
+        for p in ps:
+            per_student[p["student"]].append(p["delta_transf"] > 0)
+        print(f"{row['method']:20s} seeds/pair {sorted({p['seeds'] for p in ps})} pairs {row['pairs']:2d}: success "
+              f"{row['success_%']:5.1f}%, mean Δtransf {row['mean_delta_transf_pp']:+.3f} pp, min "
+              f"{row['min_delta_transf_pp']:+.2f}, max {100 * max(p['delta_transf'] for p in ps):+.2f}; positive per "
+              "student " + ", ".join(f"{s} {sum(v)}/{len(v)}" for s, v in per_student.items()))
 
 
 def main() -> None:

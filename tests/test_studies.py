@@ -121,6 +121,15 @@ def test_success_table_reports_noise() -> None:
     assert "clear_gain_%" not in unknown_n[0]
 
 
+def test_pairs_of_a_student_mode_grid_stay_apart() -> None:
+    from gkt.study_report import pair_means
+
+    records = [{"student": "s", "teacher": "t", "method": "kl-dp", "seed": 0, "student_mode": mode, "delta_transf": d}
+               for mode, d in (("train", 0.01), ("eval", -0.01))]
+    assert sorted((p["setting"], p["seeds"], p["delta_transf"]) for p in pair_means(records)) == [
+        ("student_mode=eval", 1, -0.01), ("student_mode=train", 1, 0.01)]
+
+
 def test_paper_claims_checked_against_the_success_table() -> None:
     from gkt.study_report import paper_claims
 

@@ -27,9 +27,8 @@ from tqdm.auto import tqdm
 
 from gkt.data import ImageDataset, load_split, stratified_subset
 from gkt.models import Classifier, DataInfo, load_model
+from gkt.study_report import GRID_KEYS
 from gkt.utils import GktError, resolve_device, seed_everything, stable_hash
-
-GRID_KEYS = ("lr", "epochs", "temperature", "batch_size", "student_mode")  # job settings a study grid may vary
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +249,7 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     test_set = _test_set(data, data_dir)
     student = _study_model(config["student"], data, data_dir, zoo_dir).clone().requires_grad_(True)
     teacher = _study_model(config["teacher"], data, data_dir, zoo_dir).clone()
-    settings = {k: config[k] for k in ("method", "method_args", "epochs", "lr", "seed", *GRID_KEYS) if k in config}
+    settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
                            resolve_device(config.get("device", "auto")), runtime=Runtime(evaluate_every_epoch=False))

@@ -12,8 +12,7 @@ from typing import Any
 from gkt.cli import register_verb
 from gkt.config import resolved_config
 from gkt.report import format_table
-from gkt.studies import GRID_KEYS
-from gkt.study_report import STORE_NAME, write_study_outputs
+from gkt.study_report import GRID_KEYS, STORE_NAME, write_study_outputs
 from gkt.tracking import add_tracking_options, tracking
 from gkt.utils import GktError, read_json, write_json
 
