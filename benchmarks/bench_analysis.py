@@ -18,11 +18,18 @@ from pathlib import Path
 
 import torch
 
-from gkt.analysis import ClassSimilarity, analyze_predictions
-from gkt.data import TensorImageDataset
+from gkt.analysis.complementary import analyze_predictions
+from gkt.analysis.semantic import ClassSimilarity
+from gkt.data.datasets import TensorImageDataset
+from gkt.engine.predictions import (
+    Predictions,
+    compute_predictions,
+    load_predictions,
+    save_predictions,
+    storage_topk,
+)
 from gkt.models import Classifier, Preprocess
 from gkt.models.classifier import ArchSpec
-from gkt.predictions import Predictions, compute_predictions, load_predictions, save_predictions, storage_topk
 
 
 def synthetic(models: int, samples: int, classes: int, seed: int) -> tuple[list[Predictions], torch.Tensor]:

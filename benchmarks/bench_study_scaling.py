@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from gkt.data import FASHION_MNIST_CLASSES
+from gkt.data.fmnist import FASHION_MNIST_CLASSES
+from gkt.experiments.grid import LocalBackend, ResultsStore, expand_grid, run_study
+from gkt.experiments.transfer_job import transfer_job
 from gkt.models import Classifier, save_checkpoint
-from gkt.studies import LocalBackend, ResultsStore, expand_grid, run_study, transfer_job
-from gkt.zoo import get_entry
+from gkt.models.zoo import get_entry
 
 
 def main() -> None:

@@ -21,14 +21,18 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from gkt.data import FASHION_MNIST_CLASSES, TensorImageDataset, iterate_batches, load_split, stratified_subset
+from gkt.core.errors import GktError
+from gkt.core.runtime import resolve_device
+from gkt.data.datasets import TensorImageDataset, iterate_batches
+from gkt.data.fmnist import FASHION_MNIST_CLASSES
+from gkt.data.spec import load_split
+from gkt.data.subsets import stratified_subset
+from gkt.engine.loop import make_optimizer
 from gkt.models import Classifier
 from gkt.models.preprocess import to_unit_float
-from gkt.training import make_optimizer
+from gkt.models.zoo import get_entry
 from gkt.transfer import TransferConfig
 from gkt.transfer.trainer import Runtime, TransferTrainer
-from gkt.utils import GktError, resolve_device
-from gkt.zoo import get_entry
 
 
 def zoo_architecture(name: str, seed: int) -> Classifier:

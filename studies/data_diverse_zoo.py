@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 
-from gkt.data import load_split, stratified_subset
+from gkt.core.io import cache_home
+from gkt.core.runtime import seed_everything
+from gkt.data.spec import load_split
+from gkt.data.subsets import stratified_subset
+from gkt.experiments.zoo import build_zoo
 from gkt.models import Classifier
 from gkt.models.checkpoint import load_checkpoint
-from gkt.study_report import pair_means, success_table
+from gkt.models.zoo import get_entry, load_zoo_model
+from gkt.reporting.study_tables import pair_means, success_table
 from gkt.transfer import TransferConfig, run_transfer
-from gkt.utils import cache_home, seed_everything
-from gkt.zoo import build_zoo, get_entry, load_zoo_model
 
 DEMO_ZOO = ("linear-7px", "linear", "mlp-14px", "mlp", "mlp-deep", "cnn")
 

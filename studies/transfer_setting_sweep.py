@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from gkt.data import load_split, stratified_subset, train_val_split
+from gkt.core.runtime import seed_everything
+from gkt.data.spec import load_split
+from gkt.data.subsets import stratified_subset, train_val_split
 from gkt.models import DataInfo, load_model
 from gkt.transfer import TransferConfig, run_transfer
-from gkt.utils import seed_everything
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from gkt.data import TensorImageDataset
+from gkt.data.datasets import TensorImageDataset
+from gkt.data.fmnist import FASHION_MNIST_CLASSES
+from gkt.models import ArchSpec, Classifier, Preprocess, save_checkpoint
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
@@ -34,6 +36,38 @@ def make_blobs(n_per_class: int = 40, num_classes: int = 4, size: int = 12, chan
         images[labels == c, :, r:r + half, col:col + half] += 70 + 150 * c / max(1, num_classes - 1)
     return TensorImageDataset("blobs", images.clamp(0, 255).to(torch.uint8), labels,
                               [f"class{c}" for c in range(num_classes)])
+
+
+def make_model(arch: str, seed: int, num_classes: int = 4, size: int = 12, **kwargs) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier.create(ArchSpec("zoo", arch, num_classes, 1, size, kwargs), Preprocess(size, 1, (0.3,), (0.3,)),
+                             [f"class{c}" for c in range(num_classes)], name=f"{arch}-{seed}")
+
+
+COMPARED = ("acc", "delta_transf", "knowledge_gain", "knowledge_loss", "acc_student_before", "acc_teacher")
+
+
+def write_model(path: Path, seed: int, hidden: int = 16) -> str:
+    """A small random MLP checkpoint with the Fashion-MNIST label names; returns its ``file:`` spec."""
+    torch.manual_seed(seed)
+    model = Classifier.create(ArchSpec("zoo", "mlp", 10, 1, 14, {"hidden": [hidden]}),
+                              Preprocess(14, 1, (0.5,), (0.3,)), FASHION_MNIST_CLASSES)
+    save_checkpoint(model, path)
+    return f"file:{path}"
+
+
+def fmnist_dir(path: Path, n_train: int, n_test: int = 40, seed: int = 0) -> Path:
+    """Fashion-MNIST-named IDX files with random contents (``n_train`` / ``n_test`` samples)."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return path
+
+
+def new_runs(out: Path, before: set[Path]) -> list[Path]:
+    return sorted(set(out.iterdir()) - before)
 
 
 @pytest.fixture(autouse=True)

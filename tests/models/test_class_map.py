@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gkt.cli import main
-from gkt.data import FASHION_MNIST_CLASSES
+from gkt.core.errors import GktError
+from gkt.data.fmnist import FASHION_MNIST_CLASSES
 from gkt.models import (
     ArchSpec,
     Classifier,
@@ -22,7 +23,6 @@ from gkt.models import (
     save_checkpoint,
     weights_hash,
 )
-from gkt.utils import GktError
 
 STUDENT = [f"s{i}" for i in range(10)]
 

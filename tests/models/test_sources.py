@@ -10,13 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gkt.data import TensorImageDataset
+from gkt.core.config import Recipe
+from gkt.core.errors import GktError
+from gkt.data.datasets import TensorImageDataset
+from gkt.experiments.zoo import build_zoo
 from gkt.models import DataInfo, ModelSpec, load_model, save_checkpoint
 from gkt.models.sources import hf_preprocess
-from gkt.training import Recipe
+from gkt.models.zoo import ZooEntry
 from gkt.transfer import TransferConfig, run_transfer
-from gkt.utils import GktError
-from gkt.zoo import ZooEntry, build_zoo
 from tests.conftest import make_blobs
 
 CPU = torch.device("cpu")

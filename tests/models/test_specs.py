@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gkt.core.errors import GktError
 from gkt.models import (
     ArchSpec,
     Classifier,
@@ -16,7 +17,6 @@ from gkt.models import (
     load_model,
     save_checkpoint,
 )
-from gkt.utils import GktError
 
 FMNIST_INFO = DataInfo(tuple(f"c{i}" for i in range(10)), 1, 28, (0.286,), (0.353,))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gkt.cli import main
-from gkt.data import FASHION_MNIST_CLASSES
+from gkt.data.fmnist import FASHION_MNIST_CLASSES
 from gkt.models import ArchSpec, Classifier, Preprocess, load_model, save_checkpoint, weights_hash
 from gkt.transfer import METHODS, TransferTrainer
 from gkt.transfer.kl import KLDist

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from gkt.cli import main
+from gkt.core.errors import GktError
+from gkt.experiments.multi_teacher import run_study, summary_entry, table_row
 from gkt.models import ArchSpec, Classifier, Preprocess, load_model, weights_hash
+from gkt.reporting.multi_teacher import summary_table, write_summary
 from gkt.transfer import TransferConfig, base, trainer
 from gkt.transfer.base import kl_loss
 from gkt.transfer.dp import KLDataPartition
@@ -20,16 +23,10 @@ from gkt.transfer.multi import (
     TransferSetup,
     parallel_method,
     resolve_modes,
-    run_study,
-    summary_entry,
-    summary_table,
-    table_row,
     weight_soup,
-    write_summary,
 )
 from gkt.transfer.multi_dp import select_sources
 from gkt.transfer.trainer import TransferTrainer
-from gkt.utils import GktError
 from tests.conftest import make_blobs
 from tests.transfer.test_cli_transfer import write_model
 

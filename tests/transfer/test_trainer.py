@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from gkt.data import TensorImageDataset
+from gkt.core.errors import GktError
+from gkt.data.datasets import TensorImageDataset
 from gkt.models import ArchSpec, Classifier, Preprocess
 from gkt.transfer import TransferConfig, create_method, run_transfer
 from gkt.transfer.evaluation import classes_holding_share, partition_quality, transfer_metrics, transfer_rates
-from gkt.utils import GktError
 from tests.conftest import make_blobs
 
 

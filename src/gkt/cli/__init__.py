@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 
 from gkt import __version__
-from gkt.config import parse_args, resolved_config, write_config
-from gkt.distributed import from_environment, shutdown
-from gkt.utils import GktError, new_run_dir, resolve_device, seed_everything, set_threads, write_json
+from gkt.cli.config import parse_args, resolved_config, write_config
+from gkt.core.errors import GktError
+from gkt.core.io import new_run_dir, write_json
+from gkt.core.runtime import resolve_device, seed_everything, set_threads
+from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
-from gkt.report import format_table
-from gkt.utils import GktError, write_json
+from gkt.core.errors import GktError
+from gkt.core.io import write_json
+from gkt.reporting.tables import format_table
 
 DEFAULT_METHODS = ("kl", "xekl-mcl", "kl-dp")
 
@@ -45,8 +46,8 @@ def store_path(args: argparse.Namespace) -> Path | None:
 
 
 def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str], data: str) -> Any:
-    from gkt.adapt import StudyPlan
     from gkt.cli.study import _method_args
+    from gkt.experiments.adapt_study import StudyPlan
 
     return StudyPlan(students, teachers, args.methods, args.seeds, data, args.fraction,
                      {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
@@ -84,7 +85,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def adapt(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from gkt.adapt import AdaptConfig, adapt_cached, transfer_study, write_rows
+    from gkt.adapt.heads import AdaptConfig, adapt_cached
+    from gkt.core.io import write_csv
+    from gkt.experiments.adapt_study import transfer_study
 
     if len(set(args.models)) != len(args.models):
         raise GktError("--models lists a model twice")
@@ -101,7 +104,7 @@ def adapt(args: argparse.Namespace) -> int:
                      "probe_test_acc": round(100 * record["probe_test_acc"], 2),
                      "test_acc": round(100 * record["test_acc"], 2), "seconds": record["seconds"],
                      "cached": record["cached"]})
-    write_rows(args.run_dir / "adapted.csv", rows)
+    write_csv(args.run_dir / "adapted.csv", rows)
     write_json(args.run_dir / "adapted.json", {"data": args.data, "config": cfg.to_dict(), "models": rows})
     print(f"adapted to {args.data} ({cfg.mode}); test accuracy in %:")
     print(format_table(rows, ["model", "mode", "l2", "probe_test_acc", "test_acc", "seconds", "cached", "adapted"]))

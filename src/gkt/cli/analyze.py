@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
-from gkt.report import format_table
-from gkt.utils import GktError, atomic_path, write_json
+from gkt.core.errors import GktError
+from gkt.core.io import write_csv, write_json
+from gkt.reporting.tables import format_table
 
 if TYPE_CHECKING:
-    from gkt.analysis import Analysis
+    from gkt.analysis.complementary import Analysis
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 def resolve_specs(models: Sequence[str], student: str | None, zoo_dir: str | None) -> list[str]:
     """Expand ``zoo`` to every built zoo model, add the student, drop duplicates (order kept)."""
-    from gkt.zoo import list_zoo, zoo_dir_default
+    from gkt.experiments.zoo import list_zoo
+    from gkt.models.zoo import zoo_dir_default
 
     specs: list[str] = []
     for spec in models:
@@ -53,16 +54,9 @@ def resolve_specs(models: Sequence[str], student: str | None, zoo_dir: str | Non
     return list(dict.fromkeys(specs))
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _write_matrix(path: Path, names: Sequence[str], matrix: Any) -> None:
     rows = [{"teacher\\student": n, **dict(zip(names, values))} for n, values in zip(names, matrix.tolist())]
-    _write_csv(path, rows)
+    write_csv(path, rows)
 
 
 def write_results(analysis: Analysis, run_dir: Path, student: str | None) -> None:
@@ -71,16 +65,16 @@ def write_results(analysis: Analysis, run_dir: Path, student: str | None) -> Non
     for key in ("rho_pos", "rho_neg", "delta_acc"):
         _write_matrix(run_dir / f"{key}.csv", names, getattr(analysis, key))
     write_json(run_dir / "matrices.json", analysis.matrices())
-    _write_csv(run_dir / "pairs.csv", analysis.pair_rows())
-    _write_csv(run_dir / "pair_classes.csv", analysis.class_rows())
-    _write_csv(run_dir / "overview.csv", analysis.overview())
+    write_csv(run_dir / "pairs.csv", analysis.pair_rows())
+    write_csv(run_dir / "pair_classes.csv", analysis.class_rows())
+    write_csv(run_dir / "overview.csv", analysis.overview())
     if analysis.random is not None:
-        _write_csv(run_dir / "random_baseline.csv",
+        write_csv(run_dir / "random_baseline.csv",
                    [{"random_teacher": r, "student": s, "rho_pos": analysis.random.rho_pos[i, j].item()}
                     for i, r in enumerate(analysis.random.teachers) for j, s in enumerate(names)])
     if student:
         view = analysis.gains(student)
-        _write_csv(run_dir / "gains.csv", [row.to_dict() for row in view.rows])
+        write_csv(run_dir / "gains.csv", [row.to_dict() for row in view.rows])
         write_json(run_dir / "gains.json", {"student": view.student, "acc_student": view.acc_student,
                                             "any_teacher_rho_pos": view.any_teacher_rho_pos,
                                             "teachers": [row.to_dict() for row in view.rows]})
@@ -147,8 +141,9 @@ def print_summary(summary: dict[str, Any]) -> None:
 @register_verb("analyze", "complementary knowledge between models: flips, per-class structure, where to find gains",
                _configure)
 def analyze_verb(args: argparse.Namespace) -> int:
-    from gkt.analysis import analyze
-    from gkt.data import load_split, stratified_subset
+    from gkt.analysis.complementary import analyze
+    from gkt.data.spec import load_split
+    from gkt.data.subsets import stratified_subset
     from gkt.models import DataInfo, load_model
 
     start = time.perf_counter()
@@ -164,7 +159,7 @@ def analyze_verb(args: argparse.Namespace) -> int:
                        random_baseline=not args.no_random_baseline, seed=args.seed, semantic=not args.no_semantic)
     write_results(analysis, args.run_dir, args.student)
     if not args.no_figures:
-        from gkt.analysis_plots import write_figures
+        from gkt.reporting.analysis_figures import write_figures
 
         write_figures(analysis, args.run_dir / "figures", args.student)
     if args.student:

@@ -8,12 +8,12 @@ import time
 
 from gkt.cli import register_verb
 from gkt.cli.adapt import add_transfer_options, print_study, store_path, study_plan
-from gkt.report import format_table
-from gkt.utils import GktError
+from gkt.core.errors import GktError
+from gkt.reporting.tables import format_table
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    from gkt.domains import describe_domains
+    from gkt.data.domains import describe_domains
 
     p.description = f"{p.description}\n\ndomains:\n{describe_domains()}"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -34,8 +34,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def crossdomain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from gkt.adapt import transfer_study, write_rows
-    from gkt.domains import DomainFinetune, domain_teacher, get_domain
+    from gkt.adapt.domains import DomainFinetune, domain_teacher
+    from gkt.core.io import write_csv
+    from gkt.data.domains import get_domain
+    from gkt.experiments.adapt_study import transfer_study
 
     get_domain(args.domain)
     if len(set(args.teachers)) != len(args.teachers):
@@ -52,7 +54,7 @@ def crossdomain(args: argparse.Namespace) -> int:
                      **{k: round(100 * record[k], 2) for k in ("acc_orig_before", "acc_orig_after",
                                                                "acc_domain_before", "acc_domain_after")},
                      "train_seconds": record["train_seconds"], "cached": record["cached"], "checkpoint": teacher})
-    write_rows(args.run_dir / "domain_teachers.csv", rows)
+    write_csv(args.run_dir / "domain_teachers.csv", rows)
     print(f"teachers fine-tuned on {shifted}; test accuracy in % on the original and the shifted domain:")
     print(format_table(rows, ["teacher", "acc_orig_before", "acc_orig_after", "acc_domain_before",
                               "acc_domain_after", "train_seconds", "cached"]))

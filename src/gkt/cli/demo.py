@@ -34,8 +34,9 @@ def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> 
 
 @register_verb("demo", "end-to-end demo: zoo, analysis, a transfer study over all pairs, report", _configure)
 def demo(args: argparse.Namespace) -> int:
-    from gkt.report import format_table, numeric_text, write_report
-    from gkt.study_report import paper_claims
+    from gkt.reporting.html import write_report
+    from gkt.reporting.study_tables import paper_claims
+    from gkt.reporting.tables import format_table, numeric_text
 
     start = time.perf_counter()
     print("== gkt demo 1/4: the embedded zoo (trained once, then cached) ==", flush=True)

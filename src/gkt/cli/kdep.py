@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
-from gkt.report import format_table
-from gkt.utils import atomic_path, write_json
+from gkt.core.io import atomic_path, write_csv, write_json
+from gkt.reporting.tables import format_table
 
 GROUP_HELP["kdep"] = "KDEP: pre-train a new architecture from a teacher's features, fine-tune, benchmark"
 
@@ -26,7 +25,7 @@ def _add_recipe(p: argparse.ArgumentParser, epochs: int, lr: float, batch_size: 
 
 
 def _recipe(args: argparse.Namespace):
-    from gkt.training import Recipe
+    from gkt.core.config import Recipe
 
     return Recipe(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                   batch_size=args.batch_size, augment=tuple(args.augment), seed=args.seed)
@@ -39,7 +38,7 @@ def _add_data(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
 
 
 def _configure_pretrain(p: argparse.ArgumentParser) -> None:
-    from gkt.kdep import OBJECTIVES
+    from gkt.kdep.objectives import OBJECTIVES
 
     p.add_argument("--teacher", default=None, help="teacher model spec (zoo:NAME, file:PATH, timm:ARCH@W)")
     p.add_argument("--student-arch", required=True,
@@ -61,8 +60,9 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
                _configure_pretrain)
 def kdep_pretrain(args: argparse.Namespace) -> int:
-    from gkt.datasets_extra import load_data
-    from gkt.kdep import ObjectiveConfig, build_student, load_teacher, pretrain
+    from gkt.data.spec import load_data
+    from gkt.kdep.objectives import ObjectiveConfig
+    from gkt.kdep.pretrain import build_student, load_teacher, pretrain
     from gkt.models import save_checkpoint
 
     data = load_data(args.data, "train", classes=args.classes, fraction=args.fraction, seed=args.seed,
@@ -97,8 +97,8 @@ def _configure_finetune(p: argparse.ArgumentParser) -> None:
 @register_verb("kdep finetune", "new head + full fine-tuning of a (pre-trained) model on a downstream dataset",
                _configure_finetune)
 def kdep_finetune(args: argparse.Namespace) -> int:
-    from gkt.datasets_extra import load_data
-    from gkt.kdep import finetune
+    from gkt.data.spec import load_data
+    from gkt.kdep.pretrain import finetune
     from gkt.models import load_model, save_checkpoint
 
     train = load_data(args.data, "train", classes=args.classes, per_class=args.per_class, seed=args.seed,
@@ -115,7 +115,7 @@ def kdep_finetune(args: argparse.Namespace) -> int:
 
 
 def _configure_benchmark(p: argparse.ArgumentParser) -> None:
-    from gkt.kdep import BenchmarkConfig
+    from gkt.experiments.kdep_benchmark import BenchmarkConfig
 
     d = BenchmarkConfig()
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 seed, 1 epoch, tiny pools)")
@@ -139,7 +139,8 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
 @register_verb("kdep benchmark", "KDEP vs supervised / logit-KD / learned-alignment / no pre-training, "
                "each followed by the same fine-tuning", _configure_benchmark)
 def kdep_benchmark(args: argparse.Namespace) -> int:
-    from gkt.kdep import BenchmarkConfig, plot_benchmark, run_benchmark
+    from gkt.experiments.kdep_benchmark import BenchmarkConfig, run_benchmark
+    from gkt.reporting.kdep import plot_benchmark
 
     d = BenchmarkConfig()
     cfg = BenchmarkConfig(teacher=args.teacher, student_arch=args.student_arch, pretrain_data=args.pretrain_data,
@@ -153,10 +154,7 @@ def kdep_benchmark(args: argparse.Namespace) -> int:
     write_json(args.run_dir / "benchmark_config.json", cfg.to_dict())
     start = time.perf_counter()
     result = run_benchmark(cfg, args.torch_device, data_dir=args.data_dir, progress=print)
-    with atomic_path(args.run_dir / "results.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(result.rows[0]))
-        writer.writeheader()
-        writer.writerows(result.rows)
+    write_csv(args.run_dir / "results.csv", result.rows)
     write_json(args.run_dir / "results.json", {"config": cfg.to_dict(), "teacher": result.teacher,
                                                "rows": result.rows, "summary": result.summary})
     columns = ["method", "pretrain_samples", "pretrain_s", *cfg.downstream, "mean"]

@@ -13,7 +13,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 @register_verb("report", "write report.html and report.md for a run directory", _configure)
 def report(args: argparse.Namespace) -> int:
-    from gkt.report import write_report
+    from gkt.reporting.html import write_report
 
     html_path, md_path = write_report(args.run)
     print(f"report: {html_path}\nmarkdown: {md_path}")

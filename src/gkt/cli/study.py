@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
-from gkt.config import resolved_config
-from gkt.report import format_table
-from gkt.study_report import GRID_KEYS, STORE_NAME, write_study_outputs
-from gkt.tracking import add_tracking_options, tracking
-from gkt.utils import GktError, read_json, write_json
+from gkt.cli.config import resolved_config
+from gkt.cli.tracking import add_tracking_options, tracking
+from gkt.core.config import GRID_KEYS
+from gkt.core.errors import GktError
+from gkt.core.io import read_json, write_json
+from gkt.experiments.grid import STORE_NAME
+from gkt.reporting.study import write_study_outputs
+from gkt.reporting.tables import format_table
 
 
 def _values(text: str) -> list[Any]:
@@ -61,7 +64,7 @@ def _method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict
 
 
 def _expand_zoo(specs: Sequence[str], zoo_dir: str | None) -> list[str]:
-    from gkt.zoo import list_zoo
+    from gkt.experiments.zoo import list_zoo
 
     out = []
     for spec in specs:
@@ -70,7 +73,7 @@ def _expand_zoo(specs: Sequence[str], zoo_dir: str | None) -> list[str]:
 
 
 def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from gkt.studies import expand_grid
+    from gkt.experiments.grid import expand_grid
 
     students = _expand_zoo(args.students or [], args.zoo_dir)
     teachers = _expand_zoo(args.teachers, args.zoo_dir) if args.teachers else students
@@ -94,7 +97,8 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
 def study(args: argparse.Namespace) -> int:
-    from gkt.studies import LocalBackend, RayBackend, ResultsStore, job_key, run_study, transfer_job
+    from gkt.experiments.grid import LocalBackend, RayBackend, ResultsStore, job_key, run_study
+    from gkt.experiments.transfer_job import transfer_job
 
     if args.resume:
         old = Path(args.resume)

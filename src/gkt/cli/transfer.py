@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
-from gkt.config import resolved_config
-from gkt.distributed import DistContext
-from gkt.report import format_table
-from gkt.tracking import Trackers, add_tracking_options, tracking
-from gkt.utils import GktError, read_json, write_json
+from gkt.cli.config import resolved_config
+from gkt.cli.tracking import add_tracking_options, tracking
+from gkt.core.errors import GktError
+from gkt.core.io import read_json, write_json
+from gkt.engine.distributed import DistContext
+from gkt.engine.tracking import Trackers
+from gkt.reporting.tables import format_table
+from gkt.reporting.transfer import plot_history
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
 RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size", "temperature", "method_arg",
@@ -115,7 +118,8 @@ def _fmt(value: float) -> str:
 
 @register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure)
 def transfer(args: argparse.Namespace) -> int:
-    from gkt.data import load_split, stratified_subset
+    from gkt.data.spec import load_split
+    from gkt.data.subsets import stratified_subset
     from gkt.models import DataInfo, load_model
     from gkt.transfer import TransferConfig, create_method, run_transfer
     from gkt.transfer.trainer import Runtime
@@ -167,6 +171,8 @@ def transfer(args: argparse.Namespace) -> int:
         outcome = run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, args.run_dir,
                                resume=resume, on_epoch=tracker.log_epoch, runtime=runtime)
         tracker.log_metrics({f"final/{k}": v for k, v in outcome.final.items() if k != "config"}, config.epochs)
+    plot_history(outcome.history, args.run_dir / "plot.png", f"{spec} → {args.student} ({config.method})",
+                 outcome.final["acc_teacher"])
     columns = ["epoch", "train_loss", "acc", "delta_transf", "knowledge_gain", "knowledge_loss", "delta_rho_pos",
                "delta_rho_neg"]
     print(format_table([{c: (row.get(c, "-") if c in ("epoch", "train_loss") else _fmt(row[c])) for c in columns}
@@ -192,18 +198,12 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
     run's final metrics go to ``tracker`` as a job record."""
     from dataclasses import replace
 
-    from gkt.data import load_split, stratified_subset
+    from gkt.data.spec import load_split
+    from gkt.data.subsets import stratified_subset
+    from gkt.experiments.multi_teacher import run_study, summary_entry, table_row
     from gkt.models import DataInfo, load_model
-    from gkt.transfer.multi import (
-        MultiTeacherStudy,
-        TransferSetup,
-        resolve_modes,
-        run_study,
-        summary_entry,
-        summary_table,
-        table_row,
-        write_summary,
-    )
+    from gkt.reporting.multi_teacher import summary_table, write_summary
+    from gkt.transfer.multi import MultiTeacherStudy, TransferSetup, resolve_modes
 
     if not args.multi:
         raise GktError(f"{len(specs)} teachers: choose how to combine them with --multi sequential|parallel|soup|all")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
-from gkt.report import format_table
-from gkt.utils import atomic_path, write_json
+from gkt.core.io import write_csv, write_json
+from gkt.reporting.tables import format_table
 
 GROUP_HELP["zoo"] = "build and list the embedded Fashion-MNIST model zoo"
 
@@ -34,10 +33,7 @@ def print_zoo(records: Sequence, run_dir: Path | None = None) -> None:
               f"cross-entropy (SGD, lr {records[0].convergence['lr'] if records[0].convergence else '-'}, no "
               "augmentation); a finished model gains at most +0.30 points")
     if run_dir is not None and rows:
-        with atomic_path(run_dir / "zoo.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(run_dir / "zoo.csv", rows)
         write_json(run_dir / "zoo.json", [{**asdict(r), "path": str(r.path)} for r in records])
 
 
@@ -50,7 +46,8 @@ def _configure_build(p: argparse.ArgumentParser) -> None:
 
 @register_verb("zoo build", "train the zoo models that are not cached yet", _configure_build)
 def zoo_build(args: argparse.Namespace) -> int:
-    from gkt.zoo import DEFAULT_ZOO, build_zoo, get_entry, scaled_entries
+    from gkt.experiments.zoo import build_zoo, scaled_entries
+    from gkt.models.zoo import DEFAULT_ZOO, get_entry
 
     entries = tuple(get_entry(n) for n in args.only) if args.only else DEFAULT_ZOO
     entries = scaled_entries(entries, args.epochs)
@@ -69,7 +66,7 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
 
 @register_verb("zoo check", "re-run the convergence check of the built zoo models", _configure_check)
 def zoo_check(args: argparse.Namespace) -> int:
-    from gkt.zoo import CHECK_LR, check_zoo
+    from gkt.experiments.zoo import CHECK_LR, check_zoo
 
     records = check_zoo(args.zoo_dir, lr=args.lr or CHECK_LR, device=args.torch_device, data_dir=args.data_dir)
     print_zoo(records, args.run_dir)
@@ -78,7 +75,8 @@ def zoo_check(args: argparse.Namespace) -> int:
 
 @register_verb("zoo list", "print the built zoo models")
 def zoo_list(args: argparse.Namespace) -> int:
-    from gkt.zoo import list_zoo, zoo_dir_default
+    from gkt.experiments.zoo import list_zoo
+    from gkt.models.zoo import zoo_dir_default
 
     records = list_zoo(args.zoo_dir)
     if not records:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkt.utils import GktError
+from gkt.core.errors import GktError
 
 NetBuilder = Callable[..., nn.Module]
 ZOO_ARCHITECTURES: dict[str, NetBuilder] = {}

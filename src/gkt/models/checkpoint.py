@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gkt.core.errors import GktError
+from gkt.core.hashing import tensor_hash
+from gkt.core.io import atomic_path, write_json
 from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.preprocess import Preprocess
-from gkt.utils import GktError, atomic_path, tensor_hash, write_json
 
 FORMAT = "gkt-checkpoint/1"
 

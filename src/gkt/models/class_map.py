@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gkt.core.errors import GktError
 from gkt.models.classifier import ArchSpec, Classifier, register_source
-from gkt.utils import GktError
 
 ClassMapLike = str | os.PathLike | Mapping[str, Any]
 AUTO = "auto"

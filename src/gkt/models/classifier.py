@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gkt.core.errors import GktError
 from gkt.models.architectures import TimmNet, build_zoo_net
 from gkt.models.preprocess import Preprocess, adapt_layout, to_unit_float
-from gkt.utils import GktError
 
 NET_SOURCES: dict[str, Callable[..., nn.Module]] = {}
 

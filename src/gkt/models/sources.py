@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gkt.core.errors import GktError
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.specs import (
     DataInfo,
@@ -35,7 +36,6 @@ from gkt.models.specs import (
     register_spec_source,
     resolve_class_names,
 )
-from gkt.utils import GktError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

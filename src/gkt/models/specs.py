@@ -21,12 +21,12 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from gkt.data import ImageDataset
+from gkt.core.errors import GktError
+from gkt.data.datasets import ImageDataset
 from gkt.models.checkpoint import load_checkpoint, load_weights
 from gkt.models.class_map import ClassMapLike, apply_class_map
 from gkt.models.classifier import ArchSpec, Classifier, check_label_space
 from gkt.models.preprocess import Preprocess
-from gkt.utils import GktError
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def _load_file(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | Non
 
 @register_spec_source("zoo", "zoo:NAME")
 def _load_zoo(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
-    from gkt.zoo import load_zoo_model
+    from gkt.models.zoo import load_zoo_model
 
     return load_zoo_model(spec.target, zoo_dir)
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gkt.core.errors import GktError
 from gkt.models.classifier import Classifier
-from gkt.utils import GktError
 
 # What a method can ask the trainer for.
 TEACHER_LOGITS = "teacher_logits"

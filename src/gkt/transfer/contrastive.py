@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gkt.core.errors import GktError
 from gkt.models.classifier import Classifier
 from gkt.transfer.base import (
     LABELS,
@@ -18,7 +19,6 @@ from gkt.transfer.base import (
     TransferMethod,
     register_method,
 )
-from gkt.utils import GktError
 
 
 def similarity_kl(student_features: torch.Tensor, teacher_features: torch.Tensor, temperature: float = 1.0

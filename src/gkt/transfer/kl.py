@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gkt.core.errors import GktError
 from gkt.transfer.base import LABELS, TEACHER_LOGITS, Step, TransferMethod, kl_loss, register_method
-from gkt.utils import GktError
 
 
 def _check_weight(lam: float) -> None:

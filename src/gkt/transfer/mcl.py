@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gkt.core.errors import GktError
 from gkt.models.classifier import Classifier
 from gkt.transfer.base import (
     FROZEN_LOGITS,
@@ -17,7 +18,6 @@ from gkt.transfer.base import (
     kl_per_sample,
     register_method,
 )
-from gkt.utils import GktError
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ stopped (a finished run is loaded, an unfinished one continues from its last epo
 from __future__ import annotations
 
 import csv
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,18 +17,20 @@ from typing import Any
 
 import torch
 
-from gkt.data import ImageDataset
-from gkt.metrics import correctness, knowledge_gain_loss
-from gkt.models.checkpoint import load_checkpoint, save_checkpoint, weights_hash
+from gkt.core.errors import GktError
+from gkt.core.hashing import stable_hash
+from gkt.core.io import cache_home, read_json
+from gkt.data.datasets import ImageDataset
+from gkt.engine.loop import predict_logits
+from gkt.engine.metrics import correctness, knowledge_gain_loss
+from gkt.models.checkpoint import load_checkpoint, weights_hash
 from gkt.models.classifier import Classifier, check_label_space
-from gkt.report import format_table
-from gkt.training import predict_logits
 from gkt.transfer.base import METHODS, TEACHERS_LOGITS
 from gkt.transfer.evaluation import transfer_metrics
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
-from gkt.utils import GktError, atomic_path, cache_home, read_json, stable_hash, write_json
 
 RUN_CACHE_FORMAT = "gkt-transfer-run/1"
+
 
 # Teacher orders for sequential transfer, from the teachers' test accuracies to positions.
 ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
@@ -37,6 +38,7 @@ ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
     "asc": lambda accs: sorted(range(len(accs)), key=lambda i: accs[i]),
     "desc": lambda accs: sorted(range(len(accs)), key=lambda i: -accs[i]),
 }
+
 
 # Single-teacher methods and their K-teacher form for parallel transfer.
 PARALLEL_FORMS = {"kl-dp": "kl-dp-multi", "kl-dp-unsup": "kl-dp-multi-unsup"}
@@ -96,9 +98,6 @@ def weight_soup(models: Sequence[Classifier], reference: Classifier | None = Non
     return soup
 
 
-# ----------------------------------------------------------------------------- cached transfer runs
-
-
 @dataclass(frozen=True)
 class TransferSetup:
     """What every run of one multi-teacher study shares: data, config (seed included), device, run cache."""
@@ -144,9 +143,6 @@ def cached_transfer(student: Classifier, teachers: Sequence[Classifier], setup: 
     teacher = teachers[0] if len(teachers) == 1 else list(teachers)
     return run_transfer(student, teacher, setup.transfer_set, setup.test_set, config, setup.device, run_dir,
                         resume=resume)
-
-
-# ----------------------------------------------------------------------------- the study
 
 
 @dataclass
@@ -265,137 +261,3 @@ def resolve_modes(requested: Sequence[str], method: str) -> list[str]:
     if "parallel" in requested:
         parallel_method(method)
     return [m for m in MODES if m in requested]
-
-
-# ----------------------------------------------------------------------------- writing and the summary
-
-
-def write_result(result: MultiResult, out_dir: Path) -> None:
-    """``final.json`` and ``steps.csv`` (and the chain plot for sequential, the model for soup) in ``out_dir``."""
-    final = {"mode": result.mode, **result.metrics, **result.details, "steps": result.steps}
-    if result.mode == "soup":
-        final["checkpoint"] = f"file:{save_checkpoint(result.model, out_dir / 'student').with_suffix('')}"
-    else:
-        final["checkpoint"] = f"file:{Path(result.steps[-1]['run']) / 'student'}"
-    write_json(out_dir / "final.json", final)
-    write_rows(result.steps, out_dir / "steps.csv")
-    if result.mode == "sequential":
-        plot_chain(result.steps, out_dir / "chain.png")
-
-
-def write_rows(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot_chain(steps: Sequence[dict[str, Any]], path: Path) -> None:
-    """Fig. 11: knowledge gain, loss and Δtransf after each sequential step — against the original
-    student (lines) and against the previous step (bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = list(range(len(steps) + 1))
-    labels = ["start"] + [f"{s['step']}: {s['teacher']}" for s in steps]
-    fig, (ax_orig, ax_prev) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for key, label in (("knowledge_gain", "knowledge gain"), ("knowledge_loss", "knowledge loss"),
-                       ("delta_transf", "Δtransf")):
-        ax_orig.plot(x, [0.0] + [100 * s[key] for s in steps], marker="o", label=label)
-    ax_orig.set(ylabel="% of test samples", title="against the original student")
-    width = 0.27
-    for shift, (key, label) in zip((-width, 0, width), (("gain_prev", "gain"), ("loss_prev", "loss"),
-                                                        ("delta_prev", "Δ accuracy"))):
-        ax_prev.bar([i + shift for i in x[1:]], [100 * s[key] for s in steps], width, label=label)
-    ax_prev.set(title="against the previous step")
-    for ax in (ax_orig, ax_prev):
-        ax.axhline(0, color="black", linewidth=0.5)
-        ax.set_xticks(x, labels, rotation=20, fontsize=7)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def table_row(singles: Sequence[dict[str, Any]], results: dict[str, MultiResult]) -> dict[str, float]:
-    """One seed's Table-4 row: single-teacher Δtransf mean/min/max, then each mode's Δtransf."""
-    deltas = [row["delta_transf"] for row in singles]
-    row = {"single_mean": statistics.fmean(deltas), "single_min": min(deltas), "single_max": max(deltas),
-           **{mode: result.metrics["delta_transf"] for mode, result in results.items()}}
-    if "sequential" in results:
-        row["sequential_minus_best_single"] = row["sequential"] - row["single_max"]
-    return row
-
-
-def aggregate_rows(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """``{column: {mean, std, n}}`` over seeds (sample std; 0 for one seed)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    out = {}
-    for column in columns:
-        values = [row[column] for row in rows if column in row]
-        out[column] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                       "n": len(values)}
-    return out
-
-
-# Table-4 columns and their printed headers.
-SUMMARY_COLUMNS = {"single_mean": "single mean", "single_min": "single min", "single_max": "single max",
-                   "sequential": "sequential", "parallel": "parallel", "soup": "soup",
-                   "sequential_minus_best_single": "seq − best single"}
-
-
-def summary_table(entries: Sequence[dict[str, Any]], markdown: bool = False) -> str:
-    """Table 4/9 style: one line per student, Δtransf in points as mean ± std over seeds.
-    ``entries``: ``{"student", "acc_student", "method", "seeds", "aggregate"}`` (see :func:`summary_entry`)."""
-    rows = []
-    for entry in entries:
-        agg = entry["aggregate"]
-        row = {"student": entry["student"], "acc": f"{100 * entry['acc_student']:.2f}", "method": entry["method"],
-               "seeds": len(entry["seeds"])}
-        for column, header in SUMMARY_COLUMNS.items():
-            cell = agg.get(column)
-            row[header] = "-" if cell is None else f"{100 * cell['mean']:+.2f} ± {100 * cell['std']:.2f}"
-        rows.append(row)
-    return format_table(rows, markdown=markdown)
-
-
-def summary_entry(student: Classifier, acc_student: float, teachers: Sequence[str], method: str,
-                  per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
-    """The JSON record of one student's Table-4 line: per-seed rows and their aggregate."""
-    rows = list(per_seed.values())
-    beats = sum(row["sequential_minus_best_single"] > 0 for row in rows if "sequential_minus_best_single" in row)
-    return {"student": student.name, "acc_student": acc_student, "teachers": list(teachers), "method": method,
-            "seeds": list(per_seed), "per_seed": {str(s): r for s, r in per_seed.items()},
-            "aggregate": aggregate_rows(rows), "sequential_beats_best_single_seeds": beats}
-
-
-def write_summary(entries: Sequence[dict[str, Any]], run_dir: Path) -> None:
-    """``summary.json``, ``summary.csv`` (means and stds in accuracy fractions) and ``summary.md``."""
-    write_json(run_dir / "summary.json", list(entries))
-    flat = []
-    for entry in entries:
-        row: dict[str, Any] = {"student": entry["student"], "acc_student": entry["acc_student"],
-                               "method": entry["method"], "seeds": len(entry["seeds"])}
-        for column, cell in entry["aggregate"].items():
-            row[f"{column}_mean"], row[f"{column}_std"] = cell["mean"], cell["std"]
-        flat.append(row)
-    write_rows(flat, run_dir / "summary.csv")
-    text = ("Δtransf in accuracy points on the test split, mean ± std over seeds "
-            "(single: over the teachers, each transferred alone).\n\n" + summary_table(entries, markdown=True) + "\n")
-    with atomic_path(run_dir / "summary.md") as tmp:
-        tmp.write_text(text)
-
-
-def run_study(study: MultiTeacherStudy, modes: Sequence[str], out_dir: Path
-              ) -> tuple[list[dict[str, Any]], dict[str, MultiResult]]:
-    """The single-teacher runs and the requested modes; writes ``single.csv`` and one directory per mode."""
-    singles = study.single()
-    write_rows(singles, out_dir / "single.csv")
-    results = {}
-    for mode in modes:
-        results[mode] = MODES[mode](study)
-        write_result(results[mode], out_dir / mode)
-    return singles, results

@@ -13,7 +13,6 @@ format, compilation, data-parallel ranks) without changing what it computes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import time
@@ -25,14 +24,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from gkt.augment import compose
-from gkt.data import ImageDataset, iterate_batches
-from gkt.distributed import DistContext
-from gkt.metrics import correctness
+from gkt.core.errors import GktError
+from gkt.core.io import atomic_path, write_csv, write_json
+from gkt.data.augment import compose
+from gkt.data.datasets import ImageDataset, iterate_batches
+from gkt.engine.distributed import DistContext
+from gkt.engine.loop import make_optimizer, predict_logits
+from gkt.engine.metrics import correctness
+from gkt.engine.outputs_cache import CachedOutputs
+from gkt.engine.predictions import dataset_identity
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import to_unit_float
-from gkt.training import make_optimizer, predict_logits
 from gkt.transfer.base import (
     FROZEN_LOGITS,
     STUDENT_FEATURES,
@@ -44,10 +47,7 @@ from gkt.transfer.base import (
     TransferMethod,
     create_method,
 )
-from gkt.predictions import dataset_identity
-from gkt.transfer.cache import CachedOutputs
-from gkt.transfer.evaluation import partition_quality, plot_history, transfer_metrics, transfer_rates
-from gkt.utils import GktError, atomic_path, write_json
+from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
 
 log = logging.getLogger(__name__)
 
@@ -310,21 +310,13 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def write_history(history: list[dict[str, Any]], path: Path) -> None:
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-
-
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
                  test_set: ImageDataset, config: TransferConfig, device: torch.device, run_dir: Path | None = None,
                  resume: dict[str, Any] | None = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
                  runtime: Runtime | None = None) -> TransferOutcome:
     """Transfer ``teacher`` → ``student`` on ``transfer_set`` and evaluate on ``test_set`` after every epoch.
-    With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``, ``plot.png``
+    With ``run_dir``: writes ``metrics.csv`` and ``state.pt`` per epoch, then ``final.json``
     and the transferred student as ``student.safetensors`` + ``.json``; a diverged run writes
     ``final.json`` with ``status: failed`` and no model. ``resume`` is a :func:`load_state` result.
     Several teachers (K-teacher methods): flips are measured against the teacher set, where a sample
@@ -385,7 +377,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             if on_epoch is not None:
                 on_epoch(row)
             if run_dir is not None:
-                write_history(history, run_dir / "metrics.csv")
+                write_csv(run_dir / "metrics.csv", history)
                 with atomic_path(run_dir / "state.pt") as tmp:
                     torch.save({**trainer.state_dict(), "history": history}, tmp)
     except GktError as exc:
@@ -408,8 +400,6 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         checkpoint = save_checkpoint(model, run_dir / "student")
         final["checkpoint"] = f"file:{checkpoint.with_suffix('')}"
         write_json(run_dir / "final.json", final)
-        plot_history(history, run_dir / "plot.png", f"{base['teacher']} → {student.name} ({config.method})",
-                     final["acc_teacher"])
     return TransferOutcome(model, history, final, checkpoint)
 
 

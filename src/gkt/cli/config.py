@@ -1,0 +1,166 @@
+"""Run configs: any command's options from a YAML file, validated by a pydantic model that is built
+from the command's own argparse definition (types, choices, required, nargs → list), so no verb
+needs a hand-written schema. Explicit command-line flags override the file; every run directory
+gets the fully resolved ``config.yaml``, which ``gkt <verb> --config RUN_DIR/config.yaml`` re-runs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
+
+from gkt.core.errors import GktError
+from gkt.core.io import atomic_path
+
+CONFIG_OPTION = "config"
+
+
+# Namespace entries that are not options of the command (set by the CLI itself).
+INTERNAL = ("command", "verb", "action", "torch_device", "run_dir", "dist", CONFIG_OPTION)
+
+
+SCALARS: dict[Any, type] = {None: str, str: str, int: int, float: float}
+
+
+def verb_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every leaf parser below ``parser``, keyed by its ``command`` default (e.g. ``"zoo build"``)."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                command = sub._defaults.get("command")
+                found |= {command: sub} if command else verb_parsers(sub)
+    return found
+
+
+def option_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's actions that are config fields (no help, version or --config)."""
+    return [a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", CONFIG_OPTION)
+            and not isinstance(a, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction))]
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, (list, tuple)) or value is None else [value]
+
+
+def _field_type(action: argparse.Action) -> Any:
+    """The pydantic type of one argparse action."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return bool
+    if isinstance(action, argparse._StoreConstAction):
+        return Any
+    scalar: Any = SCALARS.get(action.type)
+    if scalar is None:  # a custom type callable: convert strings the way argparse would
+        scalar = Annotated[Any, BeforeValidator(lambda v, t=action.type: t(v) if isinstance(v, str) else v)]
+    if action.choices is not None:
+        scalar = Literal[tuple(action.choices)]
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    return Annotated[list[scalar], BeforeValidator(_as_list)] if many else scalar
+
+
+def config_model(parser: argparse.ArgumentParser, name: str) -> type[BaseModel]:
+    """A pydantic model of ``parser``'s options: required options are required fields, the others
+    default to argparse's defaults; unknown keys are rejected."""
+    fields: dict[str, Any] = {}
+    for action in option_actions(parser):
+        kind = _field_type(action)
+        if action.required:
+            fields[action.dest] = (kind, ...)
+        else:
+            fields[action.dest] = (Optional[kind], action.default)  # noqa: UP045 (kind may be a typing form)
+    return create_model(f"{name.title().replace(' ', '')}Config",
+                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True), **fields)
+
+
+def _key_map(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Accepted spellings (dest, long flag names with dashes or underscores) → dest."""
+    keys = {}
+    for action in option_actions(parser):
+        for name in (action.dest, *(o[2:] for o in action.option_strings if o.startswith("--"))):
+            keys[name] = keys[name.replace("-", "_")] = keys[name.replace("_", "-")] = action.dest
+    return keys
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in error["loc"]) or "(config)"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    got = "" if error["type"] == "missing" else f", got {error['input']!r}"
+    return f"field '{field}': {message}{got}"
+
+
+def validate_config(parser: argparse.ArgumentParser, command: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``values`` (keys with dashes or underscores) against ``parser``'s options; returns every
+    option with defaults filled in. Errors name the bad field."""
+    keys = _key_map(parser)
+    unknown = sorted(str(k) for k in values if k not in keys)
+    if unknown:
+        accepted = ", ".join(sorted({a.dest for a in option_actions(parser)}))
+        raise GktError(f"{command} config: unknown field(s) {', '.join(unknown)}; accepted: {accepted}")
+    normalised = {keys[k]: v for k, v in values.items()}
+    try:
+        return config_model(parser, command)(**normalised).model_dump()
+    except ValidationError as exc:
+        raise GktError(f"{command} config: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (a clear error for a missing file, bad YAML or a non-mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GktError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GktError(f"--config {path}: not valid YAML ({exc})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise GktError(f"--config {path}: expected a mapping of option: value, got {type(values).__name__}")
+    return values
+
+
+def _explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` keeping only what was given on the command line: the verbs' defaults are
+    suppressed and their required options relaxed for this one parse, then restored."""
+    saved = [(a, a.default, a.required) for sub in verb_parsers(parser).values() for a in option_actions(sub)]
+    for action, _, _ in saved:
+        action.default, action.required = argparse.SUPPRESS, False
+    try:
+        return parser.parse_args(argv)
+    finally:
+        for action, default, required in saved:
+            action.default, action.required = default, required
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args`` with ``--config FILE``: the file's options under the explicit flags."""
+    explicit = _explicit_options(parser, argv)
+    path = getattr(explicit, CONFIG_OPTION, None)
+    if path is None:
+        return parser.parse_args(argv)
+    command = explicit.command
+    values = load_config_file(path)
+    written_for = values.pop("command", command)
+    if written_for != command:
+        raise GktError(f"--config {path} is a `gkt {written_for}` config, not `gkt {command}`")
+    sub = verb_parsers(parser)[command]
+    options = {a.dest for a in option_actions(sub)}
+    given = {k: v for k, v in vars(explicit).items() if k in options}
+    resolved = validate_config(sub, command, {**values, **given})
+    return argparse.Namespace(**{**vars(explicit), **resolved, CONFIG_OPTION: str(path)})
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's fully resolved config: ``command`` and every option of the command."""
+    return {"command": args.command,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k not in INTERNAL}}
+
+
+def write_config(path: str | Path, config: dict[str, Any]) -> None:
+    """Write ``config`` as YAML, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

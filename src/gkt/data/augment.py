@@ -1,0 +1,77 @@
+"""Vectorised batch augmentations on float images in [0, 1], ``[B, C, H, W]``.
+
+Applied once per batch *before* per-model preprocessing, so every model in a step sees the same
+augmented images. Per-sample randomness comes from an explicit generator (reproducible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gkt.core.errors import GktError
+
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {}
+
+
+def register_augmentation(name: str) -> Callable[[Augmentation], Augmentation]:
+    def decorate(fn: Augmentation) -> Augmentation:
+        AUGMENTATIONS[name] = fn
+        return fn
+
+    return decorate
+
+
+def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator).to(device)
+
+
+@register_augmentation("flip")
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (_uniform(len(x), generator, x.device) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+@register_augmentation("crop")
+def random_translate(x: torch.Tensor, generator: torch.Generator, pad: int = 3) -> torch.Tensor:
+    """Random crop after zero-padding by ``pad`` pixels (a per-sample shift of up to ±pad)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    rows = (shifts[0, :, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(-1, x.shape[1], -1, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (shifts[1, :, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    return out.gather(3, cols)
+
+
+@register_augmentation("erase")
+def random_erase(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, max_frac: float = 0.4) -> torch.Tensor:
+    """Zero a random rectangle (sides up to ``max_frac`` of the image) with probability ``p``."""
+    b, _, h, w = x.shape
+    r = torch.rand(5, b, generator=generator).to(x.device)
+    eh, ew = (r[0] * max_frac * h).long() + 1, (r[1] * max_frac * w).long() + 1
+    top, left = (r[2] * (h - eh + 1)).long(), (r[3] * (w - ew + 1)).long()
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    inside_y = (ys[None] >= top[:, None]) & (ys[None] < (top + eh)[:, None])
+    inside_x = (xs[None] >= left[:, None]) & (xs[None] < (left + ew)[:, None])
+    mask = (inside_y[:, :, None] & inside_x[:, None, :]) & (r[4] < p)[:, None, None]
+    return x.masked_fill(mask[:, None], 0.0)
+
+
+def compose(names: Sequence[str]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise GktError(f"unknown augmentation(s) {unknown}; known: {', '.join(sorted(AUGMENTATIONS))}")
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for name in names:
+            x = AUGMENTATIONS[name](x, generator)
+        return x
+
+    return apply

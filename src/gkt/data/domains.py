@@ -1,0 +1,123 @@
+"""Domains: registered pure pixel transforms of a data set (``BASE@DOMAIN``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gkt.core.errors import GktError
+from gkt.data.datasets import ImageDataset, TensorImageDataset
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+CHUNK = 4096  # images per transform call (bounds the int64 intermediates)
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    transform: Transform
+    description: str
+
+
+DOMAINS: dict[str, Domain] = {}
+
+
+def register_domain(name: str, description: str) -> Callable[[Transform], Transform]:
+    """Register ``transform`` (uint8 batch -> uint8 batch of the same shape, deterministic) as ``name``."""
+
+    def decorate(transform: Transform) -> Transform:
+        DOMAINS[name] = Domain(name, transform, description)
+        return transform
+
+    return decorate
+
+
+def get_domain(name: str) -> Domain:
+    if name not in DOMAINS:
+        raise GktError(f"unknown domain {name!r}; known: {', '.join(sorted(DOMAINS))}")
+    return DOMAINS[name]
+
+
+def separable_filter(x: torch.Tensor, rows: Sequence[int], cols: Sequence[int]) -> torch.Tensor:
+    """Integer 2-D correlation of ``x`` (int64 ``[N, C, H, W]``) with ``outer(rows, cols)``, zero padding,
+    as sums of shifted copies (exact, order-independent)."""
+    h, w = x.shape[-2:]
+    r = len(rows) // 2
+    padded = F.pad(x, (0, 0, r, r))
+    x = sum(k * padded[..., i:i + h, :] for i, k in enumerate(rows) if k)
+    c = len(cols) // 2
+    padded = F.pad(x, (c, c, 0, 0))
+    return sum(k * padded[..., j:j + w] for j, k in enumerate(cols) if k)
+
+
+def _per_image_rescale(values: torch.Tensor) -> torch.Tensor:
+    """Non-negative float64 maps scaled so each image's maximum is 255 (all-zero images stay 0)."""
+    peak = values.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    return (values * (255.0 / peak)).round().clamp(0, 255).to(torch.uint8)
+
+
+@register_domain("edges", "Sobel gradient magnitude, each image rescaled to a maximum of 255 (edge maps)")
+def sobel_edges(images: torch.Tensor) -> torch.Tensor:
+    x = images.long()
+    gx = separable_filter(x, (1, 2, 1), (-1, 0, 1))
+    gy = separable_filter(x, (-1, 0, 1), (1, 2, 1))
+    return _per_image_rescale((gx * gx + gy * gy).double().sqrt())
+
+
+@register_domain("invert", "inverted contrast: 255 - x")
+def invert(images: torch.Tensor) -> torch.Tensor:
+    return 255 - images
+
+
+BINOMIAL_9 = (1, 8, 28, 56, 70, 56, 28, 8, 1)  # sums to 256; a Gaussian of sigma 2 px
+
+
+@register_domain("blur", "heavy blur: 9x9 binomial filter (Gaussian, sigma 2 px), zero padding, exact integer rounding")
+def blur(images: torch.Tensor) -> torch.Tensor:
+    total = sum(BINOMIAL_9) ** 2
+    blurred = separable_filter(images.long(), BINOMIAL_9, BINOMIAL_9)
+    return torch.div(blurred + total // 2, total, rounding_mode="floor").to(torch.uint8)
+
+
+def transform_images(images: torch.Tensor, domain: str) -> torch.Tensor:
+    """``images`` (uint8 ``[N, C, H, W]``) in ``domain``, in chunks of :data:`CHUNK` images."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise GktError(f"domain transforms take uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
+    fn = get_domain(domain).transform
+    return torch.cat([fn(chunk) for chunk in images.split(CHUNK)]) if len(images) else images.clone()
+
+
+class DomainImageDataset(ImageDataset):
+    """A lazily transformed view of a dataset whose images are decoded on demand (image folders)."""
+
+    def __init__(self, base: ImageDataset, domain: str):
+        super().__init__(f"{base.name}@{domain}", base.labels, base.class_names, base.image_shape)
+        self.base, self.domain = base, domain
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return transform_images(self.base.load(indices), self.domain)
+
+    def subset(self, indices: torch.Tensor, tag: str) -> DomainImageDataset:
+        return DomainImageDataset(self.base.subset(indices, tag), self.domain)
+
+
+def apply_domain(dataset: ImageDataset, domain: str) -> ImageDataset:
+    """``dataset`` in ``domain``: same samples, labels and classes; in-memory datasets are transformed
+    once, others lazily per batch. The name (hence every cache key) gains ``@domain``."""
+    get_domain(domain)
+    if isinstance(dataset, TensorImageDataset):
+        return TensorImageDataset(f"{dataset.name}@{domain}", transform_images(dataset.images, domain),
+                                  dataset.labels, dataset.class_names)
+    return DomainImageDataset(dataset, domain)
+
+
+def describe_domains() -> str:
+    return "\n".join(f"  {d.name:8s} {d.description}" for d in DOMAINS.values())
+
+
+__all__ = ["DOMAINS", "Domain", "apply_domain", "describe_domains", "get_domain", "register_domain", "transform_images"]

@@ -1,0 +1,97 @@
+"""Cached outputs of the frozen models of a transfer (teachers, the frozen student).
+
+On a deterministic input pipeline (no augmentation) a frozen model's output for a transfer-set sample
+never changes, so it is computed once — by the prediction store (:mod:`gkt.predictions`), keyed by
+weights, preprocessing and dataset contents — and reused across epochs, methods, runs and studies.
+The store's file is memory-mapped and only the rows of each batch are read, so it scales past RAM.
+
+Small label spaces store full logits (exact targets). Large ones store the top-k logits, the true-class
+and the maximum probability; :func:`dense_log_probs` rebuilds a full log-distribution from them that is
+exact on the top-k classes (and on the true class, where labels may be used) and spreads the remaining
+mass evenly over the other classes — enough for KL+DP's masks and a top-k KL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gkt.core.errors import GktError
+from gkt.data.datasets import ImageDataset
+from gkt.engine.predictions import get_predictions, store_dir
+from gkt.models.classifier import Classifier
+
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                      "U8": np.uint8, "BOOL": np.bool_}
+
+
+def mmap_safetensors(path: str | Path) -> dict[str, np.memmap]:
+    """Every tensor of a safetensors file as a read-only NumPy memory map (no data is read yet)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    maps = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise GktError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
+        start, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        maps[name] = np.memmap(path, dtype=SAFETENSORS_DTYPES[entry["dtype"]], mode="r", offset=8 + header_len + start,
+                               shape=shape) if end > start else np.empty(shape, SAFETENSORS_DTYPES[entry["dtype"]])
+    return maps
+
+
+def dense_log_probs(topk_logits: torch.Tensor, topk_indices: torch.Tensor, max_prob: torch.Tensor,
+                    num_classes: int, true_prob: torch.Tensor | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, C]`` log-probabilities from a top-k summary (see the module docstring); vectorised."""
+    topk_logits = topk_logits.float()
+    log_z = topk_logits[:, :1] - max_prob.float().clamp_min(1e-12).log()[:, None]  # top-1 prob = max_prob
+    top_log_p = topk_logits - log_z
+    known_mass = top_log_p.exp().sum(1)
+    known_count = torch.full_like(known_mass, topk_indices.shape[1])
+    true_outside = None
+    if true_prob is not None and labels is not None:
+        true_outside = ~(topk_indices == labels[:, None]).any(1)
+        known_mass = known_mass + torch.where(true_outside, true_prob.float(), 0.0)
+        known_count = known_count + true_outside.float()
+    rest = (1 - known_mass).clamp_min(1e-12) / (num_classes - known_count).clamp_min(1)
+    out = rest.log()[:, None].expand(-1, num_classes).clone()
+    if true_outside is not None:
+        true_log_p = true_prob.float().clamp_min(1e-12).log()
+        current = out.gather(1, labels[:, None]).squeeze(1)
+        out.scatter_(1, labels[:, None], torch.where(true_outside, true_log_p, current)[:, None])
+    return out.scatter_(1, topk_indices.long(), top_log_p)
+
+
+class CachedOutputs:
+    """One frozen model's stored outputs on one dataset; :meth:`rows` gives a batch's targets."""
+
+    def __init__(self, model: Classifier, dataset: ImageDataset, device: torch.device, *, labels_allowed: bool,
+                 root: str | Path | None = None, data_id: str | None = None):
+        preds = get_predictions(model, dataset, device, root=root, data_id=data_id)
+        self.num_classes = model.num_classes
+        self.arrays = mmap_safetensors(store_dir(root) / f"{preds.key}.safetensors")
+        self.labels_allowed = labels_allowed
+        self.from_store = preds.from_store
+
+    @property
+    def full_logits(self) -> bool:
+        return "logits" in self.arrays
+
+    def rows(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Targets ``[B, C]`` for the dataset positions ``indices`` (logits or log-probabilities)."""
+        order = indices.numpy()
+        if self.full_logits:
+            return torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][order])).to(device, non_blocking=True)
+        get = {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k][order])) for k in
+               ("topk_logits", "topk_indices", "max_prob", "true_prob", "labels")}
+        true = (get["true_prob"], get["labels"].long()) if self.labels_allowed else (None, None)
+        return dense_log_probs(get["topk_logits"], get["topk_indices"], get["max_prob"], self.num_classes,
+                               *true).to(device, non_blocking=True)

@@ -1,0 +1,209 @@
+"""The KDEP benchmark: pre-training methods x downstream tasks x seeds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from gkt.core.config import Recipe
+from gkt.core.hashing import stable_hash
+from gkt.core.io import cache_home
+from gkt.data.datasets import ImageDataset
+from gkt.data.spec import load_data
+from gkt.data.subsets import stratified_indices, stratified_subset
+from gkt.engine.loop import evaluate, make_optimizer, train_supervised
+from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
+from gkt.kdep.pretrain import build_student, finetune, load_teacher, pretrain
+from gkt.models import (
+    Classifier,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gkt.models.zoo import get_entry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One pre-training arm of the benchmark: an objective (``None``: no pre-training) on a share of the
+    pre-training pool."""
+
+    objective: str | None
+    fraction: float
+
+    @property
+    def name(self) -> str:
+        return "none" if self.objective is None else f"{self.objective}-{100 * self.fraction:g}%"
+
+
+def default_methods(fraction: float) -> tuple[Method, ...]:
+    return (Method(None, 0.0), Method("supervised", fraction), Method("supervised", 1.0), Method("logit-kd", fraction),
+            Method("linear-align", fraction), Method("kdep", fraction))
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything that defines a benchmark run. All pre-training arms share one recipe (same epochs,
+    hence the same number of student steps on the same 10% data: equal compute); supervised-100% runs
+    the same epochs on the whole pool. Every arm is followed by the same fine-tuning."""
+
+    teacher: str = "split"  # "split": a zoo-resnet-recipe teacher trained on the pre-training pool only
+    student_arch: str = "zoo-arch:resnet?widths=[8,16,32]"
+    pretrain_data: str = "fmnist"
+    pretrain_classes: str | None = "0-4"
+    pool_per_class: int | None = None  # cap of the "100%" pool (quick runs)
+    fraction: float = 0.1
+    downstream: tuple[str, ...] = ("fmnist[5-9]", "digits")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    pretrain_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=10, lr=0.02, weight_decay=5e-4,
+                                                                   batch_size=128))
+    finetune_recipe: Recipe = field(default_factory=lambda: Recipe(epochs=15, lr=0.05, weight_decay=5e-4,
+                                                                   batch_size=32))
+    finetune_per_class: int = 20
+    test_per_class: int | None = None
+    teacher_epochs: int | None = None  # override the split teacher's recipe (quick runs)
+    objective: ObjectiveConfig = ObjectiveConfig(cache_alignment=False)
+
+    def quick(self) -> BenchmarkConfig:
+        """A seconds-long smoke version (one seed, one epoch, tiny pools)."""
+        return replace(self, seeds=self.seeds[:1], pool_per_class=60, finetune_per_class=10, test_per_class=20,
+                       teacher_epochs=1, pretrain_recipe=replace(self.pretrain_recipe, epochs=1, batch_size=16),
+                       finetune_recipe=replace(self.finetune_recipe, epochs=1, batch_size=16))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_task(spec: str) -> tuple[str, str | None]:
+    """``DATA`` or ``DATA[CLASSES]`` (e.g. ``fmnist[5-9]``, ``digits``, ``folder:/data/pets``)."""
+    if spec.endswith("]") and "[" in spec:
+        data, _, classes = spec[:-1].rpartition("[")
+        return data, classes
+    return spec, None
+
+
+def _capped(dataset: ImageDataset, per_class: int | None, seed: int) -> ImageDataset:
+    """A stratified ``per_class`` subset (all samples of classes that have fewer)."""
+    if per_class is None:
+        return dataset
+    counts = dataset.class_counts()
+    if per_class >= int(counts.min()):
+        return dataset
+    idx = stratified_indices(dataset.labels, per_class=per_class, seed=seed)
+    return dataset.subset(idx, f"per_class={per_class},seed={seed}")
+
+
+def load_task(spec: str, seed: int, train_per_class: int | None, test_per_class: int | None = None,
+              data_dir: str | None = None) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) of a downstream task spec; train capped at ``train_per_class`` (seeded)."""
+    data, classes = parse_task(spec)
+    train = load_data(data, "train", classes=classes, data_dir=data_dir)
+    test = load_data(data, "test", classes=classes, data_dir=data_dir)
+    return _capped(train, train_per_class, seed), _capped(test, test_per_class, 0)
+
+
+def split_teacher(pool: ImageDataset, device: torch.device, epochs: int | None = None,
+                  test: ImageDataset | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """A teacher with the zoo's ResNet architecture and recipe trained on ``pool`` only (so it has never
+    seen the downstream classes); cached in ``$GKT_HOME/kdep/teachers``."""
+    entry = get_entry("resnet")
+    recipe = entry.recipe if epochs is None else replace(entry.recipe, epochs=epochs)
+    arch = entry.arch_spec(pool.num_classes)
+    key = stable_hash([arch.to_dict(), entry.preprocess().to_dict(), recipe.to_dict(), pool.fingerprint(), len(pool)])
+    path = cache_home() / "kdep" / "teachers" / f"resnet-split-{key}.safetensors"
+    if path.is_file():
+        teacher = load_checkpoint(path)
+        return teacher.eval(), dict(teacher.provenance)
+    torch.manual_seed(recipe.seed)
+    teacher = Classifier.create(arch, entry.preprocess(), pool.class_names, name="teacher:resnet-split")
+    start = time.perf_counter()
+    train_supervised(teacher, pool, recipe, device, desc="split teacher")
+    teacher.provenance = {"kdep_split_teacher": True, "recipe": recipe.to_dict(), "train_data": pool.name,
+                          "train_seconds": round(time.perf_counter() - start, 1),
+                          "test_acc": evaluate(teacher, test, device) if test is not None else None}
+    save_checkpoint(teacher.cpu(), path)
+    return teacher.eval(), dict(teacher.provenance)
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[dict[str, Any]]  # one per (method, seed, task)
+    summary: list[dict[str, Any]]  # one per method
+    teacher: dict[str, Any]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
+
+
+def summarize(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """Per method: mean ± std over seeds of each task's accuracy and of the task mean, mean pre-training
+    time. Methods keep their first-seen order."""
+    summary = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        seeds = sorted({r["seed"] for r in mine})
+        entry: dict[str, Any] = {"method": method, "pretrain_samples": mine[0]["pretrain_samples"],
+                                 "pretrain_s": round(_mean_std([r["pretrain_s"] for r in mine])[0], 1)}
+        for task in tasks:
+            m, s = _mean_std([r["acc"] for r in mine if r["task"] == task])
+            entry[task] = f"{100 * m:.2f} ± {100 * s:.2f}"
+        per_seed = [sum(r["acc"] for r in mine if r["seed"] == seed) / len(tasks) for seed in seeds]
+        m, s = _mean_std(per_seed)
+        entry.update(mean=f"{100 * m:.2f} ± {100 * s:.2f}", mean_acc=m, mean_std=s, seeds=len(seeds))
+        summary.append(entry)
+    return summary
+
+
+def run_benchmark(cfg: BenchmarkConfig, device: torch.device, data_dir: str | None = None,
+                  methods: Sequence[Method] | None = None,
+                  progress: Callable[[str], None] = log.info) -> BenchmarkResult:
+    """Pre-train one student per (method, seed), fine-tune each on every downstream task, measure."""
+    methods = list(methods or default_methods(cfg.fraction))
+    make_optimizer([nn.Parameter(torch.zeros(1))], "sgd", 0.1, 0.0)  # first use imports torch._dynamo (~s): not timed
+    pool = _capped(load_data(cfg.pretrain_data, "train", classes=cfg.pretrain_classes, data_dir=data_dir),
+                   cfg.pool_per_class, 0)
+    needs_teacher = any(m.objective and OBJECTIVES[m.objective].needs_teacher for m in methods)
+    teacher, teacher_info = None, {}
+    if needs_teacher and cfg.teacher == "split":
+        test = _capped(load_data(cfg.pretrain_data, "test", classes=cfg.pretrain_classes, data_dir=data_dir),
+                       cfg.test_per_class, 0)
+        teacher, teacher_info = split_teacher(pool, device, cfg.teacher_epochs, test)
+        teacher_info = {"spec": "split (zoo resnet recipe on the pre-training pool)", **teacher_info}
+    elif needs_teacher:
+        teacher = load_teacher(cfg.teacher, pool)
+        teacher_info = {"spec": cfg.teacher, **{k: teacher.provenance.get(k) for k in ("train_data", "test_acc")}}
+    rows = []
+    for seed in cfg.seeds:
+        tasks = {spec: load_task(spec, seed, cfg.finetune_per_class, cfg.test_per_class, data_dir)
+                 for spec in cfg.downstream}
+        for method in methods:
+            data = stratified_subset_or_all(pool, method.fraction, seed)
+            names = teacher.class_names if method.objective == "logit-kd" else pool.class_names
+            student = build_student(cfg.student_arch, pool, names, seed=seed)
+            seconds = 0.0
+            if method.objective is not None:
+                result = pretrain(student, data, method.objective, replace(cfg.pretrain_recipe, seed=seed), device,
+                                  teacher=teacher, cfg=cfg.objective, desc=f"{method.name} s{seed}")
+                seconds = result.seconds
+            for spec, (train, test) in tasks.items():
+                _, acc = finetune(student, train, test, replace(cfg.finetune_recipe, seed=seed), device,
+                                  desc=f"finetune {spec}")
+                rows.append({"method": method.name, "seed": seed, "task": spec, "acc": acc,
+                             "pretrain_s": round(seconds, 2), "pretrain_samples": len(data) if method.objective else 0,
+                             "finetune_train": len(train), "test": len(test)})
+                progress(f"seed {seed} {method.name:>20} {spec:>12}: acc {100 * acc:.2f}% "
+                         f"(pre-training {seconds:.1f}s)")
+    return BenchmarkResult(rows, summarize(rows, cfg.downstream), teacher_info)
+
+
+def stratified_subset_or_all(pool: ImageDataset, fraction: float, seed: int) -> ImageDataset:
+    return pool if fraction >= 1 or fraction <= 0 else stratified_subset(pool, fraction=fraction, seed=seed)

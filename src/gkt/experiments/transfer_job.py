@@ -1,0 +1,64 @@
+"""One transfer study job: load, transfer, evaluate, return scalar metrics."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from gkt.core.config import GRID_KEYS
+from gkt.core.runtime import resolve_device, seed_everything
+from gkt.data.datasets import ImageDataset
+from gkt.data.spec import load_split
+from gkt.data.subsets import stratified_subset
+from gkt.models import Classifier, DataInfo, load_model
+
+JobConfig = dict[str, Any]
+
+
+@functools.lru_cache(maxsize=4)
+def _test_set(data: str, data_dir: str | None) -> ImageDataset:
+    return load_split(data, "test", data_dir=data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _transfer_set(data: str, data_dir: str | None, fraction: float, subset_seed: int) -> ImageDataset:
+    train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
+    return stratified_subset(train, fraction=fraction, seed=subset_seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _study_model(spec: str, data: str, data_dir: str | None, zoo_dir: str | None) -> Classifier:
+    return load_model(spec, DataInfo.from_dataset(_test_set(data, data_dir)), zoo_dir)
+
+
+def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in final.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    for k, v in (final.get("partition_quality") or {}).items():
+        flat[f"partition_{k}"] = v
+    return flat
+
+
+def transfer_job(config: JobConfig) -> dict[str, Any]:
+    """One transfer run of a study: ``config`` holds student, teacher, method, method_args, seed, epochs,
+    lr, fraction, data (+ data_dir, zoo_dir, subset_seed). The transfer set is drawn with ``subset_seed``,
+    by default the run's seed (as ``gkt transfer`` does), so seeds vary the subset as well as the order and
+    the seeds' spread covers both; every method of a seed sees the same subset. The global RNGs (dropout)
+    are seeded with the run's seed, so a run's result does not depend on the worker or the jobs before
+    it. Models and data are cached per process; every run gets fresh copies, so runs never share state.
+    Only the final model is evaluated (a study keeps final metrics, not per-epoch curves)."""
+    from gkt.transfer import TransferConfig, run_transfer
+    from gkt.transfer.trainer import Runtime
+
+    data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
+    subset_seed = config.get("subset_seed", config.get("seed", 0))
+    transfer_set = _transfer_set(data, data_dir, config.get("fraction", 0.1), subset_seed)
+    test_set = _test_set(data, data_dir)
+    student = _study_model(config["student"], data, data_dir, zoo_dir).clone().requires_grad_(True)
+    teacher = _study_model(config["teacher"], data, data_dir, zoo_dir).clone()
+    settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
+    seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
+    outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
+                           resolve_device(config.get("device", "auto")), runtime=Runtime(evaluate_every_epoch=False))
+    return {**_scalar_metrics(outcome.final), "test_samples": len(test_set), "student_params": student.num_parameters(),
+            "student_family": student.provenance.get("family", student.arch.name),
+            "teacher_family": teacher.provenance.get("family", teacher.arch.name)}

@@ -1,0 +1,143 @@
+"""Supervised training and batched evaluation, shared by the zoo, KDEP fine-tuning and checks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gkt.core.config import Recipe
+from gkt.core.io import write_json
+from gkt.data.datasets import ImageDataset
+from gkt.data.spec import load_split
+from gkt.data.subsets import stratified_subset
+from gkt.engine.loop import evaluate, train_supervised
+from gkt.models.checkpoint import checkpoint_paths, load_checkpoint, read_sidecar, save_checkpoint
+from gkt.models.classifier import Classifier
+from gkt.models.zoo import DEFAULT_ZOO, ZooEntry, entry_path, is_built, zoo_dir_default
+
+log = logging.getLogger(__name__)
+
+
+def convergence_check(model: Classifier, train_set: ImageDataset, test_set: ImageDataset, device: torch.device,
+                      lr: float = 0.01, seed: int = 0, baseline_acc: float | None = None) -> dict[str, float]:
+    """Fine-tune a copy for one epoch with plain cross-entropy (SGD, constant small ``lr``, no augmentation)
+    and report the test-accuracy change: a finished model gains (almost) nothing."""
+    before = baseline_acc if baseline_acc is not None else evaluate(model, test_set, device)
+    probe = model.clone()
+    train_supervised(probe, train_set, Recipe(epochs=1, optimizer="sgd", lr=lr, weight_decay=0.0, seed=seed,
+                                                   batch_size=min(128, len(train_set))),
+                     device, desc="convergence check", constant_lr=True)
+    after = evaluate(probe, test_set, device)
+    return {"lr": lr, "acc_before": before, "acc_after": after, "delta": after - before}
+
+
+CONVERGENCE_TOLERANCE = 0.003  # a finished model gains at most 0.3 points from one more epoch
+
+
+CHECK_LR = 1e-3  # the transfer's default learning rate: gains at this lr must not be mere training gains
+
+
+@dataclass
+class ZooRecord:
+    name: str
+    family: str
+    params: int
+    test_acc: float
+    recipe: str
+    train_seconds: float
+    convergence: dict[str, float] | None
+    path: Path
+    cached: bool
+
+
+def _record(entry_name: str, family: str, path: Path, cached: bool) -> ZooRecord:
+    meta = read_sidecar(path)
+    prov = meta["provenance"]
+    return ZooRecord(entry_name, family, prov["params"], prov["test_acc"], prov["recipe_text"],
+                     prov["train_seconds"], prov.get("convergence"), checkpoint_paths(path)[0], cached)
+
+
+def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Path | None = None,
+              device: torch.device | None = None, data_dir: str | None = None, check: bool = True,
+              train_fraction: float = 1.0, train_set: ImageDataset | None = None,
+              test_set: ImageDataset | None = None) -> list[ZooRecord]:
+    """Train every entry that is not cached yet (cache key = recipe + architecture + preprocessing) and
+    save it as a gkt checkpoint with its test accuracy and convergence check."""
+    device = device or torch.device("cpu")
+    zoo_dir = Path(zoo_dir or zoo_dir_default())
+    records = []
+    for entry in entries:
+        path = entry_path(entry, zoo_dir, train_fraction)
+        if is_built(path):
+            records.append(_record(entry.name, entry.family, path, cached=True))
+            continue
+        if train_set is None:
+            full = load_split("fmnist", "train", data_dir=data_dir, val_fraction=0)
+            train_set = stratified_subset(full, fraction=train_fraction, seed=0) if train_fraction < 1 else full
+        if test_set is None:
+            test_set = load_split("fmnist", "test", data_dir=data_dir)
+        torch.manual_seed(entry.recipe.seed)
+        model = Classifier.create(entry.arch_spec(len(train_set.class_names)), entry.preprocess(),
+                                  train_set.class_names, name=f"zoo:{entry.name}")
+        start = time.perf_counter()
+        train_supervised(model, train_set, entry.recipe, device, desc=f"zoo {entry.name}")
+        seconds = time.perf_counter() - start
+        acc = evaluate(model, test_set, device)
+        model.provenance = {"zoo": entry.name, "family": entry.family, "recipe": entry.recipe.to_dict(),
+                            "recipe_text": entry.recipe.describe(), "train_fraction": train_fraction,
+                            "train_data": train_set.name, "test_acc": acc, "train_seconds": round(seconds, 1),
+                            "params": model.num_parameters()}
+        if check:
+            model.provenance["convergence"] = _check(model, train_set, test_set, device, acc)
+        save_checkpoint(model.cpu(), path, overwrite=True)  # at most the weights of a killed build are there
+        log.info("zoo %s: test acc %.4f in %.0fs", entry.name, acc, seconds)
+        records.append(_record(entry.name, entry.family, path, cached=False))
+    return records
+
+
+def _check(model: Classifier, train_set: ImageDataset, test_set: ImageDataset, device: torch.device,
+           acc: float, lr: float = CHECK_LR) -> dict[str, Any]:
+    result: dict[str, Any] = convergence_check(model, train_set, test_set, device, lr=lr, baseline_acc=acc)
+    result["passed"] = result["delta"] <= CONVERGENCE_TOLERANCE
+    return result
+
+
+def check_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, lr: float = CHECK_LR,
+              device: torch.device | None = None, data_dir: str | None = None) -> list[ZooRecord]:
+    """(Re-)run the convergence check of every built model at ``lr``; the result is stored in its sidecar."""
+    device = device or torch.device("cpu")
+    train_set = load_split("fmnist", "train", data_dir=data_dir, val_fraction=0)
+    test_set = load_split("fmnist", "test", data_dir=data_dir)
+    for record in list_zoo(zoo_dir, entries):
+        model = load_checkpoint(record.path)
+        result = _check(model, train_set, test_set, device, record.test_acc, lr)
+        _, sidecar = checkpoint_paths(record.path)
+        meta = read_sidecar(record.path)
+        meta["provenance"]["convergence"] = result
+        write_json(sidecar, meta)
+        log.info("zoo %s: one more epoch at lr %g changes test accuracy by %+.2f points", record.name, lr,
+                 100 * result["delta"])
+    return list_zoo(zoo_dir, entries)
+
+
+def scaled_entries(entries: tuple[ZooEntry, ...], epochs: int | None) -> tuple[ZooEntry, ...]:
+    """The same recipes with a different epoch budget (for quick tests and smoke runs)."""
+    if epochs is None:
+        return entries
+    return tuple(replace(e, recipe=replace(e.recipe, epochs=epochs)) for e in entries)
+
+
+def list_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = DEFAULT_ZOO,
+             train_fraction: float = 1.0) -> list[ZooRecord]:
+    """The built models among ``entries`` (current recipes), in zoo order."""
+    records = []
+    for entry in entries:
+        path = entry_path(entry, zoo_dir, train_fraction)
+        if is_built(path):
+            records.append(_record(entry.name, entry.family, path, cached=True))
+    return records

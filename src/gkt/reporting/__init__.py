@@ -1,0 +1,1 @@
+"""Reporting: records in, CSV/Markdown/PNG/HTML out. Never loads models."""

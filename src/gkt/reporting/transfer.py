@@ -1,0 +1,35 @@
+"""Figures of a single transfer run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from gkt.core.io import atomic_path
+
+
+def plot_history(history: Sequence[dict], path: str | Path, title: str, teacher_acc: float) -> None:
+    """Accuracy (with the teacher's as a reference line) and knowledge gain/loss over epochs, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = [row for row in history if "acc" in row]  # epochs that were evaluated
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_acc, ax_gl) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_acc.plot(epochs, [100 * row["acc"] for row in history], marker="o", label="student")
+    ax_acc.axhline(100 * teacher_acc, color="grey", linestyle="--", label="teacher")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    ax_acc.legend()
+    for key, label in (("knowledge_gain", "knowledge gain"), ("knowledge_loss", "knowledge loss"),
+                       ("delta_transf", "Δtransf")):
+        ax_gl.plot(epochs, [100 * row[key] for row in history], marker="o", label=label)
+    ax_gl.axhline(0, color="black", linewidth=0.5)
+    ax_gl.set(xlabel="epoch", ylabel="% of test samples", title="gain / loss")
+    ax_gl.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""End to end: a tiny study through the CLI on Fashion-MNIST, its resume, and its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gkt.cli import main
+from gkt.core.config import Recipe
+from gkt.core.errors import GktError
+from gkt.data.datasets import ImageDataset
+from gkt.data.spec import load_split
+from gkt.data.subsets import stratified_subset
+from gkt.engine.loop import train_supervised
+from gkt.models import ArchSpec, Classifier, Preprocess, save_checkpoint
+
+
+def _fmnist_subset() -> ImageDataset:
+    try:
+        return stratified_subset(load_split("fmnist", "train", val_fraction=0), fraction=0.02, seed=0)
+    except GktError:
+        pytest.skip("Fashion-MNIST not installed")
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    train = _fmnist_subset()
+    out = tmp_path_factory.mktemp("models")
+    specs = []
+    for name, arch in (("lin", ArchSpec("zoo", "linear", 10, 1, 7)),
+                       ("mlp", ArchSpec("zoo", "mlp", 10, 1, 14, {"hidden": [32]}))):
+        torch.manual_seed(0)
+        model = Classifier.create(arch, Preprocess(arch.img_size, 1, (0.286,), (0.353,)), train.class_names)
+        train_supervised(model, train, Recipe(3, "sgd", 0.05, 0.0, 64), torch.device("cpu"))
+        specs.append(f"file:{save_checkpoint(model, out / name)}")
+    return specs
+
+
+def test_study_resume_and_report(two_models: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["study", "--students", *two_models, "--methods", "kl", "kl-dp", "--epochs", "1", "--fraction", "0.02",
+            "--out", str(tmp_path), "--threads", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 jobs: 0 already done, 4 ran, 0 failed" in out and "kl-dp" in out
+    run = next(tmp_path.glob("study-*"))
+    for name in ("results.sqlite", "pairs.csv", "success_table.csv", "fig4a_success_rate.png", "fig7_gain_vs_loss.png"):
+        assert (run / name).is_file(), name
+    assert main(["study", "--resume", str(run), "--out", str(tmp_path)]) == 0
+    assert "4 jobs: 4 already done, 0 ran" in capsys.readouterr().out
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 0
+    page = (run / "report.html").read_text()
+    assert "success_table.csv" in page and page.count("data:image/png;base64,") == 5
+    assert "| method" in (run / "report.md").read_text()
+
+
+def test_study_rejects_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["study", "--students", "zoo:a", "zoo:b", "--grid", "colour=red", "--out", str(tmp_path)]) == 2
+    assert "--grid expects" in capsys.readouterr().err
+
+
+def test_transfer_job_ignores_the_workers_rng_state(tmp_path: Path) -> None:
+    """A dropout student's run depends only on its config, not on the RNG state its worker is in."""
+    from gkt.experiments.transfer_job import transfer_job
+
+    train = _fmnist_subset()
+    arch = ArchSpec("zoo", "mlp", 10, 1, 14, {"hidden": [32], "dropout": 0.5})
+    specs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = Classifier.create(arch, Preprocess(arch.img_size, 1, (0.286,), (0.353,)), train.class_names)
+        specs.append(f"file:{save_checkpoint(model, tmp_path / f'm{seed}')}")
+    config = {"student": specs[0], "teacher": specs[1], "method": "kl", "epochs": 1, "lr": 0.05, "fraction": 0.02,
+              "seed": 3, "device": "cpu"}
+    results = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        results.append(transfer_job(config)["acc"])
+    assert results[0] == results[1]
+
+
+def test_study_grid_over_student_mode_reaches_the_transfer_config() -> None:
+    from gkt.cli import build_parser
+    from gkt.cli.study import study_jobs
+    from gkt.transfer import TransferConfig
+
+    args = build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b", "--methods", "kl-dp",
+                                      "--grid", "student_mode=train,eval"])
+    jobs = study_jobs(args)
+    assert sorted((j["student"], j["student_mode"]) for j in jobs) == [
+        ("zoo:a", "eval"), ("zoo:a", "train"), ("zoo:b", "eval"), ("zoo:b", "train")]
+    assert TransferConfig(method="kl-dp", student_mode=jobs[0]["student_mode"]).build_method().name == "kl-dp"
+    with pytest.raises(GktError, match="student_mode must be"):
+        TransferConfig(student_mode="frozen").build_method()

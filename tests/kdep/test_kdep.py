@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_blobs
+
+from gkt.cli import main
+from gkt.core.config import Recipe
+from gkt.core.errors import GktError
+from gkt.data.digits import load_digits_28
+from gkt.data.subsets import class_subset, parse_classes
+from gkt.experiments.kdep_benchmark import parse_task
+from gkt.kdep.alignment import StreamingMoments, power_temperature_scaling, svd_alignment_direct
+from gkt.kdep.objectives import KdepObjective, ObjectiveConfig
+from gkt.kdep.pretrain import build_student, pretrain
+from gkt.models import save_checkpoint
+from gkt.models.features import FeatureTap
+from gkt.models.heads import head_keys, with_new_head
+
+
+def random_features(n: int = 300, d: int = 12, offset: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Features with a well separated spectrum (distinct singular values) and an optional large mean."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    scales = torch.linspace(3.0, 0.2, d, dtype=torch.float64)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scales) @ basis.T + offset
+
+
+def streaming(x: torch.Tensor, chunk_sizes: list[int]) -> StreamingMoments:
+    moments = StreamingMoments(x.shape[1])
+    for chunk in x.split(chunk_sizes):
+        moments.update(chunk)
+    return moments
+
+
+def test_svd_alignment_targets_equal_direct_numpy_computation() -> None:
+    x = random_features()
+    alignment = streaming(x, [7, 100, 1, 192]).alignment()
+    d_s = 5
+    ours = (x.float() - alignment.mean) @ alignment.projection(d_s)
+    # Direct computation with numpy: centre, SVD, top-d_s right singular vectors.
+    xn = x.numpy()
+    _, _, vh = np.linalg.svd(xn - xn.mean(0), full_matrices=False)
+    direct = torch.from_numpy((xn - xn.mean(0)) @ vh[:d_s].T).float()
+    signs = torch.sign((ours * direct).sum(0))  # singular vectors are defined up to sign
+    assert torch.allclose(ours, direct * signs, atol=1e-4)
+    assert torch.allclose(power_temperature_scaling(ours), power_temperature_scaling(direct * signs), atol=1e-3)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_streaming_and_direct_svd_agree(offset: float) -> None:
+    x = random_features(offset=offset)
+    direct = svd_alignment_direct(x)
+    stream = streaming(x, [50] * 6).alignment()
+    assert stream.count == direct.count == len(x)
+    assert torch.allclose(stream.mean, direct.mean, rtol=1e-6)
+    assert torch.allclose(stream.singular_values, direct.singular_values, rtol=1e-5)
+    assert torch.allclose(stream.components, direct.components, atol=1e-5)  # same canonical signs
+
+
+def test_wider_student_gets_zero_padded_projection() -> None:
+    x = random_features(n=6, d=8)  # 6 centred samples span only 5 directions
+    alignment = streaming(x, [4, 2]).alignment()
+    assert alignment.components.shape == (8, 5) == (alignment.teacher_dim, 5)
+    p = alignment.projection(12)
+    assert p.shape == (8, 12)
+    assert torch.equal(p[:, 5:], torch.zeros(8, 7))
+    assert torch.allclose(p[:, :5].T @ p[:, :5], torch.eye(5), atol=1e-5)
+
+
+def test_power_temperature_scaling_formula() -> None:
+    t = torch.tensor([0.1, -0.8, 0.0, 2.7, -0.0001])
+    expected = torch.tensor([1.0, -2.0, 0.0, 3.0, -(0.001 ** (1 / 3))])
+    assert torch.allclose(power_temperature_scaling(t), expected, atol=1e-6)
+    assert torch.allclose(power_temperature_scaling(torch.tensor([2.0, -8.0]), temperature=0.5, power=2.0),
+                          torch.tensor([2.0, -4.0]))
+
+
+@pytest.mark.parametrize("spec,dim,pooled_after_relu", [("zoo-arch:cnn?channels=[4,6]", 6, False),
+                                                          ("zoo-arch:resnet?widths=[4,8,10]", 10, True),
+                                                          ("zoo-arch:mlp?hidden=[20,7]", 7, False)])
+def test_zoo_feature_tap_is_pre_activation(spec: str, dim: int, pooled_after_relu: bool) -> None:
+    data = make_blobs(size=12)
+    model = build_student(spec, data).eval()
+    tap = FeatureTap(model)
+    x = data.images[:5]
+    features = tap(x)
+    assert tap.layer == "features" and tap.dim == dim and features.shape == (5, dim)
+    assert (features < 0).any()  # before the ReLU
+    if pooled_after_relu:  # ResNet: the map before the last ReLU, pooled; the classifier pools after it
+        trunk = model.net._trunk(model.normalize(x))
+        assert torch.allclose(features, trunk.mean((2, 3)), atol=1e-6)
+        assert torch.allclose(model.net.head(torch.relu(trunk).mean((2, 3))), model(x), atol=1e-5)
+    else:
+        assert torch.allclose(model.net.head(torch.relu(features)), model(x), atol=1e-5)
+
+
+def test_timm_feature_tap_hooks_before_last_relu() -> None:
+    data = make_blobs(size=28)
+    model = build_student("timm:resnet10t", data).eval()
+    tap = FeatureTap(model)
+    assert tap.layer == "model.layer4.0.act2" and tap.dim == 512
+    x = data.images[:3]
+    pre = tap(x)
+    post = FeatureTap(model, "model.layer4.0.act2:out")(x)
+    assert pre.shape == post.shape == (3, 512) and (pre < 0).any() and (post >= 0).all()
+    assert torch.allclose(post, model.net.forward_features(model.normalize(x)), atol=1e-5)
+    with pytest.raises(GktError, match="no layer"):
+        FeatureTap(model, "model.nope")
+
+
+def test_trunk_ending_in_batchnorm_keeps_pooled_features() -> None:
+    data = make_blobs(size=12)
+    model = build_student("zoo-arch:convmixer?dim=8&depth=1&kernel_size=3&patch_size=4", data)
+    tap = FeatureTap(model)  # ConvMixer blocks end with act -> BatchNorm: nothing to strip
+    assert tap.layer == "features" and tap.dim == 8
+
+
+def test_new_head_keeps_body_and_resets_head() -> None:
+    data = make_blobs(num_classes=4)
+    model = build_student("zoo-arch:resnet?widths=[4,8,8]", data, seed=1)
+    assert head_keys(model.arch) == {"head.weight", "head.bias"}
+    fresh = with_new_head(model, ["a", "b"], seed=2)
+    assert fresh.num_classes == 2 and fresh.net.head.out_features == 2
+    old, new = model.net.state_dict(), fresh.net.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("head."))
+    same_size = with_new_head(model, [f"c{i}" for i in range(4)], seed=2)  # same class count: still a new head
+    assert not torch.equal(same_size.net.head.weight, model.net.head.weight)
+
+
+def test_kdep_pretraining_reduces_the_feature_loss() -> None:
+    data = make_blobs(n_per_class=32, size=12)
+    teacher = build_student("zoo-arch:cnn?channels=[6,12]", data, seed=5).eval()
+    student = build_student("zoo-arch:cnn?channels=[4,16]", data, seed=0)  # d_s = 16 > d_t = 12
+    result = pretrain(student, data, "kdep", Recipe(epochs=6, lr=0.05, batch_size=16), torch.device("cpu"),
+                      teacher=teacher, cfg=ObjectiveConfig(cache_alignment=False))
+    assert result.info["zero_padded_dims"] == 4 and result.info["teacher_dim"] == 12
+    assert result.losses[-1] < 0.7 * result.losses[0]
+    assert result.student.provenance["kdep_pretrain"]["objective"] == "kdep"
+
+
+def test_kdep_targets_online_equal_precomputed() -> None:
+    data = make_blobs(n_per_class=10, size=12)
+    teacher = build_student("zoo-arch:cnn?channels=[6,12]", data, seed=5).eval()
+    student = build_student("zoo-arch:cnn?channels=[4,8]", data)
+    cfg = ObjectiveConfig(cache_alignment=False)
+    idx = torch.arange(7)
+    x = data.images[idx].float() / 255
+    losses = [KdepObjective(cfg, teacher, student, data, torch.device("cpu"), pre).loss(student, x, data.labels[idx], idx)
+              for pre in (True, False)]
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+
+def test_logit_kd_needs_matching_heads() -> None:
+    data = make_blobs()
+    teacher = build_student("zoo-arch:cnn?channels=[4,4]", data, [f"t{i}" for i in range(3)])
+    with pytest.raises(GktError, match="logit KD"):
+        pretrain(build_student("zoo-arch:cnn?channels=[4,4]", data), data, "logit-kd", Recipe(epochs=1, batch_size=8),
+                 torch.device("cpu"), teacher=teacher)
+    with pytest.raises(GktError, match="needs a teacher"):
+        pretrain(build_student("zoo-arch:cnn?channels=[4,4]", data), data, "kdep", Recipe(epochs=1, batch_size=8),
+                 torch.device("cpu"))
+
+
+def test_datasets_extra() -> None:
+    assert parse_classes("0-2,7") == [0, 1, 2, 7] and parse_classes(None) is None
+    with pytest.raises(GktError):
+        parse_classes("a-b")
+    train, test = load_digits_28("train"), load_digits_28("test")
+    assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
+    assert len(train) + len(test) == 1797 and abs(len(train) - len(test)) <= 10
+    sub = class_subset(test, [7, 3])
+    assert sub.class_names == ["7", "3"] and set(sub.labels.tolist()) == {0, 1}
+    assert torch.equal(sub.labels == 0, test.labels[test.labels.eq(7) | test.labels.eq(3)] == 7)
+    assert parse_task("fmnist[5-9]") == ("fmnist", "5-9") and parse_task("folder:/x[1]/y") == ("folder:/x[1]/y", None)
+
+
+def test_cli_pretrain_then_finetune(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    digits = load_digits_28("train")
+    teacher = build_student("zoo-arch:cnn?channels=[4,8]", class_subset(digits, range(5)), seed=3)
+    save_checkpoint(teacher, tmp_path / "teacher")
+    common = ["--out", str(tmp_path / "runs"), "--threads", "2", "--device", "cpu"]
+    assert main(["kdep", "pretrain", "--teacher", f"file:{tmp_path / 'teacher'}", "--student-arch",
+                 "zoo-arch:cnn?channels=[4,10]", "--data", "digits", "--classes", "0-4", "--fraction", "0.3",
+                 "--epochs", "2", "--batch-size", "32", "--output", str(tmp_path / "student"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "zero_padded_dims" in out and "student: file:" in out
+    sidecar = json.loads((tmp_path / "student.json").read_text())
+    assert sidecar["provenance"]["kdep_pretrain"]["student_dim"] == 10
+    assert main(["kdep", "finetune", "--model", f"file:{tmp_path / 'student'}", "--data", "digits", "--classes",
+                 "5-9", "--per-class", "20", "--epochs", "1", *common]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    result = json.loads(next((tmp_path / "runs").glob("kdep-finetune-*/finetune.json")).read_text())
+    assert result["train_samples"] == 100 and 0.0 <= result["test_acc"] <= 1.0
+    assert main(["kdep", "pretrain", "--student-arch", "resnet", "--data", "digits", *common]) == 2
+    assert "zoo-arch:NAME" in capsys.readouterr().err
+
+
+def test_cli_benchmark_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["kdep", "benchmark", "--quick", "--pretrain-data", "digits", "--pretrain-classes", "0-4",
+                 "--downstream", "digits[5-9]", "--student-arch", "zoo-arch:cnn?channels=[4,8]",
+                 "--out", str(tmp_path), "--threads", "2", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    for method in ("none", "supervised-10%", "supervised-100%", "logit-kd-10%", "linear-align-10%", "kdep-10%"):
+        assert method in out
+    run = next(tmp_path.glob("kdep-benchmark-*"))
+    assert (run / "accuracy_vs_time.png").stat().st_size > 1000
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    # wall times are reported, never asserted on (a quick run can round to 0 s on a fast, idle machine)
+    assert len(rows) == 6 and all(r["pretrain_s"] >= 0 for r in rows)
