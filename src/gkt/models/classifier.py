@@ -105,7 +105,8 @@ class Classifier(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         p = self.preprocess
-        x = adapt_layout(to_unit_float(images.to(self.mean.device, non_blocking=True)), p.channels, p.input_size)
+        x = adapt_layout(to_unit_float(images.to(self.mean.device, non_blocking=True)), p.channels, p.input_size,
+                         p.crop_pct, p.interpolation)
         return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

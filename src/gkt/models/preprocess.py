@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # Luminance weights (ITU-R BT.601) for turning RGB batches into one channel.
 _RGB_TO_GRAY = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Input size (square), channel count and per-channel mean/std of a model."""
+    """A model's eval transform: input size (square), channel count, per-channel mean/std, and the
+    centre-crop fraction and interpolation of its resize (timm ``crop_pct``: resize to
+    ``input_size / crop_pct``, then crop the centre ``input_size``; 1.0 resizes straight to the input)."""
 
     input_size: int
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Fields with their default values are left out, so identities made before they existed still hold."""
+        d = asdict(self)
+        for name, default in (("crop_pct", 1.0), ("interpolation", "bilinear")):
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        return cls(int(d["input_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+        return cls(int(d["input_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]),
+                   float(d.get("crop_pct", 1.0)), str(d.get("interpolation", "bilinear")))
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -37,8 +53,10 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
-def adapt_layout(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
-    """Convert a float [0, 1] batch ``[B, C, H, W]`` to ``channels`` and a ``size``×``size`` resolution."""
+def adapt_layout(images: torch.Tensor, channels: int, size: int, crop_pct: float = 1.0,
+                 interpolation: str = "bilinear") -> torch.Tensor:
+    """Convert a float [0, 1] batch ``[B, C, H, W]`` to ``channels`` and a ``size``×``size`` resolution:
+    resize to ``size / crop_pct`` (shorter side) and crop the centre ``size``×``size``."""
     c = images.shape[1]
     if c != channels:
         if c == 1:
@@ -48,7 +66,15 @@ def adapt_layout(images: torch.Tensor, channels: int, size: int) -> torch.Tensor
             images = (images * weights).sum(1, keepdim=True)
         else:
             raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=images.shape[-1] > size)
-    return images
+    height, width = images.shape[-2:]
+    scale = math.floor(size / crop_pct) if crop_pct < 1 else size
+    target = (scale, scale) if height == width else \
+        ((scale, round(width * scale / height)) if height < width else (round(height * scale / width), scale))
+    if (height, width) != target:
+        smooth = interpolation != "nearest"
+        images = F.interpolate(images, size=target, mode=interpolation, antialias=smooth and min(height, width) > scale,
+                               **({"align_corners": False} if smooth else {}))
+        if interpolation == "bicubic":
+            images = images.clamp_(0, 1)
+    top, left = (target[0] - size) // 2, (target[1] - size) // 2
+    return images[..., top:top + size, left:left + size]
