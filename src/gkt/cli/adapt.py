@@ -55,9 +55,7 @@ def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str
 
 
 def print_study(result: dict[str, Any], store: Path, seconds: float) -> None:
-    counts = result["counts"]
-    print(f"{counts['total']} transfer jobs: {counts['skipped']} already done, {counts['done']} ran, "
-          f"{counts['failed']} failed ({seconds:.0f}s); results store: {store}")
+    print(f"{result['counts'].describe('transfer jobs')} ({seconds:.0f}s); results store: {store}")
     print(format_table(result["summary"]))
 
 

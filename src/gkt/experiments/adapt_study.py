@@ -61,7 +61,7 @@ def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], worke
                 "teacher": labels.get(r.config["teacher"], r.config["teacher"])}
                for r in store.rows() if r.key in wanted]
     if not records:
-        raise GktError(f"no transfer job finished ({counts['failed']} failed); see {store.path}")
+        raise GktError(f"no transfer job finished ({counts.describe('transfer jobs')}); see {store.path}")
     write_study_outputs(run_dir, records)
     summary = method_summary(records)
     write_csv(run_dir / "by_method.csv", summary)
