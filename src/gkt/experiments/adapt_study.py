@@ -47,15 +47,16 @@ class StudyPlan:
 
 def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], workers: int = 1,
                    threads: int | None = None, figure: str = "fig9_delta_transf_vs_delta_acc.png",
-                   title: str = "Transfer delta vs teacher-student accuracy gap", store_path: Path | None = None
-                   ) -> dict[str, Any]:
+                   title: str = "Transfer delta vs teacher-student accuracy gap", store_path: Path | None = None,
+                   retry_failed: bool = False) -> dict[str, Any]:
     """Run ``plan``'s jobs into the results store (``store_path``, default ``run_dir/results.sqlite``; jobs
     finished there are skipped), then write, from the plan's finished jobs, the study tables and figures,
-    ``by_method.csv`` (:func:`method_summary`) and the Δtransf vs Δacc figure. ``labels`` gives short names
+    ``by_method.csv`` (:func:`method_summary`) and the Δtransf vs Δacc figure. Jobs that failed before are
+    rerun only with ``retry_failed``. ``labels`` gives short names
     for model specs in tables and the figure."""
     store = ResultsStore(store_path or run_dir / STORE_NAME)
     jobs = plan.jobs()
-    counts = run_study(transfer_job, jobs, store, LocalBackend(workers, threads))
+    counts = run_study(transfer_job, jobs, store, LocalBackend(workers, threads), retry_failed=retry_failed)
     wanted = {job_key(j) for j in jobs}
     records = [{**r.config, **r.metrics, "student": labels.get(r.config["student"], r.config["student"]),
                 "teacher": labels.get(r.config["teacher"], r.config["teacher"])}
@@ -71,4 +72,4 @@ def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], worke
     with atomic_path(run_dir / "summary.md") as tmp:
         tmp.write_text(f"## Δtransf by method, weaker vs stronger teachers (pp, mean ± std over seeds)\n\n{table}\n\n"
                        f"{previous}")
-    return {"counts": counts, "summary": summary, "records": records}
+    return {"counts": counts, "summary": summary, "records": records, "store": store}

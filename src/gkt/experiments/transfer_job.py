@@ -79,7 +79,7 @@ def check_settings(axes: dict[str, Sequence[Any]]) -> None:
         for value in values:
             try:
                 TypeAdapter(hints[key]).validate_python(value, strict=True)
-                TransferConfig(**{key: value})
+                TransferConfig(**{key: value}).build_method()
             except (ValidationError, GktError, ValueError, TypeError) as exc:
                 expected = getattr(hints[key], "__name__", str(hints[key]))
                 raise GktError(f"--grid {key}={value!r}: {key} takes a {expected}; give values like "
