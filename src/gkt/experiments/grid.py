@@ -33,7 +33,7 @@ from gkt.experiments.backends import (
 from gkt.experiments.store import ResultRow, ResultsStore, job_key
 
 __all__ = ["STORE_NAME", "LocalBackend", "RayBackend", "ResultRow", "ResultsStore", "StudyCounts", "expand_grid",
-           "job_key", "ray_resources", "run_study", "visible_gpus", "worker_gpus"]
+           "failed_rows", "job_key", "ray_resources", "run_study", "visible_gpus", "worker_gpus"]
 log = logging.getLogger(__name__)
 STORE_NAME = "results.sqlite"  # a study's results store inside its run directory
 
