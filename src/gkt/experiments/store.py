@@ -106,6 +106,11 @@ class ResultsStore:
                        (job_key(config), json.dumps(config, sort_keys=True), json.dumps(metrics), status, seconds,
                         time.time()))
 
+    def forget(self, keys: list[str]) -> None:
+        """Drop the rows of ``keys`` (e.g. finished jobs whose outputs were deleted: they run again)."""
+        with self._connect() as db:
+            db.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in keys])
+
     def rows(self, status: str | None = "done") -> list[ResultRow]:
         query = "SELECT key, config, metrics, status, seconds FROM results"
         with self._connect() as db:
