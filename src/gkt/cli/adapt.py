@@ -49,12 +49,12 @@ def store_path(args: argparse.Namespace) -> Path | None:
 
 
 def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str], data: str) -> Any:
-    from gkt.cli.study import _method_args
+    from gkt.cli.study import parse_method_args
     from gkt.experiments.adapt_study import StudyPlan
 
     return StudyPlan(students, teachers, args.methods, args.seeds, data, args.fraction,
                      {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
-                     _method_args(args.method_arg, args.methods), args.data_dir, args.zoo_dir, args.device)
+                     parse_method_args(args.method_arg, args.methods), args.data_dir, args.zoo_dir, args.device)
 
 
 def print_study(result: dict[str, Any], store: Path, seconds: float) -> int:

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
 from gkt.cli.config import resolved_config
@@ -18,6 +18,9 @@ from gkt.core.io import read_json, write_json
 from gkt.experiments.grid import STORE_NAME
 from gkt.reporting.study import write_study_outputs
 from gkt.reporting.tables import format_table
+
+if TYPE_CHECKING:
+    from gkt.experiments.grid import LocalBackend, RayBackend, ResultsStore, StudyCounts
 
 
 def _values(text: str) -> list[Any]:
@@ -60,7 +63,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_tracking_options(p)
 
 
-def _method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
+def parse_method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
     parsed: dict[str, dict[str, str]] = {m: {} for m in methods}
     for item in items:
         method, sep, kv = item.partition(":")
@@ -88,7 +91,7 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     teachers = _expand_zoo(args.teachers, args.zoo_dir) if args.teachers else students
     if not students or not teachers:
         raise GktError("a study needs --students (and optionally --teachers)")
-    method_args = _method_args(args.method_arg, args.methods)
+    method_args = parse_method_args(args.method_arg, args.methods)
     base = {"data": args.data, "fraction": args.fraction, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir}
     base |= {k: getattr(args, k) for k in ("epochs", "lr", "batch_size") if getattr(args, k) is not None}
     base |= {k: getattr(args, k) for k, default in (("device", "auto"), ("precision", "fp32"))
@@ -108,20 +111,18 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return jobs
 
 
-def study_backend(args: argparse.Namespace) -> Any:
+def study_backend(args: argparse.Namespace) -> LocalBackend | RayBackend:
     """The backend of ``--backend``: on CUDA, local workers spread over the visible GPUs (one each) and
     Ray tasks ask for GPUs. A device with an index (``cuda:1``) keeps every worker on that device."""
-    from gkt.experiments.grid import LocalBackend, RayBackend, visible_gpus
+    from gkt.experiments.grid import RayBackend, local_backend
 
-    device_type = args.torch_device.type
     if args.backend == "ray":
-        return RayBackend(args.ray_address, threads=args.threads or 1, device_type=device_type,
+        return RayBackend(args.ray_address, threads=args.threads or 1, device_type=args.torch_device.type,
                           num_gpus_per_job=args.ray_gpus_per_job)
-    spread = device_type == "cuda" and args.torch_device.index is None and args.workers > 1
-    return LocalBackend(args.workers, args.threads, gpus=visible_gpus() if spread else ())
+    return local_backend(args.workers, args.threads, args.torch_device)
 
 
-def print_failures(store: Any, counts: Any) -> None:
+def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
     """One line per failed job: the pair, the method and the error."""
     from gkt.experiments.grid import failed_rows
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv
-from gkt.experiments.grid import STORE_NAME, LocalBackend, ResultsStore, expand_grid, job_key, run_study
+from gkt.core.runtime import resolve_device
+from gkt.experiments.grid import STORE_NAME, ResultsStore, expand_grid, job_key, local_backend, run_study
 from gkt.experiments.transfer_job import transfer_job
 from gkt.reporting.adapt import method_summary, plot_delta_transf_vs_gap
 from gkt.reporting.study import write_study_outputs
@@ -56,7 +57,8 @@ def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], worke
     for model specs in tables and the figure."""
     store = ResultsStore(store_path or run_dir / STORE_NAME)
     jobs = plan.jobs()
-    counts = run_study(transfer_job, jobs, store, LocalBackend(workers, threads), retry_failed=retry_failed)
+    backend = local_backend(workers, threads, resolve_device(plan.device))
+    counts = run_study(transfer_job, jobs, store, backend, retry_failed=retry_failed)
     wanted = {job_key(j) for j in jobs}
     records = [{**r.config, **r.metrics, "student": labels.get(r.config["student"], r.config["student"]),
                 "teacher": labels.get(r.config["teacher"], r.config["teacher"])}

@@ -33,9 +33,16 @@ from gkt.experiments.backends import (
 from gkt.experiments.store import ResultRow, ResultsStore, job_key
 
 __all__ = ["STORE_NAME", "LocalBackend", "RayBackend", "ResultRow", "ResultsStore", "StudyCounts", "expand_grid",
-           "failed_rows", "job_key", "ray_resources", "run_study", "visible_gpus", "worker_gpus"]
+           "failed_rows", "job_key", "local_backend", "ray_resources", "run_study", "visible_gpus", "worker_gpus"]
 log = logging.getLogger(__name__)
 STORE_NAME = "results.sqlite"  # a study's results store inside its run directory
+
+
+def local_backend(workers: int, threads: int | None, device: Any) -> LocalBackend:
+    """The local backend for a study on ``device`` (a ``torch.device``): on CUDA without a device index,
+    ``workers`` processes spread over the visible GPUs, one each; otherwise every worker uses ``device``."""
+    spread = device.type == "cuda" and device.index is None and workers > 1
+    return LocalBackend(workers, threads, gpus=visible_gpus() if spread else ())
 
 
 def expand_grid(base: JobConfig, axes: dict[str, Sequence[Any]], skip: Callable[[JobConfig], bool] | None = None
