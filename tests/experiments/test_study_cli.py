@@ -120,6 +120,12 @@ def test_study_refuses_bad_grid_values_up_front(grid: str, tmp_path: Path, capsy
     assert not list(tmp_path.glob("study-*/results.sqlite"))
 
 
+def test_study_refuses_fp16_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["study", "--students", "zoo:a", "zoo:b", "--precision", "fp16", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 2
+    assert "fp16 autocast needs a CUDA device" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", [b"", b"random"])
 def test_resume_of_a_damaged_store_exits_2(damage: bytes, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import os

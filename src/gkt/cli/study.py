@@ -137,8 +137,11 @@ def study(args: argparse.Namespace) -> int:
     from gkt.experiments.grid import ResultsStore, job_key, run_study
     from gkt.experiments.transfer_job import transfer_job
 
+    from gkt.transfer.trainer import Runtime
+
     if args.retry_failed and not args.resume:
         raise GktError("--retry-failed reruns the failed jobs of a study: give it with --resume RUN_DIR")
+    Runtime(precision=args.precision).autocast_dtype(args.torch_device)  # e.g. fp16 on a CPU: refused here
     if args.resume:
         old = Path(args.resume)
         if not (old / STORE_NAME).is_file() or not (old / "jobs.json").is_file():
