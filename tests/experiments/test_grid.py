@@ -56,7 +56,7 @@ def test_two_processes_on_one_store_never_run_a_job_twice(tmp_path: Path) -> Non
         print(counts.done, counts.skipped, counts.ok)
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    outputs = [p.communicate(timeout=600)[0].split() for p in procs]
     ran = [line.split()[0] for line in log.read_text().splitlines()]
     assert sorted(ran) == sorted(str(i) for i in range(8))  # each job once
     assert sum(int(o[0]) for o in outputs) == 8 and all(o[2] == "True" for o in outputs)
@@ -92,7 +92,7 @@ def test_killed_pool_study_leaves_no_workers_and_keeps_results(tmp_path: Path) -
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     store = ResultsStore(db)
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline and not (len(store.done_keys()) == 1 and log.is_file()
                                           and len(log.read_text().splitlines()) >= 3):
         time.sleep(0.1)
@@ -100,7 +100,7 @@ def test_killed_pool_study_leaves_no_workers_and_keeps_results(tmp_path: Path) -
     assert len(store.done_keys()) == 1 and len(workers) == 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 20
+    deadline = time.time() + 60
     while time.time() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in workers), "pool workers outlived their study"
