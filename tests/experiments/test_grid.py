@@ -85,7 +85,7 @@ def test_killed_pool_study_leaves_no_workers_and_keeps_results(tmp_path: Path) -
     db, log = tmp_path / "pool.sqlite", tmp_path / "runs.log"
     jobs = expand_grid({"log": str(log)}, {"i": list(range(4))})
     for job in jobs:
-        job["sleep"] = 0.1 if job["i"] == 0 else 120
+        job["sleep"] = 0.1 if job["i"] == 0 else 600
     script = _script(f"""
         from test_grid import logged_job
         run_study(logged_job, {jobs!r}, ResultsStore({str(db)!r}), LocalBackend(2, threads=1), poll_s=0.1)
