@@ -36,10 +36,10 @@ def crossdomain(args: argparse.Namespace) -> int:
 
     from gkt.adapt.domains import DomainFinetune, domain_teacher
     from gkt.core.io import write_csv
-    from gkt.data.domains import get_domain
+    from gkt.data.domains import DOMAINS
     from gkt.experiments.adapt_study import transfer_study
 
-    get_domain(args.domain)
+    DOMAINS.check(args.domain)
     if len(set(args.teachers)) != len(args.teachers):
         raise GktError("--teachers lists a model twice")
     cfg = DomainFinetune()

@@ -60,13 +60,16 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
                _configure_pretrain)
 def kdep_pretrain(args: argparse.Namespace) -> int:
-    from gkt.data.spec import load_data
+    from gkt.data.spec import DataSpec, load_split
+    from gkt.data.subsets import stratified_subset
+    from gkt.experiments.kdep_benchmark import KDEP_IMAGES
     from gkt.kdep.objectives import ObjectiveConfig
     from gkt.kdep.pretrain import build_student, load_teacher, pretrain
     from gkt.models import save_checkpoint
 
-    data = load_data(args.data, "train", classes=args.classes, fraction=args.fraction, seed=args.seed,
-                     data_dir=args.data_dir)
+    spec = DataSpec.parse(args.data).with_classes(args.classes)
+    data = stratified_subset(load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES), fraction=args.fraction,
+                             seed=args.seed)
     teacher = load_teacher(args.teacher, data) if args.teacher else None
     names = teacher.class_names if args.objective == "logit-kd" and teacher else data.class_names
     student = build_student(args.student_arch, data, names, seed=args.seed)
@@ -97,13 +100,17 @@ def _configure_finetune(p: argparse.ArgumentParser) -> None:
 @register_verb("kdep finetune", "new head + full fine-tuning of a (pre-trained) model on a downstream dataset",
                _configure_finetune)
 def kdep_finetune(args: argparse.Namespace) -> int:
-    from gkt.data.spec import load_data
+    from gkt.data.spec import DataSpec, load_split
+    from gkt.data.subsets import stratified_subset
+    from gkt.experiments.kdep_benchmark import KDEP_IMAGES
     from gkt.kdep.pretrain import finetune
     from gkt.models import load_model, save_checkpoint
 
-    train = load_data(args.data, "train", classes=args.classes, per_class=args.per_class, seed=args.seed,
-                      data_dir=args.data_dir)
-    test = load_data(args.data, "test", classes=args.classes, data_dir=args.data_dir)
+    spec = DataSpec.parse(args.data).with_classes(args.classes)
+    train = load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES)
+    if args.per_class is not None:
+        train = stratified_subset(train, per_class=args.per_class, seed=args.seed)
+    test = load_split(spec, "test", data_dir=args.data_dir, **KDEP_IMAGES)
     model, acc = finetune(load_model(args.model), train, test, _recipe(args), args.torch_device)
     path = save_checkpoint(model.cpu(), Path(args.output) if args.output else args.run_dir / "finetuned")
     write_json(args.run_dir / "finetune.json", {"model": args.model, "train": train.name, "test": test.name,

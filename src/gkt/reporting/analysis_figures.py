@@ -5,28 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING
+
 import torch
-from matplotlib.figure import Figure
 
 from gkt.analysis.complementary import Analysis, x_label
-from gkt.core.io import atomic_path
+from gkt.core.registry import Registry
+from gkt.reporting.figures import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FigureFn = Callable[[Analysis, "str | None"], "Figure | None"]
 
 
-FIGURES: dict[str, FigureFn] = {}
+FIGURES: Registry[FigureFn] = Registry("analysis figure")
+register_figure = FIGURES.register
 
 
 MAX_ANNOTATED = 16  # annotate matrix cells / show class names up to this many models / classes
-
-
-def register_figure(name: str) -> Callable[[FigureFn], FigureFn]:
-    def decorate(fn: FigureFn) -> FigureFn:
-        FIGURES[name] = fn
-        return fn
-
-    return decorate
 
 
 def _short(name: str) -> str:
@@ -41,6 +38,7 @@ def _pairs(a: Analysis) -> tuple[torch.Tensor, torch.Tensor]:
 @register_figure("fig1a_rho_pos_vs_delta_acc")
 def rho_pos_vs_delta_acc(a: Analysis, student: str | None) -> Figure:
     """Fig. 1a: complementary knowledge ρ_pos against the performance difference, every ordered pair."""
+    plt = pyplot()
     t, s = _pairs(a)
     fig, ax = plt.subplots(figsize=(7.5, 5.2), layout="constrained")
     cmap = plt.get_cmap("tab10" if len(a.models) <= 10 else "tab20")
@@ -67,6 +65,7 @@ def rho_pos_vs_delta_acc(a: Analysis, student: str | None) -> Figure:
 @register_figure("fig1b_entropy_vs_rho_pos")
 def entropy_vs_rho_pos(a: Analysis, student: str | None) -> Figure:
     """Fig. 1b: entropy of the per-class distribution of positive flips against ρ_pos, coloured by Δacc."""
+    plt = pyplot()
     t, s = _pairs(a)
     dacc = (100 * a.delta_acc[t, s]).numpy()
     bound = max(1.0, float(abs(dacc).max()))
@@ -103,6 +102,7 @@ def _weak_equal_strong(a: Analysis, student: str | None) -> list[tuple[str, int,
 @register_figure("fig2a_per_class_sorted")
 def per_class_sorted(a: Analysis, student: str | None) -> Figure:
     """Fig. 2a: sorted per-class complementary knowledge (flips as % of the class's samples)."""
+    plt = pyplot()
     picks = _weak_equal_strong(a, student)
     fig, axes = plt.subplots(1, len(picks), figsize=(4.6 * len(picks) + 0.8, 4.6), layout="constrained", sharey=True,
                              squeeze=False)
@@ -125,6 +125,7 @@ def per_class_sorted(a: Analysis, student: str | None) -> Figure:
 @register_figure("fig2b_semantic_top_x")
 def semantic_top_x(a: Analysis, student: str | None) -> Figure | None:
     """Fig. 2b: class-name similarity among the classes holding the top-X% of flips, relative to the mean."""
+    plt = pyplot()
     if a.similarity is None:
         return None
     mask = a.pair_mask
@@ -150,6 +151,7 @@ def semantic_top_x(a: Analysis, student: str | None) -> Figure | None:
 @register_figure("rho_pos_heatmap")
 def rho_pos_heatmap(a: Analysis, student: str | None) -> Figure:
     """ρ_pos for every ordered pair: rows are teachers, columns students."""
+    plt = pyplot()
     m = len(a.models)
     values = (100 * a.rho_pos).masked_fill(~a.pair_mask, float("nan"))
     size = max(5.5, 0.62 * m + 2.5)
@@ -176,6 +178,7 @@ def rho_pos_heatmap(a: Analysis, student: str | None) -> Figure:
 @register_figure("gains")
 def gains_bars(a: Analysis, student: str | None) -> Figure | None:
     """Where to find gains for ``student``: teachers ranked by ρ_pos, with ρ_neg and Δacc."""
+    plt = pyplot()
     if student is None:
         return None
     view = a.gains(student)
@@ -205,9 +208,5 @@ def write_figures(a: Analysis, out_dir: str | Path, student: str | None = None, 
         fig = make(a, student)
         if fig is None:
             continue
-        path = out_dir / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"{name}.png", dpi=dpi))
     return written

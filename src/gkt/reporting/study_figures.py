@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from gkt.core.registry import Registry
 from gkt.reporting.figures import pyplot, save_figure
 from gkt.reporting.study_tables import student_success, success_table
 
@@ -124,13 +125,11 @@ def plot_by_student(pairs: Sequence[Record], path: Path, metric: str = "delta_tr
     return save_figure(fig, path)
 
 
-STUDY_FIGURES = {
-    "fig4a_success_rate.png": plot_success_box,
-    "fig4b_delta_vs_acc.png": plot_delta_vs_acc,
-    "fig7_gain_vs_loss.png": plot_gain_loss,
-    "fig5a_transfer_rate_topx.png": plot_transfer_rate_topx,
-    "fig5b_by_student.png": plot_by_student,
-}
+# Figures of a study, by file name (written in this order).
+STUDY_FIGURES: Registry[Callable[[Sequence[Record], Path], Path]] = Registry("study figure")
+STUDY_FIGURES.update({"fig4a_success_rate.png": plot_success_box, "fig4b_delta_vs_acc.png": plot_delta_vs_acc,
+                      "fig7_gain_vs_loss.png": plot_gain_loss, "fig5a_transfer_rate_topx.png": plot_transfer_rate_topx,
+                      "fig5b_by_student.png": plot_by_student})
 
 
 def write_study_figures(pairs: Sequence[Record], directory: Path) -> list[Path]:
