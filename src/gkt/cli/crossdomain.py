@@ -13,7 +13,10 @@ from gkt.reporting.tables import format_table
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.adapt.domains import DomainFinetune
     from gkt.data.domains import describe_domains
+
+    d = DomainFinetune()
 
     p.description = f"{p.description}\n\ndomains:\n{describe_domains()}"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -21,11 +24,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teachers", nargs="+", required=True, help="model specs fine-tuned on the domain, then teachers")
     p.add_argument("--students", nargs="+", required=True, help="original-domain students (model specs)")
     p.add_argument("--data", default="fmnist", help="original data spec (default: fmnist)")
-    p.add_argument("--ft-epochs", type=int, default=3, help="domain fine-tuning epochs (default: 3)")
-    p.add_argument("--ft-lr", type=float, default=1e-3, help="domain fine-tuning peak lr, AdamW (default: 1e-3)")
-    p.add_argument("--ft-batch-size", type=int, default=128, help="domain fine-tuning batch size (default: 128)")
-    p.add_argument("--ft-fraction", type=float, default=1.0,
-                   help="stratified share of the shifted train split to fine-tune on (default: 1)")
+    p.add_argument("--ft-epochs", type=int, default=d.recipe.epochs,
+                   help=f"domain fine-tuning epochs (default: {d.recipe.epochs})")
+    p.add_argument("--ft-lr", type=float, default=d.recipe.lr,
+                   help=f"domain fine-tuning peak lr, {d.recipe.optimizer} (default: {d.recipe.lr:g})")
+    p.add_argument("--ft-batch-size", type=int, default=d.recipe.batch_size,
+                   help=f"domain fine-tuning batch size (default: {d.recipe.batch_size})")
+    p.add_argument("--ft-fraction", type=float, default=d.fraction,
+                   help=f"stratified share of the shifted train split to fine-tune on (default: {d.fraction:g})")
     add_transfer_options(p, epochs=None, fraction=0.1)
 
 

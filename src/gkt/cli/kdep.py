@@ -8,53 +8,67 @@ from dataclasses import replace
 from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
+from gkt.core.config import Recipe
 from gkt.core.io import atomic_path, write_csv, write_json
 from gkt.reporting.tables import format_table
 
 GROUP_HELP["kdep"] = "KDEP: pre-train a new architecture from a teacher's features, fine-tune, benchmark"
 
 
-def _add_recipe(p: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
-    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, warm-up + cosine (default {lr})")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer (default sgd, momentum 0.9)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
-    p.add_argument("--augment", nargs="*", default=[], metavar="AUG",
-                   help="batch augmentations (flip, crop, erase); default none")
+def _add_recipe(p: argparse.ArgumentParser, recipe: Recipe) -> None:
+    """Options of a training recipe, defaulting to ``recipe`` (the benchmark's)."""
+    from gkt.data.augment import AUGMENTATIONS
+
+    p.add_argument("--epochs", type=int, default=recipe.epochs, help=f"epochs (default {recipe.epochs})")
+    p.add_argument("--lr", type=float, default=recipe.lr,
+                   help=f"peak learning rate, warm-up + cosine (default {recipe.lr:g})")
+    p.add_argument("--weight-decay", type=float, default=recipe.weight_decay,
+                   help=f"weight decay (default {recipe.weight_decay:g})")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=recipe.optimizer,
+                   help=f"optimizer (default {recipe.optimizer}; SGD with momentum 0.9)")
+    p.add_argument("--batch-size", type=int, default=recipe.batch_size, help=f"batch size (default {recipe.batch_size})")
+    p.add_argument("--augment", nargs="*", default=list(recipe.augment), metavar="AUG",
+                   help=f"batch augmentations ({', '.join(AUGMENTATIONS)}); default none")
 
 
-def _recipe(args: argparse.Namespace):
-    from gkt.core.config import Recipe
-
+def _recipe(args: argparse.Namespace) -> Recipe:
     return Recipe(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                   batch_size=args.batch_size, augment=tuple(args.augment), seed=args.seed)
 
 
 def _add_data(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    from gkt.data.spec import SYNTAX
+
     p.add_argument("--data", default=default, required=default is None,
-                   help=f"{what} data spec: fmnist | digits (scikit-learn, 28x28) | folder:PATH")
-    p.add_argument("--classes", default=None, help="keep only these classes, relabelled in order (e.g. 0-4, 5,7)")
+                   help=f"{what} data spec {SYNTAX}; BASE: fmnist | digits (scikit-learn, 28x28) | folder:PATH")
+    p.add_argument("--classes", default=None,
+                   help="keep only these classes, relabelled in order (e.g. 0-4, 5,7); the same as DATA[CLASSES]")
 
 
 def _configure_pretrain(p: argparse.ArgumentParser) -> None:
-    from gkt.kdep.objectives import OBJECTIVES
+    from gkt.experiments.kdep_benchmark import BenchmarkConfig
+    from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
 
+    bench, d = BenchmarkConfig(), ObjectiveConfig()
     p.add_argument("--teacher", default=None, help="teacher model spec (zoo:NAME, file:PATH, timm:ARCH@W)")
     p.add_argument("--student-arch", required=True,
                    help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v]")
     _add_data(p, "fmnist", "pre-training")
-    p.add_argument("--fraction", type=float, default=0.1, help="stratified share of the data (default 0.1)")
+    p.add_argument("--fraction", type=float, default=bench.fraction,
+                   help=f"stratified share of the data (default {bench.fraction:g})")
     p.add_argument("--objective", choices=list(OBJECTIVES), default="kdep", help="pre-training loss (default kdep)")
-    p.add_argument("--loss-w", type=float, default=3.0, help="KDEP loss weight (default 3)")
-    p.add_argument("--pts-temperature", type=float, default=0.1, help="PTS temperature T (default 0.1)")
-    p.add_argument("--pts-power", type=float, default=3.0, help="PTS power n (default 3)")
-    p.add_argument("--kd-temperature", type=float, default=4.0, help="logit-KD temperature (default 4)")
-    p.add_argument("--teacher-layer", default="auto",
-                   help="teacher feature: auto | features | MODULE[:in|:out] of the net (default auto)")
-    p.add_argument("--student-layer", default="auto", help="student feature, as --teacher-layer")
+    p.add_argument("--loss-w", type=float, default=d.loss_w, help=f"KDEP loss weight (default {d.loss_w:g})")
+    p.add_argument("--pts-temperature", type=float, default=d.pts_temperature,
+                   help=f"PTS temperature T (default {d.pts_temperature:g})")
+    p.add_argument("--pts-power", type=float, default=d.pts_power, help=f"PTS power n (default {d.pts_power:g})")
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature,
+                   help=f"logit-KD temperature (default {d.kd_temperature:g})")
+    p.add_argument("--teacher-layer", default=d.teacher_layer,
+                   help=f"teacher feature: auto | features | MODULE[:in|:out] of the net (default {d.teacher_layer})")
+    p.add_argument("--student-layer", default=d.student_layer,
+                   help=f"student feature, as --teacher-layer (default {d.student_layer})")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/student)")
-    _add_recipe(p, epochs=10, lr=0.02, batch_size=128)
+    _add_recipe(p, bench.pretrain_recipe)
 
 
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
@@ -90,11 +104,13 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
 
 
 def _configure_finetune(p: argparse.ArgumentParser) -> None:
+    from gkt.experiments.kdep_benchmark import BenchmarkConfig
+
     p.add_argument("--model", required=True, help="pre-trained model spec (e.g. file:RUN_DIR/student)")
     _add_data(p, None, "downstream")
     p.add_argument("--per-class", type=int, default=None, help="train on this many samples per class (seeded)")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/finetuned)")
-    _add_recipe(p, epochs=15, lr=0.05, batch_size=32)
+    _add_recipe(p, BenchmarkConfig().finetune_recipe)
 
 
 @register_verb("kdep finetune", "new head + full fine-tuning of a (pre-trained) model on a downstream dataset",
@@ -130,17 +146,24 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
                    help="teacher spec, or 'split' (default): the zoo ResNet recipe trained on the pre-training "
                         "classes only (cached), so it has never seen downstream classes")
     p.add_argument("--student-arch", default=d.student_arch, help=f"student architecture (default {d.student_arch})")
-    p.add_argument("--pretrain-data", default=d.pretrain_data, help="pre-training data spec (default fmnist)")
-    p.add_argument("--pretrain-classes", default=d.pretrain_classes, help="pre-training classes (default 0-4)")
-    p.add_argument("--fraction", type=float, default=d.fraction, help="share for the 10%% arms (default 0.1)")
+    p.add_argument("--pretrain-data", default=d.pretrain_data,
+                   help=f"pre-training data spec (default {d.pretrain_data})")
+    p.add_argument("--pretrain-classes", default=d.pretrain_classes,
+                   help=f"pre-training classes (default {d.pretrain_classes})")
+    p.add_argument("--fraction", type=float, default=d.fraction,
+                   help=f"share of the pool for the fractional arms (default {d.fraction:g})")
     p.add_argument("--downstream", nargs="+", default=list(d.downstream),
-                   help="downstream tasks DATA[CLASSES] (default: fmnist[5-9] digits; add folder:PATH)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="seeds (default 0 1 2)")
-    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_recipe.epochs, help="pre-training epochs")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_recipe.epochs, help="fine-tuning epochs")
+                   help=f"downstream tasks, data specs (default: {' '.join(d.downstream)}; add folder:PATH)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
+                   help=f"seeds (default {' '.join(map(str, d.seeds))})")
+    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_recipe.epochs,
+                   help=f"pre-training epochs (default {d.pretrain_recipe.epochs})")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_recipe.epochs,
+                   help=f"fine-tuning epochs (default {d.finetune_recipe.epochs})")
     p.add_argument("--finetune-per-class", type=int, default=d.finetune_per_class,
                    help=f"downstream training samples per class (default {d.finetune_per_class})")
-    p.add_argument("--loss-w", type=float, default=d.objective.loss_w, help="KDEP / linear-align loss weight")
+    p.add_argument("--loss-w", type=float, default=d.objective.loss_w,
+                   help=f"KDEP / linear-align loss weight (default {d.objective.loss_w:g})")
 
 
 @register_verb("kdep benchmark", "KDEP vs supervised / logit-KD / learned-alignment / no pre-training, "
