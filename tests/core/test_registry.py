@@ -50,6 +50,7 @@ def test_every_registry_of_gkt_is_a_registry() -> None:
     from gkt.cli import VERBS, build_parser
     from gkt.data.augment import AUGMENTATIONS
     from gkt.data.domains import DOMAINS
+    from gkt.data.spec import DATA_SPEC_LOADERS
     from gkt.engine.tracking import TRACKERS
     from gkt.kdep.objectives import OBJECTIVES
     from gkt.models.architectures import ZOO_ARCHITECTURES
@@ -62,7 +63,7 @@ def test_every_registry_of_gkt_is_a_registry() -> None:
 
     build_parser()  # imports every verb module
     registries = [ADAPT_MODES, VERBS, AUGMENTATIONS, DOMAINS, TRACKERS, OBJECTIVES, ZOO_ARCHITECTURES, NET_SOURCES,
-                  SPEC_SOURCES, FIGURES, STUDY_FIGURES, METHODS, MODES, ORDERS]
+                  SPEC_SOURCES, FIGURES, STUDY_FIGURES, METHODS, MODES, ORDERS, DATA_SPEC_LOADERS]
     assert all(isinstance(r, Registry) and len(r) > 0 for r in registries)
     assert len({r.kind for r in registries}) == len(registries)
     assert {"kl", "kl-dp", "crd"} <= set(METHODS) and {"edges", "invert", "blur"} <= set(DOMAINS)

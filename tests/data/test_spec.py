@@ -34,7 +34,8 @@ def test_parse(text: str, expected: DataSpec) -> None:
     ("fmnist[3,,4]", "empty entry"),
     ("fmnist[9-5]", "runs backwards"),
     ("[0-4]", "needs a data set before it"),
-    ("mnist[0-4]", "unknown data spec 'mnist\\[0-4\\]'"),
+    ("mnist[0-4]", r"unknown data spec 'mnist\[0-4\]': unknown data set 'mnist' \(did you mean 'fmnist'"),
+    ("folder:", "give the folder"),
     ("fmnist@", "BASE@DOMAIN"),
 ])
 def test_bad_specs_are_clear_errors(text: str, message: str) -> None:

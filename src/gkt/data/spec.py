@@ -1,7 +1,7 @@
 """Data specs: one string names a data set for every verb, ``BASE[CLASSES]@DOMAIN``.
 
-- ``BASE``: ``fmnist`` (embedded default), ``folder:PATH`` (ImageNet layout: PATH/train/<class>/...,
-  PATH/val/...), or a kind of :data:`DATA_SPEC_LOADERS` (``digits``).
+- ``BASE``: a kind of :data:`DATA_SPEC_LOADERS`: ``fmnist`` (embedded default), ``folder:PATH`` (ImageNet
+  layout: PATH/train/<class>/..., PATH/val/...), ``digits`` (scikit-learn's digits at 28x28).
 - ``[CLASSES]`` (optional): keep only these classes, relabelled ``0..k-1`` in the order given; indices
   and ranges (``[5-9]``, ``[1,3]``, ``[0-2,8]``) or class names (``folder:PATH[cat,dog]``).
 - ``@DOMAIN`` (optional): a registered pixel transform of :mod:`gkt.data.domains` (``fmnist@edges``).
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.data.datasets import BadImagePolicy, ImageDataset, load_image_folder
 from gkt.data.digits import digits_split
 from gkt.data.domains import DOMAINS, apply_domain
@@ -27,9 +28,11 @@ from gkt.data.subsets import carve_split, class_subset
 Split = Literal["train", "val", "test"]
 
 
-# Further data specs: kind -> function loading one split with the keyword arguments of :func:`load_split`
-# (``split, *, path, data_dir, val_fraction, seed, image_size, channels, bad_images``).
-DATA_SPEC_LOADERS: dict[str, Callable[..., ImageDataset]] = {"digits": digits_split}
+# Data set kinds: kind -> function loading one split with the keyword arguments of :func:`load_split`
+# (``split, *, path, data_dir, val_fraction, seed, image_size, channels, bad_images``); ``path`` is the
+# text after ``kind:`` (None if there is none). Register a new data set here.
+DATA_SPEC_LOADERS: Registry[Callable[..., ImageDataset]] = Registry("data set")
+DATA_SPEC_LOADERS["digits"] = digits_split
 
 DOMAIN_SEPARATOR = "@"
 FMNIST_NAMES = ("fmnist", "fashion-mnist", "fashion_mnist")
@@ -104,16 +107,13 @@ class DataSpec:
 
     @classmethod
     def _parse_base(cls, base: str, spec: str) -> DataSpec:
-        kind, _, rest = base.partition(":")
-        if kind in FMNIST_NAMES:
-            return cls("fmnist", rest or None)
-        if kind == "folder" and rest:
-            return cls("folder", rest)
-        if kind in DATA_SPEC_LOADERS:
-            return cls(kind, rest or None)
-        extra = "".join(f", '{k}'" for k in DATA_SPEC_LOADERS)
-        raise GktError(f"unknown data spec {spec!r}; use 'fmnist', 'folder:PATH' (PATH/train/<class>/...){extra}, "
-                       f"written as {SYNTAX}")
+        kind, _, path = base.partition(":")
+        kind = "fmnist" if kind in FMNIST_NAMES else kind
+        if kind not in DATA_SPEC_LOADERS:
+            raise GktError(f"unknown data spec {spec!r}: {DATA_SPEC_LOADERS.unknown(kind)}; write it as {SYNTAX}")
+        if kind == "folder" and not path:
+            raise GktError(f"data spec {spec!r}: give the folder, folder:PATH (PATH/train/<class>/<images>)")
+        return cls(kind, path or None)
 
     def with_classes(self, classes: str | None) -> DataSpec:
         """This spec restricted to ``classes`` (a class-list text such as ``"0-4"``; ``None``: unchanged)."""
@@ -138,8 +138,9 @@ def load_split(spec: str | DataSpec, split: Split, *, data_dir: str | None = Non
     ``train`` unless the data set ships one; for Fashion-MNIST ``train`` then means the rest of the official
     train split. Folder images are resized to ``image_size`` with ``channels``."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
-    dataset = _load_base(spec, split, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                         image_size=image_size, channels=channels, bad_images=bad_images)
+    dataset = DATA_SPEC_LOADERS[spec.kind](split, path=spec.path, data_dir=data_dir, val_fraction=val_fraction,
+                                           seed=seed, image_size=image_size, channels=channels,
+                                           bad_images=bad_images)
     if spec.classes is not None:
         dataset = class_subset(dataset, resolve_classes(spec.classes, dataset.class_names, f"data spec {spec}"))
     if spec.domain is not None:
@@ -147,18 +148,21 @@ def load_split(spec: str | DataSpec, split: Split, *, data_dir: str | None = Non
     return dataset
 
 
-def _load_base(spec: DataSpec, split: Split, *, data_dir: str | None, val_fraction: float, seed: int,
-               image_size: int, channels: int, bad_images: BadImagePolicy) -> ImageDataset:
-    if spec.kind in DATA_SPEC_LOADERS:
-        return DATA_SPEC_LOADERS[spec.kind](split, path=spec.path, data_dir=data_dir, val_fraction=val_fraction,
-                                            seed=seed, image_size=image_size, channels=channels,
-                                            bad_images=bad_images)
-    if spec.kind == "fmnist":
-        if split == "test":
-            return load_fashion_mnist("test", spec.path or data_dir)
-        full = load_fashion_mnist("train", spec.path or data_dir)
-        return carve_split(full, split, val_fraction, seed, "a val split needs --val-fraction > 0")
-    root = Path(spec.path)
+@DATA_SPEC_LOADERS.register("fmnist")
+def _fmnist_split(split: Split, *, path: str | None, data_dir: str | None, val_fraction: float, seed: int,
+                  **_: object) -> ImageDataset:
+    """Fashion-MNIST from ``fmnist:DIR``, ``--data-dir`` or the default places; ``val`` carved from train."""
+    if split == "test":
+        return load_fashion_mnist("test", path or data_dir)
+    full = load_fashion_mnist("train", path or data_dir)
+    return carve_split(full, split, val_fraction, seed, "a val split needs --val-fraction > 0")
+
+
+@DATA_SPEC_LOADERS.register("folder")
+def _folder_split(split: Split, *, path: str, val_fraction: float, seed: int, image_size: int, channels: int,
+                  bad_images: BadImagePolicy, **_: object) -> ImageDataset:
+    """An ImageNet-layout folder: PATH/train/<class>/..., and PATH/val (or PATH/test) if it ships one."""
+    root = Path(path)
     train_root = root / "train"
     if not train_root.is_dir():
         raise GktError(f"{root}: expected an ImageNet-layout folder with {train_root}/<class>/<images>")

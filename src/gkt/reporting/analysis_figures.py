@@ -11,7 +11,7 @@ import torch
 
 from gkt.analysis.complementary import Analysis, x_label
 from gkt.core.registry import Registry
-from gkt.reporting.figures import pyplot, save_figure
+from gkt.reporting.figures import model_label, pyplot, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,10 +24,6 @@ register_figure = FIGURES.register
 
 
 MAX_ANNOTATED = 16  # annotate matrix cells / show class names up to this many models / classes
-
-
-def _short(name: str) -> str:
-    return name.split(":", 1)[1] if name.startswith(("zoo:", "file:")) else name
 
 
 def _pairs(a: Analysis) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +41,7 @@ def rho_pos_vs_delta_acc(a: Analysis, student: str | None) -> Figure:
     for i, name in enumerate(a.models):
         sel = t == i
         ax.scatter((100 * a.delta_acc[t[sel], s[sel]]).numpy(), (100 * a.rho_pos[t[sel], s[sel]]).numpy(), s=36, alpha=0.85,
-                   color=cmap(i % cmap.N), edgecolor="white", linewidth=0.5, label=_short(name))
+                   color=cmap(i % cmap.N), edgecolor="white", linewidth=0.5, label=model_label(name))
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
     ax.text(0.3, ax.get_ylim()[1] * 0.97, "equal accuracy", color="grey", va="top", fontsize=9)
     if a.random is not None:
@@ -115,7 +111,7 @@ def per_class_sorted(a: Analysis, student: str | None) -> Figure:
                           fontsize=8)
         else:
             ax.set_xlabel("classes, sorted")
-        ax.set_title(f"{label} (Δacc {100 * a.delta_acc[t, s]:+.1f})\n{_short(a.models[t])} → {_short(a.models[s])}, "
+        ax.set_title(f"{label} (Δacc {100 * a.delta_acc[t, s]:+.1f})\n{model_label(a.models[t])} → {model_label(a.models[s])}, "
                      f"ρ_pos {100 * a.rho_pos[t, s]:.1f}%", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("complementary knowledge per class\n[% of the class's samples]")
@@ -158,7 +154,7 @@ def rho_pos_heatmap(a: Analysis, student: str | None) -> Figure:
     fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
     image = ax.imshow(values.numpy(), cmap="viridis")
     fig.colorbar(image, ax=ax, label="ρ_pos [% of samples]", shrink=0.8)
-    names = [f"{_short(n)} ({100 * acc:.1f})" for n, acc in zip(a.models, a.accuracy.tolist())]
+    names = [f"{model_label(n)} ({100 * acc:.1f})" for n, acc in zip(a.models, a.accuracy.tolist())]
     ax.set_xticks(range(m), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(m), names, fontsize=8)
     if m <= MAX_ANNOTATED:
@@ -187,12 +183,12 @@ def gains_bars(a: Analysis, student: str | None) -> Figure | None:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2.2), layout="constrained")
     ax.barh(y + 0.2, [100 * r.rho_pos for r in rows], height=0.4, color="seagreen", label="ρ_pos (teacher right, student wrong)")
     ax.barh(y - 0.2, [100 * r.rho_neg for r in rows], height=0.4, color="indianred", label="ρ_neg (student right, teacher wrong)")
-    ax.set_yticks(y, [f"{_short(r.teacher)} (Δacc {100 * r.delta_acc:+.1f})" for r in rows], fontsize=9)
+    ax.set_yticks(y, [f"{model_label(r.teacher)} (Δacc {100 * r.delta_acc:+.1f})" for r in rows], fontsize=9)
     if a.random is not None:
         ax.axvline(100 * a.random_per_student()[a.index(student)].item(), color="black", linestyle="--", linewidth=1,
                    label="random-init teachers (mean ρ_pos)")
     ax.set_xlabel("% of samples")
-    ax.set_title(f"Where to find gains for {_short(student)} (acc {100 * view.acc_student:.1f}%); "
+    ax.set_title(f"Where to find gains for {model_label(student)} (acc {100 * view.acc_student:.1f}%); "
                  f"all teachers together: {100 * view.any_teacher_rho_pos:.1f}%", fontsize=10)
     fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     ax.grid(axis="x", alpha=0.3)

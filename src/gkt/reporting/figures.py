@@ -20,6 +20,12 @@ def pyplot() -> ModuleType:
     return plt
 
 
+def model_label(spec: str) -> str:
+    """A model spec as a plot label: ``zoo:NAME`` and ``file:PATH`` lose their prefix, other specs stay whole."""
+    source, sep, rest = spec.partition(":")
+    return rest if sep and source in ("zoo", "file") else spec
+
+
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as a PNG atomically (tight layout unless the figure has a layout engine) and close it."""
     path = Path(path)

@@ -10,7 +10,7 @@ from statistics import mean
 from typing import Any
 
 from gkt.core.registry import Registry
-from gkt.reporting.figures import pyplot, save_figure
+from gkt.reporting.figures import model_label, pyplot, save_figure
 from gkt.reporting.study_tables import student_success, success_table
 
 Record = dict[str, Any]
@@ -118,7 +118,7 @@ def plot_by_student(pairs: Sequence[Record], path: Path, metric: str = "delta_tr
         ps = [p for p in pairs if p["student"] == s]
         if not math.isfinite(mean(p[metric] for p in ps)):
             continue
-        axes[0].annotate(f"{s.split(':')[-1]} ({families[s]})", (ps[0].get("student_params", 1),
+        axes[0].annotate(f"{model_label(s)} ({families[s]})", (ps[0].get("student_params", 1),
                          100 * mean(p[metric] for p in ps)), fontsize=6, alpha=0.7)
     axes[0].legend(fontsize=7)
     fig.suptitle("Transfer by student size and family")
