@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkt.core.errors import GktError
 from gkt.core.registry import Registry
 
 NetBuilder = Callable[..., nn.Module]
