@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
+from gkt.cli.config import add_config_option
 from gkt.core.errors import GktError
 from gkt.core.io import write_json
 from gkt.reporting.tables import format_table
@@ -77,12 +78,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l2", type=float, nargs="+", default=None,
                    help="probe L2 strength(s); several are compared on a val share of train (default: "
                         f"{' '.join(f'{v:g}' for v in d.l2)})")
-    p.add_argument("--ft-epochs", type=int, default=d.finetune.epochs,
-                   help=f"--full: fine-tuning epochs (default: {d.finetune.epochs})")
-    p.add_argument("--ft-lr", type=float, default=d.finetune.lr,
-                   help=f"--full: peak SGD learning rate (default: {d.finetune.lr:g})")
-    p.add_argument("--ft-batch-size", type=int, default=d.finetune.batch_size,
-                   help=f"--full: batch size (default: {d.finetune.batch_size})")
+    add_config_option(p, "--ft-epochs", d.finetune, "epochs", help="--full: fine-tuning epochs")
+    add_config_option(p, "--ft-lr", d.finetune, "lr", help="--full: peak SGD learning rate")
+    add_config_option(p, "--ft-batch-size", d.finetune, "batch_size", help="--full: batch size")
     p.add_argument("--transfer", action="store_true",
                    help="then transfer between the adapted models (all ordered pairs) on the target data")
     p.add_argument("--students", nargs="+", default=None, metavar="SPEC",

@@ -8,6 +8,7 @@ import time
 
 from gkt.cli import register_verb
 from gkt.cli.adapt import add_transfer_options, print_study, store_path, study_plan
+from gkt.cli.config import add_config_option
 from gkt.core.errors import GktError
 from gkt.reporting.tables import format_table
 
@@ -24,14 +25,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teachers", nargs="+", required=True, help="model specs fine-tuned on the domain, then teachers")
     p.add_argument("--students", nargs="+", required=True, help="original-domain students (model specs)")
     p.add_argument("--data", default="fmnist", help="original data spec (default: fmnist)")
-    p.add_argument("--ft-epochs", type=int, default=d.recipe.epochs,
-                   help=f"domain fine-tuning epochs (default: {d.recipe.epochs})")
-    p.add_argument("--ft-lr", type=float, default=d.recipe.lr,
-                   help=f"domain fine-tuning peak lr, {d.recipe.optimizer} (default: {d.recipe.lr:g})")
-    p.add_argument("--ft-batch-size", type=int, default=d.recipe.batch_size,
-                   help=f"domain fine-tuning batch size (default: {d.recipe.batch_size})")
-    p.add_argument("--ft-fraction", type=float, default=d.fraction,
-                   help=f"stratified share of the shifted train split to fine-tune on (default: {d.fraction:g})")
+    add_config_option(p, "--ft-epochs", d.recipe, "epochs", help="domain fine-tuning epochs")
+    add_config_option(p, "--ft-lr", d.recipe, "lr", help=f"domain fine-tuning peak lr, {d.recipe.optimizer}")
+    add_config_option(p, "--ft-batch-size", d.recipe, "batch_size", help="domain fine-tuning batch size")
+    add_config_option(p, "--ft-fraction", d, "fraction",
+                      help="stratified share of the shifted train split to fine-tune on")
     add_transfer_options(p, epochs=None, fraction=0.1)
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
+from gkt.cli.config import add_config_option
 from gkt.core.config import Recipe
 from gkt.core.io import atomic_path, write_csv, write_json
 from gkt.reporting.tables import format_table
@@ -19,16 +20,12 @@ def _add_recipe(p: argparse.ArgumentParser, recipe: Recipe) -> None:
     """Options of a training recipe, defaulting to ``recipe`` (the benchmark's)."""
     from gkt.data.augment import AUGMENTATIONS
 
-    p.add_argument("--epochs", type=int, default=recipe.epochs, help=f"epochs (default {recipe.epochs})")
-    p.add_argument("--lr", type=float, default=recipe.lr,
-                   help=f"peak learning rate, warm-up + cosine (default {recipe.lr:g})")
-    p.add_argument("--weight-decay", type=float, default=recipe.weight_decay,
-                   help=f"weight decay (default {recipe.weight_decay:g})")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=recipe.optimizer,
-                   help=f"optimizer (default {recipe.optimizer}; SGD with momentum 0.9)")
-    p.add_argument("--batch-size", type=int, default=recipe.batch_size, help=f"batch size (default {recipe.batch_size})")
-    p.add_argument("--augment", nargs="*", default=list(recipe.augment), metavar="AUG",
-                   help=f"batch augmentations ({', '.join(AUGMENTATIONS)}); default none")
+    add_config_option(p, "--epochs", recipe, help="epochs")
+    add_config_option(p, "--lr", recipe, help="peak learning rate, warm-up + cosine")
+    add_config_option(p, "--weight-decay", recipe, help="weight decay")
+    add_config_option(p, "--optimizer", recipe, choices=("sgd", "adamw"), help="optimizer (SGD with momentum 0.9)")
+    add_config_option(p, "--batch-size", recipe, help="batch size")
+    add_config_option(p, "--augment", recipe, metavar="AUG", help=f"batch augmentations ({', '.join(AUGMENTATIONS)})")
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
@@ -54,19 +51,14 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-arch", required=True,
                    help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v]")
     _add_data(p, "fmnist", "pre-training")
-    p.add_argument("--fraction", type=float, default=bench.fraction,
-                   help=f"stratified share of the data (default {bench.fraction:g})")
+    add_config_option(p, "--fraction", bench, help="stratified share of the data")
     p.add_argument("--objective", choices=list(OBJECTIVES), default="kdep", help="pre-training loss (default kdep)")
-    p.add_argument("--loss-w", type=float, default=d.loss_w, help=f"KDEP loss weight (default {d.loss_w:g})")
-    p.add_argument("--pts-temperature", type=float, default=d.pts_temperature,
-                   help=f"PTS temperature T (default {d.pts_temperature:g})")
-    p.add_argument("--pts-power", type=float, default=d.pts_power, help=f"PTS power n (default {d.pts_power:g})")
-    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature,
-                   help=f"logit-KD temperature (default {d.kd_temperature:g})")
-    p.add_argument("--teacher-layer", default=d.teacher_layer,
-                   help=f"teacher feature: auto | features | MODULE[:in|:out] of the net (default {d.teacher_layer})")
-    p.add_argument("--student-layer", default=d.student_layer,
-                   help=f"student feature, as --teacher-layer (default {d.student_layer})")
+    add_config_option(p, "--loss-w", d, help="KDEP loss weight")
+    add_config_option(p, "--pts-temperature", d, help="PTS temperature T")
+    add_config_option(p, "--pts-power", d, help="PTS power n")
+    add_config_option(p, "--kd-temperature", d, help="logit-KD temperature")
+    add_config_option(p, "--teacher-layer", d, help="teacher feature: auto | features | MODULE[:in|:out] of the net")
+    add_config_option(p, "--student-layer", d, help="student feature, as --teacher-layer")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/student)")
     _add_recipe(p, bench.pretrain_recipe)
 
@@ -142,28 +134,19 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
 
     d = BenchmarkConfig()
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 seed, 1 epoch, tiny pools)")
-    p.add_argument("--teacher", default=d.teacher,
-                   help="teacher spec, or 'split' (default): the zoo ResNet recipe trained on the pre-training "
-                        "classes only (cached), so it has never seen downstream classes")
-    p.add_argument("--student-arch", default=d.student_arch, help=f"student architecture (default {d.student_arch})")
-    p.add_argument("--pretrain-data", default=d.pretrain_data,
-                   help=f"pre-training data spec (default {d.pretrain_data})")
-    p.add_argument("--pretrain-classes", default=d.pretrain_classes,
-                   help=f"pre-training classes (default {d.pretrain_classes})")
-    p.add_argument("--fraction", type=float, default=d.fraction,
-                   help=f"share of the pool for the fractional arms (default {d.fraction:g})")
-    p.add_argument("--downstream", nargs="+", default=list(d.downstream),
-                   help=f"downstream tasks, data specs (default: {' '.join(d.downstream)}; add folder:PATH)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
-                   help=f"seeds (default {' '.join(map(str, d.seeds))})")
-    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_recipe.epochs,
-                   help=f"pre-training epochs (default {d.pretrain_recipe.epochs})")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_recipe.epochs,
-                   help=f"fine-tuning epochs (default {d.finetune_recipe.epochs})")
-    p.add_argument("--finetune-per-class", type=int, default=d.finetune_per_class,
-                   help=f"downstream training samples per class (default {d.finetune_per_class})")
-    p.add_argument("--loss-w", type=float, default=d.objective.loss_w,
-                   help=f"KDEP / linear-align loss weight (default {d.objective.loss_w:g})")
+    add_config_option(p, "--teacher", d,
+                      help="teacher spec, or 'split': the zoo ResNet recipe trained on the pre-training classes "
+                           "only (cached), so it has never seen downstream classes")
+    add_config_option(p, "--student-arch", d, help="student architecture")
+    add_config_option(p, "--pretrain-data", d, help="pre-training data spec")
+    add_config_option(p, "--pretrain-classes", d, help="pre-training classes")
+    add_config_option(p, "--fraction", d, help="share of the pool for the fractional arms")
+    add_config_option(p, "--downstream", d, nargs="+", help="downstream tasks, data specs (add folder:PATH)")
+    add_config_option(p, "--seeds", d, nargs="+", help="seeds")
+    add_config_option(p, "--pretrain-epochs", d.pretrain_recipe, "epochs", help="pre-training epochs")
+    add_config_option(p, "--finetune-epochs", d.finetune_recipe, "epochs", help="fine-tuning epochs")
+    add_config_option(p, "--finetune-per-class", d, help="downstream training samples per class")
+    add_config_option(p, "--loss-w", d.objective, help="KDEP / linear-align loss weight")
 
 
 @register_verb("kdep benchmark", "KDEP vs supervised / logit-KD / learned-alignment / no pre-training, "
