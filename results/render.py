@@ -45,7 +45,8 @@ def fill(template: str, row: Row) -> str:
         fields = {name: spec for _, name, spec, _ in Formatter().parse(alternative) if name}
         if all(row.get(name, "") != "" for name in fields):
             # a field with a numeric format (".2f", "+.3f") is read as a number, others stay text
-            values = {name: float(row[name]) if spec[-1:] in NUMERIC else row[name] for name, spec in fields.items()}
+            values = {name: float(row[name]) if spec[-1:] in NUMERIC else row[name]
+                      for name, spec in fields.items()}
             return MINUS.sub("−", alternative.format(**values))
     return "–"
 
@@ -101,56 +102,66 @@ def kdep_summary(rows: list[Row]) -> list[Row]:
     return out
 
 
-PM = "{mean:+.2f} ± {std:.2f}"
+def pm(prefix: str = "", sign: str = "+") -> str:
+    """The template of ``mean ± std`` from the fields ``{prefix}mean`` and ``{prefix}std``."""
+    return f"{{{prefix}mean:{sign}.2f}} ± {{{prefix}std:.2f}}"
+
+
+TRANSFER_PAIR = "{direction}: `{teacher}` ({teacher_acc:.2f}) → `{student}` ({student_acc:.2f})"
+SWEEP_CELL = "||".join([f"{pm('kl_dp_')} ({{kl_mean:+.2f}})", pm("kl_dp_"), "{kl_dp_mean:+.2f} (1 seed)"])
 TABLES: dict[str, Table] = {
-    "kdep-benchmark": Table("kdep-benchmark/results.csv", [
-        ("arm", "{method}"), ("pre-train samples", "{pretrain_samples:.0f}"), ("pre-train s", "{pretrain_s:.1f}"),
-        ("fmnist[5-9]", "{fmnist_5_9_mean:.2f} ± {fmnist_5_9_std:.2f}"),
-        ("digits", "{digits_mean:.2f} ± {digits_std:.2f}"), ("mean", "{mean_mean:.2f} ± {mean_std:.2f}")],
+    "kdep-benchmark": Table(
+        "kdep-benchmark/results.csv",
+        [("arm", "{method}"), ("pre-train samples", "{pretrain_samples:.0f}"), ("pre-train s", "{pretrain_s:.1f}"),
+         ("fmnist[5-9]", pm("fmnist_5_9_", "")), ("digits", pm("digits_", "")), ("mean", pm("mean_", ""))],
         rows=kdep_summary),
-    "transfer-lr-sweep": Table("transfer-lr-sweep/results.csv", [("lr", "{lr}")],
-                               pivot=("column", ["kl weak→strong", "kl-dp weak→strong", "kl strong→weak",
-                                                 "kl-dp strong→weak"]), cell="{delta_transf:+.2f}",
-                               pivot_header="{}"),
-    "transfer-methods": Table("transfer-methods/results.csv", [
-        ("teacher (acc) → student (acc)", "{direction}: `{teacher}` ({teacher_acc:.2f}) → `{student}` ({student_acc:.2f})")],
-        pivot=("method", ["kl", "kl-dp", "kl-dp-unsup", "xekl-mcl"]), cell=PM),
-    "multi-teacher": Table("multi-teacher/results.csv", [("student", "`{student}`"), ("acc", "{student_acc:.2f}"),
-                                                         ("method", "`{method}`")],
-                           pivot=("column", ["single mean", "single min", "single max", "sequential", "parallel",
-                                             "soup", "seq − best single"]), cell=PM, pivot_header="{}"),
-    "adapt-digits": Table("adapt/results.csv", [
-        ("method", "`{method}`"), ("Δtransf, weaker teacher (6 pairs)", "{weaker_mean:+.2f} ± {weaker_std:.2f}"),
-        ("Δtransf, stronger teacher (2 pairs)", "{stronger_mean:+.2f} ± {stronger_std:.2f}"),
-        ("worst pair", "{worst:+.2f} ({worst_pair})"), ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"),
-        ("knowledge loss", "{knowledge_loss:.2f}")]),
-    "crossdomain-teachers": Table("crossdomain/teachers.csv", [
-        ("teacher", "`{teacher}`"), ("original domain: before → after", "{orig_before:.2f} → {orig_after:.2f}"),
-        ("edges: before → after", "{shifted_before:.2f} → {shifted_after:.2f}")]),
-    "crossdomain-edges": Table("crossdomain/results.csv", [
-        ("method", "`{method}`"), ("all 16 pairs", "{all_mean:+.2f} ± {all_std:.2f}"),
-        ("linear@edges", "{linear_mean:+.2f} ± {linear_std:.2f}"), ("mlp@edges", "{mlp_mean:+.2f} ± {mlp_std:.2f}"),
-        ("mlp-deep@edges", "{mlp_deep_mean:+.2f} ± {mlp_deep_std:.2f}"), ("cnn@edges", "{cnn_mean:+.2f} ± {cnn_std:.2f}"),
-        ("worst pair", "{worst:+.2f}"), ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"),
-        ("knowledge loss", "{knowledge_loss:.2f}")]),
-    "demo": Table("demo/results.csv", [
-        ("method", "`{method}`"), ("success %", "{success_pct:.1f}"), ("mean Δtransf (pp)", "{mean_pp:+.3f}"),
-        ("min Δtransf", "{min_pp:+.2f}"), ("mean gain / loss (pp)", "{gain_pp:.2f} / {loss_pp:.2f}"),
-        ("clear gain %", "{clear_gain_pct:.1f}"), ("clear loss %", "{clear_loss_pct:.1f}")]),
-    "transfer-setting-sweep": Table("transfer-setting-sweep/results.csv", [("setting", "{setting}")],
-                                    pivot=("pair", ["linear-7px → mlp", "cnn → linear", "mlp-14px → mlp-deep",
-                                                    "mlp → cnn", "mlp-deep → linear", "cnn → mlp"]), pivot_header="{}",
-                                    cell="{kl_dp_mean:+.2f} ± {kl_dp_std:.2f} ({kl_mean:+.2f})||{kl_dp_mean:+.2f} ± {kl_dp_std:.2f}"
-                                         "||{kl_dp_mean:+.2f} (1 seed)"),
-    "data-diverse-zoo": Table("data-diverse-zoo/results.csv", [
-        ("method", "`{method}`"), ("student mode", "{student_mode}"), ("success %", "{success_pct:.1f}"),
-        ("mean Δtransf (pp)", "{mean_pp:+.3f}"), ("min / max", "{min_pp:+.2f} / {max_pp:+.2f}"),
-        ("positive pairs per student (linear-7px, linear, mlp-14px, mlp, mlp-deep, cnn; of 5)", "{positive_pairs}")]),
-    "capacity-check": Table("capacity-check/results.csv", [
-        ("student", "`{student}` ({student_acc:.2f})"), ("`kl` mean Δtransf", "{kl_mean_pp:+.3f}"),
-        ("`kl-dp` mean Δtransf", "{kl_dp_mean_pp:+.3f}")]),
-    "speed": Table("speed/results.csv", [("benchmark", "{benchmark}"), ("case", "{case}"),
-                                         ("measured", "{measured}")]),
+    "transfer-lr-sweep": Table(
+        "transfer-lr-sweep/results.csv", [("lr", "{lr}")],
+        pivot=("column", ["kl weak→strong", "kl-dp weak→strong", "kl strong→weak", "kl-dp strong→weak"]),
+        cell="{delta_transf:+.2f}", pivot_header="{}"),
+    "transfer-methods": Table(
+        "transfer-methods/results.csv", [("teacher (acc) → student (acc)", TRANSFER_PAIR)],
+        pivot=("method", ["kl", "kl-dp", "kl-dp-unsup", "xekl-mcl"]), cell=pm()),
+    "multi-teacher": Table(
+        "multi-teacher/results.csv",
+        [("student", "`{student}`"), ("acc", "{student_acc:.2f}"), ("method", "`{method}`")],
+        pivot=("column", ["single mean", "single min", "single max", "sequential", "parallel", "soup",
+                          "seq − best single"]), cell=pm(), pivot_header="{}"),
+    "adapt-digits": Table(
+        "adapt/results.csv",
+        [("method", "`{method}`"), ("Δtransf, weaker teacher (6 pairs)", pm("weaker_")),
+         ("Δtransf, stronger teacher (2 pairs)", pm("stronger_")), ("worst pair", "{worst:+.2f} ({worst_pair})"),
+         ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"), ("knowledge loss", "{knowledge_loss:.2f}")]),
+    "crossdomain-teachers": Table(
+        "crossdomain/teachers.csv",
+        [("teacher", "`{teacher}`"), ("original domain: before → after", "{orig_before:.2f} → {orig_after:.2f}"),
+         ("edges: before → after", "{shifted_before:.2f} → {shifted_after:.2f}")]),
+    "crossdomain-edges": Table(
+        "crossdomain/results.csv",
+        [("method", "`{method}`"), ("all 16 pairs", pm("all_")), ("linear@edges", pm("linear_")),
+         ("mlp@edges", pm("mlp_")), ("mlp-deep@edges", pm("mlp_deep_")), ("cnn@edges", pm("cnn_")),
+         ("worst pair", "{worst:+.2f}"), ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"),
+         ("knowledge loss", "{knowledge_loss:.2f}")]),
+    "demo": Table(
+        "demo/results.csv",
+        [("method", "`{method}`"), ("success %", "{success_pct:.1f}"), ("mean Δtransf (pp)", "{mean_pp:+.3f}"),
+         ("min Δtransf", "{min_pp:+.2f}"), ("mean gain / loss (pp)", "{gain_pp:.2f} / {loss_pp:.2f}"),
+         ("clear gain %", "{clear_gain_pct:.1f}"), ("clear loss %", "{clear_loss_pct:.1f}")]),
+    "transfer-setting-sweep": Table(
+        "transfer-setting-sweep/results.csv", [("setting", "{setting}")],
+        pivot=("pair", ["linear-7px → mlp", "cnn → linear", "mlp-14px → mlp-deep", "mlp → cnn",
+                        "mlp-deep → linear", "cnn → mlp"]), cell=SWEEP_CELL, pivot_header="{}"),
+    "data-diverse-zoo": Table(
+        "data-diverse-zoo/results.csv",
+        [("method", "`{method}`"), ("student mode", "{student_mode}"), ("success %", "{success_pct:.1f}"),
+         ("mean Δtransf (pp)", "{mean_pp:+.3f}"), ("min / max", "{min_pp:+.2f} / {max_pp:+.2f}"),
+         ("positive pairs per student (linear-7px, linear, mlp-14px, mlp, mlp-deep, cnn; of 5)",
+          "{positive_pairs}")]),
+    "capacity-check": Table(
+        "capacity-check/results.csv",
+        [("student", "`{student}` ({student_acc:.2f})"), ("`kl` mean Δtransf", "{kl_mean_pp:+.3f}"),
+         ("`kl-dp` mean Δtransf", "{kl_dp_mean_pp:+.3f}")]),
+    "speed": Table("speed/results.csv", [("benchmark", "{benchmark}"), ("case", "{case}"), ("measured", "{measured}")]),
 }
 
 
