@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home
 from gkt.data.datasets import ImageDataset
-from gkt.data.spec import load_data
+from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, stratified_subset
 from gkt.engine.loop import evaluate, make_optimizer, train_supervised
 from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsStore, failed_rows, job_key, run_study
@@ -30,6 +31,7 @@ from gkt.models import (
     save_checkpoint,
 )
 from gkt.models.zoo import get_entry
+from gkt.reporting.tables import format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +94,8 @@ class BenchmarkConfig:
                       "objective": ObjectiveConfig(**d["objective"])})
 
 
-def parse_task(spec: str) -> tuple[str, str | None]:
-    """``DATA`` or ``DATA[CLASSES]`` (e.g. ``fmnist[5-9]``, ``digits``, ``folder:/data/pets``)."""
-    if spec.endswith("]") and "[" in spec:
-        data, _, classes = spec[:-1].rpartition("[")
-        return data, classes
-    return spec, None
+# How KDEP loads data: the official train split whole, folder images as 28x28 greyscale (the zoo's input).
+KDEP_IMAGES: dict[str, Any] = {"val_fraction": 0.0, "image_size": 28, "channels": 1}
 
 
 def _capped(dataset: ImageDataset, per_class: int | None, seed: int) -> ImageDataset:
@@ -113,10 +111,10 @@ def _capped(dataset: ImageDataset, per_class: int | None, seed: int) -> ImageDat
 
 def load_task(spec: str, seed: int, train_per_class: int | None, test_per_class: int | None = None,
               data_dir: str | None = None) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) of a downstream task spec; train capped at ``train_per_class`` (seeded)."""
-    data, classes = parse_task(spec)
-    train = load_data(data, "train", classes=classes, data_dir=data_dir)
-    test = load_data(data, "test", classes=classes, data_dir=data_dir)
+    """(train, test) of a downstream task's data spec (e.g. ``fmnist[5-9]``, ``digits``, ``folder:/data/pets``);
+    train capped at ``train_per_class`` (seeded)."""
+    train = load_split(spec, "train", data_dir=data_dir, **KDEP_IMAGES)
+    test = load_split(spec, "test", data_dir=data_dir, **KDEP_IMAGES)
     return _capped(train, train_per_class, seed), _capped(test, test_per_class, 0)
 
 
@@ -150,11 +148,6 @@ class BenchmarkResult:
     teacher: dict[str, Any]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
-
-
 def summarize(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict[str, Any]]:
     """Per method: mean ± std over seeds of each task's accuracy and of the task mean, mean pre-training
     time. Methods keep their first-seen order."""
@@ -163,27 +156,29 @@ def summarize(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict
         mine = [r for r in rows if r["method"] == method]
         seeds = sorted({r["seed"] for r in mine})
         entry: dict[str, Any] = {"method": method, "pretrain_samples": mine[0]["pretrain_samples"],
-                                 "pretrain_s": round(_mean_std([r["pretrain_s"] for r in mine])[0], 1)}
+                                 "pretrain_s": round(statistics.fmean(r["pretrain_s"] for r in mine), 1)}
         for task in tasks:
-            m, s = _mean_std([r["acc"] for r in mine if r["task"] == task])
-            entry[task] = f"{100 * m:.2f} ± {100 * s:.2f}"
+            entry[task] = format_mean_std([r["acc"] for r in mine if r["task"] == task], scale=100)
         per_seed = [sum(r["acc"] for r in mine if r["seed"] == seed) / len(tasks) for seed in seeds]
-        m, s = _mean_std(per_seed)
-        entry.update(mean=f"{100 * m:.2f} ± {100 * s:.2f}", mean_acc=m, mean_std=s, seeds=len(seeds))
+        m, s = mean_std(per_seed)
+        entry.update(mean=format_mean_std(per_seed, scale=100), mean_acc=m, mean_std=s, seeds=len(seeds))
         summary.append(entry)
     return summary
 
 
+def _pretrain_data(cfg: BenchmarkConfig) -> DataSpec:
+    return DataSpec.parse(cfg.pretrain_data).with_classes(cfg.pretrain_classes)
+
+
 def _pool(cfg: BenchmarkConfig, data_dir: str | None) -> ImageDataset:
-    return _capped(load_data(cfg.pretrain_data, "train", classes=cfg.pretrain_classes, data_dir=data_dir),
-                   cfg.pool_per_class, 0)
+    return _capped(load_split(_pretrain_data(cfg), "train", data_dir=data_dir, **KDEP_IMAGES), cfg.pool_per_class, 0)
 
 
 def _teacher(cfg: BenchmarkConfig, pool: ImageDataset, device: torch.device, data_dir: str | None
              ) -> tuple[Classifier, dict[str, Any]]:
     """The teacher of the benchmark (the split teacher is trained once and cached)."""
     if cfg.teacher == "split":
-        test = _capped(load_data(cfg.pretrain_data, "test", classes=cfg.pretrain_classes, data_dir=data_dir),
+        test = _capped(load_split(_pretrain_data(cfg), "test", data_dir=data_dir, **KDEP_IMAGES),
                        cfg.test_per_class, 0)
         teacher, info = split_teacher(pool, device, cfg.teacher_epochs, test)
         return teacher, {"spec": "split (zoo resnet recipe on the pre-training pool)", **info}

@@ -22,6 +22,7 @@ import torch
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home, read_json, write_csv
+from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
@@ -29,6 +30,7 @@ from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsSt
 from gkt.models.checkpoint import load_checkpoint
 from gkt.models.classifier import Classifier
 from gkt.reporting.multi_teacher import write_result
+from gkt.reporting.tables import mean_std
 from gkt.transfer.evaluation import transfer_metrics
 from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, model_identity, parallel_method, weight_soup
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
@@ -118,8 +120,7 @@ class MultiTeacherStudy:
     def __init__(self, student: Classifier, teachers: Sequence[Classifier], setup: TransferSetup,
                  order: str = "given", backend: LocalBackend | RayBackend | None = None):
         check_teachers(student, teachers)
-        if order not in ORDERS:
-            raise GktError(f"unknown teacher order {order!r}; choose from {', '.join(ORDERS)}")
+        ORDERS.check(order)
         self.student, self.teachers, self.setup, self.order = student, list(teachers), setup, order
         self.correct_student = setup.correct(student)
         self.correct_teachers = torch.stack([setup.correct(t) for t in self.teachers])  # [K, N]
@@ -197,11 +198,9 @@ class MultiTeacherStudy:
         return MultiResult("soup", model, self.metrics(self.setup.correct(model)), steps)
 
 
-MODES: dict[str, Callable[[MultiTeacherStudy], MultiResult]] = {
-    "sequential": MultiTeacherStudy.sequential,
-    "parallel": MultiTeacherStudy.parallel,
-    "soup": MultiTeacherStudy.soup,
-}
+MODES: Registry[Callable[[MultiTeacherStudy], MultiResult]] = Registry("multi-teacher mode")
+MODES.update({"sequential": MultiTeacherStudy.sequential, "parallel": MultiTeacherStudy.parallel,
+              "soup": MultiTeacherStudy.soup})
 
 
 def table_row(singles: Sequence[dict[str, Any]], results: dict[str, MultiResult]) -> dict[str, float]:
@@ -220,8 +219,8 @@ def aggregate_rows(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, floa
     out = {}
     for column in columns:
         values = [row[column] for row in rows if column in row]
-        out[column] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                       "n": len(values)}
+        mean, std = mean_std(values)
+        out[column] = {"mean": mean, "std": std, "n": len(values)}
     return out
 
 

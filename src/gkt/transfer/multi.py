@@ -14,17 +14,17 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
+from gkt.core.registry import Registry
 from gkt.models.checkpoint import weights_hash
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.transfer.base import METHODS, TEACHERS_LOGITS
 
 
 # Teacher orders for sequential transfer, from the teachers' test accuracies to positions.
-ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
-    "given": lambda accs: list(range(len(accs))),
-    "asc": lambda accs: sorted(range(len(accs)), key=lambda i: accs[i]),
-    "desc": lambda accs: sorted(range(len(accs)), key=lambda i: -accs[i]),
-}
+ORDERS: Registry[Callable[[Sequence[float]], list[int]]] = Registry("teacher order")
+ORDERS.update({"given": lambda accs: list(range(len(accs))),
+               "asc": lambda accs: sorted(range(len(accs)), key=lambda i: accs[i]),
+               "desc": lambda accs: sorted(range(len(accs)), key=lambda i: -accs[i])})
 
 
 # Single-teacher methods and their K-teacher form for parallel transfer.
