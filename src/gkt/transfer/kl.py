@@ -80,3 +80,13 @@ class SoftCrossEntropy(TransferMethod):
         target = F.softmax(step.targets[TEACHER_LOGITS] / t, -1)
         ce = -(target * F.log_softmax(step.student_logits / t, -1)).sum(-1).mean()
         return {"ce_soft": t ** 2 * ce}
+
+
+@register_method("ce")
+class CrossEntropyFineTuning(TransferMethod):
+    """Plain cross-entropy fine-tuning on the labelled transfer set: the control without a teacher."""
+
+    needs = frozenset({LABELS})
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        return {"xe": F.cross_entropy(step.student_logits, step.labels)}
