@@ -111,7 +111,7 @@ def test_bad_input(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str
                    capsys: pytest.CaptureFixture) -> None:
     student, teacher = models
     assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method", "dpkl")[0] == 2
-    assert "unknown transfer method 'dpkl'; known methods: cd, ce-soft, crd, kl, kl-dp" in capsys.readouterr().err
+    assert "unknown transfer method 'dpkl'; known methods: cd, ce, ce-soft, crd, kl, kl-dp" in capsys.readouterr().err
     assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--unlabelled")[0] == 2
     assert "needs labels but the transfer set is unlabelled" in capsys.readouterr().err
     other = write_model(tmp_path / "other", 3, names=[f"c{i}" for i in range(10)])

@@ -58,7 +58,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _number(text: str, scale: float = 1) -> str:
-    """A CSV cell for people: numbers rounded to three significant digits (two decimals at most above 1)."""
+    """A CSV cell for people: numbers rounded (1 decimal from 10 up, 2 from 1, else 3)."""
     try:
         value = float(text) * scale
     except (TypeError, ValueError):
@@ -67,7 +67,7 @@ def _number(text: str, scale: float = 1) -> str:
         return "–"
     if value.is_integer() and abs(value) < 1e6:
         return str(int(value))
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
 def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -78,7 +78,8 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
         rows = sorted(rows, key=lambda r: (r[first], float(r[second]) if r[second] else math.inf))
     columns = [c for c in COMPACT.get(stem, ()) if rows and c[1] in rows[0]]
     if len(columns) < 2:
-        return [{k: _number(v) for k, v in r.items()} for r in rows]
+        filled = [k for k in (rows[0] if rows else {}) if any(r[k] not in ("", None) for r in rows)]
+        return [{k: _number(r[k]) for k in filled} for r in rows]
     out = []
     for r in rows:
         row = {}
@@ -99,11 +100,17 @@ def _collect(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, list[dict[s
                                                          PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES
                                                          else 0, str(p)))
     tables = [(str(p.relative_to(run_dir)), _read_csv(p)) for p in csvs if p.name not in HIDDEN_TABLES]
+    tables = [(name, rows) for name, rows in tables if not _single_setting(name, rows)]
     figures = sorted(run_dir.rglob("*.png"), key=lambda p: (p.name not in KEY_FIGURES,
                                                             KEY_FIGURES.index(p.name) if p.name in KEY_FIGURES else 0,
                                                             str(p)))
     summary = (run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else ""
     return config, tables, figures, summary
+
+
+def _single_setting(name: str, rows: list[dict[str, str]]) -> bool:
+    """A study's ``best_settings.csv`` without a grid repeats the success table."""
+    return Path(name).name == "best_settings.csv" and len(rows) == len({r.get("method") for r in rows})
 
 
 def _findings(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -171,7 +178,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         if claims:
             body.append("<p>The paper's claims at this run's scale: <b>holds</b> / <b>fails</b> when the whole 95% "
                         "interval lies on one side of the threshold, else <b>undecided at this scale</b>.</p>")
-            body.append(_html_table(claims, verdict_column="verdict"))
+            body.append(_html_table([{"paper's claim": c["paper_claim"], "measured": c["measured"],
+                                       "95% interval": c["interval_95"], "verdict": c["verdict"]} for c in claims],
+                                     verdict_column="verdict"))
         body.append("<ul class='findings'>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
     key = [f for f in figures if f.name in KEY_FIGURES]
     if key:

@@ -29,6 +29,9 @@ FROZEN_LOGITS = "frozen_logits"  # the frozen copy of the student before transfe
 STUDENT_FEATURES = "student_features"
 LABELS = "labels"
 NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, TEACHERS_LOGITS, FROZEN_LOGITS, STUDENT_FEATURES, LABELS})
+# What :meth:`TransferMethod.prepare_targets` may derive from the frozen outputs (soft targets at temperature T).
+TARGET_PROBS = "target_probs"  # σ(z/T), [B, C]
+TARGET_NEG_ENTROPY = "target_neg_entropy"  # Σ_c σ_c log σ_c, [B]: the KL's constant part
 
 
 @dataclass
@@ -61,6 +64,13 @@ class TransferMethod(nn.Module):
 
     def setup(self, student: Classifier, teacher: Classifier, num_samples: int, example: torch.Tensor) -> None:
         """Build parts that depend on the models or the transfer set (called once, before the optimiser)."""
+
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-sample tensors the loss reads, derived row by row from the frozen models' outputs (and the
+        labels, for methods that declare them). When the outputs are fixed (cached, no augmentation) the
+        trainer calls this once for the whole transfer set and reads rows per step; otherwise per batch.
+        Default: the outputs themselves."""
+        return targets
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -98,6 +108,20 @@ def kl_per_sample(student_logits: torch.Tensor, target_logits: torch.Tensor, tem
 def kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 1: ``T² · mean_i KL[σ(z_t,i/T) ‖ σ(z_s,i/T)]``."""
     return temperature ** 2 * kl_per_sample(student_logits, target_logits, temperature).mean()
+
+
+def soft_targets(target_logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """The fixed part of eq. 1 for targets ``z_t``: ``σ(z_t/T)`` and its ``Σ σ log σ`` (computed once per sample)."""
+    log_probs = F.log_softmax(target_logits.float() / temperature, -1)
+    probs = log_probs.exp()
+    return {TARGET_PROBS: probs, TARGET_NEG_ENTROPY: (probs * log_probs).sum(-1)}
+
+
+def kl_loss_soft(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """Eq. 1 from :func:`soft_targets`: ``T² · mean_i (Σ p log p − Σ p log σ(z_s/T))`` — per step only the
+    student's log-softmax and one product (the cross-entropy with soft targets minus the targets' entropy)."""
+    cross = (targets[TARGET_PROBS] * F.log_softmax(student_logits / temperature, -1)).sum(-1)
+    return temperature ** 2 * (targets[TARGET_NEG_ENTROPY] - cross).mean()
 
 
 # ----------------------------------------------------------------------------- registry
