@@ -166,3 +166,17 @@ def test_contrastive_losses() -> None:
     got = nce_loss(anchor, memory, torch.tensor([[1, 0, 3]]), nce_t, log_z).item()
     assert got == pytest.approx(expected_nce, rel=1e-5)
 
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_prepared_soft_kl_matches_kl_in_value_and_gradient(t: float) -> None:
+    from gkt.transfer.base import kl_loss, kl_loss_soft, soft_targets
+
+    student = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    teacher = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a, b = student.clone().requires_grad_(), student.clone().requires_grad_()
+    reference, fused = kl_loss(a, teacher, t), kl_loss_soft(b, soft_targets(teacher, t), t)
+    reference.backward()
+    fused.backward()
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert b.grad.dtype == torch.float64 and torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -102,9 +102,10 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
     job = functools.partial(_build_entry, zoo_dir=zoo_dir, device=device, data_dir=data_dir, check=check,
                             train_fraction=train_fraction, train_set=train_set, test_set=test_set)
     if workers > 1 and len(todo) > 1:
-        # spawn: a forked child of a process that already ran OpenMP threads can hang
+        # spawn: a forked child of a process that already ran OpenMP threads can hang. The catalogue lists
+        # cheap models first: submitting from its end starts the longest builds first (a shorter makespan).
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(job, todo))
+            list(pool.map(job, todo[::-1]))
     else:
         for entry in todo:
             job(entry)
