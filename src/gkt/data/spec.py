@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 from gkt.core.errors import GktError
-from gkt.data.datasets import BadImagePolicy, ImageDataset, load_image_folder
+from gkt.data.datasets import DEFAULT_DECODE_SIZE, ImageDataset, load_image_folder
+from gkt.data.decode import BadImagePolicy
 from gkt.data.digits import digits_split, load_digits_28
 from gkt.data.fmnist import load_fashion_mnist
+from gkt.data.hf import hf_split
 from gkt.data.subsets import carve_split, class_subset, parse_classes, stratified_indices
 
 Split = Literal["train", "val", "test"]
@@ -19,7 +21,7 @@ Split = Literal["train", "val", "test"]
 # Further data specs: kind -> "module:function" loading one split with the keyword arguments of
 # :func:`load_split` (``split, *, path, data_dir, val_fraction, seed, image_size, channels, bad_images``);
 # imported on first use, so extensions may import this module.
-DATA_SPEC_LOADERS: dict[str, Callable[..., ImageDataset]] = {"digits": digits_split}
+DATA_SPEC_LOADERS: dict[str, Callable[..., ImageDataset]] = {"digits": digits_split, "hf": hf_split}
 
 
 DOMAIN_SEPARATOR = "@"  # ``BASE@DOMAIN``: a registered style transform of gkt.domains applied to BASE
@@ -54,11 +56,13 @@ class DataSpec:
 
 
 def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, data_dir: str | None = None,
-               val_fraction: float = 0.1, seed: int = 0, image_size: int = 224, channels: int = 3,
-               bad_images: BadImagePolicy = "fail") -> ImageDataset:
+               val_fraction: float = 0.1, seed: int = 0, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
+               bad_images: BadImagePolicy | None = None) -> ImageDataset:
     """Load one split of a data spec. ``val`` is carved (stratified, seeded) from ``train`` unless the
     dataset ships one; for Fashion-MNIST ``train`` then means the rest of the official train split.
-    ``BASE@DOMAIN`` loads the same split of BASE with the domain's transform applied (same samples)."""
+    ``BASE@DOMAIN`` loads the same split of BASE with the domain's transform applied (same samples).
+    Encoded images (folders, ``hf:``) are decoded at ``image_size`` (see :meth:`ImageDataset.at_decode_size`);
+    ``bad_images`` (default ``$GKT_BAD_IMAGES``, else fail) says what an unreadable one does."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
     if spec.domain is not None:
         from gkt.data.domains import apply_domain

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv, write_json
+from gkt.core.runtime import autocast_dtype
 from gkt.data.augment import compose
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.engine.distributed import DistContext
@@ -90,9 +91,6 @@ class TransferConfig:
         return method
 
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @dataclass(frozen=True)
 class Runtime:
     """How a transfer runs, not what it computes: cached and uncached, compiled or not, one process or
@@ -107,13 +105,7 @@ class Runtime:
     dist: DistContext = field(default_factory=DistContext)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        if self.precision == "auto":
-            return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        if self.precision not in PRECISIONS:
-            raise GktError(f"unknown precision {self.precision!r}; use one of auto, {', '.join(PRECISIONS)}")
-        if self.precision == "fp16" and device.type != "cuda":
-            raise GktError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
-        return PRECISIONS[self.precision]
+        return autocast_dtype(self.precision, device)
 
 
 def freeze(model: Classifier) -> Classifier:
