@@ -66,8 +66,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
                        help="autocast precision (auto: bf16 on a GPU that supports it, else fp32; default fp32)")
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
-    speed.add_argument("--loader-workers", type=int, default=0,
-                       help="DataLoader processes decoding image-folder batches (default 0: in the main process)")
+    speed.add_argument("--loader-workers", type=int, default=None,
+                       help="DataLoader processes decoding image batches (folders, hf: data; default: the CPUs "
+                            "this process may use, at most 8; 0: in the main process)")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
     multi.add_argument("--multi", nargs="+", metavar="MODE",
                        help="sequential (one teacher after another), parallel (all at once, K-teacher data "
@@ -121,6 +122,7 @@ def transfer(args: argparse.Namespace) -> int:
     from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
     from gkt.models import DataInfo, load_model
+    from gkt.models.preprocess import decode_size_for
     from gkt.transfer import TransferConfig, create_method, run_transfer
     from gkt.transfer.trainer import Runtime
 
@@ -152,6 +154,8 @@ def transfer(args: argparse.Namespace) -> int:
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
     teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
+    size = decode_size_for([student.preprocess, teacher.preprocess])  # encoded images: decoded once at this size
+    transfer_set, test_set = transfer_set.at_decode_size(size), test_set.at_decode_size(size)
     if not dist.is_main:  # another rank of a torchrun job: train and evaluate its share, write nothing
         run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, None, resume=resume,
                      runtime=runtime)
@@ -202,6 +206,7 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
     from gkt.data.subsets import stratified_subset
     from gkt.experiments.multi_teacher import run_study, summary_entry, table_row
     from gkt.models import DataInfo, load_model
+    from gkt.models.preprocess import decode_size_for
     from gkt.reporting.multi_teacher import summary_table, write_summary
     from gkt.transfer.multi import MultiTeacherStudy, TransferSetup, resolve_modes
 
@@ -217,6 +222,8 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
     teachers = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
+    size = decode_size_for(m.preprocess for m in [student, *teachers])  # encoded images: decoded at this size
+    train, test_set = train.at_decode_size(size), test_set.at_decode_size(size)
     write_json(args.run_dir / "resolved_config.json", {
         **config.to_dict(), "student": args.student, "teachers": specs, "modes": modes, "order": args.order,
         "seeds": seeds, "data": args.data, "fraction": args.fraction, "test_set": {"name": test_set.name,

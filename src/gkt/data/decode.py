@@ -10,9 +10,11 @@ out and counted (:func:`skipped_images`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +47,24 @@ def bad_image_policy(policy: str | None = None) -> BadImagePolicy:
     if value not in BAD_IMAGE_POLICIES:
         raise GktError(f"bad-image policy {value!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
     return value  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def bad_images_default(policy: str | None) -> Iterator[None]:
+    """Within the block, data specs load with ``policy`` unless told otherwise (and so do the worker
+    processes a study starts); ``None`` leaves the default as it is."""
+    if policy is None:
+        yield
+        return
+    before = os.environ.get(BAD_IMAGES_ENV)
+    os.environ[BAD_IMAGES_ENV] = bad_image_policy(policy)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BAD_IMAGES_ENV, None)
+        else:
+            os.environ[BAD_IMAGES_ENV] = before
 
 
 def unreadable_message(source: str, reason: str) -> str:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import atomic_path, cache_home
-from gkt.core.runtime import autocast
+from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.models.checkpoint import weights_hash
 from gkt.models.classifier import Classifier
@@ -211,7 +211,8 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
     fp32 outputs are stored apart."""
     data_id = data_id or dataset_identity(dataset)
     keeps = [storage_topk(m.num_classes, topk) for m in models]
-    variant = [] if precision == "fp32" else [precision]
+    dtype = autocast_dtype(precision, device)
+    variant = [] if dtype is None else [str(dtype)]
     keys = [prediction_key(m, data_id, k, *variant) for m, k in zip(models, keeps)]
     results = [None if refresh else _stored(store_dir(root) / f"{key}.safetensors", m, dataset)
                for m, key in zip(models, keys)]

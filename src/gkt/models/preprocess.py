@@ -93,10 +93,10 @@ def adapt_layout(images: torch.Tensor, channels: int, size: int, crop_pct: float
 
 def prepare(images: torch.Tensor, preprocess: Preprocess, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """A raw batch (``uint8``, or float in [0, 1]) as the model's normalised input ``(x - mean) / std``:
-    :func:`adapt_layout` to its channels and size, then one fused multiply-add (which also does the
-    ``uint8`` → float conversion, on the cropped batch). ``mean``/``std`` are ``[1, C, 1, 1]``."""
+    :func:`adapt_layout` to its channels and size (``uint8`` is converted after cropping, so only the
+    pixels the model sees), then one multiply-add. ``mean``/``std`` are ``[1, C, 1, 1]``; a ``uint8``
+    batch and the same batch as float ``x / 255`` give identical results."""
     p = preprocess
-    x = adapt_layout(images, p.channels, p.input_size, p.crop_pct, p.interpolation)
+    x = to_unit_float(adapt_layout(images, p.channels, p.input_size, p.crop_pct, p.interpolation)).to(mean.dtype)
     inv_std = std.reciprocal()
-    scale = inv_std / 255 if x.dtype == torch.uint8 else inv_std
-    return torch.addcmul(-mean * inv_std, x.to(mean.dtype), scale)
+    return torch.addcmul(-mean * inv_std, x, inv_std)

@@ -100,7 +100,7 @@ class Runtime:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
     channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the student's training forward
-    loader_workers: int = 0  # DataLoader processes decoding image-folder batches (in-memory data: sliced directly)
+    loader_workers: int | None = None  # processes decoding encoded images (None: the CPUs, at most 8; 0: inline)
     evaluate_every_epoch: bool = True  # False: evaluate on the test split after the last epoch only (studies)
     dist: DistContext = field(default_factory=DistContext)
 
@@ -319,15 +319,16 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     start = time.perf_counter()
     runtime = runtime or Runtime()
     method = config.build_method()
-    labels = test_set.labels
     teachers = as_teachers(teacher)
 
     def predict(model: Classifier, dataset: ImageDataset, desc: str) -> torch.Tensor:
         """Logits over ``dataset``, each rank predicting its shard."""
-        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc)
+        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc, precision=runtime.precision)
         return runtime.dist.gather_rows(logits.to(device), len(dataset)).cpu()
 
-    correct_teacher = torch.stack([correctness(predict(t, test_set, "teacher"), labels) for t in teachers]).any(0)
+    teacher_logits = [predict(t, test_set, "teacher") for t in teachers]
+    labels = test_set.labels  # read after a first pass: images skipped under --bad-images skip are dropped then
+    correct_teacher = torch.stack([correctness(logits, labels) for logits in teacher_logits]).any(0)
     correct_before = correctness(predict(student, test_set, "student"), labels)
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
