@@ -145,3 +145,35 @@ def test_hf_dataset_spec(tmp_path: Path) -> None:
         load_split(f"hf:{tmp_path / 'only_train'}", "test")
     with pytest.raises(GktError, match="not a saved Hugging Face dataset"):
         load_split(f"hf:{tmp_path / 'missing'}", "train")
+
+
+def test_hf_dataset_from_the_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hf:ORG/NAME`` offline: ``load_dataset`` finds the dataset in its cache, laid out as a hub download
+    leaves it (``ORG___NAME/default/0.0.0/HASH/NAME-SPLIT.arrow``; here written by the same Parquet builder)."""
+    import shutil
+
+    datasets = pytest.importorskip("datasets")
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    for split, n in (("train", 6), ("test", 4)):
+        images = [Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)) for _ in range(n)]
+        datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]},
+                                   features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    builder = Parquet(cache_dir=str(cache), dataset_name="org___tiny", config_name="default", hash="0123abcd",
+                      data_files={s: str(tmp_path / f"{s}.parquet") for s in ("train", "test")})
+    builder.download_and_prepare()
+    config_dir = Path(builder.cache_dir).parents[1]
+    shutil.move(str(config_dir), str(config_dir.with_name("default")))
+    for arrow in config_dir.with_name("default").rglob("org___tiny-*"):
+        arrow.rename(arrow.with_name(arrow.name.replace("org___tiny-", "tiny-")))
+    test = load_split("hf:org/tiny", "test", image_size=8)
+    assert len(test) == 4 and test.class_names == ["a", "b"]
+    assert next(iterate_batches(test, 4))[0].shape == (4, 3, 8, 8)
+    with pytest.raises(GktError, match="nor a dataset in the local datasets cache"):
+        load_split("hf:org/absent", "test")

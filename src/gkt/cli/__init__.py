@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gkt", description="General knowledge transfer between any pretrained classifiers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model specs: zoo:NAME | timm:ARCH[@WEIGHTS][?k=v&...] | file:PATH\n"
-               "data specs:  fmnist | folder:PATH (PATH/train/<class>/*.jpg, PATH/val/...)")
+               "data specs:  fmnist | folder:PATH (PATH/train/<class>/*.jpg, PATH/val/...) | hf:DIR (save_to_disk) "
+               "| hf:ORG/NAME[:CONFIG] (datasets cache)")
     parser.add_argument("--version", action="version", version=f"gkt {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
