@@ -67,8 +67,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
     speed.add_argument("--loader-workers", type=int, default=None,
-                       help="DataLoader processes decoding image batches (folders, hf: data; default: the CPUs "
-                            "this process may use, at most 8; 0: in the main process)")
+                       help="DataLoader processes decoding image batches (folders, hf: data; default: one per CPU but "
+                            "one, 1 to 8; 0: in the main process)")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
     multi.add_argument("--multi", nargs="+", metavar="MODE",
                        help="sequential (one teacher after another), parallel (all at once, K-teacher data "

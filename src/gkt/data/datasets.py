@@ -306,8 +306,10 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
 
 
 def default_workers() -> int:
-    """Decoding processes for encoded datasets: the CPUs this process may use, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Decoding processes for encoded datasets: one per CPU this process may use but one (the main process
+    runs the models meanwhile), at least 1, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
 
 
 class _Batches(TorchDataset):

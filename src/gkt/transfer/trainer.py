@@ -33,7 +33,7 @@ from gkt.engine.distributed import DistContext
 from gkt.engine.loop import make_optimizer, predict_logits
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
-from gkt.engine.predictions import dataset_identity
+from gkt.engine.predictions import dataset_identity, get_many
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import to_unit_float
@@ -100,7 +100,7 @@ class Runtime:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
     channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the student's training forward
-    loader_workers: int | None = None  # processes decoding encoded images (None: the CPUs, at most 8; 0: inline)
+    loader_workers: int | None = None  # processes decoding encoded images (None: CPUs - 1, 1 to 8; 0: inline)
     evaluate_every_epoch: bool = True  # False: evaluate on the test split after the last epoch only (studies)
     dist: DistContext = field(default_factory=DistContext)
 
@@ -178,11 +178,13 @@ class TransferTrainer:
         wanted = {need: models for need, models in sources.items() if need in self.method.needs and models}
         if not wanted:
             return {}
-        data_id = dataset_identity(self.transfer_set)
         labels_allowed = self.method.uses_labels and not self.config.unlabelled
         dist = self.runtime.dist
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
+        frozen = list({id(m): m for models in wanted.values() for m in models}.values())
+        get_many(frozen, self.transfer_set, self.device, workers=self.runtime.loader_workers)  # one decode pass
+        data_id = dataset_identity(self.transfer_set)
         readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
                                         data_id=data_id) for m in models] for need, models in wanted.items()}
         if dist.is_main:
