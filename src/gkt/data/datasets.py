@@ -28,6 +28,13 @@ from gkt.data.decode import (
 )
 
 
+def pixel_mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (rounded to 4 places, std at least 1e-3) of ``uint8`` images as [0, 1] pixels."""
+    x = images.float().div_(255)
+    return (tuple(round(v, 4) for v in x.mean((0, 2, 3)).tolist()),
+            tuple(round(v, 4) for v in x.std((0, 2, 3)).clamp_min(1e-3).tolist()))
+
+
 class ImageDataset(ABC):
     """A labelled image dataset that returns raw ``uint8`` batches of a fixed shape."""
 
@@ -82,10 +89,7 @@ class ImageDataset(ABC):
     def pixel_stats(self, max_samples: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of ``[0, 1]`` pixels over up to ``max_samples`` evenly spaced images."""
         idx = torch.linspace(0, len(self) - 1, min(len(self), max_samples)).long()
-        x = self.load_batch(idx)[0].float().div_(255)
-        mean = tuple(round(v, 4) for v in x.mean((0, 2, 3)).tolist())
-        std = tuple(round(v, 4) for v in x.std((0, 2, 3)).clamp_min(1e-3).tolist())
-        return mean, std
+        return pixel_mean_std(self.load(idx))
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)
@@ -205,10 +209,7 @@ class EncodedImageDataset(ImageDataset):
         """As :meth:`ImageDataset.pixel_stats` over at most 256 decoded images (decoding is the cost)."""
         idx = torch.linspace(0, len(self) - 1, min(len(self), max_samples, 256)).long().unique()
         sample = self.subset(idx, "pixel-stats")
-        x = torch.cat([images for images, _, _ in iterate_batches(sample, 64)]).float().div_(255)
-        mean = tuple(round(v, 4) for v in x.mean((0, 2, 3)).tolist())
-        std = tuple(round(v, 4) for v in x.std((0, 2, 3)).clamp_min(1e-3).tolist())
-        return mean, std
+        return pixel_mean_std(torch.cat([images for images, _, _ in iterate_batches(sample, 64)]))
 
 
 class FolderImageDataset(EncodedImageDataset):
