@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
-from gkt.models.architectures import TimmNet, build_zoo_net
+from gkt.models.architectures import build_zoo_net
 from gkt.models.preprocess import Preprocess, adapt_layout, to_unit_float
 
 NET_SOURCES: dict[str, Callable[..., nn.Module]] = {}
@@ -28,21 +28,6 @@ def register_source(name: str) -> Callable[[Callable[..., nn.Module]], Callable[
 
 
 register_source("zoo")(build_zoo_net)
-
-
-@register_source("timm")
-def build_timm_net(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
-    import timm
-
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name}*")[:8]
-        raise GktError(f"timm has no architecture {name!r}" + (f"; did you mean {close}?" if close else ""))
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                  img_size=kwargs.pop("img_size", img_size), **kwargs)
-    except TypeError:  # architectures without an img_size argument (most CNNs)
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    return TimmNet(model)
 
 
 @dataclass(frozen=True)
