@@ -162,8 +162,9 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
         if name.startswith(HF_HUB):  # the hub config's create_model arguments reach timm: allow-list them first
             from timm.models import load_model_config_from_hf
 
-            hub_args = allowed_options(dict(load_model_config_from_hf(name[len(HF_HUB):])[2] or {}), TIMM_OPTIONS,
-                                       f"timm:{name} (its config.json model_args)")
+            model_args = dict(load_model_config_from_hf(name[len(HF_HUB):])[2] or {})
+            hub_args = allowed_options({k: v for k, v in model_args.items() if k not in ("num_classes", "in_chans")},
+                                       TIMM_OPTIONS, f"timm:{name} (its config.json model_args)")
         try:
             model = timm.create_model(name, pretrained=True, **kwargs)
         except TypeError:
