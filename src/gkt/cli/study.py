@@ -45,6 +45,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
     p.add_argument("--data", default="fmnist")
     p.add_argument("--fraction", type=float, default=0.1, help="stratified share of train as transfer set")
+    p.add_argument("--class-map", metavar="FILE", help="JSON/YAML {data_class: model_class_or_list} aligning every "
+                   "student and teacher to the data's classes (default: match class names)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--workers", type=int, default=1, help="local backend: parallel processes (default: 1)")
     p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")
@@ -82,6 +84,10 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     method_args = _method_args(args.method_arg, args.methods)
     base = {"data": args.data, "fraction": args.fraction, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir}
     base |= {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
+    if args.class_map:  # its contents, so the jobs' keys follow the map, not its path
+        from gkt.models.class_map import read_class_map
+
+        base["class_map"] = read_class_map(args.class_map)
     axes: dict[str, list[Any]] = {"student": students, "teacher": teachers, "method": list(args.methods),
                                   "seed": list(args.seeds)}
     for item in args.grid:

@@ -302,8 +302,15 @@ def path_display_name(path: str) -> str:
     return last.stem if last.suffix in (".safetensors", ".pth", ".pt", ".bin") else last.name
 
 
-def load_models(specs: Sequence[str], data: DataInfo | None = None, zoo_dir: str | Path | None = None
-                ) -> list[Classifier]:
+def load_models(specs: Sequence[str], data: DataInfo | None = None, zoo_dir: str | Path | None = None,
+                class_map: ClassMapLike | None = None) -> list[Classifier]:
+    """:func:`load_model` for each spec, every model aligned with the same ``class_map``; models whose short
+    names coincide (e.g. ``timm:NAME`` and ``timm:hf-hub:timm/NAME``) go by their full specs."""
     if not specs:
         raise GktError("no models given")
-    return [load_model(s, data, zoo_dir) for s in specs]
+    models = [load_model(s, data, zoo_dir, class_map) for s in specs]
+    names = [m.name for m in models]
+    for model, spec in zip(models, specs):
+        if names.count(model.name) > 1:
+            model.name = spec
+    return models
