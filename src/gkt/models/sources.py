@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, A
         crop_h, crop_w, _ = _size(processor.crop_size)
         resized = shortest or height
         if crop_h is not None and resized:
-            height, width, crop_pct = crop_h, crop_w, crop_h / resized
+            height, width, crop_pct = crop_h, crop_w, crop_fraction(crop_h, resized)
     elif shortest is not None:
         height = width = shortest
         processor_crop = getattr(processor, "crop_pct", None)
@@ -291,6 +292,15 @@ def torchvision_weights(arch: str, enum_name: str) -> Any:
     return enum[enum_name]
 
 
+def crop_fraction(crop: int, resize: int) -> float:
+    """``crop / resize`` as the float ``p`` closest to it with ``floor(crop / p) == resize`` (the resize size
+    :func:`gkt.models.preprocess.adapt_layout` computes back from it, despite rounding)."""
+    p = crop / resize
+    while crop / p < resize:
+        p = math.nextafter(p, 0.0)
+    return p
+
+
 def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
     """``torchvision:ARCH?weights=ENUM``: the weights from the torch hub cache (torch.hub's own code path;
     ``weights_only=True``), their categories and eval transform."""
@@ -303,7 +313,7 @@ def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Cl
     crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
     if spec.target.startswith("vit_"):  # ViTs are built for the weights' input size
         options.setdefault("image_size", crop)
-    pre = {"size": crop, "mean": tuple(transform.mean), "std": tuple(transform.std), "crop_pct": crop / resize,
+    pre = {"size": crop, "mean": tuple(transform.mean), "std": tuple(transform.std), "crop_pct": crop_fraction(crop, resize),
            "interpolation": transform.interpolation.value}
     pre = {key: options.pop("img_size" if key == "size" else key, value) for key, value in pre.items()}
     if "classes" in options or "num_classes" in options:
