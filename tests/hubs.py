@@ -50,9 +50,10 @@ def save_timm_snapshot(hf_home: Path, name: str, seed: int) -> Path:
 
 
 def save_hf_snapshot(hf_home: Path, repo_id: str, seed: int = 0) -> Path:
-    """A tiny random ViT with ImageNet-1k labels (Hugging Face's descriptions) and its image processor."""
+    """A tiny random ViT with ImageNet-1k labels (Hugging Face's descriptions) and a centre-cropping image
+    processor (ConvNeXt's: shorter side to 32 / 0.875, then the centre 32×32)."""
     from timm.data import ImageNetInfo
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ConvNextImageProcessor, ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
     labels = ImageNetInfo("imagenet-1k").label_descriptions()
@@ -61,8 +62,8 @@ def save_hf_snapshot(hf_home: Path, repo_id: str, seed: int = 0) -> Path:
                        label2id={n: i for i, n in enumerate(labels)})
     snapshot = hub_snapshot(hf_home, repo_id, f"{seed + 1:040x}")
     ViTForImageClassification(config).save_pretrained(snapshot)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                      resample=2).save_pretrained(snapshot)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                           resample=2).save_pretrained(snapshot)
     return snapshot
 
 
