@@ -174,7 +174,13 @@ def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: Cl
         mapping = read_class_map(class_map)
     if list(model.class_names) == list(class_names) and not mapping:
         return model
-    groups = resolve_groups(class_names, model.class_names, mapping)
+    try:
+        groups = resolve_groups(class_names, model.class_names, mapping)
+    except GktError as exc:
+        if mapping or model.num_classes == len(class_names):
+            raise
+        raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: give a "
+                       f"class map ({{target_class: model_class_or_list}}) to align them; {exc}") from exc
     if groups == [[i] for i in range(model.num_classes)]:  # same order, names differ only in case
         return Classifier(model.net, model.arch, model.preprocess, class_names, model.provenance, model.name)
     arch = ArchSpec("class_map", model.arch.name, len(class_names), model.arch.in_chans, model.arch.img_size,
