@@ -21,7 +21,13 @@ from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_json
 from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
-from gkt.data.decode import BAD_IMAGE_POLICIES, bad_images_default, reset_skipped, skipped_images
+from gkt.data.decode import (
+    BAD_IMAGE_POLICIES,
+    bad_image_policy,
+    bad_images_default,
+    reset_skipped,
+    skipped_images,
+)
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.engine.distributed import from_environment, shutdown
 
@@ -78,9 +84,9 @@ IMAGE_VERBS = ("analyze", "transfer", "study", "adapt", "crossdomain", "kdep pre
 
 
 def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bad-images", default="fail", choices=BAD_IMAGE_POLICIES,
-                        help="an image that cannot be decoded: fail naming it (default), or skip: leave it out "
-                             "when it is decoded and report how many were left out at the end")
+    parser.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES,
+                        help="an image that cannot be decoded: fail naming it, or skip: leave it out when it is "
+                             f"decoded and report how many were left out at the end (default: {bad_image_policy()})")
 
 
 def report_skipped(run_dir: Path) -> None:

@@ -25,11 +25,11 @@ RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.core.runtime import PRECISIONS
     from gkt.data.augment import AUGMENTATIONS
     from gkt.data.spec import SYNTAX
     from gkt.transfer import TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
-    from gkt.core.runtime import PRECISIONS
     from gkt.transfer.trainer import Runtime
 
     d, rt = TransferConfig(), Runtime()
@@ -211,11 +211,17 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
 
     from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
-    from gkt.experiments.multi_teacher import run_study, summary_entry, table_row
+    from gkt.experiments.multi_teacher import (
+        MultiTeacherStudy,
+        TransferSetup,
+        run_multi_teacher,
+        summary_entry,
+        table_row,
+    )
     from gkt.models import DataInfo, load_model
     from gkt.models.preprocess import decode_size_for
     from gkt.reporting.multi_teacher import summary_table, write_summary
-    from gkt.transfer.multi import MultiTeacherStudy, TransferSetup, resolve_modes
+    from gkt.transfer.multi import resolve_modes
 
     if not args.multi:
         raise GktError(f"{len(specs)} teachers: choose how to combine them with --multi sequential|parallel|soup|all")
@@ -242,7 +248,7 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
         setup = TransferSetup(stratified_subset(train, fraction=args.fraction, seed=seed), test_set,
                               replace(config, seed=seed), args.torch_device)
         study = MultiTeacherStudy(student, teachers, setup, order=args.order)
-        singles, results = run_study(study, modes, args.run_dir / f"seed{seed}")
+        singles, results = run_multi_teacher(study, modes, args.run_dir / f"seed{seed}")
         for i, row in enumerate(singles):
             tracker.log_job(f"seed{seed}-single{i}", {"seed": seed, "mode": "single", "teacher": row["teacher"]}, row)
         for mode, result in results.items():

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
 STATE_FORMAT = "gkt-transfer-state/1"
+PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class TransferTrainer:
         self.student = student.to(device, memory_format=memory_format).eval()
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
         self.cached = self._cache_targets() if runtime.cache_outputs and not config.augment else {}
+        self.prepared = self._prepare_fixed_targets()
         example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
         torch.manual_seed(config.seed)  # dropout masks and a method's random parts follow the run's seed
         method.setup(self.student, self.teacher, len(transfer_set), to_unit_float(example.to(device)))
@@ -197,6 +199,27 @@ class TransferTrainer:
             return lambda idx: outputs[0].rows(idx, self.device)
 
         return {need: reader(need, outputs) for need, outputs in readers.items()}
+
+    def _prepare_fixed_targets(self) -> dict[str, torch.Tensor] | None:
+        """The method's prepared targets for the whole transfer set, once, when every output it needs is
+        cached (fixed targets) and they fit :data:`PREPARE_ONCE_MAX_ELEMENTS`; else None (per batch)."""
+        needs = [n for n in self.method.needs if n in TARGET_PRODUCERS]
+        if not needs or not all(n in self.cached for n in needs):
+            return None
+        every = torch.arange(len(self.transfer_set))
+        outputs = {n: self.cached[n](every) for n in needs}
+        if sum(o.numel() for o in outputs.values()) > PREPARE_ONCE_MAX_ELEMENTS:
+            return None
+        labels = self.transfer_set.labels.to(self.device) if self.method.uses_labels else None
+        return self.method.prepare_targets(outputs, labels)
+
+    def step_targets(self, x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the method's loss reads for one batch: rows of the prepared fixed targets, else the batch's
+        frozen outputs prepared on the spot."""
+        if self.prepared is not None:
+            rows = indices.to(self.device, non_blocking=True)
+            return {k: v[rows] for k, v in self.prepared.items()}
+        return self.method.prepare_targets(self.targets(x, indices), labels)
 
     def _wrap_trainable(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Step], dict]]:
         """The student's training forward and the method, wrapped in DDP (only the trainable parts) and
@@ -239,11 +262,11 @@ class TransferTrainer:
         for images, labels, indices in tqdm(batches, total=steps, desc=f"transfer {self.epoch + 1}/{self.config.epochs}",
                                             leave=False, disable=None if dist.is_main else True):
             x = self.augment(to_unit_float(images.to(self.device, non_blocking=True)), self.generator)
+            labels = labels.to(self.device, non_blocking=True) if self.method.uses_labels else None
             with self.autocast():
-                step = Step(self.student_forward(x), self.targets(x, indices), indices, self.generator,
-                            labels=labels.to(self.device, non_blocking=True) if self.method.uses_labels else None,
-                            student_features=self.student.features(x) if STUDENT_FEATURES in self.method.needs
-                            else None)
+                step = Step(self.student_forward(x), self.step_targets(x, indices, labels), indices, self.generator,
+                            labels=labels, student_features=self.student.features(x)
+                            if STUDENT_FEATURES in self.method.needs else None)
                 losses = self.method_forward(step)
                 parts = torch.stack([v.float() for v in losses.values()])
                 total = parts.sum()
