@@ -34,7 +34,7 @@ from gkt.engine.distributed import from_environment, shutdown
 log = logging.getLogger("gkt")
 
 # Modules whose import registers verbs, in the order they appear in --help.
-VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.report", "gkt.cli.demo")
+VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.export", "gkt.cli.report", "gkt.cli.demo")
 
 
 @dataclass(frozen=True)
