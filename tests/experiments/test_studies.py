@@ -36,11 +36,15 @@ def test_rerun_skips_done_jobs_and_records_failures(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "r.sqlite")
     jobs = expand_grid({}, GRID) + [{"seed": 9, "scale": 1.0, "fail": True}]
     counts = run_study(seeded_job, jobs, store, LocalBackend(1))
-    assert counts == {"total": 7, "skipped": 0, "done": 6, "failed": 1}
+    assert counts.as_dict() == {"total": 7, "skipped": 0, "done": 6, "failed": 1, "not_retried": 0}
+    assert counts.failed == [job_key(jobs[-1])] and not counts.ok
     assert "asked to fail" in store.rows("failed")[0].metrics["error"]
     again = run_study(seeded_job, jobs, store, LocalBackend(1))
-    assert again["skipped"] == 7 and again["done"] == 0
+    assert again.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 0, "not_retried": 1}
+    assert not again.ok and "1 failed before (not retried" in again.describe()
     assert len(store.records()) == 6
+    retried = run_study(seeded_job, jobs, store, LocalBackend(1), retry_failed=True)  # it runs (and fails) again
+    assert retried.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 1, "not_retried": 0}
 
 
 def test_local_pool_matches_inline(tmp_path: Path) -> None:
@@ -79,7 +83,7 @@ def test_killed_study_resumes_only_missing(tmp_path: Path) -> None:
     proc.wait()
     assert len(store.done_keys()) == 2  # seed 0 x both scales
     counts = run_study(seeded_job, expand_grid({}, GRID), store, LocalBackend(1))
-    assert counts["skipped"] == 2 and counts["done"] == 4
+    assert counts.skipped == 2 and counts.done == 4  # the dead driver's claim is taken over at once
     full = ResultsStore(tmp_path / "full.sqlite")
     run_study(seeded_job, expand_grid({}, GRID), full, LocalBackend(1))
     assert [(r.key, r.metrics) for r in store.rows()] == [(r.key, r.metrics) for r in full.rows()]
@@ -160,8 +164,16 @@ def test_bootstrap_intervals_cover_the_estimate_and_are_seeded() -> None:
 
 
 def test_paper_claims_are_judged_on_intervals() -> None:
-    from gkt.reporting.study_tables import FAILS, HOLDS, UNDECIDED, bootstrap_draws, pair_means, paper_claims, \
-        success_table, verdict
+    from gkt.reporting.study_tables import (
+        FAILS,
+        HOLDS,
+        UNDECIDED,
+        bootstrap_draws,
+        pair_means,
+        paper_claims,
+        success_table,
+        verdict,
+    )
 
     assert verdict(86, 95, low=85) == HOLDS and verdict(60, 84, low=85) == FAILS and verdict(80, 90, low=85) == UNDECIDED
     assert verdict(-5, 5, -15, 15) == HOLDS and verdict(16, 30, -15, 15) == FAILS and verdict(-20, 0, -15, 15) == UNDECIDED
