@@ -117,6 +117,11 @@ TABLES: dict[str, Table] = {
          ("pre-train s", "{pretrain_s:.1f}"), ("fmnist[5-9]", pm("fmnist_5_9_", "") + "||{fmnist_5_9_mean:.2f}"),
          ("digits", pm("digits_", "") + "||{digits_mean:.2f}"), ("mean", pm("mean_", "") + "||{mean_mean:.2f}")],
         rows=kdep_summary),
+    "kdep-benchmark-earlier": Table(
+        "kdep-benchmark/earlier-8020f62.csv",
+        [("arm", "{method}"), ("seeds", "{seeds}"), ("pre-train samples", "{pretrain_samples:.0f}"),
+         ("pre-train s", "{pretrain_s:.1f}"), ("fmnist[5-9]", pm("fmnist_5_9_", "")), ("digits", pm("digits_", "")),
+         ("mean", pm("mean_", ""))]),
     "transfer-lr-sweep": Table(
         "transfer-lr-sweep/results.csv", [("lr", "{lr}")],
         pivot=("column", ["kl weak→strong", "kl-dp weak→strong", "kl strong→weak", "kl-dp strong→weak"]),
