@@ -23,7 +23,7 @@ def _configs() -> list[tuple[str, Any, str]]:
     from gkt.transfer.trainer import Runtime
 
     bench = BenchmarkConfig()
-    return [("transfer", TransferConfig(), ""), ("transfer", Runtime(), ""),
+    return [("transfer", TransferConfig(), ""), ("transfer", Runtime(), ""), ("study", Runtime(), ""),
             ("kdep pretrain", ObjectiveConfig(), ""), ("kdep pretrain", bench.pretrain_recipe, ""),
             ("kdep finetune", bench.finetune_recipe, ""), ("kdep benchmark", bench, ""),
             ("kdep benchmark", bench.objective, ""), ("kdep benchmark", bench.pretrain_recipe, "pretrain_"),
