@@ -21,7 +21,13 @@ from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_json
 from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
-from gkt.data.decode import BAD_IMAGE_POLICIES, bad_image_policy, bad_images_default, reset_skipped, skipped_images
+from gkt.data.decode import (
+    BAD_IMAGE_POLICIES,
+    bad_image_policy,
+    bad_images_default,
+    reset_skipped,
+    skipped_images,
+)
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.engine.distributed import from_environment, shutdown
 

@@ -139,7 +139,6 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
 def study(args: argparse.Namespace) -> int:
     from gkt.experiments.grid import ResultsStore, job_key, run_study
     from gkt.experiments.transfer_job import transfer_job
-
     from gkt.transfer.trainer import Runtime
 
     if args.retry_failed and not args.resume:

@@ -25,11 +25,11 @@ RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.core.runtime import PRECISIONS
     from gkt.data.augment import AUGMENTATIONS
     from gkt.data.spec import SYNTAX
     from gkt.transfer import TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
-    from gkt.core.runtime import PRECISIONS
     from gkt.transfer.trainer import Runtime
 
     d, rt = TransferConfig(), Runtime()

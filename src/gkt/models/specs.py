@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import torch
 from torch import nn
 
 from gkt.core.errors import GktError
