@@ -8,6 +8,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import gkt
 from gkt.cli import build_parser
 from gkt.cli.config import verb_parsers
@@ -23,7 +25,7 @@ def _configs() -> list[tuple[str, Any, str]]:
     from gkt.transfer.trainer import Runtime
 
     bench = BenchmarkConfig()
-    return [("transfer", TransferConfig(), ""), ("transfer", Runtime(), ""),
+    return [("transfer", TransferConfig(), ""), ("transfer", Runtime(), ""), ("study", Runtime(), ""),
             ("kdep pretrain", ObjectiveConfig(), ""), ("kdep pretrain", bench.pretrain_recipe, ""),
             ("kdep finetune", bench.finetune_recipe, ""), ("kdep benchmark", bench, ""),
             ("kdep benchmark", bench.objective, ""), ("kdep benchmark", bench.pretrain_recipe, "pretrain_"),
@@ -78,3 +80,29 @@ def test_no_argparse_below_the_cli() -> None:
             if named or any(m.split(".")[0] == "argparse" for m in imported):
                 found.append(f"{path.relative_to(source)}:{node.lineno}")
     assert found == []
+
+
+def test_config_options_are_typed_like_their_field() -> None:
+    import argparse
+    from dataclasses import dataclass
+
+    from gkt.cli.config import add_config_option
+
+    @dataclass(frozen=True)
+    class Options:
+        lr: float = 0.5
+        augment: tuple[str, ...] = ("flip",)
+        workers: int | None = None
+
+    p = argparse.ArgumentParser()
+    add_config_option(p, "--lr", Options(), help="step")
+    add_config_option(p, "--augment", Options())
+    add_config_option(p, "--workers", Options(), type=int, help="None: one per CPU")
+    args = p.parse_args(["--lr", "0.25", "--workers", "3"])
+    assert (args.lr, args.augment, args.workers) == (0.25, ["flip"], 3)
+    assert p.parse_args([]).workers is None
+    assert "step (default: 0.5)" in p.format_help() and "(default: flip)" in p.format_help()
+    with pytest.raises(TypeError, match="give type="):
+        add_config_option(argparse.ArgumentParser(), "--workers", Options())
+    transfer = verb_parsers(build_parser())["transfer"]
+    assert transfer.parse_args(["--loader-workers", "2"]).loader_workers == 2

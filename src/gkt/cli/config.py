@@ -176,12 +176,17 @@ def add_config_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                       field: str | None = None, help: str = "", **kwargs: Any) -> argparse.Action:
     """``flag`` (e.g. ``--batch-size``) defaulting to ``config.<field>``, the value of a config dataclass (the
     one place defaults live), typed like it, with "(default: VALUE)" appended to ``help``. ``field`` defaults
-    to the flag's name; a tuple value makes a list option (``nargs="*"`` unless given)."""
+    to the flag's name; a tuple value makes a list option (``nargs="*"`` unless given); a None value (decided
+    at run time) needs ``type`` and a help that says how it is decided."""
     value = getattr(config, field or flag.removeprefix("--").replace("-", "_"))
     if isinstance(value, tuple):
         kwargs.setdefault("nargs", "*")
         kwargs.setdefault("type", type(value[0]) if value else str)
-    elif value is not None and "choices" not in kwargs:
+    elif value is None:  # "decided later": the help must say how, and the type cannot be inferred
+        if "type" not in kwargs and "choices" not in kwargs:
+            raise TypeError(f"{flag}: its config default is None; give type=")
+        return parser.add_argument(flag, default=None, help=help, **kwargs)
+    elif "choices" not in kwargs:
         kwargs.setdefault("type", type(value))
     suffix = f"(default: {_shown(value)})"
     return parser.add_argument(flag, default=list(value) if isinstance(value, tuple) else value,

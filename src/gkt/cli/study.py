@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
-from gkt.cli.config import resolved_config
+from gkt.cli.config import add_config_option, resolved_config
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.config import GRID_KEYS
 from gkt.core.errors import GktError
@@ -34,6 +34,9 @@ def _values(text: str) -> list[Any]:
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.core.runtime import PRECISIONS
+    from gkt.transfer.trainer import Runtime
+
     p.add_argument("--students", nargs="+", help="student model specs (zoo:NAME, timm:..., file:...); "
                                                  "'zoo' = every built zoo model")
     p.add_argument("--teachers", nargs="+", help="teacher specs (default: the students; all ordered pairs)")
@@ -51,8 +54,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-map", metavar="FILE", help="JSON/YAML {data_class: model_class_or_list} aligning every "
                    "student and teacher to the data's classes (default: match class names)")
     p.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: the transfer default)")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision of every job (auto: bf16 on a GPU that supports it; default fp32)")
+    add_config_option(p, "--precision", Runtime(), choices=["auto", *PRECISIONS],
+                      help="autocast precision of every job (auto: bf16 on a GPU that supports it)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--workers", type=int, default=1,
                    help="local backend: parallel processes (default: 1); on CUDA, spread over the visible GPUs")

@@ -73,7 +73,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
                       help="autocast precision (auto: bf16 on a GPU that supports it, else fp32)")
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
-    add_config_option(speed, "--loader-workers", rt,
+    add_config_option(speed, "--loader-workers", rt, type=int,
                       help="DataLoader processes decoding image batches (folders, hf: data; none given: one per CPU "
                            "but one, 1 to 8; 0: in the main process)")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
