@@ -13,6 +13,7 @@ import torch
 from gkt.data.datasets import TensorImageDataset
 from gkt.data.fmnist import FASHION_MNIST_CLASSES
 from gkt.models import ArchSpec, Classifier, Preprocess, save_checkpoint
+from tests.hubs import hub_caches, offline_hubs  # noqa: F401  (fixtures: models in the hubs' own cache layouts)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:

@@ -52,6 +52,7 @@ def test_every_registry_of_gkt_is_a_registry() -> None:
     from gkt.data.domains import DOMAINS
     from gkt.data.spec import DATA_SPEC_LOADERS
     from gkt.engine.tracking import TRACKERS
+    from gkt.experiments.multi_teacher import MODES
     from gkt.kdep.objectives import OBJECTIVES
     from gkt.models.architectures import ZOO_ARCHITECTURES
     from gkt.models.classifier import NET_SOURCES
@@ -59,7 +60,7 @@ def test_every_registry_of_gkt_is_a_registry() -> None:
     from gkt.reporting.analysis_figures import FIGURES
     from gkt.reporting.study_figures import STUDY_FIGURES
     from gkt.transfer import METHODS
-    from gkt.transfer.multi import MODES, ORDERS
+    from gkt.transfer.multi import ORDERS
 
     build_parser()  # imports every verb module
     registries = [ADAPT_MODES, VERBS, AUGMENTATIONS, DOMAINS, TRACKERS, OBJECTIVES, ZOO_ARCHITECTURES, NET_SOURCES,

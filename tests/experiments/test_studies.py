@@ -164,8 +164,16 @@ def test_bootstrap_intervals_cover_the_estimate_and_are_seeded() -> None:
 
 
 def test_paper_claims_are_judged_on_intervals() -> None:
-    from gkt.reporting.study_tables import FAILS, HOLDS, UNDECIDED, bootstrap_draws, pair_means, paper_claims, \
-        success_table, verdict
+    from gkt.reporting.study_tables import (
+        FAILS,
+        HOLDS,
+        UNDECIDED,
+        bootstrap_draws,
+        pair_means,
+        paper_claims,
+        success_table,
+        verdict,
+    )
 
     assert verdict(86, 95, low=85) == HOLDS and verdict(60, 84, low=85) == FAILS and verdict(80, 90, low=85) == UNDECIDED
     assert verdict(-5, 5, -15, 15) == HOLDS and verdict(16, 30, -15, 15) == FAILS and verdict(-20, 0, -15, 15) == UNDECIDED

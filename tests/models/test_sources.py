@@ -51,7 +51,7 @@ def test_parse_new_specs() -> None:
     assert ModelSpec.parse("hf:/m/vit?img_size=32") == ModelSpec("hf", "/m/vit", None, {"img_size": 32})
     spec = ModelSpec.parse("torchvision:resnet18@w.pth?classes=imagenet1k")
     assert (spec.target, spec.weights, spec.options) == ("resnet18", "w.pth", {"classes": "imagenet1k"})
-    with pytest.raises(GktError, match="hf:PATH"):
+    with pytest.raises(GktError, match="hf:ORG/NAME"):
         ModelSpec.parse("nope:x")
 
 
@@ -85,9 +85,11 @@ def test_hf_processor_rescale_is_folded_into_mean_std(tmp_path: Path) -> None:
     spec = ModelSpec("hf", "x")
     unscaled = ViTImageProcessor(size={"height": 8, "width": 8}, do_rescale=False, image_mean=[127.5] * 3,
                                  image_std=[63.75] * 3)
-    assert hf_preprocess(unscaled, 3, spec) == (8, (0.5,) * 3, (0.25,) * 3)
+    assert hf_preprocess(unscaled, 3, spec) == {"size": 8, "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0,
+                                                "interpolation": "bilinear"}
     plain = ViTImageProcessor(size={"height": 8, "width": 8}, do_normalize=False)
-    assert hf_preprocess(plain, 3, spec) == (8, (0.0,) * 3, (1 / 255 / plain.rescale_factor,) * 3)
+    pre = hf_preprocess(plain, 3, spec)
+    assert (pre["mean"], pre["std"]) == ((0.0,) * 3, (1 / 255 / plain.rescale_factor,) * 3)
     with pytest.raises(GktError, match="not a square input"):
         hf_preprocess(ViTImageProcessor(size={"height": 8, "width": 12}), 3, spec)
 

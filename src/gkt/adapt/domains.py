@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -12,13 +11,13 @@ import torch
 
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home
 from gkt.data.domains import apply_domain
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
-from gkt.models import DataInfo, load_checkpoint, load_model, save_checkpoint, weights_hash
+from gkt.adapt.heads import content_key
+from gkt.models import DataInfo, load_checkpoint, load_model, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +35,11 @@ class DomainFinetune:
         return {"recipe": self.recipe.to_dict(), "fraction": self.fraction}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
-
-
 def domain_teacher(spec: str, data: str, cfg: DomainFinetune, device: torch.device, data_dir: str | None = None,
                    zoo_dir: str | None = None) -> tuple[str, dict[str, Any]]:
     """Fine-tune model ``spec`` on the shifted data spec ``data`` (``BASE@DOMAIN``); returns the cached
     ``file:`` spec and its record: test accuracy on the original and the shifted domain, before and
-    after fine-tuning. Cached in ``$GKT_HOME/domains`` by weights, data and recipe."""
+    after fine-tuning. Cached in ``$GKT_HOME/domains`` by contents (:func:`gkt.adapt.heads.content_key`)."""
     parsed = DataSpec.parse(data)
     if parsed.domain is None:
         raise GktError(f"{data!r} is not a shifted domain; use BASE@DOMAIN, e.g. fmnist@edges")
@@ -54,9 +49,7 @@ def domain_teacher(spec: str, data: str, cfg: DomainFinetune, device: torch.devi
     model = load_model(spec, DataInfo.from_dataset(test_orig), zoo_dir)
     train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
     train = stratified_subset(train, fraction=cfg.fraction, seed=cfg.recipe.seed)
-    key = stable_hash([weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), train.fingerprint(),
-                       len(train), test_orig.fingerprint(), cfg.to_dict()])
-    path = cache_home() / "domains" / f"{_slug(spec)}-{parsed.domain}-{key}"
+    path = cache_home() / "domains" / f"{parsed.domain}-{content_key(model, [train, test_orig], cfg.to_dict())}"
     if path.with_suffix(".json").is_file():
         record = dict(load_checkpoint(path).provenance["domain_finetune"])
         return f"file:{path}", {**record, "cached": True}

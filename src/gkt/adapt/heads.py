@@ -10,8 +10,9 @@ A model trained on one label space gets a new classification head for a target d
   new head, so the backbone — every other tensor of the state dict — stays bit-identical;
 * ``full``: the probe as a starting point, then every weight is fine-tuned with cross-entropy.
 
-Adapted models are ``file:`` checkpoints cached in ``$GKT_HOME/adapted`` (keyed by source weights,
-target data and configuration) with their provenance. :func:`transfer_study` then runs transfers between
+Adapted models are ``file:`` checkpoints cached in ``$GKT_HOME/adapted`` (keyed by contents: the source
+model's weights and preprocessing, the target data's images and labels, and the configuration) with their
+provenance. :func:`transfer_study` then runs transfers between
 models on a dataset through the study machinery (:mod:`gkt.experiments.grid`: one results store, one job per
 student/teacher/method/seed) and adds the Δtransf vs Δacc figure per method (paper Figs. 9 and 10).
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,6 +40,7 @@ from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.data.spec import load_split
 from gkt.data.subsets import train_val_split
 from gkt.engine.loop import evaluate, train_supervised
+from gkt.engine.predictions import dataset_identity
 from gkt.models import Classifier, load_checkpoint, load_model, save_checkpoint, weights_hash
 from gkt.models.heads import head_keys, with_new_head
 
@@ -180,9 +181,12 @@ ADAPT_MODES: Registry[Callable[[Classifier, ImageDataset, AdaptConfig, torch.dev
 ADAPT_MODES.update({"probe": lambda model, train, cfg, device: None, "full": _finetune_all})
 
 
-def slug(text: str) -> str:
-    """A file-name-safe short form of a spec."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
+def content_key(model: Classifier, datasets: list[ImageDataset], config: dict[str, Any]) -> str:
+    """A cache key from contents only: the model's identity (weights, architecture, preprocessing, classes),
+    the datasets' identities (names, labels and image contents) and the configuration — never a spec's
+    text, so two models or two versions of a data set never share an entry."""
+    return stable_hash([weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), model.class_names,
+                        [dataset_identity(d) for d in datasets], config], 32)
 
 
 def adapt_cached(spec: str, data: str, cfg: AdaptConfig, device: torch.device, data_dir: str | None = None,
@@ -193,9 +197,7 @@ def adapt_cached(spec: str, data: str, cfg: AdaptConfig, device: torch.device, d
     train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
     test = load_split(data, "test", data_dir=data_dir)
     model = load_model(spec, None, zoo_dir)
-    key = stable_hash([weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), train.fingerprint(),
-                       len(train), test.fingerprint(), len(test), cfg.to_dict()])
-    path = cache_home() / "adapted" / f"{slug(spec)}-{slug(data)}-{cfg.mode}-{key}"
+    path = cache_home() / "adapted" / f"{cfg.mode}-{content_key(model, [train, test], cfg.to_dict())}"
     if path.with_suffix(".json").is_file():
         return f"file:{path}", {**load_checkpoint(path).provenance["adapt"], "cached": True}
     adapted, record = adapt_model(model, train, test, cfg, device)

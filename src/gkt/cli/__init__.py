@@ -21,14 +21,20 @@ from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_json
 from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
-from gkt.data.decode import BAD_IMAGE_POLICIES, bad_image_policy, bad_images_default, reset_skipped, skipped_images
+from gkt.data.decode import (
+    BAD_IMAGE_POLICIES,
+    bad_image_policy,
+    bad_images_default,
+    reset_skipped,
+    skipped_images,
+)
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
 
 # Modules whose import registers verbs, in the order they appear in --help.
-VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.report", "gkt.cli.demo")
+VERB_MODULES = ("gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.export", "gkt.cli.report", "gkt.cli.demo")
 
 
 @dataclass(frozen=True)

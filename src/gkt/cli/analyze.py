@@ -149,7 +149,7 @@ def analyze_verb(args: argparse.Namespace) -> int:
     from gkt.analysis.complementary import analyze
     from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
-    from gkt.models import DataInfo, load_model
+    from gkt.models import DataInfo, load_models
 
     start = time.perf_counter()
     dataset = load_split(args.data, args.split, data_dir=args.data_dir, seed=args.seed)
@@ -157,19 +157,20 @@ def analyze_verb(args: argparse.Namespace) -> int:
         dataset = stratified_subset(dataset, fraction=args.fraction, seed=args.seed)
     specs = resolve_specs(args.models, args.student, args.zoo_dir)
     info = DataInfo.from_dataset(dataset)
-    models = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
+    models = load_models(specs, info, args.zoo_dir, class_map=args.class_map or "auto")
+    student = models[specs.index(args.student)].name if args.student else None
     print(f"analysing {len(models)} models on {dataset.name} ({len(dataset)} samples): one forward pass per model "
           "and per random-init architecture, reused from the prediction store when possible")
     analysis = analyze(models, dataset, args.torch_device, batch_size=args.batch_size, refresh=args.refresh,
                        random_baseline=not args.no_random_baseline, seed=args.seed, semantic=not args.no_semantic,
                        precision=args.precision)
-    write_results(analysis, args.run_dir, args.student)
+    write_results(analysis, args.run_dir, student)
     if not args.no_figures:
         from gkt.reporting.analysis_figures import write_figures
 
-        write_figures(analysis, args.run_dir / "figures", args.student)
-    if args.student:
-        print_gains(analysis, args.student)
+        write_figures(analysis, args.run_dir / "figures", student)
+    if student:
+        print_gains(analysis, student)
     else:
         print_overview(analysis)
     print_summary(analysis.summary())

@@ -48,6 +48,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
     p.add_argument("--data", default="fmnist")
     p.add_argument("--fraction", type=float, default=0.1, help="stratified share of train as transfer set")
+    p.add_argument("--class-map", metavar="FILE", help="JSON/YAML {data_class: model_class_or_list} aligning every "
+                   "student and teacher to the data's classes (default: match class names)")
     p.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: the transfer default)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision of every job (auto: bf16 on a GPU that supports it; default fp32)")
@@ -96,6 +98,10 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     base |= {k: getattr(args, k) for k in ("epochs", "lr", "batch_size") if getattr(args, k) is not None}
     base |= {k: getattr(args, k) for k, default in (("device", "auto"), ("precision", "fp32"))
              if getattr(args, k) != default}
+    if args.class_map:  # its contents, so the jobs' keys follow the map, not its path
+        from gkt.models.class_map import read_class_map
+
+        base["class_map"] = read_class_map(args.class_map)
     axes: dict[str, list[Any]] = {"student": students, "teacher": teachers, "method": list(args.methods),
                                   "seed": list(args.seeds)}
     for item in args.grid:
@@ -136,7 +142,6 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
 def study(args: argparse.Namespace) -> int:
     from gkt.experiments.grid import ResultsStore, job_key, run_study
     from gkt.experiments.transfer_job import transfer_job
-
     from gkt.transfer.trainer import Runtime
 
     if args.retry_failed and not args.resume:

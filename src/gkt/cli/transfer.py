@@ -25,11 +25,11 @@ RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.core.runtime import PRECISIONS
     from gkt.data.augment import AUGMENTATIONS
     from gkt.data.spec import SYNTAX
     from gkt.transfer import TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
-    from gkt.core.runtime import PRECISIONS
     from gkt.transfer.trainer import Runtime
 
     d, rt = TransferConfig(), Runtime()
@@ -39,9 +39,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", action="append", metavar="SPEC",
                    help="model spec of the teacher (same label space); repeat it for multi-teacher transfer")
     p.add_argument("--class-map", metavar="FILE",
-                   help="JSON/YAML {student_class: teacher_class_or_list} aligning the teachers' classes to the "
-                        "student's (mapped logit = logsumexp of the teacher classes); without it, teacher classes "
-                        "that differ only in order or case are matched by name")
+                   help="JSON/YAML {data_class: model_class_or_list} aligning the student's and the teachers' classes "
+                        "to the data's (mapped logit = logsumexp of the model's classes); without it, classes are "
+                        "matched by name (ImageNet models also across WordNet ids and class names)")
     add_config_option(p, "--method", d, help="transfer method (listed below)")
     p.add_argument("--method-arg", action="append", default=[], metavar="K=V",
                    help="method hyperparameter, repeatable (e.g. --method-arg lam=0.7)")
@@ -159,7 +159,7 @@ def transfer(args: argparse.Namespace) -> int:
     transfer_set = stratified_subset(train, fraction=args.fraction, seed=args.seed)
     test_set = load_split(args.data, "test", data_dir=args.data_dir)
     info = DataInfo.from_dataset(train)
-    student = load_model(args.student, info, args.zoo_dir)
+    student = load_model(args.student, info, args.zoo_dir, class_map=args.class_map or "auto")
     teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
     size = decode_size_for([student.preprocess, teacher.preprocess])  # encoded images: decoded once at this size
     transfer_set, test_set = transfer_set.at_decode_size(size), test_set.at_decode_size(size)
@@ -233,7 +233,7 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
     train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
     test_set = load_split(args.data, "test", data_dir=args.data_dir)
     info = DataInfo.from_dataset(train)
-    student = load_model(args.student, info, args.zoo_dir)
+    student = load_model(args.student, info, args.zoo_dir, class_map=args.class_map or "auto")
     teachers = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
     size = decode_size_for(m.preprocess for m in [student, *teachers])  # encoded images: decoded at this size
     train, test_set = train.at_decode_size(size), test_set.at_decode_size(size)

@@ -22,7 +22,15 @@ from gkt.data.datasets import ImageDataset
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, stratified_subset
 from gkt.engine.loop import evaluate, make_optimizer, train_supervised
-from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsStore, failed_rows, job_key, run_study
+from gkt.experiments.grid import (
+    STORE_NAME,
+    LocalBackend,
+    RayBackend,
+    ResultsStore,
+    failed_rows,
+    job_key,
+    run_study,
+)
 from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
 from gkt.kdep.pretrain import build_student, finetune, load_teacher, pretrain
 from gkt.models import (

@@ -26,13 +26,28 @@ from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
-from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsStore, failed_rows, job_key, run_study
+from gkt.experiments.grid import (
+    STORE_NAME,
+    LocalBackend,
+    RayBackend,
+    ResultsStore,
+    failed_rows,
+    job_key,
+    run_study,
+)
 from gkt.models.checkpoint import load_checkpoint
 from gkt.models.classifier import Classifier
 from gkt.reporting.multi_teacher import write_result
 from gkt.reporting.tables import mean_std
 from gkt.transfer.evaluation import transfer_metrics
-from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, model_identity, parallel_method, weight_soup
+from gkt.transfer.multi import (
+    ORDERS,
+    MultiResult,
+    check_teachers,
+    model_identity,
+    parallel_method,
+    weight_soup,
+)
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
 
 RUN_CACHE_FORMAT = "gkt-transfer-run/2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -32,8 +33,10 @@ def _transfer_set(data: str, data_dir: str | None, fraction: float, subset_seed:
 
 
 @functools.lru_cache(maxsize=32)
-def _study_model(spec: str, data: str, data_dir: str | None, zoo_dir: str | None) -> Classifier:
-    return load_model(spec, DataInfo.from_dataset(_test_set(data, data_dir)), zoo_dir)
+def _study_model(spec: str, data: str, data_dir: str | None, zoo_dir: str | None, class_map: str | None) -> Classifier:
+    """``spec`` aligned to the data's classes (``class_map``: the map as JSON text, or None to match names)."""
+    mapping = json.loads(class_map) if class_map else "auto"
+    return load_model(spec, DataInfo.from_dataset(_test_set(data, data_dir)), zoo_dir, class_map=mapping)
 
 
 def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +61,9 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     subset_seed = config.get("subset_seed", config.get("seed", 0))
     transfer_set = _transfer_set(data, data_dir, config.get("fraction", 0.1), subset_seed)
     test_set = _test_set(data, data_dir)
-    student = _study_model(config["student"], data, data_dir, zoo_dir).clone().requires_grad_(True)
-    teacher = _study_model(config["teacher"], data, data_dir, zoo_dir).clone()
+    class_map = json.dumps(config["class_map"], sort_keys=True) if config.get("class_map") else None
+    student = _study_model(config["student"], data, data_dir, zoo_dir, class_map).clone().requires_grad_(True)
+    teacher = _study_model(config["teacher"], data, data_dir, zoo_dir, class_map).clone()
     settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 from gkt.core.errors import GktError
@@ -93,11 +94,15 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint(path: str | os.PathLike) -> Classifier:
+def load_checkpoint(path: str | os.PathLike, net: nn.Module | None = None) -> Classifier:
+    """A saved model; ``net``: the network to load the weights into instead of one built from the sidecar
+    (a user's own module: :func:`gkt.models.own.load_module_checkpoint`)."""
     weights_path, _ = checkpoint_paths(path)
     meta = read_sidecar(path)
-    model = Classifier.create(ArchSpec.from_dict(meta["arch"]), Preprocess.from_dict(meta["preprocess"]),
-                              meta["class_names"], provenance=meta.get("provenance"), name=meta.get("name"))
+    arch = ArchSpec.from_dict(meta["arch"])
+    net = arch.build() if net is None else net
+    model = Classifier(net, arch, Preprocess.from_dict(meta["preprocess"]), meta["class_names"],
+                       provenance=meta.get("provenance"), name=meta.get("name"))
     tensors = load_weights(weights_path)
     try:
         model.net.load_state_dict(tensors, strict=True)

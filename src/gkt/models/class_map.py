@@ -3,7 +3,11 @@
 
 A map is ``{target_class: source_class_or_list}`` (JSON or YAML file, or a dict); a source class is its
 name (exact, else case-insensitive) or its index. Target classes the map leaves out are matched by name
-(case-insensitive). The mapped model's logit for a target class is the **logsumexp of the logits of its
+(case-insensitive), and so are those whose mapped classes a model does not have while it has the target
+class itself (one map serves models named in different vocabularies). ImageNet-1k models name their classes in one of three vocabularies (WordNet ids like
+``n01440764`` in timm, ``tench`` in torchvision, ``tench, Tinca tinca`` in timm's descriptions and
+Hugging Face configs); a name from any of them finds its class in a model using another, so one class map
+per data set aligns every model. The mapped model's logit for a target class is the **logsumexp of the logits of its
 source classes**: its softmax is then the model's probability mass on those classes renormalised over
 all mapped classes (unmapped source classes drop out). The mapped model is a plain
 :class:`~gkt.models.Classifier` (its net is a :class:`ClassMappedNet`), so every method and trainer works
@@ -12,6 +16,7 @@ unchanged, its checkpoints round-trip, and caches keyed on architecture and weig
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -83,8 +88,35 @@ def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
     return mapping
 
 
+@functools.cache
+def imagenet_vocabularies() -> tuple[tuple[str, ...], ...]:
+    """The ImageNet-1k class names, index-aligned, as WordNet ids, timm descriptions and torchvision names."""
+    from timm.data import ImageNetInfo
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    info = ImageNetInfo("imagenet-1k")
+    return tuple(info.label_names()), tuple(info.label_descriptions()), tuple(_IMAGENET_CATEGORIES)
+
+
+@functools.cache
+def _aliases(names: tuple[str, ...]) -> dict[str, int]:
+    """For a label space that is ImageNet-1k in one vocabulary: every vocabulary's unambiguous names
+    (case-folded; a description also by its first name) → class index. Empty for any other label space."""
+    if len(names) != 1000:
+        return {}
+    vocabularies = imagenet_vocabularies()
+    folded = tuple(n.casefold() for n in names)
+    if not any(folded == tuple(v.casefold() for v in vocab) for vocab in vocabularies):
+        return {}
+    pairs = {(key, index) for vocab in vocabularies for index, name in enumerate(vocab)
+             for key in (name.casefold(), name.split(",")[0].strip().casefold())}
+    count = Counter(key for key, _ in pairs)
+    return {key: index for key, index in pairs if count[key] == 1}
+
+
 def _lookup(ref: Any, names: Sequence[str]) -> int | str:
-    """Index of a source class given by index, exact name or case-insensitive name; an error text otherwise."""
+    """Index of a source class given by index, exact name, case-insensitive name or (ImageNet-1k) a name
+    from another vocabulary; an error text otherwise."""
     if isinstance(ref, int) and not isinstance(ref, bool):
         return ref if 0 <= ref < len(names) else f"index {ref} (out of range 0..{len(names) - 1})"
     if not isinstance(ref, str):
@@ -95,7 +127,8 @@ def _lookup(ref: Any, names: Sequence[str]) -> int | str:
             return matches[0]
         if matches:
             return f"{ref!r} (ambiguous: indices {matches}; give the index)"
-    return repr(ref)
+    alias = _aliases(tuple(names)).get(ref.casefold())
+    return alias if alias is not None else repr(ref)
 
 
 def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mapping[str, Any] | None = None
@@ -111,6 +144,8 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
         refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
         found = [_lookup(ref, source) for ref in refs]
         bad = [f for f in found if isinstance(f, str)]
+        if bad and name in mapping and isinstance(own := _lookup(name, source), int):
+            found, bad = [own], []  # a map written for models in another vocabulary: this one has the class itself
         if bad or not refs:
             unmatched.append(f"{name} → {', '.join(bad) or 'nothing'}")
         groups.append([f for f in found if isinstance(f, int)])
@@ -128,20 +163,24 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
 def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO
                     ) -> Classifier:
     """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
-    (names matched case-insensitively; only when they differ in order or case, not in number). ``model``
-    itself is returned when it already predicts ``class_names`` in order."""
-    if list(model.class_names) == list(class_names):
-        return model
+    (every target class matched by name, case-insensitively or through the ImageNet vocabularies). A map
+    given is always read and checked; ``model`` itself is returned when it already predicts
+    ``class_names`` in order and the map sends each class to itself."""
     if isinstance(class_map, Mapping):
         mapping = dict(class_map)
     elif str(class_map) == AUTO:
-        if len(model.class_names) != len(class_names):
-            raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: "
-                           "give a class map ({target_class: model_class_or_list}) to align them")
         mapping = {}
     else:
         mapping = read_class_map(class_map)
-    groups = resolve_groups(class_names, model.class_names, mapping)
+    if list(model.class_names) == list(class_names) and not mapping:
+        return model
+    try:
+        groups = resolve_groups(class_names, model.class_names, mapping)
+    except GktError as exc:
+        if mapping or model.num_classes == len(class_names):
+            raise
+        raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: give a "
+                       f"class map ({{target_class: model_class_or_list}}) to align them; {exc}") from exc
     if groups == [[i] for i in range(model.num_classes)]:  # same order, names differ only in case
         return Classifier(model.net, model.arch, model.preprocess, class_names, model.provenance, model.name)
     arch = ArchSpec("class_map", model.arch.name, len(class_names), model.arch.in_chans, model.arch.img_size,

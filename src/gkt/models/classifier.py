@@ -12,28 +12,13 @@ from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.core.registry import Registry
-from gkt.models.architectures import TimmNet, build_zoo_net
+from gkt.models.architectures import build_zoo_net
 from gkt.models.preprocess import Preprocess, prepare
 
 # Network builders by source: ``(name, num_classes, in_chans, img_size, **kwargs) -> nn.Module``.
 NET_SOURCES: Registry[Callable[..., nn.Module]] = Registry("network source")
 register_source = NET_SOURCES.register
 NET_SOURCES["zoo"] = build_zoo_net
-
-
-@register_source("timm")
-def build_timm_net(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
-    import timm
-
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name}*")[:8]
-        raise GktError(f"timm has no architecture {name!r}" + (f"; did you mean {close}?" if close else ""))
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                  img_size=kwargs.pop("img_size", img_size), **kwargs)
-    except TypeError:  # architectures without an img_size argument (most CNNs)
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    return TimmNet(model)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,24 @@
 """Model sources beyond gkt's own networks and timm:
 
-* ``hf:PATH[?k=v&...]`` — a Hugging Face ``transformers`` image classifier saved in a local directory
-  (``save_pretrained``; safetensors weights only, nothing is unpickled). Its image processor gives the
-  preprocessing: input size (``crop_size`` when it center-crops, else ``size``; the raw batch is resized
-  straight to it), ``image_mean``/``image_std`` (identity when ``do_normalize`` is off; ``rescale_factor``
-  honoured) and channels (``config.num_channels``; grey images are replicated). ``config.id2label`` gives
-  the class names. Options ``img_size``, ``mean``, ``std`` override the processor.
-* ``torchvision:ARCH[@WEIGHTS][?k=v&...]`` — a ``torchvision.models`` architecture with local weights
-  (safetensors, or a ``.pth`` read with ``weights_only=True``). Classes: ``classes=FILE`` (JSON list or
-  one name per line; ``classes=imagenet1k`` for torchvision's ImageNet-1k names) or ``num_classes=N``,
-  default the data's. Preprocessing: ImageNet mean/std at 224×224 unless ``img_size``/``mean``/``std``
-  are given; other options go to the architecture (e.g. ``image_size=32`` for a ViT).
+* ``hf:ORG/NAME`` or ``hf:DIR[?k=v&...]`` — a Hugging Face ``transformers`` image classifier: a hub id
+  (from the Hugging Face cache through ``huggingface_hub``, offline with ``HF_HUB_OFFLINE=1``; downloaded
+  where a network exists) or a ``save_pretrained`` directory. Safetensors weights only (nothing is
+  unpickled) and never the directory's own code (``trust_remote_code=False``; a config with ``auto_map``
+  is refused). Its image processor gives the preprocessing: input size (``crop_size`` when it
+  centre-crops, with ``crop_pct`` = crop / resize size; else ``size``), interpolation (``resample``),
+  ``image_mean``/``image_std`` (identity when ``do_normalize`` is off; ``rescale_factor`` honoured) and
+  channels (``config.num_channels``; grey images are replicated). ``config.id2label`` gives the class
+  names. Options ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation`` override the processor.
+* ``torchvision:ARCH?weights=ENUM`` — a ``torchvision.models`` architecture with its pretrained weights
+  (``weights=IMAGENET1K_V1``, ``weights=DEFAULT``, ...) from the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints``, downloaded by torch.hub where a network exists; read with
+  ``weights_only=True``), its class names (``meta["categories"]``) and its eval transform
+  (``weights.transforms()``: resize size, crop size, interpolation, mean/std).
+* ``torchvision:ARCH[@WEIGHTS][?k=v&...]`` — local weights (safetensors, or a ``.pth`` read with
+  ``weights_only=True``) or none. Classes: ``classes=FILE`` (JSON list or one name per line;
+  ``classes=imagenet1k`` for torchvision's ImageNet-1k names) or ``num_classes=N``, default the data's.
+  Preprocessing: ImageNet mean/std at 224×224 unless ``img_size``/``mean``/``std`` are given; the
+  allow-listed options of :data:`TORCHVISION_OPTIONS` go to the architecture (e.g. ``image_size=32``).
 
 Both networks expose as ``forward_features`` the input of their final linear classifier (the last
 ``nn.Linear`` with one output per class): pooled penultimate features, after the backbone's final
@@ -19,7 +27,10 @@ activation or norm — e.g. ViT's normalised CLS token, ResNet's pooled map. Tok
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +42,7 @@ from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.specs import (
     DataInfo,
     ModelSpec,
+    allowed_options,
     load_state_into,
     make_preprocess,
     register_spec_source,
@@ -40,6 +52,15 @@ from gkt.models.specs import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORED_HF_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# PIL resampling codes of image processors, as gkt's interpolation names.
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+# Options that may reach torchvision.models.get_model: architecture settings only.
+TORCHVISION_OPTIONS = frozenset({
+    "image_size", "patch_size", "dropout", "attention_dropout", "stochastic_depth_prob", "width_per_group",
+    "groups", "aux_logits", "transform_input", "init_weights", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
+    "width_mult", "layer_scale", "window_size",
+})
 
 
 class HeadInputNet(nn.Module):
@@ -96,11 +117,22 @@ def build_hf_net(name: str, num_classes: int, in_chans: int, img_size: int, conf
     """A randomly initialised ``transformers`` classifier from its config dict (``name``: its class)."""
     transformers = _quiet_transformers()
     config = dict(config)
-    hf_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
-    if hf_config.num_labels != num_classes:
-        hf_config.num_labels = num_classes
-    model = transformers.AutoModelForImageClassification.from_config(hf_config)
+    refuse_remote_code(config, f"hf:{name}")
+    try:
+        hf_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+        if hf_config.num_labels != num_classes:
+            hf_config.num_labels = num_classes
+        model = transformers.AutoModelForImageClassification.from_config(hf_config, trust_remote_code=False)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise GktError(f"hf:{name}: cannot build it from its config ({exc})") from exc
     return HFNet(model.float(), num_classes)
+
+
+def refuse_remote_code(config: dict[str, Any], what: str) -> None:
+    """gkt never runs code that came with a model: a config that names its own code is refused."""
+    if "auto_map" in config or "custom_pipelines" in config:
+        raise GktError(f"{what}: its config names Python code of its own (auto_map); gkt never runs code that "
+                       "comes with a model. Use a model whose architecture is part of transformers")
 
 
 def hf_config_dict(config: Any) -> dict[str, Any]:
@@ -109,16 +141,42 @@ def hf_config_dict(config: Any) -> dict[str, Any]:
     return {"model_type": config.model_type, **{k: v for k, v in d.items() if k not in IGNORED_HF_CONFIG_KEYS}}
 
 
-def hf_preprocess(processor: Any, channels: int, spec: ModelSpec
-                  ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """``(input_size, mean, std)`` on gkt's [0, 1] scale from a ``transformers`` image processor."""
-    crops = getattr(processor, "do_center_crop", False) and processor.crop_size
-    size = processor.crop_size if crops else processor.size
-    height, width = (size.get("height"), size.get("width")) if size is not None else (None, None)
-    if height is None and size is not None:
-        height = width = size.get("shortest_edge")
+def _size(size: Any) -> tuple[int | None, int | None, int | None]:
+    """``(height, width, shortest_edge)`` of a processor's size (a dict or a SizeDict)."""
+    if size is None:
+        return None, None, None
+    if isinstance(size, int):
+        return size, size, None
+    get = size.get if hasattr(size, "get") else lambda key: getattr(size, key, None)
+    return get("height"), get("width"), get("shortest_edge")
+
+
+def _interpolation(resample: Any) -> str:
+    if resample is None:
+        return "bilinear"
+    value = getattr(resample, "value", resample)
+    if isinstance(value, str):
+        return value.lower()
+    return PIL_RESAMPLE.get(int(value), "bicubic")
+
+
+def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, Any]:
+    """The eval transform of a ``transformers`` image processor on gkt's [0, 1] scale: ``size``, ``mean``,
+    ``std``, ``crop_pct`` and ``interpolation`` (the arguments of :func:`make_preprocess`)."""
+    height, width, shortest = _size(processor.size)
+    crop_pct = 1.0
+    if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
+        crop_h, crop_w, _ = _size(processor.crop_size)
+        resized = shortest or height
+        if crop_h is not None and resized:
+            height, width, crop_pct = crop_h, crop_w, crop_fraction(crop_h, resized)
+    elif shortest is not None:
+        height = width = shortest
+        processor_crop = getattr(processor, "crop_pct", None)
+        if processor_crop and shortest < 384:  # ConvNeXt: resize to shortest / crop_pct, centre-crop shortest
+            crop_pct = float(processor_crop)
     if height is None or height != width:
-        raise GktError(f"hf:{spec.target}: the image processor's size {size} is not a square input; "
+        raise GktError(f"hf:{spec.target}: the image processor's size {processor.size} is not a square input; "
                        "give img_size=N")
     # The network sees (x * scale - mean) / std with x in [0, 1]; fold the scale into mean and std.
     scale = 255 * (processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0)
@@ -128,34 +186,69 @@ def hf_preprocess(processor: Any, channels: int, spec: ModelSpec
         mean, std = [0.0] * channels, [1.0] * channels
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
-    return int(height), tuple(m / scale for m in mean), tuple(s / scale for s in std)
+    return {"size": int(height), "mean": tuple(m / scale for m in mean), "std": tuple(s / scale for s in std),
+            "crop_pct": min(1.0, crop_pct), "interpolation": _interpolation(getattr(processor, "resample", None))}
 
 
-@register_spec_source("hf", "hf:PATH[?k=v&...]", options=True)
+def hf_model_dir(target: str) -> Path:
+    """A ``save_pretrained`` directory, or the cached snapshot of hub id ``ORG/NAME`` (``huggingface_hub``:
+    offline from the cache with ``HF_HUB_OFFLINE=1``, else downloaded)."""
+    path = Path(target)
+    if path.is_dir():
+        return path
+    if not HUB_ID.fullmatch(target) or path.exists():
+        raise GktError(f"hf:{target}: neither a directory nor a Hugging Face hub id ORG/NAME")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(target, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GktError(f"hf:{target}: not in the Hugging Face cache ($HF_HOME/hub) and not downloadable ({first}); "
+                       "check the name, or download it where a network exists") from exc
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GktError(f"{what}: cannot read {path.name} ({exc})") from exc
+    if not isinstance(config, dict):
+        raise GktError(f"{what}: {path.name} is not a JSON object")
+    return config
+
+
+@register_spec_source("hf", "hf:ORG/NAME | hf:DIR[?k=v&...]", options=True)
 def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
-    """A local ``save_pretrained`` directory holding an image classifier and its image processor."""
-    path = Path(spec.target)
+    """A hub id or a local ``save_pretrained`` directory holding an image classifier and its image processor."""
+    what = f"hf:{spec.target}"
+    path = hf_model_dir(spec.target)
     if not (path / "config.json").is_file():
-        raise GktError(f"hf:{path}: not a saved transformers model (no config.json)")
+        raise GktError(f"{what}: not a saved transformers model (no config.json in {path})")
+    for name in ("config.json", "preprocessor_config.json"):
+        if (path / name).is_file():
+            refuse_remote_code(_read_json(path / name, what), what)
     if not any(path.glob("*.safetensors")):
-        raise GktError(f"hf:{path}: no safetensors weights (gkt never unpickles .bin checkpoints; convert them)")
+        raise GktError(f"{what}: no safetensors weights (gkt never unpickles .bin checkpoints; convert them)")
     transformers = _quiet_transformers()
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(path, use_safetensors=True)
-        processor = transformers.AutoImageProcessor.from_pretrained(path)
+        model = transformers.AutoModelForImageClassification.from_pretrained(path, use_safetensors=True,
+                                                                             trust_remote_code=False)
+        processor = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise GktError(f"hf:{path}: cannot load it as an image classifier with its image processor ({exc})") from exc
+        raise GktError(f"{what}: cannot load it as an image classifier with its image processor ({exc})") from exc
     config = model.config
     names = tuple(config.id2label[i] for i in range(config.num_labels))
     channels = int(getattr(config, "num_channels", 3))
     options = dict(spec.options)
-    size, mean, std = hf_preprocess(processor, channels, spec)
-    size = int(options.pop("img_size", size))
-    mean, std = options.pop("mean", mean), options.pop("std", std)
+    pre = hf_preprocess(processor, channels, spec)
+    pre = {key: options.pop("img_size" if key == "size" else key, value) for key, value in pre.items()}
     if options:
-        raise GktError(f"hf:{path}: unknown options {sorted(options)} (known: img_size, mean, std)")
-    arch = ArchSpec("hf", type(model).__name__, len(names), channels, size, {"config": hf_config_dict(config)})
-    preprocess = make_preprocess(size, channels, mean, std, spec)
+        raise GktError(f"{what}: unknown options {sorted(options)} (known: img_size, mean, std, crop_pct, "
+                       "interpolation)")
+    arch = ArchSpec("hf", type(model).__name__, len(names), channels, int(pre["size"]),
+                    {"config": hf_config_dict(config)})
+    preprocess = make_preprocess(channels=channels, spec=spec, **pre)
     return Classifier(HFNet(model.float(), len(names)), arch, preprocess, names,
                       provenance={"weights": str(path.resolve())})
 
@@ -171,8 +264,10 @@ def build_torchvision_net(name: str, num_classes: int, in_chans: int, img_size: 
 
     known = torchvision.models.list_models()
     if name not in known:
-        close = [m for m in known if name.split("_")[0] in m][:8]
-        raise GktError(f"torchvision has no architecture {name!r}" + (f"; did you mean {close}?" if close else ""))
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        raise GktError(f"torchvision has no architecture {name!r}" + (f"; did you mean {', '.join(close)}?"
+                                                                        if close else ""))
+    kwargs = allowed_options(kwargs, TORCHVISION_OPTIONS, f"torchvision:{name}")
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as exc:
@@ -180,9 +275,75 @@ def build_torchvision_net(name: str, num_classes: int, in_chans: int, img_size: 
     return HeadInputNet(model, num_classes)
 
 
-@register_spec_source("torchvision", "torchvision:ARCH[@WEIGHTS][?k=v&...]", weights=True, options=True)
+def torchvision_weights(arch: str, enum_name: str) -> Any:
+    """The ``torchvision.models`` weights enum member ``enum_name`` (or ``DEFAULT``) of ``arch``."""
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        close = difflib.get_close_matches(arch, torchvision.models.list_models(), n=5, cutoff=0.6)
+        raise GktError(f"torchvision has no architecture {arch!r}" + (f"; did you mean {', '.join(close)}?"
+                                                                        if close else ""))
+    enum = torchvision.models.get_model_weights(arch)
+    members = list(enum.__members__)
+    if enum_name not in members:
+        close = difflib.get_close_matches(str(enum_name), members, n=5, cutoff=0.4)
+        raise GktError(f"torchvision:{arch}: no weights {enum_name!r}; known: {', '.join(members)}"
+                       + (f" (closest: {', '.join(close)})" if close else ""))
+    return enum[enum_name]
+
+
+def crop_fraction(crop: int, resize: int) -> float:
+    """``crop / resize`` as the float ``p`` closest to it with ``floor(crop / p) == resize`` (the resize size
+    :func:`gkt.models.preprocess.adapt_layout` computes back from it, despite rounding)."""
+    p = crop / resize
+    while crop / p < resize:
+        p = math.nextafter(p, 0.0)
+    return p
+
+
+def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
+    """``torchvision:ARCH?weights=ENUM``: the weights from the torch hub cache (torch.hub's own code path;
+    ``weights_only=True``), their categories and eval transform."""
+    import torch.hub
+
+    weights = torchvision_weights(spec.target, str(options.pop("weights")))
+    what = f"torchvision:{spec.target}?weights={weights.name}"
+    names = tuple(weights.meta["categories"])
+    transform = weights.transforms()
+    crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
+    if spec.target.startswith("vit_"):  # ViTs are built for the weights' input size
+        options.setdefault("image_size", crop)
+    pre = {"size": crop, "mean": tuple(transform.mean), "std": tuple(transform.std), "crop_pct": crop_fraction(crop, resize),
+           "interpolation": transform.interpolation.value}
+    pre = {key: options.pop("img_size" if key == "size" else key, value) for key, value in pre.items()}
+    if "classes" in options or "num_classes" in options:
+        raise GktError(f"{what}: pretrained weights keep their own classes; align them with a class map")
+    arch = ArchSpec("torchvision", spec.target, len(names), 3, int(pre["size"]), options)
+    model = Classifier.create(arch, make_preprocess(channels=3, spec=spec, **pre), names)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
+                                                   weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — network, pickle and file errors of many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GktError(f"{what}: cannot load {cached} ({first}); offline, put the weights file there "
+                       "(torch hub cache, $TORCH_HOME/hub/checkpoints)") from exc
+    try:
+        model.net.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise GktError(f"{cached} does not fit {what}: {' '.join(str(exc).split())[:400]}") from exc
+    model.provenance["weights"] = str(cached)
+    return model
+
+
+@register_spec_source("torchvision", "torchvision:ARCH[?weights=ENUM] | torchvision:ARCH[@WEIGHTS][?k=v&...]",
+                      weights=True, options=True)
 def load_torchvision(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
     options = dict(spec.options)
+    if "weights" in options:
+        if spec.weights:
+            raise GktError(f"torchvision:{spec.target}: give either @WEIGHTS (a file) or weights=ENUM, not both")
+        return _load_torchvision_pretrained(spec, options)
     names = resolve_class_names(options, data, f"torchvision:{spec.target}")
     size = int(options.pop("img_size", options.get("image_size", 224)))
     mean, std = options.pop("mean", IMAGENET_MEAN), options.pop("std", IMAGENET_STD)

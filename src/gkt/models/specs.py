@@ -2,11 +2,12 @@
 loaded (:func:`register_spec_source`):
 
 * ``zoo:NAME`` — a model of the embedded zoo (built by ``gkt zoo build``);
-* ``timm:ARCH[@WEIGHTS][?key=value&...]`` — any timm architecture sized to the data, weights
-  optional (safetensors, or a ``.pth`` read with ``weights_only=True``); a timm ``pretrained_cfg``
-  (``config.json`` next to the weights, or ``?pretrained_cfg=FILE``) sets the preprocessing;
 * ``file:PATH`` — a checkpoint written by gkt (``PATH.safetensors`` + ``PATH.json``);
-* ``hf:PATH`` and ``torchvision:ARCH[@WEIGHTS]`` — see :mod:`gkt.models.sources`.
+* ``timm:NAME[.TAG]``, ``timm:hf-hub:ORG/NAME``, ``timm:ARCH[@WEIGHTS]`` — see :mod:`gkt.models.timm_source`;
+* ``hf:ORG/NAME`` or ``hf:DIR`` and ``torchvision:ARCH[?weights=ENUM]`` — see :mod:`gkt.models.sources`.
+
+Every model goes by a short :func:`display_name` in tables and figures. Options that reach a library's
+constructor are allow-listed (:func:`allowed_options`); typed options are checked when the spec is parsed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import torch
 from torch import nn
 
 from gkt.core.errors import GktError
@@ -83,7 +83,33 @@ class ModelSpec:
         if not rest:
             raise GktError(f"model spec {spec!r}: write it as {syntax.usage}")
         options = {k: _parse_value(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+        for key, value in options.items():
+            check = TYPED_OPTIONS.get(key)
+            if check is not None and not check[0](value):
+                raise GktError(f"model spec {spec!r}: {key}={value!r} must be {check[1]}")
         return cls(source, rest, weights or None, options)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+# Spec options with a fixed type, checked when a spec is parsed: (check, what it must be).
+TYPED_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "img_size": (_positive_int, "a positive integer"),
+    "num_classes": (_positive_int, "a positive integer"),
+    "in_chans": (_positive_int, "a positive integer"),
+    "mean": (_numbers, "a list of numbers, e.g. [0.5,0.5,0.5]"),
+    "std": (lambda v: _numbers(v) and all(x > 0 for x in v), "a list of positive numbers, e.g. [0.5,0.5,0.5]"),
+    "crop_pct": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+                 "a number in (0, 1]"),
+    "pretrained": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 SpecLoader = Callable[[ModelSpec, "DataInfo | None", "str | Path | None"], Classifier]
@@ -128,7 +154,7 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
         if data is None:
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")
         model = apply_class_map(model, data.class_names, class_map)
-    model.name = spec
+    model.name = display_name(spec)
     if data is not None:
         check_label_space(model, data.class_names)
     return model.eval()
@@ -192,66 +218,7 @@ def load_state_into(module: nn.Module, weights: str | Path, what: str) -> None:
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise GktError(f"{weights} does not fit {what} ({str(exc).splitlines()[0]} ...)") from exc
-
-
-def read_timm_config(spec: ModelSpec, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(pretrained_cfg, hub_config)`` of a timm spec: from ``?pretrained_cfg=FILE`` (a bare pretrained_cfg
-    or timm's hub ``config.json``), else from a ``config.json`` holding a ``pretrained_cfg`` next to the
-    weights (as ``timm.models.push_to_hf_hub``/``save_for_hf`` write it); empty dicts when there is none.
-    Its ``input_size``, ``mean`` and ``std`` become the preprocessing (the raw batch is resized straight to
-    the input size: ``crop_pct`` is not applied), its ``label_names`` the class names."""
-    path = options.pop("pretrained_cfg", None)
-    if path is None and spec.weights:
-        candidate = Path(spec.weights).parent / "config.json"
-        path = candidate if candidate.is_file() else None
-    if path is None:
-        return {}, {}
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GktError(f"pretrained_cfg {path}: cannot read it as JSON ({exc})") from exc
-    if "pretrained_cfg" in config:
-        return dict(config["pretrained_cfg"]), config
-    if "input_size" in config or "mean" in config:
-        return config, {}
-    if "pretrained_cfg" in spec.options:
-        raise GktError(f"pretrained_cfg {path}: neither a timm pretrained_cfg nor a hub config.json holding one")
-    return {}, {}  # an unrelated config.json next to the weights
-
-
-def _timm_weights(spec: ModelSpec) -> ModelSpec:
-    """A timm hub directory stands for its ``model.safetensors``."""
-    if spec.weights and Path(spec.weights).is_dir():
-        return ModelSpec(spec.source, spec.target, str(Path(spec.weights) / "model.safetensors"), spec.options)
-    return spec
-
-
-@register_spec_source("timm", "timm:ARCH[@WEIGHTS][?k=v&...]", weights=True, options=True)
-def _load_timm(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
-    spec = _timm_weights(spec)
-    options = dict(spec.options)
-    cfg, hub = read_timm_config(spec, options)
-    options = {**hub.get("model_args", {}), **options}  # the hub's create_model arguments; the spec's win
-    label_names = options.pop("label_names", None) or hub.get("label_names") or cfg.get("label_names")
-    if data is None and "input_size" not in cfg:
-        raise GktError(f"timm:{spec.target} needs a dataset to size its input and head (pass --data)")
-    cfg_chans, cfg_size = square_input(cfg.get("input_size"), f"timm:{spec.target} pretrained_cfg")
-    in_chans = int(options.pop("in_chans", cfg_chans or data.channels))
-    img_size = int(options.pop("img_size", cfg_size or data.image_size))
-    fits_data = data is not None and in_chans == data.channels
-    default_mean, default_std = (data.mean, data.std) if fits_data else ((0.5,) * in_chans, (0.5,) * in_chans)
-    mean = tuple(options.pop("mean", cfg.get("mean", default_mean)))
-    std = tuple(options.pop("std", cfg.get("std", default_std)))
-    names = resolve_class_names(options, data, f"timm:{spec.target}", label_names, hub.get("num_classes"))
-    arch = ArchSpec("timm", spec.target, len(names), in_chans, img_size, options)
-    model = Classifier.create(arch, make_preprocess(img_size, in_chans, mean, std, spec), names)
-    if cfg:
-        model.provenance["pretrained_cfg"] = {k: cfg[k] for k in ("input_size", "mean", "std") if k in cfg}
-    if spec.weights:
-        load_state_into(model.net.model, spec.weights, f"timm:{spec.target} with {len(names)} classes")
-        model.provenance["weights"] = str(Path(spec.weights).resolve())
-    return model
+        raise GktError(f"{weights} does not fit {what}: {' '.join(str(exc).split())[:400]}") from exc
 
 
 def square_input(input_size: Sequence[int] | None, what: str) -> tuple[int | None, int | None]:
@@ -264,16 +231,85 @@ def square_input(input_size: Sequence[int] | None, what: str) -> tuple[int | Non
     return c, h
 
 
-def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequence[float], spec: ModelSpec
-                    ) -> Preprocess:
+def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequence[float], spec: ModelSpec,
+                    crop_pct: float = 1.0, interpolation: str = "bilinear") -> Preprocess:
+    """A :class:`Preprocess`, its invalid values (from a spec or a model's config) as a clear error."""
+    what = f"{spec.source}:{spec.target}"
     try:
-        return Preprocess(size, channels, tuple(float(v) for v in mean), tuple(float(v) for v in std))
-    except ValueError as exc:
-        raise GktError(f"{spec.source}:{spec.target}: {exc}") from exc
+        values = [float(v) for v in mean], [float(v) for v in std]
+    except (TypeError, ValueError) as exc:
+        raise GktError(f"{what}: mean and std must be lists of numbers, e.g. mean=[0.5,0.5,0.5] ({exc})") from exc
+    if any(v <= 0 for v in values[1]):
+        raise GktError(f"{what}: std must be positive, got {list(std)}")
+    try:
+        return Preprocess(int(size), int(channels), tuple(values[0]), tuple(values[1]), float(crop_pct),
+                          str(interpolation))
+    except (TypeError, ValueError) as exc:
+        raise GktError(f"{what}: {exc}") from exc
 
 
-def load_models(specs: Sequence[str], data: DataInfo | None = None, zoo_dir: str | Path | None = None
-                ) -> list[Classifier]:
+def allowed_options(options: dict[str, Any], allowed: frozenset[str], what: str) -> dict[str, Any]:
+    """``options`` when every key is in ``allowed`` (constructor settings; never a path or a loader option);
+    a clear error naming the others."""
+    refused = sorted(set(options) - allowed)
+    if refused:
+        raise GktError(f"{what}: options {refused} are not allowed (gkt passes only architecture settings to "
+                       f"a library constructor: {', '.join(sorted(allowed))})")
+    bad = [k for k, v in options.items() if not _plain_value(v)]
+    if bad:
+        raise GktError(f"{what}: options {sorted(bad)} must be numbers, strings, booleans or lists of them")
+    return dict(options)
+
+
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain_value(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def display_name(spec: str) -> str:
+    """The short name a model goes by in tables and figures: ``resnet18.a1_in1k`` for
+    ``timm:resnet18.a1_in1k``, ``timm:hf-hub:timm/resnet18.a1_in1k`` or a hub snapshot directory,
+    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``;
+    ``zoo:`` and ``file:`` specs keep their spec; options other than weights are kept after a ``?``."""
+    parsed = ModelSpec.parse(spec)
+    if parsed.source not in ("timm", "hf", "torchvision"):
+        return spec
+    options = dict(parsed.options)
+    name = parsed.target.removeprefix("hf-hub:")
+    if parsed.source == "hf" or Path(name).is_absolute() or "/" in name:
+        name = path_display_name(name)
+    if parsed.weights:
+        weights = path_display_name(parsed.weights)
+        name = weights if weights.partition(".")[0] == name else f"{name}@{weights}"
+    if parsed.source == "torchvision" and "weights" in options:
+        name += f".{options.pop('weights')}"
+    options.pop("pretrained", None)
+    return name + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else "")
+
+
+def path_display_name(path: str) -> str:
+    """The last meaningful part of a model path or hub id: ``NAME`` of ``ORG/NAME`` and of a hub snapshot
+    ``.../models--ORG--NAME/snapshots/REV[/model.safetensors]``, else the file's stem or the directory."""
+    parts = Path(path).parts
+    for part in reversed(parts):
+        if part.startswith("models--"):
+            return part.split("--")[-1]
+    last = Path(path)
+    if last.stem in ("model", "pytorch_model", "weights") and last.suffix and len(parts) > 1:
+        return last.parent.name
+    return last.stem if last.suffix in (".safetensors", ".pth", ".pt", ".bin") else last.name
+
+
+def load_models(specs: Sequence[str], data: DataInfo | None = None, zoo_dir: str | Path | None = None,
+                class_map: ClassMapLike | None = None) -> list[Classifier]:
+    """:func:`load_model` for each spec, every model aligned with the same ``class_map``; models whose short
+    names coincide (e.g. ``timm:NAME`` and ``timm:hf-hub:timm/NAME``) go by their full specs."""
     if not specs:
         raise GktError("no models given")
-    return [load_model(s, data, zoo_dir) for s in specs]
+    models = [load_model(s, data, zoo_dir, class_map) for s in specs]
+    names = [m.name for m in models]
+    for model, spec in zip(models, specs):
+        if names.count(model.name) > 1:
+            model.name = spec
+    return models

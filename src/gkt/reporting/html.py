@@ -29,7 +29,7 @@ KEY_FIGURES = ("fig4a_success_rate.png", "fig4b_delta_vs_acc.png", "fig7_gain_vs
 # Tables that the findings already summarise or that only tools read.
 HIDDEN_TABLES = ("runs.csv", "claims.csv")
 MAX_TABLE_ROWS = 40
-OPEN_TABLE_ROWS = 12  # longer tables start collapsed
+OPEN_TABLE_ROWS = 12  # longer tables, and tables not in PREFERRED_TABLES, start collapsed
 
 # Compact views of known tables: (header, column, scale); a column's 95% interval is shown beside it when
 # the table has ``<stem>_lo_<unit>`` / ``<stem>_hi_<unit>`` columns.
@@ -45,6 +45,9 @@ COMPACT: dict[str, tuple[tuple[str, str, float], ...]] = {
                   ("teacher acc %", "acc_teacher", 100), ("seeds", "seeds", 1),
                   ("ρ_pos %", "rho_pos", 100), ("ρ_neg %", "rho_neg", 100), ("Δacc (pp)", "delta_acc", 100),
                   ("top classes", "top_classes", 1)),
+    "gains.csv": (("teacher", "teacher", 1), ("acc %", "acc_teacher", 100), ("Δacc (pp)", "delta_acc", 100),
+                  ("ρ_pos %", "rho_pos", 100), ("ρ_neg %", "rho_neg", 100), ("× random", "rho_pos_vs_random", 1),
+                  ("entropy", "entropy", 1), ("top classes", "top_classes", 1)),
     "overview.csv": (("student", "student", 1), ("acc %", "acc", 100), ("best teacher", "best_teacher", 1),
                      ("ρ_pos %", "rho_pos", 100), ("Δacc (pp)", "delta_acc", 100),
                      ("all teachers ρ_pos %", "any_teacher_rho_pos", 100)),
@@ -119,10 +122,11 @@ def _findings(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
         found = json.loads((run_dir / "findings.json").read_text())
         return found["sentences"], found["claims"]
     if (run_dir / "overview.csv").is_file():
-        sentences = [f"{r['student']} ({_number(r['acc'], 100)}%): the teacher with the most complementary knowledge "
-                     f"is {r['best_teacher']} (right on {_number(r['rho_pos'], 100)}% of the test samples the student "
-                     f"gets wrong; Δacc {_number(r['delta_acc'], 100)} pp); all teachers together: "
-                     f"{_number(r['any_teacher_rho_pos'], 100)}%." for r in _read_csv(run_dir / "overview.csv")]
+        sentences = [f"{r['student']} ({_number(r['acc'], 100)}% test accuracy): the teacher with the most "
+                     f"complementary knowledge is {r['best_teacher']} — right where the student is wrong on "
+                     f"{_number(r['rho_pos'], 100)}% of the test samples (ρ_pos; Δacc {_number(r['delta_acc'], 100)} pp); "
+                     f"some teacher is on {_number(r['any_teacher_rho_pos'], 100)}%."
+                     for r in _read_csv(run_dir / "overview.csv")]
         return sentences, []
     return [], []
 
@@ -191,7 +195,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         more = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows; all in {name})" if len(rows) > MAX_TABLE_ROWS else ""
         md += [f"\n## {name}{more}\n", format_table(shown, markdown=True) if shown else "(empty)"]
         if shown:
-            is_open = " open" if len(rows) <= OPEN_TABLE_ROWS else ""
+            is_open = " open" if len(rows) <= OPEN_TABLE_ROWS and Path(name).name in PREFERRED_TABLES else ""
             body.append(f"<details{is_open}><summary>{html.escape(name)} — {len(rows)} rows{html.escape(more)}</summary>"
                         f"{_html_table(shown)}</details>")
     others = [f for f in figures if f.name not in KEY_FIGURES]

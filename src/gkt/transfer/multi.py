@@ -19,7 +19,6 @@ from gkt.models.checkpoint import weights_hash
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.transfer.base import METHODS, TEACHERS_LOGITS
 
-
 # Teacher orders for sequential transfer, from the teachers' test accuracies to positions.
 ORDERS: Registry[Callable[[Sequence[float]], list[int]]] = Registry("teacher order")
 ORDERS.update({"given": lambda accs: list(range(len(accs))),

@@ -1,0 +1,72 @@
+"""``gkt export``: a model goes back to its library's own format and loads there with the same logits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gkt.cli import main
+from gkt.core.errors import GktError
+from gkt.data.datasets import load_image_folder
+from gkt.models import DataInfo, load_model, save_checkpoint
+from gkt.models.export import export_model
+from tests.hubs import HF_MODEL, IMAGENETTE, TIMM_MODELS, HubCaches
+
+
+def test_timm_student_exports_to_timm_and_transformers_with_the_same_logits(offline_hubs: HubCaches, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    import timm
+    import transformers
+
+    info = DataInfo.from_dataset(load_image_folder(offline_hubs.folder, image_size=64))
+    student = load_model(f"timm:{TIMM_MODELS[0]}", info, class_map=offline_hubs.class_map)  # 1000 → 10 classes
+    spec = f"file:{save_checkpoint(student, tmp_path / 'student')}"
+    out = tmp_path / "export"
+    assert main(["export", spec, "--to", str(out), "--out", str(tmp_path / "runs")]) == 0
+    assert "timm format" in capsys.readouterr().out
+    in_timm = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    in_transformers = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
+    assert in_timm.pretrained_cfg["label_names"] == list(IMAGENETTE)
+    assert in_transformers.config.id2label == dict(enumerate(IMAGENETTE))
+    assert in_timm.pretrained_cfg["crop_pct"] == student.preprocess.crop_pct
+    x = torch.rand(3, 3, 160, 160)
+    with torch.no_grad():
+        expected = student.net(x)
+        assert expected.shape == (3, 10)
+        assert torch.allclose(in_timm(x), expected, atol=1e-5)
+        assert torch.allclose(in_transformers(pixel_values=x).logits, expected, atol=1e-5)
+    assert main(["export", spec, "--to", str(out), "--out", str(tmp_path / "runs")]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_transformers_model_exports_with_its_processor(offline_hubs: HubCaches, tmp_path: Path) -> None:
+    import transformers
+
+    info = DataInfo.from_dataset(load_image_folder(offline_hubs.folder, image_size=64))
+    model = load_model(f"hf:{HF_MODEL}", info, class_map=offline_hubs.class_map)
+    fmt, out = export_model(model, tmp_path / "vit")
+    assert fmt == "transformers"
+    loaded = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    assert loaded.config.id2label == dict(enumerate(IMAGENETTE))
+    again = load_model(f"hf:{out}", info)  # gkt reads the exported processor back as the same transform
+    for pre in (again.preprocess, model.preprocess):
+        assert (pre.input_size, math.floor(pre.input_size / pre.crop_pct), pre.interpolation) == (32, 36, "bilinear")
+    assert processor.crop_size["height"] == 32
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=x).logits, model.net(x), atol=1e-5)
+
+
+def test_models_without_a_library_format_or_with_merged_classes_are_refused(offline_hubs: HubCaches,
+                                                                           tmp_path: Path) -> None:
+    info = DataInfo(("a",), 3, 16, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(GktError, match="no library format"):
+        export_model(load_model("torchvision:resnet18?num_classes=1", info), tmp_path / "x")
+    merged = load_model(f"timm:{TIMM_MODELS[0]}", info, class_map={"a": ["n01440764", "n01443537"]})
+    with pytest.raises(GktError, match="merges several model classes"):
+        export_model(merged, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,0 +1,132 @@
+"""Every spec form of a model held in the hubs' own caches, offline: timm names with tags and hf-hub ids
+(timm's own pretrained loader), hf hub ids and snapshot directories, torchvision weights enums."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gkt.core.errors import GktError
+from gkt.data.datasets import load_image_folder
+from gkt.models import DataInfo, load_model
+from gkt.models.specs import display_name
+from tests.hubs import HF_MODEL, IMAGENETTE, TIMM_MODELS, TORCHVISION_MODEL, HubCaches
+
+RESNET, EFFNET = TIMM_MODELS
+
+
+def folder_info(hubs: HubCaches) -> DataInfo:
+    return DataInfo.from_dataset(load_image_folder(hubs.folder, image_size=64))
+
+
+def test_timm_name_with_tag_and_hf_hub_id_load_pretrained_weights(offline_hubs: HubCaches) -> None:
+    import timm
+
+    reference = timm.create_model(RESNET, pretrained=True).eval()
+    x = torch.rand(2, 3, 160, 160)
+    for spec in (f"timm:{RESNET}", f"timm:hf-hub:timm/{RESNET}", f"timm:test_resnet?pretrained=true"):
+        model = load_model(spec)
+        assert model.name == (RESNET if "?" not in spec else "test_resnet")
+        pre = model.preprocess
+        cfg = reference.pretrained_cfg
+        assert (pre.input_size, pre.crop_pct, pre.interpolation) == (160, cfg["crop_pct"], cfg["interpolation"])
+        assert pre.mean == pytest.approx(cfg["mean"]) and pre.std == pytest.approx(cfg["std"])
+        assert model.num_classes == 1000 and model.class_names[0] == "n01440764"
+        with torch.no_grad():
+            assert torch.allclose(model.net(x), reference(x), atol=1e-5)
+
+
+def test_timm_pretrained_model_aligned_to_folder_and_round_trip(offline_hubs: HubCaches, tmp_path: Path) -> None:
+    from gkt.models import save_checkpoint
+
+    info = folder_info(offline_hubs)
+    model = load_model(f"timm:{RESNET}", info, class_map="auto")  # WordNet-id folders match by name
+    assert model.class_names == list(IMAGENETTE)
+    copy = load_model(f"file:{save_checkpoint(model, tmp_path / 'copy')}", info)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(copy(x), model(x))
+
+
+def test_hf_hub_id_and_snapshot_directory(offline_hubs: HubCaches) -> None:
+    info = folder_info(offline_hubs)
+    by_id = load_model(f"hf:{HF_MODEL}", info, class_map=offline_hubs.class_map)
+    snapshot = next((offline_hubs.hf_home / "hub" / "models--gkt-tests--tiny-vit" / "snapshots").iterdir())
+    by_dir = load_model(f"hf:{snapshot}", info, class_map=offline_hubs.class_map)
+    assert by_id.name == by_dir.name == "tiny-vit"
+    assert by_id.class_names == list(IMAGENETTE) and by_id.preprocess.input_size == 32
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(by_id(x), by_dir(x))
+    with pytest.raises(GktError, match="not in the Hugging Face cache"):
+        load_model("hf:gkt-tests/not-there")
+
+
+def test_torchvision_weights_enum_from_torch_hub_cache(offline_hubs: HubCaches) -> None:
+    import torchvision
+
+    arch, weights = TORCHVISION_MODEL
+    model = load_model(f"torchvision:{arch}?weights={weights}", folder_info(offline_hubs),
+                       class_map=offline_hubs.class_map)
+    assert model.name == f"{arch}.{weights}" and model.class_names == list(IMAGENETTE)
+    transform = torchvision.models.get_model_weights(arch)[weights].transforms()
+    pre = model.preprocess
+    assert (pre.input_size, pre.interpolation) == (transform.crop_size[0], "bilinear")
+    assert pre.crop_pct == pytest.approx(transform.crop_size[0] / transform.resize_size[0])
+    with pytest.raises(GktError, match="no weights 'IMAGENET1K_V9'.*IMAGENET1K_V1"):
+        load_model(f"torchvision:{arch}?weights=IMAGENET1K_V9")
+    with pytest.raises(GktError, match="cannot load .*resnet18-f37072fd.pth"):
+        load_model("torchvision:resnet18?weights=IMAGENET1K_V1")
+
+
+def test_typos_get_the_closest_names(offline_hubs: HubCaches) -> None:
+    with pytest.raises(GktError, match="did you mean.*resnet18"):
+        load_model("timm:resnet81.a1_in1k")
+    with pytest.raises(GktError, match="no pretrained tag.*resnet18.a1_in1k"):
+        load_model("timm:resnet18.a1_in1kk")
+    with pytest.raises(GktError, match="did you mean.*mobilenet_v3_small"):
+        load_model("torchvision:mobilenet_v3_smal?weights=DEFAULT")
+    with pytest.raises(GktError, match="cannot load its pretrained weights.*Hugging Face cache"):
+        load_model("timm:resnet18.a1_in1k")  # a known name whose weights are not in the cache
+
+
+def test_display_names() -> None:
+    snapshot = "/c/hub/models--timm--resnet18.a1_in1k/snapshots/abc"
+    assert display_name(f"timm:resnet18@{snapshot}") == "resnet18.a1_in1k"
+    assert display_name(f"timm:resnet18@{snapshot}/model.safetensors") == "resnet18.a1_in1k"
+    assert display_name("hf:facebook/convnext-tiny-224") == "convnext-tiny-224"
+    assert display_name(f"hf:{snapshot}") == "resnet18.a1_in1k"
+    assert display_name("torchvision:resnet18?weights=IMAGENET1K_V1&img_size=160") == \
+        "resnet18.IMAGENET1K_V1?img_size=160"
+    assert display_name("zoo:mlp") == "zoo:mlp"
+
+
+def test_foreign_code_and_loader_options_are_refused(offline_hubs: HubCaches, tmp_path: Path) -> None:
+    from gkt.models import save_checkpoint
+
+    snapshot = next((offline_hubs.hf_home / "hub" / "models--gkt-tests--tiny-vit" / "snapshots").iterdir())
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for f in snapshot.iterdir():
+        (evil / f.name).write_bytes(f.read_bytes())
+    config = json.loads((evil / "config.json").read_text())
+    (evil / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "evil.Config"}}))
+    (evil / "evil.py").write_text("raise SystemExit('ran foreign code')\n")
+    with pytest.raises(GktError, match="never runs code that comes with a model"):
+        load_model(f"hf:{evil}")
+    with pytest.raises(GktError, match=r"options \['checkpoint_path'\] are not allowed"):
+        load_model(f"timm:{RESNET}?checkpoint_path=/etc/passwd")
+    with pytest.raises(GktError, match=r"img_size='abc' must be a positive integer"):
+        load_model(f"timm:{RESNET}?img_size=abc")
+    # a sidecar naming a loader option is refused on load, not passed to timm
+    info = DataInfo(tuple(IMAGENETTE), 3, 16, (0.5,) * 3, (0.5,) * 3)
+    path = save_checkpoint(load_model("timm:test_resnet", info), tmp_path / "m")
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["arch"]["kwargs"]["checkpoint_path"] = "/etc/passwd"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(GktError, match="checkpoint_path"):
+        load_model(f"file:{path}")
