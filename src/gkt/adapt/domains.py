@@ -18,7 +18,7 @@ from gkt.data.domains import apply_domain
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
-from gkt.models import DataInfo, load_checkpoint, load_model, save_checkpoint, weights_hash
+from gkt.models import DataInfo, load_checkpoint, load_model, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ def domain_teacher(spec: str, data: str, cfg: DomainFinetune, device: torch.devi
     model = load_model(spec, DataInfo.from_dataset(test_orig), zoo_dir)
     train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
     train = stratified_subset(train, fraction=cfg.fraction, seed=cfg.recipe.seed)
-    key = stable_hash([weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), train.fingerprint(),
-                       len(train), test_orig.fingerprint(), cfg.to_dict()])
+    key = stable_hash([model.identity(), train.fingerprint(), len(train), test_orig.fingerprint(), cfg.to_dict()])
     path = cache_home() / "domains" / f"{_slug(spec)}-{parsed.domain}-{key}"
     if path.with_suffix(".json").is_file():
         record = dict(load_checkpoint(path).provenance["domain_finetune"])

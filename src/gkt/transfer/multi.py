@@ -23,7 +23,7 @@ from gkt.core.io import cache_home, read_json
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
-from gkt.models.checkpoint import load_checkpoint, weights_hash
+from gkt.models.checkpoint import load_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.transfer.base import METHODS, TEACHERS_LOGITS
 from gkt.transfer.evaluation import transfer_metrics
@@ -62,16 +62,11 @@ def check_teachers(student: Classifier, teachers: Sequence[Classifier]) -> None:
     seen: dict[str, int] = {}
     for position, teacher in enumerate(teachers, 1):
         check_label_space(teacher, student.class_names, f"the student {student.name}")
-        identity = stable_hash(model_identity(teacher))
+        identity = teacher.identity()
         if identity in seen:
             raise GktError(f"teacher {position} ({teacher.name}) is the same model as teacher {seen[identity]}; "
                            "give each teacher once")
         seen[identity] = position
-
-
-def model_identity(model: Classifier) -> dict[str, Any]:
-    return {"arch": model.arch.to_dict(), "preprocess": model.preprocess.to_dict(), "class_names": model.class_names,
-            "weights": weights_hash(model)}
 
 
 def weight_soup(models: Sequence[Classifier], reference: Classifier | None = None) -> Classifier:
@@ -115,8 +110,8 @@ class TransferSetup:
 
 def run_key(student: Classifier, teachers: Sequence[Classifier], config: TransferConfig, setup: TransferSetup) -> str:
     """Everything that determines a transfer run's result, hashed."""
-    return stable_hash({"format": RUN_CACHE_FORMAT, "student": model_identity(student),
-                        "teachers": [model_identity(t) for t in teachers], "config": config.to_dict(),
+    return stable_hash({"format": RUN_CACHE_FORMAT, "student": student.identity(),
+                        "teachers": [t.identity() for t in teachers], "config": config.to_dict(),
                         "transfer_set": setup.transfer_set.fingerprint(), "test_set": setup.test_set.fingerprint(),
                         "device": setup.device.type}, length=24)
 
