@@ -87,7 +87,9 @@ class PretrainResult:
 
 class PretrainTask(Task):
     """KDEP pre-training as a task of the one training loop: the objective's loss on the student (the
-    objective's own trainable parts, e.g. the learned alignment, are optimised with it)."""
+    objective's own trainable parts, e.g. the learned alignment, are optimised with it). Logit-level
+    objectives get the loop's wrapped (DDP, compiled) forward; feature objectives tap the student's
+    layer eagerly, in one process."""
 
     def __init__(self, student: Classifier, objective: Objective):
         self.student, self.objective = student, objective
