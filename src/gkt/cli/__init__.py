@@ -19,7 +19,9 @@ from gkt import __version__
 from gkt.cli.config import parse_args, resolved_config, write_config
 from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_json
+from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
+from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
@@ -39,7 +41,7 @@ class Verb:
 # Free space the output root must have before a command starts (override: $GKT_MIN_FREE_MB).
 MIN_FREE_MB = 100
 
-VERBS: dict[str, Verb] = {}
+VERBS: Registry[Verb] = Registry("verb")
 GROUP_HELP: dict[str, str] = {}
 
 
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gkt", description="General knowledge transfer between any pretrained classifiers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model specs: zoo:NAME | timm:ARCH[@WEIGHTS][?k=v&...] | file:PATH\n"
-               "data specs:  fmnist | folder:PATH (PATH/train/<class>/*.jpg, PATH/val/...)")
+               f"data specs:  {DATA_SYNTAX}\n"
+               "             (BASE: fmnist | digits | folder:PATH with PATH/train/<class>/*.jpg, PATH/val/...)")
     parser.add_argument("--version", action="version", version=f"gkt {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
