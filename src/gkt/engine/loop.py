@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
+from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.augment import compose
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.engine.distributed import DistContext
@@ -34,7 +35,6 @@ from gkt.models.preprocess import to_unit_float
 log = logging.getLogger(__name__)
 
 SGD_MOMENTUM = 0.9  # recipes without a momentum setting (zoo, fine-tuning, KDEP) use this
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
@@ -89,18 +89,12 @@ class Runtime:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
     channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the trainable models' training forward
-    loader_workers: int = 0  # DataLoader processes decoding image-folder batches (in-memory data: sliced directly)
+    loader_workers: int | None = None  # processes decoding encoded images (None: CPUs - 1, 1 to 8; 0: inline)
     evaluate_every_epoch: bool = True  # False: evaluate on the test split after the last epoch only (studies)
     dist: DistContext = field(default_factory=DistContext)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        if self.precision == "auto":
-            return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        if self.precision not in PRECISIONS:
-            raise GktError(f"unknown precision {self.precision!r}; use one of auto, {', '.join(PRECISIONS)}")
-        if self.precision == "fp16" and device.type != "cuda":
-            raise GktError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
-        return PRECISIONS[self.precision]
+        return autocast_dtype(self.precision, device)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -199,9 +193,7 @@ class TrainLoop:
         return wrapped
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.runtime.precision)
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the data; returns the epoch mean of each loss (``loss_NAME``) and their sum
@@ -328,28 +320,31 @@ def train_supervised(model: Classifier, dataset: ImageDataset, recipe: Recipe, d
 
 @torch.no_grad()
 def predict_outputs(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 1000,
-                    desc: str | None = None, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                    desc: str | None = None, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    precision: str = "fp32") -> torch.Tensor:
     """``fn(images)`` (default: ``model``'s logits) over ``dataset`` in order, float32 on the CPU, with
-    ``model`` in eval mode and no gradients."""
+    ``model`` in eval mode, no gradients and autocast in ``precision``. Images skipped under
+    ``--bad-images skip`` are dropped from ``dataset`` by the pass, so read ``dataset.labels`` after it."""
     was_training = model.training
     model.to(device).eval()
     fn = fn or model
-    chunks = [fn(images.to(device, non_blocking=True)).float().cpu()
-              for images, _, _ in tqdm(iterate_batches(dataset, batch_size), total=math.ceil(len(dataset) / batch_size),
-                                       desc=desc or "predict", leave=False, disable=None)]
+    with autocast(device, precision):
+        chunks = [fn(images.to(device, non_blocking=True)).float().cpu()
+                  for images, _, _ in tqdm(iterate_batches(dataset, batch_size), desc=desc or "predict", leave=False,
+                                           total=math.ceil(len(dataset) / batch_size), disable=None)]
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, model.num_classes)
 
 
 def predict_logits(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 1000,
-                   desc: str | None = None) -> torch.Tensor:
-    """Logits ``[N, C]`` (float32, CPU) of ``model`` over ``dataset`` in order; eval mode, no grad."""
-    return predict_outputs(model, dataset, device, batch_size, desc)
+                   desc: str | None = None, precision: str = "fp32") -> torch.Tensor:
+    """Logits ``[N, C]`` (float32, CPU) of ``model`` over ``dataset`` in order (see :func:`predict_outputs`)."""
+    return predict_outputs(model, dataset, device, batch_size, desc, precision=precision)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
 
 
-def evaluate(model: Classifier, dataset: ImageDataset, device: torch.device) -> float:
-    return accuracy(predict_logits(model, dataset, device), dataset.labels)
+def evaluate(model: Classifier, dataset: ImageDataset, device: torch.device, precision: str = "fp32") -> float:
+    return accuracy(predict_logits(model, dataset, device, precision=precision), dataset.labels)

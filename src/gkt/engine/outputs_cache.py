@@ -17,6 +17,7 @@ mass evenly over the other classes — enough for KL+DP's masks and a top-k KL.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,11 +30,13 @@ from gkt.core.hashing import stable_hash
 from gkt.core.io import atomic_path
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_outputs
-from gkt.engine.predictions import dataset_identity, get_predictions, store_dir
+from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, dataset_identity, get_predictions, store_dir
 from gkt.models.classifier import Classifier
 from gkt.models.features import FeatureTap
 
 TABLE_FORMAT = "gkt-outputs/1"
+
+log = logging.getLogger(__name__)
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
                       "U8": np.uint8, "BOOL": np.bool_}
@@ -95,6 +98,12 @@ class CachedOutputs:
             preds = get_predictions(model, dataset, device, root=root, data_id=data_id)
             self.arrays = mmap_safetensors(store_dir(root) / f"{preds.key}.safetensors")
             self.from_store = preds.from_store
+            if not self.full_logits:
+                log.warning("cached targets of %s are top-%d approximations: with %d classes (more than %d) the "
+                            "prediction store keeps the top-%d logits and the true-class and maximum probabilities, "
+                            "the rest of the distribution is spread evenly; --no-cache computes exact targets",
+                            model.name, self.arrays["topk_logits"].shape[1], model.num_classes,
+                            FULL_LOGITS_MAX_CLASSES, self.arrays["topk_logits"].shape[1])
             return
         if tap is not None and tap.model is not model:
             raise GktError(f"the feature tap belongs to {tap.model.name}, not to {model.name}")

@@ -28,7 +28,7 @@ from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict_logits
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
-from gkt.engine.predictions import dataset_identity
+from gkt.engine.predictions import dataset_identity, get_many
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.features import FeatureTap
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
 STATE_FORMAT = "gkt-transfer-state/1"
+PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class TransferTask(Task):
         self.teacher_tap = FeatureTap(self.teacher, "features") if TEACHER_FEATURES in method.needs else None
         self.student_tap = FeatureTap(self.student, "features") if STUDENT_FEATURES in method.needs else None
         self.cached = self._cache_targets(runtime) if runtime.cache_outputs and not config.augment else {}
+        self.prepared = self._prepare_fixed_targets()
         self.example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
         self.student_forward: Callable[[torch.Tensor], torch.Tensor] = self.student
         self.method_forward: Callable[[Step], dict] = method
@@ -146,11 +148,13 @@ class TransferTask(Task):
         wanted = {need: models for need, models in sources.items() if need in self.method.needs and models}
         if not wanted:
             return {}
-        data_id = dataset_identity(self.transfer_set)
         labels_allowed = self.method.uses_labels and not self.config.unlabelled
         dist = runtime.dist
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
+        frozen = list({id(m): m for models in wanted.values() for m in models}.values())
+        get_many(frozen, self.transfer_set, self.device, workers=runtime.loader_workers)  # one decode pass
+        data_id = dataset_identity(self.transfer_set)
         readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
                                         data_id=data_id) for m in models] for need, models in wanted.items()}
         if dist.is_main:
@@ -162,6 +166,19 @@ class TransferTask(Task):
             return lambda idx: outputs[0].rows(idx, self.device)
 
         return {need: reader(need, outputs) for need, outputs in readers.items()}
+
+    def _prepare_fixed_targets(self) -> dict[str, torch.Tensor] | None:
+        """The method's prepared targets for the whole transfer set, once, when every output it needs is
+        cached (fixed targets) and they fit :data:`PREPARE_ONCE_MAX_ELEMENTS`; else None (per batch)."""
+        needs = [n for n in self.method.needs if n in TARGET_PRODUCERS]
+        if not needs or not all(n in self.cached for n in needs):
+            return None
+        every = torch.arange(len(self.transfer_set))
+        outputs = {n: self.cached[n](every) for n in needs}
+        if sum(o.numel() for o in outputs.values()) > PREPARE_ONCE_MAX_ELEMENTS:
+            return None
+        labels = self.transfer_set.labels.to(self.device) if self.method.uses_labels else None
+        return self.method.prepare_targets(outputs, labels)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [*self.student.parameters(), *self.method.parameters()]
@@ -187,10 +204,18 @@ class TransferTask(Task):
         return {need: self.cached[need](indices) if need in self.cached else TARGET_PRODUCERS[need](self, x)
                 for need in self.method.needs if need in TARGET_PRODUCERS}
 
+    def step_targets(self, x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the method's loss reads for one batch: rows of the prepared fixed targets, else the batch's
+        frozen outputs prepared on the spot."""
+        if self.prepared is not None:
+            rows = indices.to(self.device, non_blocking=True)
+            return {k: v[rows] for k, v in self.prepared.items()}
+        return self.method.prepare_targets(self.targets(x, indices), labels)
+
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = batch.x
-        step = Step(self.student_forward(x), self.targets(x, batch.indices), batch.indices, batch.generator,
-                    labels=batch.labels if self.method.uses_labels else None,
+        x, labels = batch.x, batch.labels if self.method.uses_labels else None
+        step = Step(self.student_forward(x), self.step_targets(x, batch.indices, labels), batch.indices,
+                    batch.generator, labels=labels,
                     student_features=self.student_tap(x) if self.student_tap is not None else None)
         return self.method_forward(step)
 
@@ -261,15 +286,16 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     start = time.perf_counter()
     runtime = runtime or Runtime()
     method = config.build_method()
-    labels = test_set.labels
     teachers = as_teachers(teacher)
 
     def predict(model: Classifier, dataset: ImageDataset, desc: str) -> torch.Tensor:
         """Logits over ``dataset``, each rank predicting its shard."""
-        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc)
+        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc, precision=runtime.precision)
         return runtime.dist.gather_rows(logits.to(device), len(dataset)).cpu()
 
-    correct_teacher = torch.stack([correctness(predict(t, test_set, "teacher"), labels) for t in teachers]).any(0)
+    teacher_logits = [predict(t, test_set, "teacher") for t in teachers]
+    labels = test_set.labels  # read after a first pass: images skipped under --bad-images skip are dropped then
+    correct_teacher = torch.stack([correctness(logits, labels) for logits in teacher_logits]).any(0)
     correct_before = correctness(predict(student, test_set, "student"), labels)
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
