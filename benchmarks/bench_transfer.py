@@ -28,12 +28,12 @@ from gkt.data.datasets import TensorImageDataset, iterate_batches
 from gkt.data.fmnist import FASHION_MNIST_CLASSES
 from gkt.data.spec import load_split
 from gkt.data.subsets import stratified_subset
-from gkt.engine.loop import make_optimizer
+from gkt.engine.loop import Runtime, make_optimizer
 from gkt.models import Classifier
 from gkt.models.preprocess import to_unit_float
 from gkt.models.zoo import get_entry
 from gkt.transfer import TransferConfig
-from gkt.transfer.trainer import Runtime, TransferTrainer
+from gkt.transfer.trainer import TransferTrainer
 
 
 def zoo_architecture(name: str, seed: int) -> Classifier:

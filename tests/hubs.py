@@ -97,8 +97,8 @@ def image_folder(root: Path, classes: tuple[str, ...] = IMAGENETTE, per_class: i
 
 @pytest.fixture(scope="session")
 def hub_caches(tmp_path_factory: pytest.TempPathFactory) -> HubCaches:
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
     from timm.data import ImageNetInfo
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     root = tmp_path_factory.mktemp("hubs")
     hf_home, torch_home = root / "hf", root / "torch"

@@ -19,10 +19,10 @@ def _configs() -> list[tuple[str, Any, str]]:
     """(verb, config instance, option prefix): the options ``PREFIX + field`` of the verb set that field."""
     from gkt.adapt.domains import DomainFinetune
     from gkt.adapt.heads import AdaptConfig
+    from gkt.engine.loop import Runtime
     from gkt.experiments.kdep_benchmark import BenchmarkConfig
     from gkt.kdep.objectives import ObjectiveConfig
     from gkt.transfer import TransferConfig
-    from gkt.transfer.trainer import Runtime
 
     bench = BenchmarkConfig()
     return [("transfer", TransferConfig(), ""), ("transfer", Runtime(), ""), ("study", Runtime(), ""),

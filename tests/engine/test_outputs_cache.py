@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from gkt.engine.loop import Runtime
 from gkt.engine.outputs_cache import CachedOutputs, dense_log_probs, mmap_safetensors
 from gkt.engine.predictions import Predictions, get_predictions, save_predictions, store_dir
 from gkt.transfer import TransferConfig, run_transfer
-from gkt.transfer.trainer import Runtime
 from tests.conftest import make_blobs
 from tests.transfer.test_trainer import tiny_model
 

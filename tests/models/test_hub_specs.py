@@ -27,7 +27,7 @@ def test_timm_name_with_tag_and_hf_hub_id_load_pretrained_weights(offline_hubs: 
 
     reference = timm.create_model(RESNET, pretrained=True).eval()
     x = torch.rand(2, 3, 160, 160)
-    for spec in (f"timm:{RESNET}", f"timm:hf-hub:timm/{RESNET}", f"timm:test_resnet?pretrained=true"):
+    for spec in (f"timm:{RESNET}", f"timm:hf-hub:timm/{RESNET}", "timm:test_resnet?pretrained=true"):
         model = load_model(spec)
         assert model.name == (RESNET if "?" not in spec else "test_resnet")
         pre = model.preprocess

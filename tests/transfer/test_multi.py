@@ -137,7 +137,7 @@ def test_sequential_chaining_refreshes_the_frozen_copy(setup: TransferSetup, mon
 
     def recording_init(self: TransferTrainer, *args: object, **kwargs: object) -> None:
         init(self, *args, **kwargs)
-        frozen_hashes.append(weights_hash(self.frozen))
+        frozen_hashes.append(weights_hash(self.task.frozen))
 
     monkeypatch.setattr(TransferTrainer, "__init__", recording_init)
     study = MultiTeacherStudy(student, teachers, setup, order="desc")

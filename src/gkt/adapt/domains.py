@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gkt.adapt.heads import content_key
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.core.io import cache_home
@@ -16,7 +17,6 @@ from gkt.data.domains import apply_domain
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
-from gkt.adapt.heads import content_key
 from gkt.models import DataInfo, load_checkpoint, load_model, save_checkpoint
 
 log = logging.getLogger(__name__)

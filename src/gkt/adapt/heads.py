@@ -3,7 +3,7 @@
 A model trained on one label space gets a new classification head for a target dataset:
 
 * ``probe`` (default): the backbone is frozen; the inputs of the model's head (what its final linear layer
-  sees in eval mode, captured by a forward pre-hook, so every architecture's own pooling/activation
+  sees in eval mode, taken by the one feature tap, so every architecture's own pooling/activation
   order is respected) are computed once without gradients, and a multinomial logistic regression is fitted
   on them (standardised features, full-batch L-BFGS, L2 strength picked on a stratified val share of the
   train split, then refitted on all of it). The fitted weights are folded back (un-standardised) into the
@@ -20,7 +20,6 @@ student/teacher/method/seed) and adds the Δtransf vs Δacc figure per method (p
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,19 +28,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home
 from gkt.core.registry import Registry
-from gkt.data.datasets import ImageDataset, iterate_batches
+from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
 from gkt.data.subsets import train_val_split
-from gkt.engine.loop import evaluate, train_supervised
+from gkt.engine.loop import evaluate, predict_outputs, train_supervised
 from gkt.engine.predictions import dataset_identity
 from gkt.models import Classifier, load_checkpoint, load_model, save_checkpoint, weights_hash
+from gkt.models.features import FeatureTap
 from gkt.models.heads import head_keys, with_new_head
 
 log = logging.getLogger(__name__)
@@ -78,22 +77,10 @@ def head_module(model: Classifier) -> tuple[str, nn.Linear]:
     return name, module
 
 
-@torch.no_grad()
 def head_inputs(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 500) -> torch.Tensor:
     """What ``model``'s head receives for every sample of ``dataset`` (eval mode, no grad): float32 ``[N, D]``."""
-    _, head = head_module(model)
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        for images, _, _ in tqdm(iterate_batches(dataset, batch_size), total=math.ceil(len(dataset) / batch_size),
-                                 desc=f"features {model.name}", leave=False, disable=None):
-            model(images.to(device, non_blocking=True))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(captured).flatten(1)
+    name, _ = head_module(model)
+    return predict_outputs(model, dataset, device, batch_size, f"features {model.name}", FeatureTap(model, name))
 
 
 def _fit_standardised(z: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int
@@ -185,8 +172,7 @@ def content_key(model: Classifier, datasets: list[ImageDataset], config: dict[st
     """A cache key from contents only: the model's identity (weights, architecture, preprocessing, classes),
     the datasets' identities (names, labels and image contents) and the configuration — never a spec's
     text, so two models or two versions of a data set never share an entry."""
-    return stable_hash([weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), model.class_names,
-                        [dataset_identity(d) for d in datasets], config], 32)
+    return stable_hash([model.identity(), [dataset_identity(d) for d in datasets], config], 32)
 
 
 def adapt_cached(spec: str, data: str, cfg: AdaptConfig, device: torch.device, data_dir: str | None = None,

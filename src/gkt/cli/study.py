@@ -143,9 +143,9 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
 
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
 def study(args: argparse.Namespace) -> int:
+    from gkt.engine.loop import Runtime
     from gkt.experiments.grid import ResultsStore, job_key, run_study
     from gkt.experiments.transfer_job import transfer_job
-    from gkt.transfer.trainer import Runtime
 
     if args.retry_failed and not args.resume:
         raise GktError("--retry-failed reruns the failed jobs of a study: give it with --resume RUN_DIR")

@@ -28,9 +28,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
     from gkt.data.augment import AUGMENTATIONS
     from gkt.data.spec import SYNTAX
+    from gkt.engine.loop import Runtime
     from gkt.transfer import TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
-    from gkt.transfer.trainer import Runtime
 
     d, rt = TransferConfig(), Runtime()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -128,10 +128,10 @@ def _fmt(value: float) -> str:
 def transfer(args: argparse.Namespace) -> int:
     from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
+    from gkt.engine.loop import Runtime
     from gkt.models import DataInfo, load_model
     from gkt.models.preprocess import decode_size_for
     from gkt.transfer import TransferConfig, create_method, run_transfer
-    from gkt.transfer.trainer import Runtime
 
     create_method(args.method)  # unknown names fail before anything is loaded
     if args.resume and args.multi:

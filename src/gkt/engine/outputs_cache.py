@@ -1,9 +1,12 @@
-"""Cached outputs of the frozen models of a transfer (teachers, the frozen student).
+"""Cached outputs of frozen models: the one mechanism for a transfer's teachers and frozen student and
+for KDEP's teacher (logits or tapped features).
 
-On a deterministic input pipeline (no augmentation) a frozen model's output for a transfer-set sample
-never changes, so it is computed once — by the prediction store (:mod:`gkt.predictions`), keyed by
-weights, preprocessing and dataset contents — and reused across epochs, methods, runs and studies.
-The store's file is memory-mapped and only the rows of each batch are read, so it scales past RAM.
+On a deterministic input pipeline (no augmentation) a frozen model's output for a training sample never
+changes, so it is computed once, stored by content — the model's identity (:meth:`Classifier.identity`),
+what is taken from it (logits, or a :class:`FeatureTap` layer) and the dataset's identity — and reused
+across epochs, methods, runs and studies. Logits go through the prediction store
+(:mod:`gkt.engine.predictions`); exact logits and features are stored as one ``[N, D]`` float32 table.
+Files are memory-mapped and only the rows of each batch are read, so they scale past RAM.
 
 Small label spaces store full logits (exact targets). Large ones store the top-k logits, the true-class
 and the maximum probability; :func:`dense_log_probs` rebuilds a full log-distribution from them that is
@@ -15,15 +18,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from gkt.core.errors import GktError
+from gkt.core.hashing import stable_hash
+from gkt.core.io import atomic_path
 from gkt.data.datasets import ImageDataset
-from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, get_predictions, store_dir
+from gkt.engine.loop import predict_outputs
+from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, dataset_identity, get_predictions, store_dir
 from gkt.models.classifier import Classifier
+from gkt.models.features import FeatureTap
+
+TABLE_FORMAT = "gkt-outputs/1"
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +85,77 @@ def dense_log_probs(topk_logits: torch.Tensor, topk_indices: torch.Tensor, max_p
 
 
 class CachedOutputs:
-    """One frozen model's stored outputs on one dataset; :meth:`rows` gives a batch's targets."""
+    """One frozen model's stored outputs on one dataset; :meth:`rows` gives a batch's targets, :meth:`table`
+    all of them. By default the prediction store's logits (top-k summaries for large label spaces);
+    ``exact``: full logits whatever the label space; ``tap``: that layer's pooled features."""
 
-    def __init__(self, model: Classifier, dataset: ImageDataset, device: torch.device, *, labels_allowed: bool,
-                 root: str | Path | None = None, data_id: str | None = None):
-        preds = get_predictions(model, dataset, device, root=root, data_id=data_id)
+    def __init__(self, model: Classifier, dataset: ImageDataset, device: torch.device, *, labels_allowed: bool = False,
+                 root: str | Path | None = None, data_id: str | None = None, tap: FeatureTap | None = None,
+                 exact: bool = False):
         self.num_classes = model.num_classes
-        self.arrays = mmap_safetensors(store_dir(root) / f"{preds.key}.safetensors")
         self.labels_allowed = labels_allowed
-        self.from_store = preds.from_store
-        if not self.full_logits:
-            log.warning("cached targets of %s are top-%d approximations: with %d classes (more than %d) the "
-                        "prediction store keeps the top-%d logits and the true-class and maximum probabilities, "
-                        "the rest of the distribution is spread evenly; --no-cache computes exact targets",
-                        model.name, self.arrays["topk_logits"].shape[1], model.num_classes, FULL_LOGITS_MAX_CLASSES,
-                        self.arrays["topk_logits"].shape[1])
+        if tap is None and not exact:
+            preds = get_predictions(model, dataset, device, root=root, data_id=data_id)
+            self.arrays = mmap_safetensors(store_dir(root) / f"{preds.key}.safetensors")
+            self.from_store = preds.from_store
+            if not self.full_logits:
+                log.warning("cached targets of %s are top-%d approximations: with %d classes (more than %d) the "
+                            "prediction store keeps the top-%d logits and the true-class and maximum probabilities, "
+                            "the rest of the distribution is spread evenly; --no-cache computes exact targets",
+                            model.name, self.arrays["topk_logits"].shape[1], model.num_classes,
+                            FULL_LOGITS_MAX_CLASSES, self.arrays["topk_logits"].shape[1])
+            return
+        if tap is not None and tap.model is not model:
+            raise GktError(f"the feature tap belongs to {tap.model.name}, not to {model.name}")
+        what = f"features:{tap.layer}" if tap is not None else "logits"
+        key = stable_hash([TABLE_FORMAT, model.identity(), what, data_id or dataset_identity(dataset)], 24)
+        path = store_dir(root) / "tables" / f"{key}.safetensors"
+        self.from_store = path.is_file() and _rows(path) == len(dataset)
+        if not self.from_store:
+            table = predict_outputs(model, dataset, device, 500, f"{what} of {model.name}", tap)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"outputs": table.contiguous()}, str(tmp), metadata={
+                    "format": TABLE_FORMAT, "model": model.name, "outputs": what, "dataset": dataset.name})
+        self.arrays = mmap_safetensors(path)
 
     @property
     def full_logits(self) -> bool:
         return "logits" in self.arrays
 
     def rows(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Targets ``[B, C]`` for the dataset positions ``indices`` (logits or log-probabilities)."""
+        """Targets ``[B, ...]`` for the dataset positions ``indices`` (logits, log-probabilities or features)."""
         order = indices.numpy()
-        if self.full_logits:
-            return torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][order])).to(device, non_blocking=True)
+        for name in ("outputs", "logits"):
+            if name in self.arrays:
+                return torch.from_numpy(np.ascontiguousarray(self.arrays[name][order])).to(device, non_blocking=True)
         get = {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k][order])) for k in
                ("topk_logits", "topk_indices", "max_prob", "true_prob", "labels")}
         true = (get["true_prob"], get["labels"].long()) if self.labels_allowed else (None, None)
         return dense_log_probs(get["topk_logits"], get["topk_indices"], get["max_prob"], self.num_classes,
                                *true).to(device, non_blocking=True)
+
+    def table(self) -> torch.Tensor:
+        """Every row, in dataset order (a stored table or full logits)."""
+        name = "outputs" if "outputs" in self.arrays else "logits"
+        return torch.from_numpy(np.array(self.arrays[name]))
+
+
+def _rows(path: Path) -> int:
+    """Rows of a stored output table (-1 when it is unreadable: it is then recomputed)."""
+    try:
+        return int(mmap_safetensors(path)["outputs"].shape[0])
+    except (OSError, KeyError, ValueError, GktError):
+        return -1
+
+
+class FrozenOutputs:
+    """A frozen model's outputs for a training batch: the rows of its :class:`CachedOutputs` where the input
+    pipeline is deterministic, else ``fn`` on the batch (no gradients either way)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], cached: CachedOutputs | None):
+        self.fn, self.cached = fn, cached
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return self.cached.rows(indices, x.device) if self.cached is not None else self.fn(x)

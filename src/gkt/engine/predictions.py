@@ -26,7 +26,6 @@ from gkt.core.hashing import stable_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
-from gkt.models.checkpoint import weights_hash
 from gkt.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -111,11 +110,11 @@ def dataset_identity(dataset: ImageDataset) -> str:
 
 
 def prediction_key(model: Classifier, dataset: ImageDataset | str, topk: int | None = None, *variant: str) -> str:
-    """Cache key: weights hash, architecture, preprocessing, dataset identity, storage layout (and any
-    ``variant`` of how the outputs were computed, e.g. a reduced precision)."""
+    """Cache key: the model's identity (weights, architecture, preprocessing, classes), the dataset's
+    identity, the storage layout (and any ``variant`` of how the outputs were computed, e.g. a reduced
+    precision)."""
     data_id = dataset if isinstance(dataset, str) else dataset_identity(dataset)
-    return stable_hash([FORMAT, weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), data_id,
-                        topk, *variant], 24)
+    return stable_hash([FORMAT, model.identity(), data_id, topk, *variant], 24)
 
 
 def store_dir(root: str | Path | None = None) -> Path:

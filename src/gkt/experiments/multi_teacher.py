@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home, read_json, write_csv
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
@@ -40,14 +39,7 @@ from gkt.models.classifier import Classifier
 from gkt.reporting.multi_teacher import write_result
 from gkt.reporting.tables import mean_std
 from gkt.transfer.evaluation import transfer_metrics
-from gkt.transfer.multi import (
-    ORDERS,
-    MultiResult,
-    check_teachers,
-    model_identity,
-    parallel_method,
-    weight_soup,
-)
+from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, parallel_method, weight_soup
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
 
 RUN_CACHE_FORMAT = "gkt-transfer-run/2"
@@ -74,10 +66,6 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def _identity(model: Classifier) -> str:
-    return stable_hash(model_identity(model))
-
-
 class TransferRuns:
     """The run cache as a grid: :meth:`job` describes a run by content, :meth:`__call__` runs one (the job
     function, resolving the job's models by identity among those registered), :meth:`run` runs a batch
@@ -89,9 +77,9 @@ class TransferRuns:
 
     def job(self, student: Classifier, teachers: Sequence[Classifier], config: TransferConfig) -> dict[str, Any]:
         for model in (student, *teachers):
-            self.models.setdefault(_identity(model), model)
-        return {"format": RUN_CACHE_FORMAT, "student": model_identity(student),
-                "teachers": [model_identity(t) for t in teachers], "config": config.to_dict(),
+            self.models.setdefault(model.identity(), model)
+        return {"format": RUN_CACHE_FORMAT, "student": student.identity(),
+                "teachers": [t.identity() for t in teachers], "config": config.to_dict(),
                 "transfer_set": self.setup.transfer_set.fingerprint(), "test_set": self.setup.test_set.fingerprint(),
                 "device": self.setup.device.type}
 
@@ -99,8 +87,8 @@ class TransferRuns:
         return self.setup.cache_dir / job_key(job)
 
     def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
-        student = self.models[stable_hash(job["student"])]
-        teachers = [self.models[stable_hash(t)] for t in job["teachers"]]
+        student = self.models[job["student"]]
+        teachers = [self.models[t] for t in job["teachers"]]
         run_dir = self.run_dir(job)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "final.json").is_file():  # a kill after saving the student, before final.json

@@ -54,8 +54,8 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     are seeded with the run's seed, so a run's result does not depend on the worker or the jobs before
     it. Models and data are cached per process; every run gets fresh copies, so runs never share state.
     Only the final model is evaluated (a study keeps final metrics, not per-epoch curves)."""
+    from gkt.engine.loop import Runtime
     from gkt.transfer import TransferConfig, run_transfer
-    from gkt.transfer.trainer import Runtime
 
     data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
     subset_seed = config.get("subset_seed", config.get("seed", 0))

@@ -17,9 +17,7 @@ from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.data.datasets import ImageDataset, iterate_batches
-from gkt.models import (
-    weights_hash,
-)
+from gkt.engine.predictions import dataset_identity
 from gkt.models.features import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -125,10 +123,9 @@ class StreamingMoments:
 def fit_alignment(tap: FeatureTap, dataset: ImageDataset, device: torch.device, batch_size: int = 500,
                   cache: bool = True, features: torch.Tensor | None = None) -> SvdAlignment:
     """:class:`StreamingMoments` over one eval pass of the teacher on ``dataset`` (or over its already
-    computed ``features``, in chunks); cached on disk by teacher weights + feature layer + preprocessing
-    + data fingerprint (``$GKT_HOME/kdep``)."""
-    key = stable_hash([ALIGNMENT_VERSION, weights_hash(tap.model), tap.layer, tap.model.preprocess.to_dict(),
-                       dataset.fingerprint(), len(dataset)])
+    computed ``features``, in chunks); cached on disk by the teacher's identity + feature layer + the
+    data's identity (``$GKT_HOME/kdep``)."""
+    key = stable_hash([ALIGNMENT_VERSION, tap.model.identity(), tap.layer, dataset_identity(dataset)])
     path = cache_home() / "kdep" / f"alignment-{key}.safetensors"
     if cache and path.is_file():
         log.info("SVD alignment from cache %s", path)

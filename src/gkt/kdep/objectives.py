@@ -13,12 +13,13 @@ from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.core.registry import Registry
-from gkt.data.datasets import ImageDataset, iterate_batches
+from gkt.data.datasets import ImageDataset
+from gkt.engine.outputs_cache import CachedOutputs, FrozenOutputs
 from gkt.kdep.alignment import fit_alignment, power_temperature_scaling
-from gkt.models import (
-    Classifier,
-)
+from gkt.models.classifier import Classifier
 from gkt.models.features import FeatureTap
+
+Student = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -35,40 +36,23 @@ class ObjectiveConfig:
 
 
 class Objective(nn.Module):
-    """A pre-training loss on a batch; may own trainable parameters (dropped after pre-training)."""
+    """A pre-training loss on a batch; may own trainable parameters (dropped after pre-training).
+    ``student`` is the student's training forward (the loop's wrapped module where it wraps one)."""
 
     uses_labels = False
     needs_teacher = True
 
-    def loss(self, student: Classifier, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def loss(self, student: Student, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def extra(self) -> dict[str, Any]:
         return {}
 
 
-class TeacherOutputs:
-    """Raw teacher outputs for a batch, transformed into targets. Un-augmented pre-training sees exactly
-    ``dataset[idx]``, so the outputs come from a table computed in one pass; augmented batches run the
-    teacher (eval, no grad) on the fly."""
-
-    def __init__(self, teacher_fn: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset,
-                 device: torch.device, precompute: bool, batch_size: int = 500):
-        self.teacher_fn = teacher_fn
-        self.table: torch.Tensor | None = None
-        if precompute:
-            with torch.no_grad():
-                self.table = torch.cat([teacher_fn(images.to(device)).float() for images, _, _ in
-                                        iterate_batches(dataset, batch_size)])
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx.to(self.table.device)] if self.table is not None else self.teacher_fn(x)
-
-
 class _FeatureDistillation(Objective):
     """Shared part of KDEP and the learned-alignment baseline: teacher and student taps, the teacher's
-    raw features (table or on the fly) and ``μ`` (+ ``V``) from the SVD alignment."""
+    raw features (cached outputs, or on the fly under augmentation) and ``μ`` (+ ``V``) from the SVD
+    alignment."""
 
     def __init__(self, cfg: ObjectiveConfig, teacher: Classifier, student: Classifier, dataset: ImageDataset,
                  device: torch.device, precompute: bool):
@@ -77,10 +61,11 @@ class _FeatureDistillation(Objective):
         teacher.to(device).eval()
         self.teacher_tap = FeatureTap(teacher, cfg.teacher_layer)
         self.student_tap = FeatureTap(student, cfg.student_layer)
-        self.features = TeacherOutputs(self.teacher_tap, dataset, device, precompute)
+        cached = CachedOutputs(teacher, dataset, device, tap=self.teacher_tap) if precompute else None
+        self.features = FrozenOutputs(self.teacher_tap, cached)
         start = time.perf_counter()
         self.alignment = fit_alignment(self.teacher_tap, dataset, device, cache=cfg.cache_alignment,
-                                       features=self.features.table)
+                                       features=cached.table() if cached is not None else None)
         self.alignment_seconds = time.perf_counter() - start
         self.register_buffer("mean", self.alignment.mean.to(device))
 
@@ -100,7 +85,7 @@ class KdepObjective(_FeatureDistillation):
         super().__init__(*args)
         self.register_buffer("projection", self.alignment.projection(self.student_tap.dim).to(self.mean.device))
 
-    def loss(self, student: Classifier, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def loss(self, student: Student, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         target = self.scaled((self.features(x, idx).to(x.device) - self.mean) @ self.projection)
         return self.cfg.loss_w * F.mse_loss(self.student_tap(x), target)
 
@@ -119,7 +104,7 @@ class LinearAlignObjective(_FeatureDistillation):
         super().__init__(*args)
         self.projector = nn.Linear(self.student_tap.dim, self.teacher_tap.dim).to(self.mean.device)
 
-    def loss(self, student: Classifier, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def loss(self, student: Student, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         target = self.scaled(self.features(x, idx).to(x.device) - self.mean)
         return self.cfg.loss_w * F.mse_loss(self.projector(self.student_tap(x)), target)
 
@@ -135,9 +120,10 @@ class LogitKdObjective(Objective):
             raise GktError(f"logit KD needs a student head over the teacher's {teacher.num_classes} classes "
                            f"(the student predicts {student.num_classes})")
         self.temperature = cfg.kd_temperature
-        self.logits = TeacherOutputs(teacher.to(device).eval(), dataset, device, precompute)
+        teacher.to(device).eval()
+        self.logits = FrozenOutputs(teacher, CachedOutputs(teacher, dataset, device, exact=True) if precompute else None)
 
-    def loss(self, student: Classifier, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def loss(self, student: Student, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         t = self.temperature
         teacher = self.logits(x, idx).to(x.device)
         return t * t * F.kl_div(F.log_softmax(student(x) / t, 1), F.log_softmax(teacher / t, 1),
@@ -153,10 +139,11 @@ class SupervisedObjective(Objective):
     def __init__(self, *args: Any):
         super().__init__()
 
-    def loss(self, student: Classifier, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def loss(self, student: Student, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(student(x), labels)
 
 
+FEATURE_OBJECTIVES = (KdepObjective, LinearAlignObjective)  # these tap the student's features
 OBJECTIVES: Registry[type[Objective]] = Registry("pre-training objective")
 OBJECTIVES.update({"kdep": KdepObjective, "linear-align": LinearAlignObjective, "logit-kd": LogitKdObjective,
                    "supervised": SupervisedObjective})

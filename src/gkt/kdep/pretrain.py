@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
 import torch
-from tqdm.auto import tqdm
+from torch import nn
 
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
-from gkt.data.augment import compose
-from gkt.data.datasets import ImageDataset, iterate_batches
-from gkt.engine.loop import evaluate, make_optimizer, train_supervised, warmup_cosine
-from gkt.kdep.objectives import ObjectiveConfig, make_objective
+from gkt.data.datasets import ImageDataset
+from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, evaluate, train_supervised
+from gkt.kdep.objectives import FEATURE_OBJECTIVES, Objective, ObjectiveConfig, make_objective
 from gkt.models import (
     ArchSpec,
     Classifier,
@@ -28,7 +26,6 @@ from gkt.models import (
     load_model,
 )
 from gkt.models.heads import with_new_head
-from gkt.models.preprocess import to_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -88,45 +85,60 @@ class PretrainResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class PretrainTask(Task):
+    """KDEP pre-training as a task of the one training loop: the objective's loss on the student (the
+    objective's own trainable parts, e.g. the learned alignment, are optimised with it). Logit-level
+    objectives get the loop's wrapped (DDP, compiled) forward; feature objectives tap the student's
+    layer eagerly, in one process."""
+
+    def __init__(self, student: Classifier, objective: Objective):
+        self.student, self.objective = student, objective
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = student
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [*self.student.parameters(), *self.objective.parameters()]
+
+    def prepare(self, loop: TrainLoop) -> None:
+        if loop.runtime.dist.enabled and isinstance(self.objective, FEATURE_OBJECTIVES):
+            raise GktError("feature-distillation pre-training taps the student inside its forward pass and does not "
+                           "run data-parallel; run it in one process")
+        self.forward = loop.wrap(self.student)
+
+    def train(self) -> None:
+        self.student.train()
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"loss": self.objective.loss(self.forward, batch.x, batch.labels, batch.indices)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self.student.net.state_dict(), "objective": self.objective.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.net.load_state_dict(state["student"])
+        self.objective.load_state_dict(state["objective"])
+
+
 def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, recipe: Recipe,
              device: torch.device, teacher: Classifier | None = None,
-             cfg: ObjectiveConfig = ObjectiveConfig(), desc: str = "pretrain") -> PretrainResult:
-    """Pre-train ``student`` in place with an objective from :data:`OBJECTIVES` (SGD/AdamW, warm-up +
-    cosine). Without augmentation the teacher's outputs are computed once per sample, not per step."""
+             cfg: ObjectiveConfig = ObjectiveConfig(), desc: str = "pretrain",
+             runtime: Runtime | None = None) -> PretrainResult:
+    """Pre-train ``student`` in place with an objective from :data:`OBJECTIVES` on the one training loop
+    (SGD/AdamW, warm-up + cosine). Without augmentation the teacher's outputs are computed once per sample
+    and cached by content (:class:`~gkt.engine.outputs_cache.CachedOutputs`), not per step."""
     start = time.perf_counter()
+    runtime = runtime or Runtime()
     student.to(device)
     objective = make_objective(objective_name, cfg, teacher, student, dataset, device,
-                               precompute=not recipe.augment)
-    steps_per_epoch = len(dataset) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise GktError(f"{dataset.name}: {len(dataset)} samples is fewer than one batch of {recipe.batch_size}")
-    generator = torch.Generator().manual_seed(recipe.seed)
-    torch.manual_seed(recipe.seed)
-    augment = compose(recipe.augment)
-    optimizer = make_optimizer([*student.parameters(), *objective.parameters()], recipe.optimizer, recipe.lr,
-                               recipe.weight_decay)
-    total = steps_per_epoch * recipe.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total, int(recipe.warmup_epochs * steps_per_epoch)))
+                               precompute=runtime.cache_outputs and not recipe.augment)
+    losses: list[float] = []
+
+    def record(loop: TrainLoop, epoch_losses: dict[str, float]) -> None:
+        losses.append(epoch_losses["train_loss"])
+        log.info("%s epoch %d/%d loss %.4f", desc, loop.epoch, recipe.epochs, losses[-1])
+
+    loop = TrainLoop(PretrainTask(student, objective), dataset, LoopConfig.from_recipe(recipe), device, runtime, desc)
     train_start = time.perf_counter()
-    losses = []
-    student.train()
-    for epoch in range(recipe.epochs):
-        running = torch.zeros((), device=device)
-        for images, labels, idx in tqdm(iterate_batches(dataset, recipe.batch_size, shuffle=True, generator=generator,
-                                                        drop_last=True), total=steps_per_epoch,
-                                        desc=f"{desc} {epoch + 1}/{recipe.epochs}", leave=False, disable=None):
-            x = augment(to_unit_float(images.to(device, non_blocking=True)), generator)
-            loss = objective.loss(student, x, labels.to(device), idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += loss.detach()
-        losses.append((running / steps_per_epoch).item())
-        if not math.isfinite(losses[-1]):
-            raise GktError(f"{desc}: loss became {losses[-1]} in epoch {epoch + 1}; lower the learning rate")
-        log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, recipe.epochs, losses[-1])
+    loop.run(record)
     end = time.perf_counter()
     student.provenance = {**student.provenance, "kdep_pretrain": {
         "objective": objective_name, "recipe": recipe.to_dict(), "config": asdict(cfg), "data": dataset.name,
@@ -136,8 +148,8 @@ def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, re
 
 
 def finetune(pretrained: Classifier, train: ImageDataset, test: ImageDataset, recipe: Recipe,
-             device: torch.device, desc: str = "finetune") -> tuple[Classifier, float]:
+             device: torch.device, desc: str = "finetune", runtime: Runtime | None = None) -> tuple[Classifier, float]:
     """New head for ``train``'s classes, then the whole network is trained; returns (model, test acc)."""
     model = with_new_head(pretrained, train.class_names, seed=recipe.seed)
-    train_supervised(model, train, recipe, device, desc=desc)
+    train_supervised(model, train, recipe, device, desc=desc, runtime=runtime)
     return model.eval(), evaluate(model, test, device)

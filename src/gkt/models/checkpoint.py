@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import tensor_hash

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.registry import Registry
 from gkt.models.architectures import build_zoo_net
 from gkt.models.preprocess import Preprocess, prepare
@@ -86,6 +87,12 @@ class Classifier(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate, globally pooled features (before the last activation where the net exposes it)."""
         return self.net.forward_features(self.normalize(images))
+
+    def identity(self) -> str:
+        """Content hash of what the model computes: weights, architecture, preprocessing and class names
+        (the one key for every cache of a model's outputs, adaptations and runs)."""
+        return stable_hash({"weights": tensor_hash(self.net.state_dict()), "arch": self.arch.to_dict(),
+                            "preprocess": self.preprocess.to_dict(), "class_names": self.class_names}, 24)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -1,4 +1,7 @@
-"""One feature tap: the penultimate features of any classifier, by a forward hook."""
+"""One feature tap: a layer's input or output (by default the penultimate features) of any classifier,
+captured by a forward hook that lives only during the call and stops the forward pass there. Used by
+KDEP (teacher and student layers), head adaptation (the head's input), contrastive transfer (CD, CRD)
+and the ``hf:``/``torchvision:`` networks' ``forward_features`` (their final linear layer's input)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,8 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
-from gkt.models import (
-    Classifier,
-)
 from gkt.models.architectures import TimmNet
+from gkt.models.classifier import Classifier
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,24 @@ class _Captured(Exception):
     def __init__(self, value: torch.Tensor):
         super().__init__()
         self.value = value
+
+
+def capture(forward: Callable[[], object], module: nn.Module, output: bool = False, what: str = "") -> torch.Tensor:
+    """Run ``forward()`` until ``module`` (``what``, for the error) is reached and return what it receives
+    (its first positional input) or, with ``output``, what it returns; the rest of the forward is skipped."""
+
+    def stop(value: torch.Tensor) -> None:
+        raise _Captured(value)
+
+    handle = (module.register_forward_hook(lambda m, i, o: stop(o)) if output else
+              module.register_forward_pre_hook(lambda m, args: stop(args[0])))
+    try:
+        forward()
+    except _Captured as captured:
+        return captured.value
+    finally:
+        handle.remove()
+    raise GktError(f"{what or type(module).__name__} was not reached in the forward pass")
 
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.ELU)
@@ -105,19 +124,8 @@ class FeatureTap:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.module is None:
             return self.model.features(images)
-
-        def capture(value: torch.Tensor) -> None:
-            raise _Captured(value)
-
-        handle = (self.module.register_forward_hook(lambda m, i, o: capture(o)) if self.take_output else
-                  self.module.register_forward_pre_hook(lambda m, args: capture(args[0])))
-        try:
-            self.model(images)
-        except _Captured as captured:
-            return global_pool(captured.value)
-        finally:
-            handle.remove()
-        raise GktError(f"layer {self.layer!r} of {self.model.name} was not reached in the forward pass")
+        return global_pool(capture(lambda: self.model(images), self.module, self.take_output,
+                                   f"layer {self.layer!r} of {self.model.name}"))
 
     def describe(self) -> str:
         return self.layer if self.layer == self.requested else f"{self.requested} -> {self.layer}"

@@ -39,6 +39,7 @@ from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.models.classifier import ArchSpec, Classifier, register_source
+from gkt.models.features import capture
 from gkt.models.specs import (
     DataInfo,
     ModelSpec,
@@ -65,7 +66,7 @@ TORCHVISION_OPTIONS = frozenset({
 
 class HeadInputNet(nn.Module):
     """Adapter giving a foreign classifier gkt's ``forward_features`` contract: the input of its final
-    linear classifier, captured by a hook that lives only during the call (so copies stay independent)."""
+    linear classifier, taken by the one feature tap (:func:`gkt.models.features.capture`), token-pooled."""
 
     def __init__(self, model: nn.Module, num_classes: int):
         super().__init__()
@@ -84,13 +85,7 @@ class HeadInputNet(nn.Module):
         return heads[-1]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
-        handle = self.head().register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
-        try:
-            self.forward(x)
-        finally:
-            handle.remove()
-        features = captured[-1]
+        features = capture(lambda: self.forward(x), self.head(), what=f"the head of {type(self.model).__name__}")
         return features.mean(tuple(range(1, features.ndim - 1))) if features.ndim > 2 else features
 
 

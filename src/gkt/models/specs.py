@@ -26,7 +26,7 @@ from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.models.checkpoint import load_checkpoint, load_weights
 from gkt.models.class_map import ClassMapLike, apply_class_map
-from gkt.models.classifier import ArchSpec, Classifier, check_label_space
+from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import Preprocess
 
 

@@ -13,9 +13,7 @@ from typing import Any
 import torch
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
 from gkt.core.registry import Registry
-from gkt.models.checkpoint import weights_hash
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.transfer.base import METHODS, TEACHERS_LOGITS
 
@@ -48,16 +46,11 @@ def check_teachers(student: Classifier, teachers: Sequence[Classifier]) -> None:
     seen: dict[str, int] = {}
     for position, teacher in enumerate(teachers, 1):
         check_label_space(teacher, student.class_names, f"the student {student.name}")
-        identity = stable_hash(model_identity(teacher))
+        identity = teacher.identity()
         if identity in seen:
             raise GktError(f"teacher {position} ({teacher.name}) is the same model as teacher {seen[identity]}; "
                            "give each teacher once")
         seen[identity] = position
-
-
-def model_identity(model: Classifier) -> dict[str, Any]:
-    return {"arch": model.arch.to_dict(), "preprocess": model.preprocess.to_dict(), "class_names": model.class_names,
-            "weights": weights_hash(model)}
 
 
 def weight_soup(models: Sequence[Classifier], reference: Classifier | None = None) -> Classifier:

@@ -1,20 +1,19 @@
-"""The one transfer trainer shared by every method.
+"""Transfer on the one training loop, shared by every method.
 
-Per step: one raw batch is augmented once; the frozen models (teacher, and the frozen copy of the
-initial student when the method needs it) produce the batch's *targets* (:meth:`TransferTrainer.targets`)
-— or, on a deterministic pipeline, the targets are read from their cached outputs
-(:mod:`gkt.transfer.cache`); the student's outputs and the targets go to the method, whose summed losses
-update the student (and the method's own trainable parts). After every epoch the method's result model
-is evaluated on the held-out split and the full training state is checkpointed, so an interrupted run
-resumes to the same final weights. :class:`Runtime` says *how* it runs (cache, precision, memory
-format, compilation, data-parallel ranks) without changing what it computes.
+Per step the loop (:mod:`gkt.engine.loop`) augments one raw batch once; the :class:`TransferTask` lets the
+frozen models (teacher, and the frozen copy of the initial student when the method needs it) produce
+the batch's *targets* (:meth:`TransferTask.targets`) — or, on a deterministic pipeline, reads them from
+their cached outputs (:mod:`gkt.engine.outputs_cache`); the student's outputs and the targets go to the
+method, whose named losses the loop sums to update the student (and the method's own trainable parts).
+After every epoch the method's result model is evaluated on the held-out split and the full training
+state is checkpointed, so an interrupted run resumes to the same final weights. :class:`Runtime` says
+*how* it runs (cache, precision, memory format, compilation, data-parallel ranks) without changing
+what it computes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,20 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv, write_json
-from gkt.core.runtime import autocast_dtype
-from gkt.data.augment import compose
-from gkt.data.datasets import ImageDataset, iterate_batches
-from gkt.engine.distributed import DistContext
-from gkt.engine.loop import make_optimizer, predict_logits
+from gkt.data.datasets import ImageDataset
+from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict_logits
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
 from gkt.engine.predictions import dataset_identity, get_many
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
+from gkt.models.features import FeatureTap
 from gkt.models.preprocess import to_unit_float
 from gkt.transfer.base import (
     FROZEN_LOGITS,
@@ -93,34 +89,17 @@ class TransferConfig:
         return method
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """How a transfer runs, not what it computes: cached and uncached, compiled or not, one process or
-    several, the results agree up to float rounding (reduced precision adds its own rounding)."""
-
-    cache_outputs: bool = True  # reuse the frozen models' stored outputs when there is no augmentation
-    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
-    channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the student's training forward
-    loader_workers: int | None = None  # processes decoding encoded images (None: CPUs - 1, 1 to 8; 0: inline)
-    evaluate_every_epoch: bool = True  # False: evaluate on the test split after the last epoch only (studies)
-    dist: DistContext = field(default_factory=DistContext)
-
-    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        return autocast_dtype(self.precision, device)
-
-
 def freeze(model: Classifier) -> Classifier:
     """Eval mode, no gradients: a teacher or the frozen student."""
     return model.eval().requires_grad_(False)
 
 
 # How each declared need is produced from the augmented batch ``x``.
-TARGET_PRODUCERS: dict[str, Callable[[TransferTrainer, torch.Tensor], torch.Tensor]] = {
-    TEACHER_LOGITS: lambda trainer, x: trainer.teacher(x),
-    TEACHER_FEATURES: lambda trainer, x: trainer.teacher.features(x),
-    TEACHERS_LOGITS: lambda trainer, x: torch.stack([teacher(x) for teacher in trainer.teachers], 1),
-    FROZEN_LOGITS: lambda trainer, x: trainer.frozen(x),
+TARGET_PRODUCERS: dict[str, Callable[[TransferTask, torch.Tensor], torch.Tensor]] = {
+    TEACHER_LOGITS: lambda task, x: task.teacher(x),
+    TEACHER_FEATURES: lambda task, x: task.teacher_tap(x),
+    TEACHERS_LOGITS: lambda task, x: torch.stack([teacher(x) for teacher in task.teachers], 1),
+    FROZEN_LOGITS: lambda task, x: task.frozen(x),
 }
 
 
@@ -132,49 +111,37 @@ def as_teachers(teacher: Classifier | Sequence[Classifier]) -> list[Classifier]:
     return teachers
 
 
-class TransferTrainer:
-    """Trains ``student`` towards ``teacher`` with ``method``; the student and the method's trainable
-    parts are optimised, the teacher and the frozen student are in eval mode without gradients. Several
-    teachers are for methods that declare ``teachers_logits`` (their logits stacked ``[B, K, C]``);
-    ``self.teacher`` is the first."""
+class TransferTask(Task):
+    """The transfer as a task of the one training loop: the frozen models produce the batch's *targets*
+    (read from their cached outputs where the loop's runtime allows), the student's outputs and the
+    targets go to the method as a :class:`Step`, and the method's named losses are returned. The student
+    and the method's trainable parts are optimised; teachers and the frozen student are in eval mode
+    without gradients."""
 
-    def __init__(self, student: Classifier, teacher: Classifier | Sequence[Classifier], method: TransferMethod,
-                 config: TransferConfig, device: torch.device, transfer_set: ImageDataset,
-                 runtime: Runtime | None = None):
-        teachers = as_teachers(teacher)
+    state_format = STATE_FORMAT
+    divergence_hint = "the run is marked failed and no model was saved — lower --lr or --temperature"
+
+    def __init__(self, student: Classifier, teachers: list[Classifier], method: TransferMethod,
+                 config: TransferConfig, device: torch.device, transfer_set: ImageDataset, runtime: Runtime):
         if len(teachers) > 1 and TEACHERS_LOGITS not in method.needs:
             raise GktError(f"method {method.name} distils from one teacher; {len(teachers)} teachers at once need a "
                            "method that takes them stacked (kl-dp-multi, kl-dp-multi-unsup)")
         for t in teachers:
             check_label_space(t, student.class_names, f"the student {student.name}")
-        if len(transfer_set) < config.batch_size:
-            raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
-                           f"{config.batch_size}; lower --batch-size or raise --fraction")
-        self.runtime = runtime = runtime or Runtime()
-        runtime.dist.shard_batch(config.batch_size)  # the global batch must split evenly over the ranks
         self.config, self.device, self.method, self.transfer_set = config, device, method, transfer_set
-        memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-        self.teachers = [freeze(t).to(device, memory_format=memory_format) for t in teachers]
+        self.teachers = [freeze(t).to(device, memory_format=runtime.memory_format) for t in teachers]
         self.teacher = self.teachers[0]
-        self.student = student.to(device, memory_format=memory_format).eval()
+        self.student = student.to(device, memory_format=runtime.memory_format).eval()
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
-        self.cached = self._cache_targets() if runtime.cache_outputs and not config.augment else {}
+        self.teacher_tap = FeatureTap(self.teacher, "features") if TEACHER_FEATURES in method.needs else None
+        self.student_tap = FeatureTap(self.student, "features") if STUDENT_FEATURES in method.needs else None
+        self.cached = self._cache_targets(runtime) if runtime.cache_outputs and not config.augment else {}
         self.prepared = self._prepare_fixed_targets()
-        example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
-        torch.manual_seed(config.seed)  # dropout masks and a method's random parts follow the run's seed
-        method.setup(self.student, self.teacher, len(transfer_set), to_unit_float(example.to(device)))
-        method.to(device)
-        self.optimizer = make_optimizer([*student.parameters(), *method.parameters()], config.optimizer,
-                                        config.lr, config.weight_decay, config.momentum)
-        self.autocast_dtype = runtime.autocast_dtype(device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
-        self.student_forward, self.method_forward = self._wrap_trainable()
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.augment = compose(config.augment)
-        self.epoch = 0
-        self.step = 0
+        self.example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
+        self.student_forward: Callable[[torch.Tensor], torch.Tensor] = self.student
+        self.method_forward: Callable[[Step], dict] = method
 
-    def _cache_targets(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    def _cache_targets(self, runtime: Runtime) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Cached-output readers for the declared needs that have one (rank 0 computes, then the rest read)."""
         sources = {TEACHER_LOGITS: self.teachers[:1], TEACHERS_LOGITS: self.teachers,
                    FROZEN_LOGITS: [self.frozen] if self.frozen is not None else []}
@@ -182,11 +149,11 @@ class TransferTrainer:
         if not wanted:
             return {}
         labels_allowed = self.method.uses_labels and not self.config.unlabelled
-        dist = self.runtime.dist
+        dist = runtime.dist
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
         frozen = list({id(m): m for models in wanted.values() for m in models}.values())
-        get_many(frozen, self.transfer_set, self.device, workers=self.runtime.loader_workers)  # one decode pass
+        get_many(frozen, self.transfer_set, self.device, workers=runtime.loader_workers)  # one decode pass
         data_id = dataset_identity(self.transfer_set)
         readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
                                         data_id=data_id) for m in models] for need, models in wanted.items()}
@@ -213,29 +180,22 @@ class TransferTrainer:
         labels = self.transfer_set.labels.to(self.device) if self.method.uses_labels else None
         return self.method.prepare_targets(outputs, labels)
 
-    def step_targets(self, x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """What the method's loss reads for one batch: rows of the prepared fixed targets, else the batch's
-        frozen outputs prepared on the spot."""
-        if self.prepared is not None:
-            rows = indices.to(self.device, non_blocking=True)
-            return {k: v[rows] for k, v in self.prepared.items()}
-        return self.method.prepare_targets(self.targets(x, indices), labels)
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.student.parameters(), *self.method.parameters()]
 
-    def _wrap_trainable(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Step], dict]]:
-        """The student's training forward and the method, wrapped in DDP (only the trainable parts) and
-        compiled as the runtime asks."""
-        student: Callable[[torch.Tensor], torch.Tensor] = self.student
-        method: Callable[[Step], dict] = self.method
-        if self.runtime.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
+    def setup(self, loop: TrainLoop) -> None:
+        self.method.setup(self.student, self.teacher, len(self.transfer_set),
+                          to_unit_float(self.example.to(self.device)))
+        self.method.to(self.device)
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            student = DistributedDataParallel(self.student, device_ids=ids)
-            if any(p.requires_grad for p in self.method.parameters()):
-                method = DistributedDataParallel(self.method, device_ids=ids)
-        if self.runtime.compile:
-            student = torch.compile(student)
-        return student, method
+    def prepare(self, loop: TrainLoop) -> None:
+        """DDP for the trainable parts; only the student's forward is compiled."""
+        self.student_forward = loop.wrap(self.student)
+        self.method_forward = loop.wrap(self.method, compile=False)
+
+    def train(self) -> None:
+        self.student.train(self.config.student_mode == "train")
+        self.method.train()
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -244,72 +204,53 @@ class TransferTrainer:
         return {need: self.cached[need](indices) if need in self.cached else TARGET_PRODUCERS[need](self, x)
                 for need in self.method.needs if need in TARGET_PRODUCERS}
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+    def step_targets(self, x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the method's loss reads for one batch: rows of the prepared fixed targets, else the batch's
+        frozen outputs prepared on the spot."""
+        if self.prepared is not None:
+            rows = indices.to(self.device, non_blocking=True)
+            return {k: v[rows] for k, v in self.prepared.items()}
+        return self.method.prepare_targets(self.targets(x, indices), labels)
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over the transfer set; returns the mean of each loss term and their total."""
-        self.student.train(self.config.student_mode == "train")
-        self.method.train()
-        steps = len(self.transfer_set) // self.config.batch_size
-        running: torch.Tensor | None = None  # per-loss sums, on the device: no host sync inside the loop
-        dist = self.runtime.dist
-        batches = iterate_batches(self.transfer_set, self.config.batch_size, shuffle=True, generator=self.generator,
-                                  drop_last=True, shard=(dist.rank, dist.world), workers=self.runtime.loader_workers,
-                                  pin_memory=self.device.type == "cuda")
-        for images, labels, indices in tqdm(batches, total=steps, desc=f"transfer {self.epoch + 1}/{self.config.epochs}",
-                                            leave=False, disable=None if dist.is_main else True):
-            x = self.augment(to_unit_float(images.to(self.device, non_blocking=True)), self.generator)
-            labels = labels.to(self.device, non_blocking=True) if self.method.uses_labels else None
-            with self.autocast():
-                step = Step(self.student_forward(x), self.step_targets(x, indices, labels), indices, self.generator,
-                            labels=labels, student_features=self.student.features(x)
-                            if STUDENT_FEATURES in self.method.needs else None)
-                losses = self.method_forward(step)
-                parts = torch.stack([v.float() for v in losses.values()])
-                total = parts.sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.method.after_step(self.student, self.step)
-            self.step += 1
-            running = parts.detach() if running is None else running + parts.detach()
-        self.epoch += 1
-        means = (dist.sum(running) / (steps * dist.world)).tolist()
-        if not all(map(math.isfinite, means)):  # a NaN/inf loss anywhere in the epoch poisons its sum
-            parts_text = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, means))
-            raise GktError(f"transfer loss became non-finite in epoch {self.epoch} (epoch means: {parts_text}); the "
-                           "run is marked failed and no model was saved — lower --lr or --temperature")
-        return {"train_loss": sum(means), **{f"loss_{k}": v for k, v in zip(losses, means)}}
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x, labels = batch.x, batch.labels if self.method.uses_labels else None
+        step = Step(self.student_forward(x), self.step_targets(x, batch.indices, labels), batch.indices,
+                    batch.generator, labels=labels,
+                    student_features=self.student_tap(x) if self.student_tap is not None else None)
+        return self.method_forward(step)
 
-    def result(self) -> Classifier:
-        return self.method.result(self.student)
+    def after_step(self, step: int) -> None:
+        self.method.after_step(self.student, step)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"format": STATE_FORMAT, "epoch": self.epoch, "step": self.step,
-                 "student": self.student.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "method": self.method.state_dict(), "generator": self.generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "scaler": self.scaler.state_dict()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
+        return {"student": self.student.net.state_dict(), "method": self.method.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise GktError(f"not a gkt transfer state (format {state.get('format')!r})")
         self.student.net.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
-        self.generator.set_state(state["generator"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+class TransferTrainer(TrainLoop):
+    """The one training loop running a :class:`TransferTask`: trains ``student`` towards ``teacher`` with
+    ``method``. Several teachers are for methods that declare ``teachers_logits`` (their logits stacked
+    ``[B, K, C]``); ``self.teacher`` is the first."""
+
+    def __init__(self, student: Classifier, teacher: Classifier | Sequence[Classifier], method: TransferMethod,
+                 config: TransferConfig, device: torch.device, transfer_set: ImageDataset,
+                 runtime: Runtime | None = None):
+        runtime = runtime or Runtime()
+        if len(transfer_set) < config.batch_size:
+            raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
+                           f"{config.batch_size}; lower --batch-size or raise --fraction")
+        runtime.dist.shard_batch(config.batch_size)  # before any model is moved or any output cached
+        self.task: TransferTask = TransferTask(student, as_teachers(teacher), method, config, device, transfer_set,
+                                               runtime)
+        loop_config = LoopConfig(config.epochs, config.batch_size, config.optimizer, config.lr, config.weight_decay,
+                                 config.momentum, tuple(config.augment), config.seed, schedule="constant")
+        super().__init__(self.task, transfer_set, loop_config, device, runtime, desc="transfer")
+
+    def result(self) -> Classifier:
+        return self.task.method.result(self.task.student)
 
 
 @dataclass
@@ -370,35 +311,38 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
 
         def transfer_set_outputs(need: str, model: Classifier, desc: str) -> torch.Tensor:
             """The cached outputs where the trainer has them, else one forward pass."""
-            return trainer.cached[need](every_row).cpu() if need in trainer.cached else predict(model, transfer_set, desc)
+            cached = trainer.task.cached
+            return cached[need](every_row).cpu() if need in cached else predict(model, transfer_set, desc)
 
         quality = partition_quality(*_transfer_set_partition(
-            trainer.method, transfer_set_outputs(TEACHER_LOGITS, trainer.teacher, "teacher (transfer set)"),
+            method, transfer_set_outputs(TEACHER_LOGITS, trainer.task.teacher, "teacher (transfer set)"),
             transfer_set_outputs(FROZEN_LOGITS, student, "student (transfer set)"), transfer_set.labels))
     base = {"student": student.name, "teacher": " + ".join(t.name for t in teachers), "method": config.method,
             "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
             "acc_student_before": correct_before.double().mean().item(),
             "rho_pos_before": history[0]["rho_pos"], "rho_neg_before": history[0]["rho_neg"]}
     correct_after = None
+
+    def end_of_epoch(loop: TrainLoop, losses: dict[str, float]) -> None:
+        nonlocal correct_after
+        row = {"epoch": trainer.epoch, **losses}
+        if runtime.evaluate_every_epoch or trainer.epoch == config.epochs:
+            correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
+            row |= transfer_metrics(labels, correct_teacher, correct_before, correct_after)
+            log.info("epoch %d/%d: train loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
+                     config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
+                     100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
+        row["seconds"] = round(time.perf_counter() - trainer.epoch_started, 2)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if run_dir is not None:
+            write_csv(run_dir / "metrics.csv", history)
+            with atomic_path(run_dir / "state.pt") as tmp:
+                torch.save({**trainer.state_dict(), "history": history}, tmp)
+
     try:
-        while trainer.epoch < config.epochs:
-            epoch_start = time.perf_counter()
-            losses = trainer.train_epoch()
-            row = {"epoch": trainer.epoch, **losses}
-            if runtime.evaluate_every_epoch or trainer.epoch == config.epochs:
-                correct_after = correctness(predict(trainer.result(), test_set, "evaluate"), labels)
-                row |= transfer_metrics(labels, correct_teacher, correct_before, correct_after)
-                log.info("epoch %d/%d: train loss %.4f acc %.2f%% Δtransf %+.2f gain %.2f loss %.2f", trainer.epoch,
-                         config.epochs, losses["train_loss"], 100 * row["acc"], 100 * row["delta_transf"],
-                         100 * row["knowledge_gain"], 100 * row["knowledge_loss"])
-            row["seconds"] = round(time.perf_counter() - epoch_start, 2)
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-            if run_dir is not None:
-                write_csv(run_dir / "metrics.csv", history)
-                with atomic_path(run_dir / "state.pt") as tmp:
-                    torch.save({**trainer.state_dict(), "history": history}, tmp)
+        trainer.run(end_of_epoch)
     except GktError as exc:
         if run_dir is not None:
             write_json(run_dir / "final.json", {"status": "failed", "error": str(exc), **base,
