@@ -14,7 +14,12 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GktError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise GktError(f"--device {device}: gkt runs on auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GktError(f"device {device!r} was requested but CUDA is not available; use --device cpu or auto")
     return dev

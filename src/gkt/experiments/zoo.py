@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from gkt.core.config import Recipe
+from gkt.core.errors import GktError
 from gkt.core.io import write_json
 from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
@@ -18,7 +19,7 @@ from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
 from gkt.models.checkpoint import checkpoint_paths, load_checkpoint, read_sidecar, save_checkpoint
 from gkt.models.classifier import Classifier
-from gkt.models.zoo import DEFAULT_ZOO, ZooEntry, entry_path, is_built, zoo_dir_default
+from gkt.models.zoo import DEFAULT_ZOO, ZooEntry, entry_path, find_built, is_built, zoo_dir_default
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,12 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
     for entry in entries:
         path = entry_path(entry, zoo_dir, train_fraction)
         if is_built(path):
-            records.append(_record(entry.name, entry.family, path, cached=True))
-            continue
+            try:
+                load_checkpoint(path)  # verifies the weights against their recorded hash
+                records.append(_record(entry.name, entry.family, path, cached=True))
+                continue
+            except GktError as exc:
+                log.warning("zoo %s: the cached build is damaged (%s); training it again", entry.name, exc)
         if train_set is None:
             full = load_split("fmnist", "train", data_dir=data_dir, val_fraction=0)
             train_set = stratified_subset(full, fraction=train_fraction, seed=0) if train_fraction < 1 else full
@@ -134,10 +139,11 @@ def scaled_entries(entries: tuple[ZooEntry, ...], epochs: int | None) -> tuple[Z
 
 def list_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = DEFAULT_ZOO,
              train_fraction: float = 1.0) -> list[ZooRecord]:
-    """The built models among ``entries`` (current recipes), in zoo order."""
+    """The built models among ``entries``, in zoo order: each the current recipe's build, else the newest
+    build of that name (as ``zoo:NAME`` loads it, see :func:`gkt.models.zoo.find_built`)."""
     records = []
     for entry in entries:
-        path = entry_path(entry, zoo_dir, train_fraction)
-        if is_built(path):
+        path = find_built(entry.name, zoo_dir, entry_path(entry, zoo_dir, train_fraction))
+        if path is not None:
             records.append(_record(entry.name, entry.family, path, cached=True))
     return records

@@ -61,17 +61,26 @@ def save_checkpoint(model: Classifier, path: str | os.PathLike, extra: dict[str,
     return weights_path
 
 
+SIDECAR_KEYS = ("arch", "preprocess", "class_names", "weights_sha256")
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's sidecar, checked to be a gkt sidecar with every field a model needs."""
     _, sidecar_path = checkpoint_paths(path)
     if not sidecar_path.is_file():
         raise GktError(f"{sidecar_path}: checkpoint sidecar not found (a gkt checkpoint is NAME.safetensors "
                        "+ NAME.json)")
     try:
         meta = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GktError(f"{sidecar_path}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise GktError(f"{sidecar_path}: not a gkt checkpoint (format {meta.get('format')!r})")
+    except (ValueError, OSError) as exc:  # bad JSON, or bytes that are not even text
+        raise GktError(f"{sidecar_path}: not valid JSON ({exc}); the checkpoint is damaged") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise GktError(f"{sidecar_path}: not a gkt checkpoint sidecar (format {found!r}, expected {FORMAT!r})")
+    missing = [key for key in SIDECAR_KEYS if key not in meta]
+    if missing:
+        raise GktError(f"{sidecar_path}: the sidecar lacks {', '.join(missing)}; the checkpoint is damaged "
+                       "(save it again with gkt)")
     return meta
 
 
@@ -94,11 +103,19 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Classifier:
-    weights_path, _ = checkpoint_paths(path)
+    """The model of a gkt checkpoint; its weights must hash to the sidecar's ``weights_sha256``."""
+    weights_path, sidecar_path = checkpoint_paths(path)
     meta = read_sidecar(path)
-    model = Classifier.create(ArchSpec.from_dict(meta["arch"]), Preprocess.from_dict(meta["preprocess"]),
-                              meta["class_names"], provenance=meta.get("provenance"), name=meta.get("name"))
+    try:
+        model = Classifier.create(ArchSpec.from_dict(meta["arch"]), Preprocess.from_dict(meta["preprocess"]),
+                                  meta["class_names"], provenance=meta.get("provenance"), name=meta.get("name"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GktError(f"{sidecar_path}: the sidecar describes no valid model ({type(exc).__name__}: {exc})") from exc
     tensors = load_weights(weights_path)
+    recorded = str(meta["weights_sha256"])
+    if tensor_hash(tensors, len(recorded)) != recorded:
+        raise GktError(f"{weights_path}: the weights do not match the SHA-256 recorded in {sidecar_path.name} "
+                       "(the file is corrupt or was changed); restore or rebuild the checkpoint")
     try:
         model.net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

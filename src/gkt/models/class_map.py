@@ -80,6 +80,14 @@ def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
         raise GktError(f"class map {path}: cannot parse it ({exc})") from exc
     if not isinstance(mapping, dict):
         raise GktError(f"class map {path}: expected a mapping {{target_class: model_class_or_list}}")
+    refs = [ref for value in mapping.values() for ref in (value if isinstance(value, (list, tuple)) else [value])]
+    bad = [ref for ref in refs if isinstance(ref, bool) or not isinstance(ref, (str, int))]
+    if bad:
+        raise GktError(f"class map {path}: {bad[0]!r} is not a class name or index")
+    twice = sorted({str(r) for r in refs if sum(str(o).casefold() == str(r).casefold() for o in refs) > 1})
+    if twice:
+        raise GktError(f"class map {path} sends model classes {twice} to several target classes; each model class "
+                       "may feed one target class")
     return mapping
 
 
@@ -129,18 +137,15 @@ def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: Cl
                     ) -> Classifier:
     """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
     (names matched case-insensitively; only when they differ in order or case, not in number). ``model``
-    itself is returned when it already predicts ``class_names`` in order."""
+    itself is returned when it already predicts ``class_names`` in order (a map file is read and checked
+    first all the same: a missing or invalid map is an error even then)."""
+    mapping = dict(class_map) if isinstance(class_map, Mapping) else \
+        {} if str(class_map) == AUTO else read_class_map(class_map)
     if list(model.class_names) == list(class_names):
         return model
-    if isinstance(class_map, Mapping):
-        mapping = dict(class_map)
-    elif str(class_map) == AUTO:
-        if len(model.class_names) != len(class_names):
-            raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: "
-                           "give a class map ({target_class: model_class_or_list}) to align them")
-        mapping = {}
-    else:
-        mapping = read_class_map(class_map)
+    if str(class_map) == AUTO and len(model.class_names) != len(class_names):
+        raise GktError(f"{model.name} predicts {model.num_classes} classes, the data has {len(class_names)}: "
+                       "give a class map ({target_class: model_class_or_list}) to align them")
     groups = resolve_groups(class_names, model.class_names, mapping)
     if groups == [[i] for i in range(model.num_classes)]:  # same order, names differ only in case
         return Classifier(model.net, model.arch, model.preprocess, class_names, model.provenance, model.name)

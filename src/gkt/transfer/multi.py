@@ -23,7 +23,7 @@ from gkt.core.io import cache_home, read_json
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
-from gkt.models.checkpoint import load_checkpoint, weights_hash
+from gkt.models.checkpoint import checkpoint_paths, load_checkpoint, weights_hash
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.transfer.base import METHODS, TEACHERS_LOGITS
 from gkt.transfer.evaluation import transfer_metrics
@@ -139,6 +139,8 @@ def cached_transfer(student: Classifier, teachers: Sequence[Classifier], setup: 
             return TransferOutcome(load_checkpoint(run_dir / "student"), read_history(run_dir / "metrics.csv"), final,
                                    run_dir / "student.safetensors")
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in checkpoint_paths(run_dir / "student"):  # a student saved by a run killed before final.json
+        stale.unlink(missing_ok=True)
     resume = load_state(run_dir) if (run_dir / "state.pt").is_file() else None
     teacher = teachers[0] if len(teachers) == 1 else list(teachers)
     return run_transfer(student, teacher, setup.transfer_set, setup.test_set, config, setup.device, run_dir,

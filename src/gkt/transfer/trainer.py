@@ -282,16 +282,21 @@ class TransferTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             raise GktError(f"not a gkt transfer state (format {state.get('format')!r})")
-        self.student.net.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
-        self.generator.set_state(state["generator"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        try:
+            self.student.net.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+            self.generator.set_state(state["generator"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # wrong shapes or a damaged state
+            raise GktError(f"the saved training state does not fit this student and method "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); the run cannot be resumed: "
+                           "start it again") from None
 
 
 @dataclass
@@ -307,7 +312,15 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "state.pt"
     if not path.is_file():
         raise GktError(f"{run_dir}: no state.pt (a transfer run writes it after each finished epoch)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty, or a pickle that weights_only refuses: each its own error type
+        raise GktError(f"{path}: cannot read the saved training state ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'}); it is damaged, so the run "
+                       "cannot be resumed: start it again") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "history" not in state:
+        raise GktError(f"{path}: not a gkt transfer state; the run cannot be resumed: start it again")
+    return state
 
 
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
