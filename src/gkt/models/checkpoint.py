@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,12 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused what is not plain tensors
+        raise GktError(f"{path}: cannot read weights: the file holds Python objects besides tensors (a pickle), "
+                       "which gkt never loads; convert it to a plain state dict or safetensors") from exc
     except Exception as exc:  # corrupt files raise library-specific errors
-        raise GktError(f"{path}: cannot read weights ({exc})") from exc
+        raise GktError(f"{path}: cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                       "; the file is damaged or not a weights file") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
