@@ -316,3 +316,127 @@ def test_catalogue(case: Case, world: World, tmp_path: Path, monkeypatch: pytest
     assert "Traceback" not in captured.err + captured.out
     assert len(captured.err.strip().splitlines()) <= 2  # the error (and where its run directory was kept)
     assert_nothing_valid_left(out)
+
+
+# Cases that must end in the correct result (exit 0), not an error.
+
+
+def test_zeroed_predictions_in_the_store_are_recomputed(world: World, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    argv = [*world.analyze(), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    stored = sorted((Path(os.environ["GKT_HOME"]) / "predictions").glob("*.safetensors"))
+    assert len(stored) == 2
+    from safetensors import safe_open
+
+    with safe_open(str(stored[0]), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(stored[0]))
+    tensors["predicted"] = torch.zeros_like(tensors["predicted"])
+    save_file(tensors, str(stored[0]), metadata=meta)  # a valid file, with the old metadata, wrong contents
+    assert main(argv) == 0
+    assert "stored predictions fail their checksum" in caplog.text
+    first, second = sorted((tmp_path / "out").iterdir())
+    assert (first / "overview.csv").read_text() == (second / "overview.csv").read_text()  # the same, correct result
+    assert load_file(str(stored[0]))["predicted"].any()  # the damaged file was replaced
+
+
+def test_fashion_mnist_check_is_done_once_and_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not DEBIAN_FASHION_MNIST_DIR.is_dir():
+        pytest.skip("the Debian Fashion-MNIST package is not installed")
+    import hashlib
+
+    from gkt.data import fmnist
+
+    data = tmp_path / "fmnist"
+    shutil.copytree(DEBIAN_FASHION_MNIST_DIR, data)
+    calls, sha256 = [], hashlib.sha256
+    monkeypatch.setattr(fmnist.hashlib, "sha256", lambda payload: calls.append(len(payload)) or sha256(payload))
+    assert len(fmnist.load_fashion_mnist("test", data)) == 10000
+    assert len(calls) == 2  # images and labels, checked once
+    fmnist.load_fashion_mnist("test", data)
+    assert len(calls) == 2  # remembered (path, size, mtime)
+    labels = data / FASHION_MNIST_FILES[("test", "labels")].name
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
+    fmnist.load_fashion_mnist("test", data)
+    assert len(calls) == 3  # a touched file is checked again
+
+
+def test_damaged_zoo_build_is_trained_again(world: World, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["zoo", "build", "--only", "linear", "--epochs", "1", "--no-check", "--zoo-dir", str(tmp_path / "zoo"),
+            "--data-dir", str(world.data), "--threads", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    (weights,) = (tmp_path / "zoo").glob("linear-*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert main(argv) == 0
+    assert "(1 trained, 0 cached)" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "(0 trained, 1 cached)" in capsys.readouterr().out
+    assert main([*world.analyze(world.student, "zoo:linear"), "--zoo-dir", str(tmp_path / "zoo"),
+                 "--out", str(tmp_path / "out")]) == 0
+
+
+def test_smoke_build_is_what_zoo_list_and_models_zoo_see(world: World, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The README's smoke build (fewer epochs, a fraction of the data) is listed, analysed and loaded alike."""
+    zoo = ["--zoo-dir", str(tmp_path / "zoo"), "--data-dir", str(world.data), "--threads", "1",
+           "--out", str(tmp_path / "out")]
+    assert main(["zoo", "build", "--only", "mlp", "cnn", "--epochs", "1", "--fraction", "0.8", "--no-check", *zoo]) == 0
+    capsys.readouterr()
+    assert main(["zoo", "list", *zoo]) == 0
+    listed = capsys.readouterr().out
+    assert "mlp" in listed and "cnn" in listed and "2 models" in listed
+    assert main(["analyze", "--models", "zoo", "--no-random-baseline", "--no-semantic", "--no-figures", *zoo]) == 0
+    assert "analysing 2 models" in capsys.readouterr().out
+
+
+def test_multi_teacher_entry_killed_before_final_json_recovers(world: World, tmp_path: Path) -> None:
+    third = write_model(tmp_path / "third", 3, hidden=12)
+    argv = [*world.transfer("--teacher", third, "--multi", "soup"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    finals = sorted((Path(os.environ["GKT_HOME"]) / "transfer-runs").glob("*/final.json"))
+    assert finals and all((f.parent / "student.safetensors").is_file() for f in finals)
+    finals[0].unlink()  # killed after the student was saved, before final.json
+    assert main(argv) == 0
+    assert finals[0].is_file()
+
+
+def test_unexpected_error_is_one_line_and_a_traceback_log(world: World, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("gkt.transfer.run_transfer", broken)
+    out = tmp_path / "out"
+    assert main([*world.transfer(), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("gkt: error: unexpected ZeroDivisionError: a bug (a bug in gkt: the traceback is in ")
+    log = Path(re.search(r"the traceback is in (\S+);", err).group(1))
+    assert "Traceback (most recent call last)" in log.read_text() and "ZeroDivisionError: a bug" in log.read_text()
+    assert_nothing_valid_left(out)
+
+
+def test_interrupted_run_keeps_its_state_marked_and_resumes(world: World, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gkt.transfer.trainer import TransferTrainer
+
+    train_epoch = TransferTrainer.train_epoch
+
+    def interrupt_second(self: TransferTrainer) -> dict:
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    monkeypatch.setattr(TransferTrainer, "train_epoch", interrupt_second)
+    out = tmp_path / "out"
+    assert main([*world.transfer("--epochs", "2"), "--out", str(out)]) == 130
+    (run,) = out.iterdir()
+    assert_nothing_valid_left(out)
+    assert json.loads((run / "config.json").read_text())["status"] == "interrupted" and (run / "state.pt").is_file()
+    monkeypatch.setattr(TransferTrainer, "train_epoch", train_epoch)
+    assert main(["transfer", "--resume", str(run), "--data-dir", str(world.data), "--out", str(out)]) == 0
+    resumed = next(r for r in out.iterdir() if r != run)
+    assert json.loads((resumed / "config.json").read_text())["status"] == "ok"
+    assert json.loads((resumed / "final.json").read_text())["status"] == "ok"
