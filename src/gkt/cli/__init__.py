@@ -145,8 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             error = str(user_error)
             return _fail(error)
         log_path = write_traceback(argv, run_dir)
-        error = f"unexpected {type(exc).__name__}: {exc}"
-        return _fail(f"{error} (a bug in gkt: the traceback is in {log_path}; please report it with that file)", 1)
+        error = f"unexpected {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        where = f"the traceback is in {log_path}; please report it with that file" if log_path else \
+            "no traceback log could be written; please report it"
+        return _fail(f"{error} (a bug in gkt: {where})", 1)
     finally:
         shutdown()
         if handler is not None:

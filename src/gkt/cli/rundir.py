@@ -74,9 +74,9 @@ def open_run_dir(out: str, command: str) -> Path:
     return run_dir
 
 
-def write_traceback(argv: Sequence[str], run_dir: Path | None) -> Path:
+def write_traceback(argv: Sequence[str], run_dir: Path | None) -> Path | None:
     """Write the current exception's traceback to a log file (``$GKT_HOME/logs``, else the temp
-    directory) and return its path."""
+    directory) and return its path (None when no location can be written)."""
     text = f"gkt {' '.join(argv)}\nrun directory: {run_dir}\n\n{traceback.format_exc()}"
     name = f"gkt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     for directory in (cache_home() / "logs", Path(tempfile.gettempdir()) / "gkt-logs"):
@@ -86,7 +86,7 @@ def write_traceback(argv: Sequence[str], run_dir: Path | None) -> Path:
             return directory / name
         except OSError:
             continue
-    raise GktError("could not write a traceback log anywhere")
+    return None
 
 
 def finish_run(run_dir: Path, status: str, error: str | None = None) -> Path | None:
