@@ -12,8 +12,7 @@ from gkt.cli import main
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.data.digits import load_digits_28
-from gkt.data.subsets import class_subset, parse_classes
-from gkt.experiments.kdep_benchmark import parse_task
+from gkt.data.subsets import class_subset
 from gkt.kdep.alignment import StreamingMoments, power_temperature_scaling, svd_alignment_direct
 from gkt.kdep.objectives import KdepObjective, ObjectiveConfig
 from gkt.kdep.pretrain import build_student, pretrain
@@ -167,16 +166,12 @@ def test_logit_kd_needs_matching_heads() -> None:
 
 
 def test_datasets_extra() -> None:
-    assert parse_classes("0-2,7") == [0, 1, 2, 7] and parse_classes(None) is None
-    with pytest.raises(GktError):
-        parse_classes("a-b")
     train, test = load_digits_28("train"), load_digits_28("test")
     assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
     assert len(train) + len(test) == 1797 and abs(len(train) - len(test)) <= 10
     sub = class_subset(test, [7, 3])
     assert sub.class_names == ["7", "3"] and set(sub.labels.tolist()) == {0, 1}
     assert torch.equal(sub.labels == 0, test.labels[test.labels.eq(7) | test.labels.eq(3)] == 7)
-    assert parse_task("fmnist[5-9]") == ("fmnist", "5-9") and parse_task("folder:/x[1]/y") == ("folder:/x[1]/y", None)
 
 
 def test_cli_pretrain_then_finetune(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

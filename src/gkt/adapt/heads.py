@@ -35,6 +35,7 @@ from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home
+from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.data.spec import load_split
 from gkt.data.subsets import train_val_split
@@ -152,8 +153,7 @@ def adapt_model(model: Classifier, train: ImageDataset, test: ImageDataset, cfg:
                 ) -> tuple[Classifier, dict[str, Any]]:
     """A copy of ``model`` with a head for ``train``'s classes (probe, then optionally full fine-tuning);
     returns it and its record (probe and final test accuracy on ``test``)."""
-    if cfg.mode not in ADAPT_MODES:
-        raise GktError(f"unknown adaptation mode {cfg.mode!r}; use {' or '.join(ADAPT_MODES)}")
+    ADAPT_MODES.check(cfg.mode)
     start = time.perf_counter()
     probe = fit_linear_probe(head_inputs(model, train, device), train.labels, train.num_classes, cfg)
     adapted = with_new_head(model, train.class_names, seed=cfg.seed)
@@ -175,10 +175,9 @@ def _finetune_all(model: Classifier, train: ImageDataset, cfg: AdaptConfig, devi
 
 
 # After the probe: nothing more (probe) or full fine-tuning of every weight (full).
-ADAPT_MODES: dict[str, Callable[[Classifier, ImageDataset, AdaptConfig, torch.device], None]] = {
-    "probe": lambda model, train, cfg, device: None,
-    "full": _finetune_all,
-}
+ADAPT_MODES: Registry[Callable[[Classifier, ImageDataset, AdaptConfig, torch.device], None]] = Registry(
+    "adaptation mode")
+ADAPT_MODES.update({"probe": lambda model, train, cfg, device: None, "full": _finetune_all})
 
 
 def slug(text: str) -> str:

@@ -18,7 +18,9 @@ from gkt.cli.config import GIVEN, parse_args, resolved_config, write_config
 from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
 from gkt.core.errors import GktError, storage_error
 from gkt.core.io import write_json
+from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
+from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
@@ -35,7 +37,7 @@ class Verb:
     run: Callable[[argparse.Namespace], int]
 
 
-VERBS: dict[str, Verb] = {}
+VERBS: Registry[Verb] = Registry("verb")
 GROUP_HELP: dict[str, str] = {}
 
 
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gkt", description="General knowledge transfer between any pretrained classifiers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model specs: zoo:NAME | timm:ARCH[@WEIGHTS][?k=v&...] | file:PATH\n"
-               "data specs:  fmnist | folder:PATH (PATH/train/<class>/*.jpg, PATH/val/...)")
+               f"data specs:  {DATA_SYNTAX}\n"
+               "             (BASE: fmnist | digits | folder:PATH with PATH/train/<class>/*.jpg, PATH/val/...)")
     parser.add_argument("--version", action="version", version=f"gkt {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
+from gkt.cli.config import add_config_option
 from gkt.core.errors import GktError
 from gkt.core.io import write_json
 from gkt.reporting.tables import format_table
@@ -18,14 +19,17 @@ DEFAULT_METHODS = ("kl", "xekl-mcl", "kl-dp")
 
 def add_transfer_options(p: argparse.ArgumentParser, epochs: int | None, fraction: float) -> None:
     """Options of the transfer grid shared by ``gkt adapt --transfer`` and ``gkt crossdomain``."""
+    from gkt.transfer import TransferConfig
+
+    d = TransferConfig()
     g = p.add_argument_group("transfer study")
     g.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help=f"transfer methods (default: {' '.join(DEFAULT_METHODS)})")
     g.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the transfer runs (default: 0)")
     g.add_argument("--epochs", type=int, default=epochs,
-                   help=f"transfer epochs (default: {epochs or 'the transfer default, 5'})")
-    g.add_argument("--lr", type=float, default=None, help="transfer learning rate (default: the transfer default)")
-    g.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: 128)")
+                   help=f"transfer epochs (default: {epochs or f'the transfer default, {d.epochs}'})")
+    g.add_argument("--lr", type=float, default=None, help=f"transfer learning rate (default: {d.lr:g})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"transfer batch size (default: {d.batch_size})")
     g.add_argument("--fraction", type=float, default=fraction,
                    help=f"stratified share of the train split used as transfer set (default: {fraction:g})")
     g.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
@@ -62,6 +66,9 @@ def print_study(result: dict[str, Any], store: Path, seconds: float) -> None:
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.adapt.heads import AdaptConfig
+
+    d = AdaptConfig()
     p.add_argument("--models", nargs="+", required=True, help="model specs to adapt (zoo:NAME, file:PATH, ...)")
     p.add_argument("--data", default="digits",
                    help="target data spec: digits (scikit-learn 8x8 digits at 28x28) | folder:PATH | any gkt data "
@@ -69,10 +76,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="fine-tune every weight after the probe (default: linear probe "
                                                        "on frozen features)")
     p.add_argument("--l2", type=float, nargs="+", default=None,
-                   help="probe L2 strength(s); several are compared on a val share of train (default: 1e-4 1e-3 1e-2 1e-1)")
-    p.add_argument("--ft-epochs", type=int, default=10, help="--full: fine-tuning epochs (default: 10)")
-    p.add_argument("--ft-lr", type=float, default=0.01, help="--full: peak SGD learning rate (default: 0.01)")
-    p.add_argument("--ft-batch-size", type=int, default=64, help="--full: batch size (default: 64)")
+                   help="probe L2 strength(s); several are compared on a val share of train (default: "
+                        f"{' '.join(f'{v:g}' for v in d.l2)})")
+    add_config_option(p, "--ft-epochs", d.finetune, "epochs", help="--full: fine-tuning epochs")
+    add_config_option(p, "--ft-lr", d.finetune, "lr", help="--full: peak SGD learning rate")
+    add_config_option(p, "--ft-batch-size", d.finetune, "batch_size", help="--full: batch size")
     p.add_argument("--transfer", action="store_true",
                    help="then transfer between the adapted models (all ordered pairs) on the target data")
     p.add_argument("--students", nargs="+", default=None, metavar="SPEC",

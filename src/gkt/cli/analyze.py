@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.data.spec import SYNTAX
+
     p.add_argument("--models", nargs="+", required=True, metavar="SPEC",
                    help="model specs (zoo:NAME, timm:..., file:PATH), or `zoo` for every built zoo model")
-    p.add_argument("--data", default="fmnist", help="data spec (default: fmnist)")
+    p.add_argument("--data", default="fmnist", help=f"data spec {SYNTAX} (default: fmnist)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="evaluation split (default: test)")
     p.add_argument("--fraction", type=float, default=1.0, help="analyse a stratified share of the split (seeded)")
     p.add_argument("--student", metavar="SPEC", help="show where to find gains for this model (added to --models)")

@@ -196,3 +196,25 @@ def write_config(path: str | Path, config: dict[str, Any]) -> None:
     """Write ``config`` as YAML, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(_shown, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_config_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, config: Any,
+                      field: str | None = None, help: str = "", **kwargs: Any) -> argparse.Action:
+    """``flag`` (e.g. ``--batch-size``) defaulting to ``config.<field>``, the value of a config dataclass (the
+    one place defaults live), typed like it, with "(default: VALUE)" appended to ``help``. ``field`` defaults
+    to the flag's name; a tuple value makes a list option (``nargs="*"`` unless given)."""
+    value = getattr(config, field or flag.removeprefix("--").replace("-", "_"))
+    if isinstance(value, tuple):
+        kwargs.setdefault("nargs", "*")
+        kwargs.setdefault("type", type(value[0]) if value else str)
+    elif value is not None and "choices" not in kwargs:
+        kwargs.setdefault("type", type(value))
+    suffix = f"(default: {_shown(value)})"
+    return parser.add_argument(flag, default=list(value) if isinstance(value, tuple) else value,
+                               help=f"{help} {suffix}" if help else suffix, **kwargs)

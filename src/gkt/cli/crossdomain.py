@@ -8,12 +8,16 @@ import time
 
 from gkt.cli import register_verb
 from gkt.cli.adapt import add_transfer_options, print_study, store_path, study_plan
+from gkt.cli.config import add_config_option
 from gkt.core.errors import GktError
 from gkt.reporting.tables import format_table
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
+    from gkt.adapt.domains import DomainFinetune
     from gkt.data.domains import describe_domains
+
+    d = DomainFinetune()
 
     p.description = f"{p.description}\n\ndomains:\n{describe_domains()}"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -21,11 +25,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teachers", nargs="+", required=True, help="model specs fine-tuned on the domain, then teachers")
     p.add_argument("--students", nargs="+", required=True, help="original-domain students (model specs)")
     p.add_argument("--data", default="fmnist", help="original data spec (default: fmnist)")
-    p.add_argument("--ft-epochs", type=int, default=3, help="domain fine-tuning epochs (default: 3)")
-    p.add_argument("--ft-lr", type=float, default=1e-3, help="domain fine-tuning peak lr, AdamW (default: 1e-3)")
-    p.add_argument("--ft-batch-size", type=int, default=128, help="domain fine-tuning batch size (default: 128)")
-    p.add_argument("--ft-fraction", type=float, default=1.0,
-                   help="stratified share of the shifted train split to fine-tune on (default: 1)")
+    add_config_option(p, "--ft-epochs", d.recipe, "epochs", help="domain fine-tuning epochs")
+    add_config_option(p, "--ft-lr", d.recipe, "lr", help=f"domain fine-tuning peak lr, {d.recipe.optimizer}")
+    add_config_option(p, "--ft-batch-size", d.recipe, "batch_size", help="domain fine-tuning batch size")
+    add_config_option(p, "--ft-fraction", d, "fraction",
+                      help="stratified share of the shifted train split to fine-tune on")
     add_transfer_options(p, epochs=None, fraction=0.1)
 
 
@@ -36,10 +40,10 @@ def crossdomain(args: argparse.Namespace) -> int:
 
     from gkt.adapt.domains import DomainFinetune, domain_teacher
     from gkt.core.io import write_csv
-    from gkt.data.domains import get_domain
+    from gkt.data.domains import DOMAINS
     from gkt.experiments.adapt_study import transfer_study
 
-    get_domain(args.domain)
+    DOMAINS.check(args.domain)
     if len(set(args.teachers)) != len(args.teachers):
         raise GktError("--teachers lists a model twice")
     cfg = DomainFinetune()

@@ -8,65 +8,74 @@ from dataclasses import replace
 from pathlib import Path
 
 from gkt.cli import GROUP_HELP, register_verb
+from gkt.cli.config import add_config_option
+from gkt.core.config import Recipe
 from gkt.core.io import atomic_path, write_csv, write_json
 from gkt.reporting.tables import format_table
 
 GROUP_HELP["kdep"] = "KDEP: pre-train a new architecture from a teacher's features, fine-tune, benchmark"
 
 
-def _add_recipe(p: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
-    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, warm-up + cosine (default {lr})")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer (default sgd, momentum 0.9)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
-    p.add_argument("--augment", nargs="*", default=[], metavar="AUG",
-                   help="batch augmentations (flip, crop, erase); default none")
+def _add_recipe(p: argparse.ArgumentParser, recipe: Recipe) -> None:
+    """Options of a training recipe, defaulting to ``recipe`` (the benchmark's)."""
+    from gkt.data.augment import AUGMENTATIONS
+
+    add_config_option(p, "--epochs", recipe, help="epochs")
+    add_config_option(p, "--lr", recipe, help="peak learning rate, warm-up + cosine")
+    add_config_option(p, "--weight-decay", recipe, help="weight decay")
+    add_config_option(p, "--optimizer", recipe, choices=("sgd", "adamw"), help="optimizer (SGD with momentum 0.9)")
+    add_config_option(p, "--batch-size", recipe, help="batch size")
+    add_config_option(p, "--augment", recipe, metavar="AUG", help=f"batch augmentations ({', '.join(AUGMENTATIONS)})")
 
 
-def _recipe(args: argparse.Namespace):
-    from gkt.core.config import Recipe
-
+def _recipe(args: argparse.Namespace) -> Recipe:
     return Recipe(epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                   batch_size=args.batch_size, augment=tuple(args.augment), seed=args.seed)
 
 
 def _add_data(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    from gkt.data.spec import SYNTAX
+
     p.add_argument("--data", default=default, required=default is None,
-                   help=f"{what} data spec: fmnist | digits (scikit-learn, 28x28) | folder:PATH")
-    p.add_argument("--classes", default=None, help="keep only these classes, relabelled in order (e.g. 0-4, 5,7)")
+                   help=f"{what} data spec {SYNTAX}; BASE: fmnist | digits (scikit-learn, 28x28) | folder:PATH")
+    p.add_argument("--classes", default=None,
+                   help="keep only these classes, relabelled in order (e.g. 0-4, 5,7); the same as DATA[CLASSES]")
 
 
 def _configure_pretrain(p: argparse.ArgumentParser) -> None:
-    from gkt.kdep.objectives import OBJECTIVES
+    from gkt.experiments.kdep_benchmark import BenchmarkConfig
+    from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
 
+    bench, d = BenchmarkConfig(), ObjectiveConfig()
     p.add_argument("--teacher", default=None, help="teacher model spec (zoo:NAME, file:PATH, timm:ARCH@W)")
     p.add_argument("--student-arch", required=True,
                    help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v]")
     _add_data(p, "fmnist", "pre-training")
-    p.add_argument("--fraction", type=float, default=0.1, help="stratified share of the data (default 0.1)")
+    add_config_option(p, "--fraction", bench, help="stratified share of the data")
     p.add_argument("--objective", choices=list(OBJECTIVES), default="kdep", help="pre-training loss (default kdep)")
-    p.add_argument("--loss-w", type=float, default=3.0, help="KDEP loss weight (default 3)")
-    p.add_argument("--pts-temperature", type=float, default=0.1, help="PTS temperature T (default 0.1)")
-    p.add_argument("--pts-power", type=float, default=3.0, help="PTS power n (default 3)")
-    p.add_argument("--kd-temperature", type=float, default=4.0, help="logit-KD temperature (default 4)")
-    p.add_argument("--teacher-layer", default="auto",
-                   help="teacher feature: auto | features | MODULE[:in|:out] of the net (default auto)")
-    p.add_argument("--student-layer", default="auto", help="student feature, as --teacher-layer")
+    add_config_option(p, "--loss-w", d, help="KDEP loss weight")
+    add_config_option(p, "--pts-temperature", d, help="PTS temperature T")
+    add_config_option(p, "--pts-power", d, help="PTS power n")
+    add_config_option(p, "--kd-temperature", d, help="logit-KD temperature")
+    add_config_option(p, "--teacher-layer", d, help="teacher feature: auto | features | MODULE[:in|:out] of the net")
+    add_config_option(p, "--student-layer", d, help="student feature, as --teacher-layer")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/student)")
-    _add_recipe(p, epochs=10, lr=0.02, batch_size=128)
+    _add_recipe(p, bench.pretrain_recipe)
 
 
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
                _configure_pretrain)
 def kdep_pretrain(args: argparse.Namespace) -> int:
-    from gkt.data.spec import load_data
+    from gkt.data.spec import DataSpec, load_split
+    from gkt.data.subsets import stratified_subset
+    from gkt.experiments.kdep_benchmark import KDEP_IMAGES
     from gkt.kdep.objectives import ObjectiveConfig
     from gkt.kdep.pretrain import build_student, load_teacher, pretrain
     from gkt.models import save_checkpoint
 
-    data = load_data(args.data, "train", classes=args.classes, fraction=args.fraction, seed=args.seed,
-                     data_dir=args.data_dir)
+    spec = DataSpec.parse(args.data).with_classes(args.classes)
+    data = stratified_subset(load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES), fraction=args.fraction,
+                             seed=args.seed)
     teacher = load_teacher(args.teacher, data) if args.teacher else None
     names = teacher.class_names if args.objective == "logit-kd" and teacher else data.class_names
     student = build_student(args.student_arch, data, names, seed=args.seed)
@@ -87,23 +96,29 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
 
 
 def _configure_finetune(p: argparse.ArgumentParser) -> None:
+    from gkt.experiments.kdep_benchmark import BenchmarkConfig
+
     p.add_argument("--model", required=True, help="pre-trained model spec (e.g. file:RUN_DIR/student)")
     _add_data(p, None, "downstream")
     p.add_argument("--per-class", type=int, default=None, help="train on this many samples per class (seeded)")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/finetuned)")
-    _add_recipe(p, epochs=15, lr=0.05, batch_size=32)
+    _add_recipe(p, BenchmarkConfig().finetune_recipe)
 
 
 @register_verb("kdep finetune", "new head + full fine-tuning of a (pre-trained) model on a downstream dataset",
                _configure_finetune)
 def kdep_finetune(args: argparse.Namespace) -> int:
-    from gkt.data.spec import load_data
+    from gkt.data.spec import DataSpec, load_split
+    from gkt.data.subsets import stratified_subset
+    from gkt.experiments.kdep_benchmark import KDEP_IMAGES
     from gkt.kdep.pretrain import finetune
     from gkt.models import load_model, save_checkpoint
 
-    train = load_data(args.data, "train", classes=args.classes, per_class=args.per_class, seed=args.seed,
-                      data_dir=args.data_dir)
-    test = load_data(args.data, "test", classes=args.classes, data_dir=args.data_dir)
+    spec = DataSpec.parse(args.data).with_classes(args.classes)
+    train = load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES)
+    if args.per_class is not None:
+        train = stratified_subset(train, per_class=args.per_class, seed=args.seed)
+    test = load_split(spec, "test", data_dir=args.data_dir, **KDEP_IMAGES)
     model, acc = finetune(load_model(args.model), train, test, _recipe(args), args.torch_device)
     path = save_checkpoint(model.cpu(), Path(args.output) if args.output else args.run_dir / "finetuned")
     write_json(args.run_dir / "finetune.json", {"model": args.model, "train": train.name, "test": test.name,
@@ -119,21 +134,19 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
 
     d = BenchmarkConfig()
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 seed, 1 epoch, tiny pools)")
-    p.add_argument("--teacher", default=d.teacher,
-                   help="teacher spec, or 'split' (default): the zoo ResNet recipe trained on the pre-training "
-                        "classes only (cached), so it has never seen downstream classes")
-    p.add_argument("--student-arch", default=d.student_arch, help=f"student architecture (default {d.student_arch})")
-    p.add_argument("--pretrain-data", default=d.pretrain_data, help="pre-training data spec (default fmnist)")
-    p.add_argument("--pretrain-classes", default=d.pretrain_classes, help="pre-training classes (default 0-4)")
-    p.add_argument("--fraction", type=float, default=d.fraction, help="share for the 10%% arms (default 0.1)")
-    p.add_argument("--downstream", nargs="+", default=list(d.downstream),
-                   help="downstream tasks DATA[CLASSES] (default: fmnist[5-9] digits; add folder:PATH)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="seeds (default 0 1 2)")
-    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_recipe.epochs, help="pre-training epochs")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_recipe.epochs, help="fine-tuning epochs")
-    p.add_argument("--finetune-per-class", type=int, default=d.finetune_per_class,
-                   help=f"downstream training samples per class (default {d.finetune_per_class})")
-    p.add_argument("--loss-w", type=float, default=d.objective.loss_w, help="KDEP / linear-align loss weight")
+    add_config_option(p, "--teacher", d,
+                      help="teacher spec, or 'split': the zoo ResNet recipe trained on the pre-training classes "
+                           "only (cached), so it has never seen downstream classes")
+    add_config_option(p, "--student-arch", d, help="student architecture")
+    add_config_option(p, "--pretrain-data", d, help="pre-training data spec")
+    add_config_option(p, "--pretrain-classes", d, help="pre-training classes")
+    add_config_option(p, "--fraction", d, help="share of the pool for the fractional arms")
+    add_config_option(p, "--downstream", d, nargs="+", help="downstream tasks, data specs (add folder:PATH)")
+    add_config_option(p, "--seeds", d, nargs="+", help="seeds")
+    add_config_option(p, "--pretrain-epochs", d.pretrain_recipe, "epochs", help="pre-training epochs")
+    add_config_option(p, "--finetune-epochs", d.finetune_recipe, "epochs", help="fine-tuning epochs")
+    add_config_option(p, "--finetune-per-class", d, help="downstream training samples per class")
+    add_config_option(p, "--loss-w", d.objective, help="KDEP / linear-align loss weight")
 
 
 @register_verb("kdep benchmark", "KDEP vs supervised / logit-KD / learned-alignment / no pre-training, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gkt.cli import register_verb
-from gkt.cli.config import GIVEN, resolved_config
+from gkt.cli.config import GIVEN, _shown, add_config_option, resolved_config
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.errors import GktError
 from gkt.core.io import read_json, write_json
@@ -25,8 +25,13 @@ RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    from gkt.transfer import DEFAULT_LR, describe_methods
+    from gkt.data.augment import AUGMENTATIONS
+    from gkt.data.spec import SYNTAX
+    from gkt.transfer import TransferConfig, describe_methods
+    from gkt.transfer.multi import ORDERS
+    from gkt.transfer.trainer import PRECISIONS, Runtime
 
+    d, rt = TransferConfig(), Runtime()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "methods:\n" + describe_methods()
     p.add_argument("--student", help="model spec of the pretrained student (zoo:NAME, timm:..., file:PATH)")
@@ -36,24 +41,25 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="JSON/YAML {student_class: teacher_class_or_list} aligning the teachers' classes to the "
                         "student's (mapped logit = logsumexp of the teacher classes); without it, teacher classes "
                         "that differ only in order or case are matched by name")
-    p.add_argument("--method", default="kl-dp", help="transfer method (default: kl-dp; list below)")
+    add_config_option(p, "--method", d, help="transfer method (listed below)")
     p.add_argument("--method-arg", action="append", default=[], metavar="K=V",
                    help="method hyperparameter, repeatable (e.g. --method-arg lam=0.7)")
-    p.add_argument("--data", default="fmnist", help="data spec (default: fmnist)")
+    p.add_argument("--data", default="fmnist", help=f"data spec {SYNTAX} (default: fmnist)")
     p.add_argument("--fraction", type=float, default=0.1,
                    help="stratified share of the train split used as transfer set (default: 0.1)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs over the transfer set (default: 5)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"SGD learning rate (default: {DEFAULT_LR:g})")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T (default: 1)")
-    p.add_argument("--weight-decay", type=float, default=1e-3)
-    p.add_argument("--augment", nargs="*", default=[], metavar="NAME",
-                   help="batch augmentations applied once, seen by every model (flip, crop, erase; default none)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs over the transfer set (default: {d.epochs}; with --resume: the run's)")
+    add_config_option(p, "--lr", d, help="SGD learning rate")
+    add_config_option(p, "--batch-size", d, help="batch size")
+    add_config_option(p, "--temperature", d, help="softmax temperature T")
+    add_config_option(p, "--weight-decay", d, help="SGD weight decay")
+    add_config_option(p, "--augment", d, metavar="NAME",
+                      help=f"batch augmentations applied once, seen by every model ({', '.join(AUGMENTATIONS)})")
     p.add_argument("--unlabelled", action="store_true",
                    help="treat the transfer set as unlabelled: only label-free methods are allowed")
-    p.add_argument("--student-mode", default="train", choices=["train", "eval"],
-                   help="train: the student's dropout and BatchNorm statistics work as in ordinary fine-tuning "
-                        "(default); eval: both frozen, so only the loss changes the student")
+    add_config_option(p, "--student-mode", d, choices=["train", "eval"],
+                      help="train: the student's dropout and BatchNorm statistics work as in ordinary fine-tuning; "
+                           "eval: both frozen, so only the loss changes the student")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted transfer run from its last finished epoch (into a new run "
                         "directory; --epochs may extend it, other options come from the run)")
@@ -62,18 +68,18 @@ def _configure(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--no-cache", action="store_true",
                        help="compute the frozen models' outputs every step even without augmentation (default: "
                             "computed once, stored in $GKT_HOME/predictions and reused)")
-    speed.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="autocast precision (auto: bf16 on a GPU that supports it, else fp32; default fp32)")
+    add_config_option(speed, "--precision", rt, choices=["auto", *PRECISIONS],
+                      help="autocast precision (auto: bf16 on a GPU that supports it, else fp32)")
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
-    speed.add_argument("--loader-workers", type=int, default=0,
-                       help="DataLoader processes decoding image-folder batches (default 0: in the main process)")
+    add_config_option(speed, "--loader-workers", rt,
+                      help="DataLoader processes decoding image-folder batches (0: in the main process)")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
     multi.add_argument("--multi", nargs="+", metavar="MODE",
                        help="sequential (one teacher after another), parallel (all at once, K-teacher data "
                             "partition), soup (weight average of the single-teacher students), or all; the "
                             "single-teacher runs always run too (cached), and a Table-4-style summary is written")
-    multi.add_argument("--order", default="given", choices=["given", "asc", "desc"],
+    multi.add_argument("--order", default="given", choices=list(ORDERS),
                        help="sequential teacher order: as given, or by test accuracy ascending/descending")
     multi.add_argument("--seeds", type=int, nargs="+", metavar="N",
                        help="repeat the multi-teacher study over these seeds (default: --seed); the summary "
@@ -118,11 +124,6 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
         setattr(args, key, previous[key])
     args.epochs = args.epochs or previous["epochs"]
     return load_state(old)
-
-
-def _shown(value: Any) -> str:
-    """An option value as the user would write it (lists and tuples alike)."""
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _fmt(value: float) -> str:

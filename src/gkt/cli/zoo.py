@@ -61,14 +61,16 @@ def zoo_build(args: argparse.Namespace) -> int:
 
 
 def _configure_check(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lr", type=float, default=None, help="learning rate of the extra epoch (default: 1e-3)")
+    from gkt.experiments.zoo import CHECK_LR
+
+    p.add_argument("--lr", type=float, default=CHECK_LR, help=f"learning rate of the extra epoch (default: {CHECK_LR:g})")
 
 
 @register_verb("zoo check", "re-run the convergence check of the built zoo models", _configure_check)
 def zoo_check(args: argparse.Namespace) -> int:
-    from gkt.experiments.zoo import CHECK_LR, check_zoo
+    from gkt.experiments.zoo import check_zoo
 
-    records = check_zoo(args.zoo_dir, lr=args.lr or CHECK_LR, device=args.torch_device, data_dir=args.data_dir)
+    records = check_zoo(args.zoo_dir, lr=args.lr, device=args.torch_device, data_dir=args.data_dir)
     print_zoo(records, args.run_dir)
     return 0 if all(r.convergence and r.convergence["passed"] for r in records) else 1
 

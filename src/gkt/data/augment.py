@@ -11,20 +11,13 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-AUGMENTATIONS: dict[str, Augmentation] = {}
-
-
-def register_augmentation(name: str) -> Callable[[Augmentation], Augmentation]:
-    def decorate(fn: Augmentation) -> Augmentation:
-        AUGMENTATIONS[name] = fn
-        return fn
-
-    return decorate
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
+register_augmentation = AUGMENTATIONS.register
 
 
 def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -65,9 +58,7 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, ma
 
 
 def compose(names: Sequence[str]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if unknown:
-        raise GktError(f"unknown augmentation(s) {unknown}; known: {', '.join(sorted(AUGMENTATIONS))}")
+    AUGMENTATIONS.check(list(names))
 
     def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for name in names:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset, TensorImageDataset
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -24,7 +25,7 @@ class Domain:
     description: str
 
 
-DOMAINS: dict[str, Domain] = {}
+DOMAINS: Registry[Domain] = Registry("domain")
 
 
 def register_domain(name: str, description: str) -> Callable[[Transform], Transform]:
@@ -35,12 +36,6 @@ def register_domain(name: str, description: str) -> Callable[[Transform], Transf
         return transform
 
     return decorate
-
-
-def get_domain(name: str) -> Domain:
-    if name not in DOMAINS:
-        raise GktError(f"unknown domain {name!r}; known: {', '.join(sorted(DOMAINS))}")
-    return DOMAINS[name]
 
 
 def separable_filter(x: torch.Tensor, rows: Sequence[int], cols: Sequence[int]) -> torch.Tensor:
@@ -88,7 +83,7 @@ def transform_images(images: torch.Tensor, domain: str) -> torch.Tensor:
     """``images`` (uint8 ``[N, C, H, W]``) in ``domain``, in chunks of :data:`CHUNK` images."""
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise GktError(f"domain transforms take uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
-    fn = get_domain(domain).transform
+    fn = DOMAINS[domain].transform
     return torch.cat([fn(chunk) for chunk in images.split(CHUNK)]) if len(images) else images.clone()
 
 
@@ -109,7 +104,7 @@ class DomainImageDataset(ImageDataset):
 def apply_domain(dataset: ImageDataset, domain: str) -> ImageDataset:
     """``dataset`` in ``domain``: same samples, labels and classes; in-memory datasets are transformed
     once, others lazily per batch. The name (hence every cache key) gains ``@domain``."""
-    get_domain(domain)
+    DOMAINS.check(domain)
     if isinstance(dataset, TensorImageDataset):
         return TensorImageDataset(f"{dataset.name}@{domain}", transform_images(dataset.images, domain),
                                   dataset.labels, dataset.class_names)
@@ -120,4 +115,4 @@ def describe_domains() -> str:
     return "\n".join(f"  {d.name:8s} {d.description}" for d in DOMAINS.values())
 
 
-__all__ = ["DOMAINS", "Domain", "apply_domain", "describe_domains", "get_domain", "register_domain", "transform_images"]
+__all__ = ["DOMAINS", "Domain", "apply_domain", "describe_domains", "register_domain", "transform_images"]

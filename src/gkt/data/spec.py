@@ -1,80 +1,168 @@
-"""Data specs: one string names a data set split (``BASE[CLASSES]@DOMAIN``)."""
+"""Data specs: one string names a data set for every verb, ``BASE[CLASSES]@DOMAIN``.
+
+- ``BASE``: a kind of :data:`DATA_SPEC_LOADERS`: ``fmnist`` (embedded default), ``folder:PATH`` (ImageNet
+  layout: PATH/train/<class>/..., PATH/val/...), ``digits`` (scikit-learn's digits at 28x28).
+- ``[CLASSES]`` (optional): keep only these classes, relabelled ``0..k-1`` in the order given; indices
+  and ranges (``[5-9]``, ``[1,3]``, ``[0-2,8]``) or class names (``folder:PATH[cat,dog]``).
+- ``@DOMAIN`` (optional): a registered pixel transform of :mod:`gkt.data.domains` (``fmnist@edges``).
+
+E.g. ``fmnist[0-4]@edges``: the edge maps of Fashion-MNIST's first five classes.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.data.datasets import BadImagePolicy, ImageDataset, load_image_folder
-from gkt.data.digits import digits_split, load_digits_28
+from gkt.data.digits import digits_split
+from gkt.data.domains import DOMAINS, apply_domain
 from gkt.data.fmnist import load_fashion_mnist
-from gkt.data.subsets import carve_split, class_subset, parse_classes, stratified_indices
+from gkt.data.subsets import carve_split, class_subset
 
 Split = Literal["train", "val", "test"]
 
 
-# Further data specs: kind -> "module:function" loading one split with the keyword arguments of
-# :func:`load_split` (``split, *, path, data_dir, val_fraction, seed, image_size, channels, bad_images``);
-# imported on first use, so extensions may import this module.
-DATA_SPEC_LOADERS: dict[str, Callable[..., ImageDataset]] = {"digits": digits_split}
+# Data set kinds: kind -> function loading one split with the keyword arguments of :func:`load_split`
+# (``split, *, path, data_dir, val_fraction, seed, image_size, channels, bad_images``); ``path`` is the
+# text after ``kind:`` (None if there is none). Register a new data set here.
+DATA_SPEC_LOADERS: Registry[Callable[..., ImageDataset]] = Registry("data set")
+DATA_SPEC_LOADERS["digits"] = digits_split
+
+DOMAIN_SEPARATOR = "@"
+FMNIST_NAMES = ("fmnist", "fashion-mnist", "fashion_mnist")
+SYNTAX = "BASE[CLASSES]@DOMAIN, e.g. fmnist, fmnist[5-9], digits[1,3], fmnist[0-4]@edges, folder:PATH[cat,dog]"
+
+ClassList = tuple[int | str, ...]  # class indices and/or class names, ranges expanded
 
 
-DOMAIN_SEPARATOR = "@"  # ``BASE@DOMAIN``: a registered style transform of gkt.domains applied to BASE
+def parse_class_list(text: str, spec: str | None = None) -> ClassList:
+    """``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or ``"cat,dog"`` (class names) to a tuple of indices and names."""
+    where = f"data spec {spec!r}: " if spec else ""
+    entries: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise GktError(f"{where}empty entry in the class list {text!r}; use e.g. [0-4], [5,7] or [cat,dog]")
+        if part.isdigit():
+            entries.append(int(part))
+        elif re.fullmatch(r"\d+\s*-\s*\d+", part):
+            lo, hi = (int(v) for v in part.split("-"))
+            if lo > hi:
+                raise GktError(f"{where}class range {part!r} runs backwards; write it low-high, e.g. 5-9")
+            entries += range(lo, hi + 1)
+        else:
+            entries.append(part)
+    return tuple(entries)
+
+
+def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str], what: str) -> list[int]:
+    """Class indices of ``classes`` (indices kept, names looked up, case-insensitively if need be)."""
+    exact = {name: i for i, name in enumerate(class_names)}
+    folded = {name.lower(): i for i, name in enumerate(class_names)}
+    indices = []
+    for entry in classes:
+        if isinstance(entry, int):
+            indices.append(entry)
+        elif entry in exact or entry.lower() in folded:
+            indices.append(exact.get(entry, folded.get(entry.lower())))
+        else:
+            raise GktError(f"{what}: no class named {entry!r}; its classes are {', '.join(class_names)} "
+                           f"(or use indices 0-{len(class_names) - 1})")
+    return indices
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``fmnist`` (embedded default), ``folder:PATH`` (ImageNet layout: PATH/train, PATH/val), a kind of
-    :data:`DATA_SPEC_LOADERS` (``digits``), each optionally ``@DOMAIN`` (e.g. ``fmnist@edges``)."""
+    """A parsed data spec (see the module docstring for the syntax)."""
 
     kind: str
     path: str | None = None
     domain: str | None = None
+    classes: ClassList | None = None
 
     @classmethod
     def parse(cls, spec: str) -> DataSpec:
-        base, sep, domain = spec.rpartition(DOMAIN_SEPARATOR)
-        if sep:
-            if not (base and domain):
-                raise GktError(f"data spec {spec!r}: use BASE@DOMAIN, e.g. fmnist@edges")
-            return replace(cls.parse(base), domain=domain)
-        kind, _, rest = spec.partition(":")
-        if kind in ("fmnist", "fashion-mnist", "fashion_mnist"):
-            return cls("fmnist", rest or None)
-        if kind == "folder" and rest:
-            return cls("folder", rest)
-        if kind in DATA_SPEC_LOADERS:
-            return cls(kind, rest or None)
-        extra = "".join(f", '{k}'" for k in DATA_SPEC_LOADERS)
-        raise GktError(f"unknown data spec {spec!r}; use 'fmnist', 'folder:PATH' (PATH/train/<class>/...){extra}, "
-                       "optionally with @DOMAIN (e.g. fmnist@edges)")
+        text = spec.strip()
+        base, sep, domain = text.rpartition(DOMAIN_SEPARATOR)
+        if not sep:
+            base, domain = text, None
+        elif not (base and domain):
+            raise GktError(f"data spec {spec!r}: a domain is written BASE@DOMAIN (in full: {SYNTAX})")
+        elif "[" in domain or "]" in domain:
+            raise GktError(f"data spec {spec!r}: the class list comes before the domain ({SYNTAX})")
+        classes = None
+        if base.endswith("]"):
+            opening = base.rfind("[")
+            if opening <= 0:
+                raise GktError(f"data spec {spec!r}: a class list needs a data set before it ({SYNTAX})")
+            base, classes = base[:opening], parse_class_list(base[opening + 1:-1], spec)
+        if domain is not None:
+            DOMAINS.check(domain)
+        return replace(cls._parse_base(base, spec), classes=classes, domain=domain)
+
+    @classmethod
+    def _parse_base(cls, base: str, spec: str) -> DataSpec:
+        kind, _, path = base.partition(":")
+        kind = "fmnist" if kind in FMNIST_NAMES else kind
+        if kind not in DATA_SPEC_LOADERS:
+            raise GktError(f"unknown data spec {spec!r}: {DATA_SPEC_LOADERS.unknown(kind)}; write it as {SYNTAX}")
+        if kind == "folder" and not path:
+            raise GktError(f"data spec {spec!r}: give the folder, folder:PATH (PATH/train/<class>/<images>)")
+        return cls(kind, path or None)
+
+    def with_classes(self, classes: str | None) -> DataSpec:
+        """This spec restricted to ``classes`` (a class-list text such as ``"0-4"``; ``None``: unchanged)."""
+        if not classes:
+            return self
+        if self.classes is not None:
+            raise GktError(f"data spec {self}: it already names its classes; give the classes once "
+                           f"(in the spec or as --classes {classes})")
+        return replace(self, classes=parse_class_list(classes, str(self)))
+
+    def __str__(self) -> str:
+        base = self.kind if self.path is None else f"{self.kind}:{self.path}"
+        classes = "" if self.classes is None else "[" + ",".join(map(str, self.classes)) + "]"
+        return base + classes + ("" if self.domain is None else f"{DOMAIN_SEPARATOR}{self.domain}")
 
 
-def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, data_dir: str | None = None,
-               val_fraction: float = 0.1, seed: int = 0, image_size: int = 224, channels: int = 3,
-               bad_images: BadImagePolicy = "fail") -> ImageDataset:
-    """Load one split of a data spec. ``val`` is carved (stratified, seeded) from ``train`` unless the
-    dataset ships one; for Fashion-MNIST ``train`` then means the rest of the official train split.
-    ``BASE@DOMAIN`` loads the same split of BASE with the domain's transform applied (same samples)."""
+def load_split(spec: str | DataSpec, split: Split, *, data_dir: str | None = None, val_fraction: float = 0.1,
+               seed: int = 0, image_size: int = 224, channels: int = 3, bad_images: BadImagePolicy = "fail"
+               ) -> ImageDataset:
+    """Load one split of a data spec: the base split, then its classes (relabelled in the order given),
+    then its domain (same samples, transformed pixels). ``val`` is carved (stratified, seeded) from
+    ``train`` unless the data set ships one; for Fashion-MNIST ``train`` then means the rest of the official
+    train split. Folder images are resized to ``image_size`` with ``channels``."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
+    dataset = DATA_SPEC_LOADERS[spec.kind](split, path=spec.path, data_dir=data_dir, val_fraction=val_fraction,
+                                           seed=seed, image_size=image_size, channels=channels,
+                                           bad_images=bad_images)
+    if spec.classes is not None:
+        dataset = class_subset(dataset, resolve_classes(spec.classes, dataset.class_names, f"data spec {spec}"))
     if spec.domain is not None:
-        from gkt.data.domains import apply_domain
+        dataset = apply_domain(dataset, spec.domain)
+    return dataset
 
-        base = replace(spec, domain=None)
-        return apply_domain(load_split(base, split, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                                       image_size=image_size, channels=channels, bad_images=bad_images), spec.domain)
-    if spec.kind in DATA_SPEC_LOADERS:
-        return DATA_SPEC_LOADERS[spec.kind](split, path=spec.path, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                      image_size=image_size, channels=channels, bad_images=bad_images)
-    if spec.kind == "fmnist":
-        if split == "test":
-            return load_fashion_mnist("test", spec.path or data_dir)
-        full = load_fashion_mnist("train", spec.path or data_dir)
-        return carve_split(full, split, val_fraction, seed, "a val split needs --val-fraction > 0")
-    root = Path(spec.path)
+
+@DATA_SPEC_LOADERS.register("fmnist")
+def _fmnist_split(split: Split, *, path: str | None, data_dir: str | None, val_fraction: float, seed: int,
+                  **_: object) -> ImageDataset:
+    """Fashion-MNIST from ``fmnist:DIR``, ``--data-dir`` or the default places; ``val`` carved from train."""
+    if split == "test":
+        return load_fashion_mnist("test", path or data_dir)
+    full = load_fashion_mnist("train", path or data_dir)
+    return carve_split(full, split, val_fraction, seed, "a val split needs --val-fraction > 0")
+
+
+@DATA_SPEC_LOADERS.register("folder")
+def _folder_split(split: Split, *, path: str, val_fraction: float, seed: int, image_size: int, channels: int,
+                  bad_images: BadImagePolicy, **_: object) -> ImageDataset:
+    """An ImageNet-layout folder: PATH/train/<class>/..., and PATH/val (or PATH/test) if it ships one."""
+    root = Path(path)
     train_root = root / "train"
     if not train_root.is_dir():
         raise GktError(f"{root}: expected an ImageNet-layout folder with {train_root}/<class>/<images>")
@@ -86,31 +174,3 @@ def load_split(spec: str | DataSpec, split: Literal["train", "val", "test"], *, 
     if split == "test":
         raise GktError(f"{root}: no val/ or test/ folder to evaluate on")
     return carve_split(train, split, val_fraction, seed, f"{root}: no val/ folder; carve one with --val-fraction > 0")
-
-
-DatasetLoader = Callable[..., ImageDataset]
-
-
-EXTRA_DATASETS: dict[str, DatasetLoader] = {"digits": load_digits_28}
-
-
-def load_data(spec: str, split: Split, *, classes: str | Sequence[int] | None = None,
-              fraction: float | None = None, per_class: int | None = None, seed: int = 0,
-              data_dir: str | None = None, val_fraction: float = 0.0, image_size: int = 28,
-              channels: int = 1) -> ImageDataset:
-    """One split of ``spec`` (``digits``, or any :func:`gkt.data.load_split` spec such as ``fmnist`` or
-    ``folder:PATH``, whose images are resized to ``image_size`` with ``channels``), restricted to ``classes`` and then to a stratified ``fraction``/``per_class``
-    subset (seeded)."""
-    if spec in EXTRA_DATASETS:
-        dataset = EXTRA_DATASETS[spec](split, seed=0, val_fraction=val_fraction)
-    else:
-        dataset = load_split(spec, split, data_dir=data_dir, val_fraction=val_fraction, seed=0,
-                             image_size=image_size, channels=channels)
-    selected = parse_classes(classes)
-    if selected is not None:
-        dataset = class_subset(dataset, selected)
-    if fraction is not None and fraction < 1 or per_class is not None:
-        idx = stratified_indices(dataset.labels, fraction=fraction if per_class is None else None,
-                                 per_class=per_class, seed=seed)
-        dataset = dataset.subset(idx, f"frac={fraction},per_class={per_class},seed={seed}")
-    return dataset

@@ -66,22 +66,6 @@ def carve_split(train: ImageDataset, split: str, val_fraction: float, seed: int,
     return train.subset(train_idx if split == "train" else val_idx, f"{split},val={val_fraction},seed={seed}")
 
 
-def parse_classes(text: str | Sequence[int] | None) -> list[int] | None:
-    """``"0-4"``, ``"5,7,9"`` or ``"0-2,8"`` to a list of class indices (``None``/empty: all classes)."""
-    if text is None or text == "":
-        return None
-    if not isinstance(text, str):
-        return [int(c) for c in text]
-    classes: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, dash, hi = part.strip().partition("-")
-            classes += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-    except ValueError as exc:
-        raise GktError(f"bad class list {text!r}; use e.g. 0-4 or 5,6,7") from exc
-    return classes
-
-
 def class_subset(dataset: ImageDataset, classes: Sequence[int]) -> ImageDataset:
     """The rows of ``dataset`` whose label is in ``classes``, relabelled ``0..len(classes)-1`` in the
     given order; class names follow."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,8 @@ class Tracker(Protocol):
     def close(self, status: str) -> None: ...
 
 
-TRACKERS: dict[str, Callable[[TrackingContext], Tracker]] = {}
-
-
-def register_tracker(name: str) -> Callable[[Callable[[TrackingContext], Tracker]], Callable[[TrackingContext], Tracker]]:
-    def decorate(factory: Callable[[TrackingContext], Tracker]) -> Callable[[TrackingContext], Tracker]:
-        TRACKERS[name] = factory
-        return factory
-
-    return decorate
+TRACKERS: Registry[Callable[[TrackingContext], Tracker]] = Registry("tracker")
+register_tracker = TRACKERS.register
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -182,7 +176,5 @@ class Trackers:
 
 
 def open_trackers(names: list[str] | None, context: TrackingContext) -> list[Tracker]:
-    unknown = sorted(set(names or ()) - set(TRACKERS))
-    if unknown:
-        raise GktError(f"unknown tracker {unknown[0]!r}; known: {', '.join(sorted(TRACKERS))}")
+    TRACKERS.check(sorted(names or ()))
     return [TRACKERS[name](context) for name in dict.fromkeys(names or ())]

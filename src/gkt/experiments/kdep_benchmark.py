@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -15,7 +16,7 @@ from gkt.core.config import Recipe
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home
 from gkt.data.datasets import ImageDataset
-from gkt.data.spec import load_data
+from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, stratified_subset
 from gkt.engine.loop import evaluate, make_optimizer, train_supervised
 from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
@@ -26,6 +27,7 @@ from gkt.models import (
     save_checkpoint,
 )
 from gkt.models.zoo import get_entry
+from gkt.reporting.tables import format_mean_std, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +83,8 @@ class BenchmarkConfig:
         return asdict(self)
 
 
-def parse_task(spec: str) -> tuple[str, str | None]:
-    """``DATA`` or ``DATA[CLASSES]`` (e.g. ``fmnist[5-9]``, ``digits``, ``folder:/data/pets``)."""
-    if spec.endswith("]") and "[" in spec:
-        data, _, classes = spec[:-1].rpartition("[")
-        return data, classes
-    return spec, None
+# How KDEP loads data: the official train split whole, folder images as 28x28 greyscale (the zoo's input).
+KDEP_IMAGES: dict[str, Any] = {"val_fraction": 0.0, "image_size": 28, "channels": 1}
 
 
 def _capped(dataset: ImageDataset, per_class: int | None, seed: int) -> ImageDataset:
@@ -102,10 +100,10 @@ def _capped(dataset: ImageDataset, per_class: int | None, seed: int) -> ImageDat
 
 def load_task(spec: str, seed: int, train_per_class: int | None, test_per_class: int | None = None,
               data_dir: str | None = None) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) of a downstream task spec; train capped at ``train_per_class`` (seeded)."""
-    data, classes = parse_task(spec)
-    train = load_data(data, "train", classes=classes, data_dir=data_dir)
-    test = load_data(data, "test", classes=classes, data_dir=data_dir)
+    """(train, test) of a downstream task's data spec (e.g. ``fmnist[5-9]``, ``digits``, ``folder:/data/pets``);
+    train capped at ``train_per_class`` (seeded)."""
+    train = load_split(spec, "train", data_dir=data_dir, **KDEP_IMAGES)
+    test = load_split(spec, "test", data_dir=data_dir, **KDEP_IMAGES)
     return _capped(train, train_per_class, seed), _capped(test, test_per_class, 0)
 
 
@@ -139,11 +137,6 @@ class BenchmarkResult:
     teacher: dict[str, Any]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
-
-
 def summarize(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict[str, Any]]:
     """Per method: mean ± std over seeds of each task's accuracy and of the task mean, mean pre-training
     time. Methods keep their first-seen order."""
@@ -152,13 +145,12 @@ def summarize(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict
         mine = [r for r in rows if r["method"] == method]
         seeds = sorted({r["seed"] for r in mine})
         entry: dict[str, Any] = {"method": method, "pretrain_samples": mine[0]["pretrain_samples"],
-                                 "pretrain_s": round(_mean_std([r["pretrain_s"] for r in mine])[0], 1)}
+                                 "pretrain_s": round(statistics.fmean(r["pretrain_s"] for r in mine), 1)}
         for task in tasks:
-            m, s = _mean_std([r["acc"] for r in mine if r["task"] == task])
-            entry[task] = f"{100 * m:.2f} ± {100 * s:.2f}"
+            entry[task] = format_mean_std([r["acc"] for r in mine if r["task"] == task], scale=100)
         per_seed = [sum(r["acc"] for r in mine if r["seed"] == seed) / len(tasks) for seed in seeds]
-        m, s = _mean_std(per_seed)
-        entry.update(mean=f"{100 * m:.2f} ± {100 * s:.2f}", mean_acc=m, mean_std=s, seeds=len(seeds))
+        m, s = mean_std(per_seed)
+        entry.update(mean=format_mean_std(per_seed, scale=100), mean_acc=m, mean_std=s, seeds=len(seeds))
         summary.append(entry)
     return summary
 
@@ -169,13 +161,12 @@ def run_benchmark(cfg: BenchmarkConfig, device: torch.device, data_dir: str | No
     """Pre-train one student per (method, seed), fine-tune each on every downstream task, measure."""
     methods = list(methods or default_methods(cfg.fraction))
     make_optimizer([nn.Parameter(torch.zeros(1))], "sgd", 0.1, 0.0)  # first use imports torch._dynamo (~s): not timed
-    pool = _capped(load_data(cfg.pretrain_data, "train", classes=cfg.pretrain_classes, data_dir=data_dir),
-                   cfg.pool_per_class, 0)
+    pretrain_data = DataSpec.parse(cfg.pretrain_data).with_classes(cfg.pretrain_classes)
+    pool = _capped(load_split(pretrain_data, "train", data_dir=data_dir, **KDEP_IMAGES), cfg.pool_per_class, 0)
     needs_teacher = any(m.objective and OBJECTIVES[m.objective].needs_teacher for m in methods)
     teacher, teacher_info = None, {}
     if needs_teacher and cfg.teacher == "split":
-        test = _capped(load_data(cfg.pretrain_data, "test", classes=cfg.pretrain_classes, data_dir=data_dir),
-                       cfg.test_per_class, 0)
+        test = _capped(load_split(pretrain_data, "test", data_dir=data_dir, **KDEP_IMAGES), cfg.test_per_class, 0)
         teacher, teacher_info = split_teacher(pool, device, cfg.teacher_epochs, test)
         teacher_info = {"spec": "split (zoo resnet recipe on the pre-training pool)", **teacher_info}
     elif needs_teacher:

@@ -10,6 +10,7 @@ from typing import Any
 from gkt.core.io import write_csv
 from gkt.models.classifier import Classifier
 from gkt.reporting.multi_teacher import write_result
+from gkt.reporting.tables import mean_std
 from gkt.transfer.multi import MODES, MultiResult, MultiTeacherStudy
 
 
@@ -29,8 +30,8 @@ def aggregate_rows(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, floa
     out = {}
     for column in columns:
         values = [row[column] for row in rows if column in row]
-        out[column] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                       "n": len(values)}
+        mean, std = mean_std(values)
+        out[column] = {"mean": mean, "std": std, "n": len(values)}
     return out
 
 

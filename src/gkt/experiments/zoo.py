@@ -40,7 +40,9 @@ def convergence_check(model: Classifier, train_set: ImageDataset, test_set: Imag
 CONVERGENCE_TOLERANCE = 0.003  # a finished model gains at most 0.3 points from one more epoch
 
 
-CHECK_LR = 1e-3  # the transfer's default learning rate: gains at this lr must not be mere training gains
+# The convergence check's learning rate: larger than the transfer's default (gkt.transfer.DEFAULT_LR), so a model
+# that gains nothing from one more plain epoch at this step size would not gain from mere training during a transfer.
+CHECK_LR = 1e-3
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.kdep.alignment import fit_alignment, power_temperature_scaling
 from gkt.models import (
@@ -156,14 +157,13 @@ class SupervisedObjective(Objective):
         return F.cross_entropy(student(x), labels)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"kdep": KdepObjective, "linear-align": LinearAlignObjective,
-                                          "logit-kd": LogitKdObjective, "supervised": SupervisedObjective}
+OBJECTIVES: Registry[type[Objective]] = Registry("pre-training objective")
+OBJECTIVES.update({"kdep": KdepObjective, "linear-align": LinearAlignObjective, "logit-kd": LogitKdObjective,
+                   "supervised": SupervisedObjective})
 
 
 def make_objective(name: str, cfg: ObjectiveConfig, teacher: Classifier | None, student: Classifier,
                    dataset: ImageDataset, device: torch.device, precompute: bool) -> Objective:
-    if name not in OBJECTIVES:
-        raise GktError(f"unknown pre-training objective {name!r}; known: {', '.join(OBJECTIVES)}")
     if OBJECTIVES[name].needs_teacher and teacher is None:
         raise GktError(f"objective {name!r} needs a teacher (--teacher SPEC)")
     return OBJECTIVES[name](cfg, teacher, student, dataset, device, precompute)

@@ -12,18 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 
 NetBuilder = Callable[..., nn.Module]
-ZOO_ARCHITECTURES: dict[str, NetBuilder] = {}
-
-
-def register_architecture(name: str) -> Callable[[NetBuilder], NetBuilder]:
-    def decorate(builder: NetBuilder) -> NetBuilder:
-        ZOO_ARCHITECTURES[name] = builder
-        return builder
-
-    return decorate
+ZOO_ARCHITECTURES: Registry[NetBuilder] = Registry("zoo architecture")
+register_architecture = ZOO_ARCHITECTURES.register
 
 
 class HeadedNet(nn.Module):
@@ -186,7 +179,5 @@ def timm_convmixer(num_classes: int, in_chans: int, img_size: int, **kwargs: Any
 
 
 def build_zoo_net(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
-    if name not in ZOO_ARCHITECTURES:
-        raise GktError(f"unknown zoo architecture {name!r}; known: {', '.join(sorted(ZOO_ARCHITECTURES))}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return ZOO_ARCHITECTURES[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)

@@ -11,23 +11,14 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.models.architectures import TimmNet, build_zoo_net
 from gkt.models.preprocess import Preprocess, adapt_layout, to_unit_float
 
-NET_SOURCES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_source(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder ``(name, num_classes, in_chans, img_size, **kwargs) -> nn.Module``."""
-
-    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        NET_SOURCES[name] = builder
-        return builder
-
-    return decorate
-
-
-register_source("zoo")(build_zoo_net)
+# Network builders by source: ``(name, num_classes, in_chans, img_size, **kwargs) -> nn.Module``.
+NET_SOURCES: Registry[Callable[..., nn.Module]] = Registry("network source")
+register_source = NET_SOURCES.register
+NET_SOURCES["zoo"] = build_zoo_net
 
 
 @register_source("timm")
@@ -66,8 +57,6 @@ class ArchSpec:
                    dict(d.get("kwargs", {})))
 
     def build(self) -> nn.Module:
-        if self.source not in NET_SOURCES:
-            raise GktError(f"unknown model source {self.source!r}; known: {', '.join(sorted(NET_SOURCES))}")
         return NET_SOURCES[self.source](self.name, num_classes=self.num_classes, in_chans=self.in_chans,
                                         img_size=self.img_size, **copy.deepcopy(self.kwargs))
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.models.checkpoint import load_checkpoint, load_weights
 from gkt.models.class_map import ClassMapLike, apply_class_map
@@ -101,7 +102,7 @@ class SpecSource:
     options: bool = False
 
 
-SPEC_SOURCES: dict[str, SpecSource] = {}
+SPEC_SOURCES: Registry[SpecSource] = Registry("model source")
 
 
 def register_spec_source(name: str, usage: str, weights: bool = False, options: bool = False

@@ -9,13 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gkt.reporting.figures import pyplot, save_figure
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    if not values:
-        return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):+.2f} ± {spread:.2f}"
+from gkt.reporting.tables import format_mean_std
 
 
 def method_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -37,7 +31,7 @@ def method_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if keep(r):
                     per_seed[r["seed"]].append(100 * r["delta_transf"])
             row[f"{side}_teacher_pairs"] = len({(r["student"], r["teacher"]) for r in rs if keep(r)})
-            row[f"delta_transf_{side}_pp"] = _mean_std([statistics.mean(v) for v in per_seed.values()])
+            row[f"delta_transf_{side}_pp"] = format_mean_std([statistics.mean(v) for v in per_seed.values()], signed=True)
         per_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
         for r in rs:
             per_pair[(r["student"], r["teacher"])].append(100 * r["delta_transf"])

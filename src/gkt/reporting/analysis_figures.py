@@ -5,32 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING
+
 import torch
-from matplotlib.figure import Figure
 
 from gkt.analysis.complementary import Analysis, x_label
-from gkt.core.io import atomic_path
+from gkt.core.registry import Registry
+from gkt.reporting.figures import model_label, pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FigureFn = Callable[[Analysis, "str | None"], "Figure | None"]
 
 
-FIGURES: dict[str, FigureFn] = {}
+FIGURES: Registry[FigureFn] = Registry("analysis figure")
+register_figure = FIGURES.register
 
 
 MAX_ANNOTATED = 16  # annotate matrix cells / show class names up to this many models / classes
-
-
-def register_figure(name: str) -> Callable[[FigureFn], FigureFn]:
-    def decorate(fn: FigureFn) -> FigureFn:
-        FIGURES[name] = fn
-        return fn
-
-    return decorate
-
-
-def _short(name: str) -> str:
-    return name.split(":", 1)[1] if name.startswith(("zoo:", "file:")) else name
 
 
 def _pairs(a: Analysis) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,13 +34,14 @@ def _pairs(a: Analysis) -> tuple[torch.Tensor, torch.Tensor]:
 @register_figure("fig1a_rho_pos_vs_delta_acc")
 def rho_pos_vs_delta_acc(a: Analysis, student: str | None) -> Figure:
     """Fig. 1a: complementary knowledge ρ_pos against the performance difference, every ordered pair."""
+    plt = pyplot()
     t, s = _pairs(a)
     fig, ax = plt.subplots(figsize=(7.5, 5.2), layout="constrained")
     cmap = plt.get_cmap("tab10" if len(a.models) <= 10 else "tab20")
     for i, name in enumerate(a.models):
         sel = t == i
         ax.scatter((100 * a.delta_acc[t[sel], s[sel]]).numpy(), (100 * a.rho_pos[t[sel], s[sel]]).numpy(), s=36, alpha=0.85,
-                   color=cmap(i % cmap.N), edgecolor="white", linewidth=0.5, label=_short(name))
+                   color=cmap(i % cmap.N), edgecolor="white", linewidth=0.5, label=model_label(name))
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
     ax.text(0.3, ax.get_ylim()[1] * 0.97, "equal accuracy", color="grey", va="top", fontsize=9)
     if a.random is not None:
@@ -67,6 +61,7 @@ def rho_pos_vs_delta_acc(a: Analysis, student: str | None) -> Figure:
 @register_figure("fig1b_entropy_vs_rho_pos")
 def entropy_vs_rho_pos(a: Analysis, student: str | None) -> Figure:
     """Fig. 1b: entropy of the per-class distribution of positive flips against ρ_pos, coloured by Δacc."""
+    plt = pyplot()
     t, s = _pairs(a)
     dacc = (100 * a.delta_acc[t, s]).numpy()
     bound = max(1.0, float(abs(dacc).max()))
@@ -103,6 +98,7 @@ def _weak_equal_strong(a: Analysis, student: str | None) -> list[tuple[str, int,
 @register_figure("fig2a_per_class_sorted")
 def per_class_sorted(a: Analysis, student: str | None) -> Figure:
     """Fig. 2a: sorted per-class complementary knowledge (flips as % of the class's samples)."""
+    plt = pyplot()
     picks = _weak_equal_strong(a, student)
     fig, axes = plt.subplots(1, len(picks), figsize=(4.6 * len(picks) + 0.8, 4.6), layout="constrained", sharey=True,
                              squeeze=False)
@@ -115,7 +111,7 @@ def per_class_sorted(a: Analysis, student: str | None) -> Figure:
                           fontsize=8)
         else:
             ax.set_xlabel("classes, sorted")
-        ax.set_title(f"{label} (Δacc {100 * a.delta_acc[t, s]:+.1f})\n{_short(a.models[t])} → {_short(a.models[s])}, "
+        ax.set_title(f"{label} (Δacc {100 * a.delta_acc[t, s]:+.1f})\n{model_label(a.models[t])} → {model_label(a.models[s])}, "
                      f"ρ_pos {100 * a.rho_pos[t, s]:.1f}%", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("complementary knowledge per class\n[% of the class's samples]")
@@ -125,6 +121,7 @@ def per_class_sorted(a: Analysis, student: str | None) -> Figure:
 @register_figure("fig2b_semantic_top_x")
 def semantic_top_x(a: Analysis, student: str | None) -> Figure | None:
     """Fig. 2b: class-name similarity among the classes holding the top-X% of flips, relative to the mean."""
+    plt = pyplot()
     if a.similarity is None:
         return None
     mask = a.pair_mask
@@ -150,13 +147,14 @@ def semantic_top_x(a: Analysis, student: str | None) -> Figure | None:
 @register_figure("rho_pos_heatmap")
 def rho_pos_heatmap(a: Analysis, student: str | None) -> Figure:
     """ρ_pos for every ordered pair: rows are teachers, columns students."""
+    plt = pyplot()
     m = len(a.models)
     values = (100 * a.rho_pos).masked_fill(~a.pair_mask, float("nan"))
     size = max(5.5, 0.62 * m + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
     image = ax.imshow(values.numpy(), cmap="viridis")
     fig.colorbar(image, ax=ax, label="ρ_pos [% of samples]", shrink=0.8)
-    names = [f"{_short(n)} ({100 * acc:.1f})" for n, acc in zip(a.models, a.accuracy.tolist())]
+    names = [f"{model_label(n)} ({100 * acc:.1f})" for n, acc in zip(a.models, a.accuracy.tolist())]
     ax.set_xticks(range(m), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(m), names, fontsize=8)
     if m <= MAX_ANNOTATED:
@@ -176,6 +174,7 @@ def rho_pos_heatmap(a: Analysis, student: str | None) -> Figure:
 @register_figure("gains")
 def gains_bars(a: Analysis, student: str | None) -> Figure | None:
     """Where to find gains for ``student``: teachers ranked by ρ_pos, with ρ_neg and Δacc."""
+    plt = pyplot()
     if student is None:
         return None
     view = a.gains(student)
@@ -184,12 +183,12 @@ def gains_bars(a: Analysis, student: str | None) -> Figure | None:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2.2), layout="constrained")
     ax.barh(y + 0.2, [100 * r.rho_pos for r in rows], height=0.4, color="seagreen", label="ρ_pos (teacher right, student wrong)")
     ax.barh(y - 0.2, [100 * r.rho_neg for r in rows], height=0.4, color="indianred", label="ρ_neg (student right, teacher wrong)")
-    ax.set_yticks(y, [f"{_short(r.teacher)} (Δacc {100 * r.delta_acc:+.1f})" for r in rows], fontsize=9)
+    ax.set_yticks(y, [f"{model_label(r.teacher)} (Δacc {100 * r.delta_acc:+.1f})" for r in rows], fontsize=9)
     if a.random is not None:
         ax.axvline(100 * a.random_per_student()[a.index(student)].item(), color="black", linestyle="--", linewidth=1,
                    label="random-init teachers (mean ρ_pos)")
     ax.set_xlabel("% of samples")
-    ax.set_title(f"Where to find gains for {_short(student)} (acc {100 * view.acc_student:.1f}%); "
+    ax.set_title(f"Where to find gains for {model_label(student)} (acc {100 * view.acc_student:.1f}%); "
                  f"all teachers together: {100 * view.any_teacher_rho_pos:.1f}%", fontsize=10)
     fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     ax.grid(axis="x", alpha=0.3)
@@ -205,9 +204,5 @@ def write_figures(a: Analysis, out_dir: str | Path, student: str | None = None, 
         fig = make(a, student)
         if fig is None:
             continue
-        path = out_dir / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"{name}.png", dpi=dpi))
     return written

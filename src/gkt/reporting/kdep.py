@@ -7,15 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gkt.core.io import atomic_path
+from gkt.reporting.figures import pyplot, save_figure
 
 
 def plot_benchmark(summary: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Mean downstream accuracy (± std over seeds) against pre-training wall time, one point per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, row in enumerate(summary):
@@ -28,7 +25,4 @@ def plot_benchmark(summary: Sequence[dict[str, Any]], path: Path, title: str) ->
     ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

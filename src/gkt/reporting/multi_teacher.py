@@ -8,6 +8,7 @@ from typing import Any
 
 from gkt.core.io import atomic_path, write_csv, write_json
 from gkt.models.checkpoint import save_checkpoint
+from gkt.reporting.figures import pyplot, save_figure
 from gkt.reporting.tables import format_table
 from gkt.transfer.multi import MultiResult
 
@@ -28,10 +29,7 @@ def write_result(result: MultiResult, out_dir: Path) -> None:
 def plot_chain(steps: Sequence[dict[str, Any]], path: Path) -> None:
     """Fig. 11: knowledge gain, loss and Δtransf after each sequential step — against the original
     student (lines) and against the previous step (bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = list(range(len(steps) + 1))
     labels = ["start"] + [f"{s['step']}: {s['teacher']}" for s in steps]
@@ -49,10 +47,7 @@ def plot_chain(steps: Sequence[dict[str, Any]], path: Path) -> None:
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_xticks(x, labels, rotation=20, fontsize=7)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # Table-4 columns and their printed headers.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from gkt.reporting.figures import pyplot, save_figure
+from gkt.core.registry import Registry
+from gkt.reporting.figures import model_label, pyplot, save_figure
 from gkt.reporting.study_tables import student_success, success_table
 
 Record = dict[str, Any]
@@ -117,20 +118,18 @@ def plot_by_student(pairs: Sequence[Record], path: Path, metric: str = "delta_tr
         ps = [p for p in pairs if p["student"] == s]
         if not math.isfinite(mean(p[metric] for p in ps)):
             continue
-        axes[0].annotate(f"{s.split(':')[-1]} ({families[s]})", (ps[0].get("student_params", 1),
+        axes[0].annotate(f"{model_label(s)} ({families[s]})", (ps[0].get("student_params", 1),
                          100 * mean(p[metric] for p in ps)), fontsize=6, alpha=0.7)
     axes[0].legend(fontsize=7)
     fig.suptitle("Transfer by student size and family")
     return save_figure(fig, path)
 
 
-STUDY_FIGURES = {
-    "fig4a_success_rate.png": plot_success_box,
-    "fig4b_delta_vs_acc.png": plot_delta_vs_acc,
-    "fig7_gain_vs_loss.png": plot_gain_loss,
-    "fig5a_transfer_rate_topx.png": plot_transfer_rate_topx,
-    "fig5b_by_student.png": plot_by_student,
-}
+# Figures of a study, by file name (written in this order).
+STUDY_FIGURES: Registry[Callable[[Sequence[Record], Path], Path]] = Registry("study figure")
+STUDY_FIGURES.update({"fig4a_success_rate.png": plot_success_box, "fig4b_delta_vs_acc.png": plot_delta_vs_acc,
+                      "fig7_gain_vs_loss.png": plot_gain_loss, "fig5a_transfer_rate_topx.png": plot_transfer_rate_topx,
+                      "fig5b_by_student.png": plot_by_student})
 
 
 def write_study_figures(pairs: Sequence[Record], directory: Path) -> list[Path]:

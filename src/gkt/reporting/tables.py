@@ -1,7 +1,8 @@
-"""Plain-text and Markdown tables."""
+"""Plain-text and Markdown tables, and the one mean ± std summary of repeated runs."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,3 +37,19 @@ def numeric_text(value: str) -> str:
     except ValueError:
         return value
     return value if number.is_integer() and "." not in value else f"{number:.4g}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of repeated runs (std 0 for a single run)."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_mean_std(values: Sequence[float], scale: float = 1.0, signed: bool = False) -> str:
+    """``"mean ± std"`` of ``values`` times ``scale`` to two decimals (``signed``: the mean with its sign);
+    ``"–"`` when there are none."""
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{scale * mean:{'+' if signed else ''}.2f} ± {scale * std:.2f}"

@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gkt.core.io import atomic_path
+from gkt.reporting.figures import pyplot, save_figure
 
 
 def plot_history(history: Sequence[dict], path: str | Path, title: str, teacher_acc: float) -> None:
     """Accuracy (with the teacher's as a reference line) and knowledge gain/loss over epochs, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     history = [row for row in history if "acc" in row]  # epochs that were evaluated
     epochs = [row["epoch"] for row in history]
@@ -29,7 +26,4 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str, teacher_
     ax_gl.set(xlabel="epoch", ylabel="% of test samples", title="gain / loss")
     ax_gl.legend()
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.registry import Registry
 from gkt.models.classifier import Classifier
 
 # What a method can ask the trainer for.
@@ -102,16 +103,18 @@ def kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperatu
 
 # ----------------------------------------------------------------------------- registry
 
-METHODS: dict[str, type[TransferMethod]] = {}
+METHODS: Registry[type[TransferMethod]] = Registry("transfer method")
 
 
 def register_method(name: str) -> Callable[[type[TransferMethod]], type[TransferMethod]]:
+    """Register a method class as ``name`` after checking that it declares only known needs."""
+
     def decorate(cls: type[TransferMethod]) -> type[TransferMethod]:
         unknown = cls.needs - NEEDS
         if unknown:
             raise ValueError(f"{cls.__name__} needs unknown inputs {sorted(unknown)}")
-        cls.name = name
         METHODS[name] = cls
+        cls.name = name
         return cls
 
     return decorate
@@ -137,8 +140,6 @@ def _coerce(value: Any, default: Any, method: str, key: str) -> Any:
 
 def create_method(name: str, args: dict[str, Any] | None = None) -> TransferMethod:
     """Instantiate a registered method; string values (``--method-arg k=v``) are cast to the default's type."""
-    if name not in METHODS:
-        raise GktError(f"unknown transfer method {name!r}; known methods: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
     accepted = method_arguments(cls)
     args = dict(args or {})
@@ -149,10 +150,15 @@ def create_method(name: str, args: dict[str, Any] | None = None) -> TransferMeth
     return cls(**{k: _coerce(v, accepted[k], name, k) for k, v in args.items()})
 
 
+def label_free_methods() -> list[str]:
+    """The registered methods whose class does not declare :data:`LABELS` (usable on unlabelled data)."""
+    return [name for name in METHODS.names() if LABELS not in METHODS[name].needs]
+
+
 def describe_methods() -> str:
     """One line per method: name, first docstring line, arguments with defaults."""
     lines = []
-    for name in sorted(METHODS):
+    for name in METHODS.names():
         cls = METHODS[name]
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         args = " ".join(f"{k}={v}" for k, v in method_arguments(cls).items())

@@ -20,6 +20,7 @@ import torch
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home, read_json
+from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
@@ -33,11 +34,10 @@ RUN_CACHE_FORMAT = "gkt-transfer-run/1"
 
 
 # Teacher orders for sequential transfer, from the teachers' test accuracies to positions.
-ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
-    "given": lambda accs: list(range(len(accs))),
-    "asc": lambda accs: sorted(range(len(accs)), key=lambda i: accs[i]),
-    "desc": lambda accs: sorted(range(len(accs)), key=lambda i: -accs[i]),
-}
+ORDERS: Registry[Callable[[Sequence[float]], list[int]]] = Registry("teacher order")
+ORDERS.update({"given": lambda accs: list(range(len(accs))),
+               "asc": lambda accs: sorted(range(len(accs)), key=lambda i: accs[i]),
+               "desc": lambda accs: sorted(range(len(accs)), key=lambda i: -accs[i])})
 
 
 # Single-teacher methods and their K-teacher form for parallel transfer.
@@ -165,8 +165,7 @@ class MultiTeacherStudy:
     def __init__(self, student: Classifier, teachers: Sequence[Classifier], setup: TransferSetup,
                  order: str = "given"):
         check_teachers(student, teachers)
-        if order not in ORDERS:
-            raise GktError(f"unknown teacher order {order!r}; choose from {', '.join(ORDERS)}")
+        ORDERS.check(order)
         self.student, self.teachers, self.setup, self.order = student, list(teachers), setup, order
         self.correct_student = setup.correct(student)
         self.correct_teachers = torch.stack([setup.correct(t) for t in self.teachers])  # [K, N]
@@ -241,11 +240,9 @@ class MultiTeacherStudy:
         return MultiResult("soup", model, self.metrics(self.setup.correct(model)), steps)
 
 
-MODES: dict[str, Callable[[MultiTeacherStudy], MultiResult]] = {
-    "sequential": MultiTeacherStudy.sequential,
-    "parallel": MultiTeacherStudy.parallel,
-    "soup": MultiTeacherStudy.soup,
-}
+MODES: Registry[Callable[[MultiTeacherStudy], MultiResult]] = Registry("multi-teacher mode")
+MODES.update({"sequential": MultiTeacherStudy.sequential, "parallel": MultiTeacherStudy.parallel,
+              "soup": MultiTeacherStudy.soup})
 
 
 def resolve_modes(requested: Sequence[str], method: str) -> list[str]:

@@ -46,6 +46,7 @@ from gkt.transfer.base import (
     Step,
     TransferMethod,
     create_method,
+    label_free_methods,
 )
 from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
 
@@ -86,7 +87,7 @@ class TransferConfig:
         method = create_method(self.method, {"temperature": self.temperature, **self.method_args})
         if self.unlabelled and method.uses_labels:
             raise GktError(f"method {self.method} needs labels but the transfer set is unlabelled; use a "
-                           "label-free method (kl, kl-topk, ce-soft, kl-dp-unsup)")
+                           f"label-free method ({', '.join(label_free_methods())})")
         return method
 
 
