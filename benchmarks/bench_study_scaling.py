@@ -49,7 +49,7 @@ def main() -> None:
         counts = run_study(transfer_job, jobs, store, LocalBackend(workers=workers, threads=1), desc=f"{workers} worker(s)")
         seconds[workers] = time.perf_counter() - start
         tables[workers] = {r.key: round(r.metrics["delta_transf"], 6) for r in store.rows()}
-        assert counts["failed"] == 0, counts
+        assert counts.ok, counts
     speedup = seconds[1] / seconds[args.workers]
     print(f"{len(jobs)} transfer jobs ({', '.join(args.models)}; kl-dp, {args.epochs} epoch(s), {args.fraction:.0%} "
           f"of the train split), 1 torch thread per worker, {os.cpu_count()} CPU cores")

@@ -97,7 +97,8 @@ def kdep_summary(rows: list[Row]) -> list[Row]:
         for name, values in [*per_task.items(), ("mean", per_seed)]:
             key = re.sub(r"\W+", "_", name).strip("_")
             entry[f"{key}_mean"] = f"{statistics.fmean(values):.2f}"
-            entry[f"{key}_std"] = f"{statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+            entry[f"{key}_std"] = f"{statistics.stdev(values):.2f}" if len(values) > 1 else ""  # none for one seed
+        entry["seeds"] = str(len(seeds))
         out.append(entry)
     return out
 
@@ -112,8 +113,9 @@ SWEEP_CELL = "||".join([f"{pm('kl_dp_')} ({{kl_mean:+.2f}})", pm("kl_dp_"), "{kl
 TABLES: dict[str, Table] = {
     "kdep-benchmark": Table(
         "kdep-benchmark/results.csv",
-        [("arm", "{method}"), ("pre-train samples", "{pretrain_samples:.0f}"), ("pre-train s", "{pretrain_s:.1f}"),
-         ("fmnist[5-9]", pm("fmnist_5_9_", "")), ("digits", pm("digits_", "")), ("mean", pm("mean_", ""))],
+        [("arm", "{method}"), ("seeds", "{seeds}"), ("pre-train samples", "{pretrain_samples:.0f}"),
+         ("pre-train s", "{pretrain_s:.1f}"), ("fmnist[5-9]", pm("fmnist_5_9_", "") + "||{fmnist_5_9_mean:.2f}"),
+         ("digits", pm("digits_", "") + "||{digits_mean:.2f}"), ("mean", pm("mean_", "") + "||{mean_mean:.2f}")],
         rows=kdep_summary),
     "transfer-lr-sweep": Table(
         "transfer-lr-sweep/results.csv", [("lr", "{lr}")],

@@ -56,7 +56,7 @@ def test_every_table_is_shown_and_every_study_documented(render) -> None:
     for folder in sorted(p for p in (ROOT / "results").iterdir() if p.is_dir() and p.name != "__pycache__"):
         notes = (folder / "README.md").read_text()
         assert list(folder.glob("*.csv")), folder
-        for heading in ("**Command**", "**Commit**", "**Machine**"):
+        for heading in ("**Command", "**Commit**", "**Machine**"):
             assert heading in notes, f"{folder.name}/README.md lacks {heading}"
 
 

@@ -36,11 +36,15 @@ def test_rerun_skips_done_jobs_and_records_failures(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "r.sqlite")
     jobs = expand_grid({}, GRID) + [{"seed": 9, "scale": 1.0, "fail": True}]
     counts = run_study(seeded_job, jobs, store, LocalBackend(1))
-    assert counts == {"total": 7, "skipped": 0, "done": 6, "failed": 1}
+    assert counts.as_dict() == {"total": 7, "skipped": 0, "done": 6, "failed": 1, "not_retried": 0}
+    assert counts.failed == [job_key(jobs[-1])] and not counts.ok
     assert "asked to fail" in store.rows("failed")[0].metrics["error"]
     again = run_study(seeded_job, jobs, store, LocalBackend(1))
-    assert again["skipped"] == 7 and again["done"] == 0
+    assert again.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 0, "not_retried": 1}
+    assert not again.ok and "1 failed before (not retried" in again.describe()
     assert len(store.records()) == 6
+    retried = run_study(seeded_job, jobs, store, LocalBackend(1), retry_failed=True)  # it runs (and fails) again
+    assert retried.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 1, "not_retried": 0}
 
 
 def test_local_pool_matches_inline(tmp_path: Path) -> None:
@@ -79,7 +83,7 @@ def test_killed_study_resumes_only_missing(tmp_path: Path) -> None:
     proc.wait()
     assert len(store.done_keys()) == 2  # seed 0 x both scales
     counts = run_study(seeded_job, expand_grid({}, GRID), store, LocalBackend(1))
-    assert counts["skipped"] == 2 and counts["done"] == 4
+    assert counts.skipped == 2 and counts.done == 4  # the dead driver's claim is taken over at once
     full = ResultsStore(tmp_path / "full.sqlite")
     run_study(seeded_job, expand_grid({}, GRID), full, LocalBackend(1))
     assert [(r.key, r.metrics) for r in store.rows()] == [(r.key, r.metrics) for r in full.rows()]
@@ -130,19 +134,81 @@ def test_pairs_of_a_student_mode_grid_stay_apart() -> None:
         ("student_mode=eval", 1, -0.01), ("student_mode=train", 1, 0.01)]
 
 
-def test_paper_claims_checked_against_the_success_table() -> None:
-    from gkt.reporting.study_tables import paper_claims
+def _runs(effects: dict[str, float], pairs: int = 12, seeds: int = 2, noise: float = 0.001) -> list[dict]:
+    """Synthetic study runs: per method a true mean Δtransf, Gaussian noise per seed."""
+    import random
 
-    table = [{"method": "kl", "success_%": 20.0}, {"method": "xekl-mcl", "success_%": 50.0},
-             {"method": "kl-dp", "success_%": 70.0}, {"method": "kl-dp-unsup", "success_%": 43.3}]
-    claims = {c["paper_claim"]: (c["measured"], c["met"]) for c in paper_claims(table)}
-    assert claims == {"kl-dp success rate >= 85%": ("70.0%", "NO"),
-                      "kl-dp at least 30 points above kl": ("+50.0 points", "yes"),
-                      "kl-dp-unsup within 15 points of kl-dp": ("-26.7 points", "NO"),
-                      "xekl-mcl between kl and kl-dp": ("20.0 <= 50.0 <= 70.0", "yes")}
-    only_two = paper_claims([{"method": "kl", "success_%": 10.0}, {"method": "kl-dp", "success_%": 90.0}])
-    assert [(c["paper_claim"], c["met"]) for c in only_two] == [("kl-dp success rate >= 85%", "yes"),
-                                                                ("kl-dp at least 30 points above kl", "yes")]
+    rng = random.Random(0)
+    runs = [{"student": f"s{i}", "teacher": "t", "method": m, "seed": seed, "delta_transf": rng.gauss(mu, noise)}
+            for m, mu in effects.items() for i in range(pairs) for seed in range(seeds)]
+    return [{**r, "knowledge_gain": 0.01 + max(r["delta_transf"], 0), "knowledge_loss": 0.01 - min(r["delta_transf"], 0)}
+            for r in runs]
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_are_seeded() -> None:
+    from gkt.reporting.study_tables import bootstrap_draws, interval, pair_means, success_table
+
+    runs = _runs({"kl": -0.01, "kl-dp": 0.0})
+    table = {r["method"]: r for r in success_table(pair_means(runs), runs)}
+    assert table["kl"]["success_%"] == 0 and table["kl"]["success_lo_%"] == table["kl"]["success_hi_%"] == 0
+    dp = table["kl-dp"]
+    assert dp["success_lo_%"] < dp["success_%"] < dp["success_hi_%"]
+    assert dp["mean_delta_transf_lo_pp"] < dp["mean_delta_transf_pp"] < dp["mean_delta_transf_hi_pp"]
+    assert dp["mean_delta_transf_lo_pp"] < 0 < dp["mean_delta_transf_hi_pp"]  # zero-mean noise: no sign
+    again = bootstrap_draws(runs)
+    assert interval(again["kl-dp"]["success"]) == (dp["success_lo_%"], dp["success_hi_%"])
+    # resampling the seeds widens the interval over the pair means alone
+    pairs_only = {r["method"]: r for r in success_table(pair_means(runs))}["kl-dp"]
+    width = lambda r: r["mean_delta_transf_hi_pp"] - r["mean_delta_transf_lo_pp"]  # noqa: E731
+    assert width(dp) > width(pairs_only)
+
+
+def test_paper_claims_are_judged_on_intervals() -> None:
+    from gkt.reporting.study_tables import FAILS, HOLDS, UNDECIDED, bootstrap_draws, pair_means, paper_claims, \
+        success_table, verdict
+
+    assert verdict(86, 95, low=85) == HOLDS and verdict(60, 84, low=85) == FAILS and verdict(80, 90, low=85) == UNDECIDED
+    assert verdict(-5, 5, -15, 15) == HOLDS and verdict(16, 30, -15, 15) == FAILS and verdict(-20, 0, -15, 15) == UNDECIDED
+    runs = _runs({"kl": -0.01, "xekl-mcl": 0.0, "kl-dp": 0.01, "kl-dp-unsup": -0.001}, pairs=20)
+    table = success_table(pair_means(runs), runs)
+    claims = {c["paper_claim"]: c for c in paper_claims(table, bootstrap_draws(runs))}
+    assert claims["kl-dp success rate >= 85%"]["verdict"] == HOLDS  # every pair gains
+    assert claims["kl-dp success rate >= 85%"]["interval_95"] == "[100.0, 100.0]"
+    assert claims["kl-dp success at least 30 points above kl"]["verdict"] == HOLDS
+    assert claims["kl-dp gains on average (mean Δtransf > 0)"]["verdict"] == HOLDS
+    assert claims["kl-dp-unsup success within 15 points of kl-dp"]["verdict"] == FAILS  # about 16% vs 100%
+    assert claims["xekl-mcl success between kl and kl-dp (smaller margin >= 0)"]["verdict"] == HOLDS
+    noisy = _runs({"kl": 0.0, "kl-dp": 0.0}, pairs=10)
+    some = paper_claims(success_table(pair_means(noisy), noisy), bootstrap_draws(noisy))
+    assert [c["verdict"] for c in some] == [FAILS, UNDECIDED, UNDECIDED]
+
+
+def test_study_outputs_open_with_findings(tmp_path: Path) -> None:
+    from gkt.reporting.html import write_report
+    from gkt.reporting.study import write_study_outputs
+
+    runs = [{**r, "acc_teacher": 0.8, "acc_student_before": 0.85, "test_samples": 10_000, "student_params": 100}
+            for r in _runs({"kl": -0.01, "kl-dp": 0.002})]
+    controls = [{"student": f"s{i}", "teacher": f"s{i}", "method": m, "control": c, "seed": 0, "delta_transf": d}
+                for i in range(12) for m, c, d in (("kl", "own copy (kl)", 0.0), ("ce", "ce fine-tuning", 0.004))]
+    write_study_outputs(tmp_path, runs, controls)
+    with open(tmp_path / "success_table.csv") as f:
+        header = f.readline().strip().split(",")
+    assert {"success_lo_%", "success_hi_%", "mean_delta_transf_lo_pp", "mean_delta_transf_hi_pp"} <= set(header)
+    assert (tmp_path / "summary.md").read_text().startswith("## Findings")
+    html_path, md_path = write_report(tmp_path)
+    md = md_path.read_text()
+    assert md.splitlines()[2] == "## Findings" and "kl-dp gains on average" in md
+    assert "Never lost beyond test-sample noise (McNemar, 2 s.e.): kl-dp." in md
+    assert "Control ce fine-tuning: mean Δtransf +0.400 pp [+0.400, +0.400] over 12 students" in md
+    assert "kl-dp beats its student's ce fine-tuning in 0 of 12 pairs; its student's own copy (kl) in 12 of 12" in md
+    page = html_path.read_text()
+    assert page.index("Findings") < page.index("<img") < page.index("success_table.csv")
+    assert "class='holds'" in page and "runs.csv" not in page
+    # the per-pair table: useful columns only, in percentage points, sorted by method then Δtransf
+    pairs_md = md.split("## pairs.csv")[1].split("\n## ")[0]
+    assert "knowledge_gain" not in pairs_md and "| Δtransf (pp)" in pairs_md
+    assert pairs_md.index("| kl ") < pairs_md.index("| kl-dp ")
 
 
 def test_student_figure_with_no_finite_transfer_rate(tmp_path: Path) -> None:

@@ -93,3 +93,74 @@ def test_study_grid_over_student_mode_reaches_the_transfer_config() -> None:
     assert TransferConfig(method="kl-dp", student_mode=jobs[0]["student_mode"]).build_method().name == "kl-dp"
     with pytest.raises(GktError, match="student_mode must be"):
         TransferConfig(student_mode="frozen").build_method()
+
+
+def test_failed_jobs_are_listed_and_retried_only_when_asked(two_models: list[str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    missing = f"file:{tmp_path / 'nowhere'}"
+    args = ["study", "--students", two_models[0], "--teachers", two_models[1], missing, "--methods", "kl",
+            "--epochs", "1", "--fraction", "0.02", "--out", str(tmp_path), "--threads", "1"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "2 jobs: 0 already done, 1 ran, 1 failed" in out and f"failed: {missing} -> {two_models[0]} kl" in out
+    run = next(tmp_path.glob("study-*"))
+    assert main(["study", "--resume", str(run), "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 already done, 0 ran, 0 failed, 1 failed before (not retried; --retry-failed reruns them)" in out
+    assert f"failed: {missing} -> {two_models[0]}" in out
+    assert main(["study", "--resume", str(run), "--retry-failed", "--out", str(tmp_path)]) == 1
+    assert "1 already done, 0 ran, 1 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("grid", ["lr=abc", "epochs=1.5", "batch_size=true", "student_mode=frozen"])
+def test_study_refuses_bad_grid_values_up_front(grid: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["study", "--students", "zoo:a", "zoo:b", "--grid", grid, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--grid {grid.split('=')[0]}=" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("study-*/results.sqlite"))
+
+
+def test_study_refuses_fp16_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["study", "--students", "zoo:a", "zoo:b", "--precision", "fp16", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 2
+    assert "fp16 autocast needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [b"", b"random"])
+def test_resume_of_a_damaged_store_exits_2(damage: bytes, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import os
+
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "jobs.json").write_text("[]")
+    (run / "results.sqlite").write_bytes(os.urandom(2048) if damage else b"SQLite format 3\x00" + os.urandom(100))
+    assert main(["study", "--resume", str(run), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "results.sqlite is not a readable results store" in err and "Traceback" not in err
+
+
+def test_batch_size_precision_and_device_reach_every_job() -> None:
+    from gkt.cli import build_parser
+    from gkt.cli.study import study_jobs
+
+    args = build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b", "--batch-size", "256",
+                                      "--precision", "bf16", "--device", "cpu"])
+    jobs = study_jobs(args)
+    assert len(jobs) == 4 and all((j["batch_size"], j["precision"], j["device"]) == (256, "bf16", "cpu") for j in jobs)
+    plain = study_jobs(build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b"]))
+    assert not {"batch_size", "precision", "device"} & set(plain[0])  # defaults keep the keys of older stores
+
+
+def test_study_backend_spreads_cuda_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gkt.cli import build_parser
+    from gkt.cli.study import study_backend
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = build_parser().parse_args(["study", "--workers", "2"])
+    args.torch_device = torch.device("cuda")
+    assert study_backend(args).gpus == ["0", "1", "2"]
+    args.torch_device = torch.device("cuda", 1)
+    assert study_backend(args).gpus == []  # an explicit device: every worker on it
+    args.torch_device, args.backend = torch.device("cuda"), "ray"
+    assert study_backend(args).resources == {"num_cpus": 1, "num_gpus": 1.0}

@@ -89,3 +89,24 @@ def test_zoo_lookup_does_not_confuse_prefixes(tmp_path: Path) -> None:
     assert load_model("zoo:mlp-14px", zoo_dir=tmp_path).preprocess.input_size == 14
     with pytest.raises(GktError, match="not built"):
         load_model("zoo:mlp", zoo_dir=tmp_path)
+
+
+def test_weights_do_not_depend_on_threads_or_parallel_builds(tmp_path: Path) -> None:
+    """A zoo model trains on a fixed thread count with deterministic algorithms: built under 1 torch thread
+    one after another, or under 2 threads in two processes, its weights hash is the same (and is listed)."""
+    train, test = make_blobs(30, seed=0), make_blobs(10, seed=1)
+    entries = (*TINY, ZooEntry("mlp", "mlp", "mlp", Recipe(3, "adamw", 1e-2, 0.0, 16), {"hidden": [64]}))
+    before = torch.get_num_threads()
+    hashes = []
+    try:
+        for threads, workers in ((1, 1), (2, 2)):
+            torch.set_num_threads(threads)
+            records = build_zoo(entries, zoo_dir=tmp_path / f"{threads}-{workers}", train_set=train, test_set=test,
+                                check=False, workers=workers)
+            assert torch.get_num_threads() == threads  # restored after the build
+            hashes.append([r.weights_hash for r in records])
+    finally:
+        torch.set_num_threads(before)
+    assert all(len(h) == 16 for h in hashes[0]) and len(set(hashes[0])) == len(entries)
+    assert hashes[0] == hashes[1]
+    assert [r.weights_hash for r in list_zoo(tmp_path / "1-1", entries)] == hashes[0]

@@ -34,3 +34,32 @@ def test_non_square_input_keeps_its_aspect_then_crops() -> None:
     images = torch.rand(2, 3, 20, 40)
     out = adapt_layout(images, 3, 10, interpolation="bicubic")
     assert out.shape == (2, 3, 10, 10) and out.min() >= 0 and out.max() <= 1
+
+
+def _reference(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
+    """The unfused transform: to float, adapt_layout, (x - mean) / std."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images
+    x = adapt_layout(x, p.channels, p.input_size, p.crop_pct, p.interpolation)
+    return (x - torch.tensor(p.mean).view(1, -1, 1, 1)) / torch.tensor(p.std).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("p", [Preprocess(16, 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), crop_pct=0.8),  # crop only
+                               Preprocess(12, 3, (0.5,) * 3, (0.3,) * 3, crop_pct=0.875, interpolation="bicubic"),
+                               Preprocess(10, 1, (0.5,), (0.2,))])  # resize and RGB -> gray
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_prepare_equals_the_unfused_transform(p: Preprocess, dtype: torch.dtype) -> None:
+    from gkt.models.preprocess import prepare
+
+    images = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
+    images = images if dtype == torch.uint8 else images.float() / 255
+    out = prepare(images, p, torch.tensor(p.mean).view(1, -1, 1, 1), torch.tensor(p.std).view(1, -1, 1, 1))
+    assert out.dtype == torch.float32 and torch.allclose(out, _reference(images, p), atol=1e-5)
+
+
+def test_decode_size_is_the_largest_resize_of_a_pass() -> None:
+    from gkt.models.preprocess import decode_size_for
+
+    small = Preprocess(224, 3, (0.5,) * 3, (0.5,) * 3, crop_pct=0.875)
+    big = Preprocess(288, 3, (0.5,) * 3, (0.5,) * 3, crop_pct=0.95)
+    assert decode_size_for([small]) == 256 and decode_size_for([small, big]) == 304  # ceil(288 / 0.95)
+    assert decode_size_for([Preprocess(28, 1, (0.5,), (0.5,))]) == 28

@@ -112,7 +112,7 @@ def test_bad_input(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str
     student, teacher = models
     assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--method", "dpkl")[0] == 2
     err = capsys.readouterr().err
-    assert "unknown transfer method 'dpkl' (did you mean" in err and "; known: cd, ce-soft, crd, kl, kl-dp" in err
+    assert "unknown transfer method 'dpkl' (did you mean" in err and "; known: cd, ce, ce-soft, crd, kl, kl-dp" in err
     assert run(tmp_path, tiny_fmnist_dir, "--student", student, "--teacher", teacher, "--unlabelled")[0] == 2
     err = capsys.readouterr().err
     assert "needs labels but the transfer set is unlabelled; use a label-free method (ce-soft, kl, " in err

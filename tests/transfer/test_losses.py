@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gkt.transfer import create_method
-from gkt.transfer.base import FROZEN_LOGITS, TEACHER_FEATURES, Step
+from gkt.transfer.base import FROZEN_LOGITS, TEACHER_FEATURES, Step, TransferMethod
 from gkt.transfer.contrastive import nce_loss, similarity_kl
 from gkt.transfer.mcl import interpolate_weights
 
@@ -31,6 +31,12 @@ def step(student: torch.Tensor = S, labels: torch.Tensor | None = Y, **targets: 
     return Step(student.clone().requires_grad_(), targets, torch.arange(len(student)), torch.Generator(), labels)
 
 
+def run(method: TransferMethod, s: Step) -> dict[str, torch.Tensor]:
+    """As the trainer does: the method's prepared targets, then its losses."""
+    s.targets = method.prepare_targets(s.targets, s.labels)
+    return method(s)
+
+
 def total(losses: dict[str, torch.Tensor]) -> float:
     return sum(v.item() for v in losses.values())
 
@@ -38,7 +44,7 @@ def total(losses: dict[str, torch.Tensor]) -> float:
 @pytest.mark.parametrize("t", [1.0, 2.0])
 def test_kl_matches_hand_computation(t: float) -> None:
     expected = t ** 2 * sum(kl(softmax(tr, t), softmax(sr, t)) for tr, sr in zip(T.tolist(), S.tolist())) / 2
-    losses = create_method("kl", {"temperature": t})(step(teacher_logits=T))
+    losses = run(create_method("kl", {"temperature": t}), step(teacher_logits=T))
     assert total(losses) == pytest.approx(expected, rel=1e-5)
 
 
@@ -46,26 +52,26 @@ def test_xekl_and_label_smoothing() -> None:
     kl_term = sum(kl(softmax(tr), softmax(sr)) for tr, sr in zip(T.tolist(), S.tolist())) / 2
     log_p = [[math.log(v) for v in softmax(sr)] for sr in S.tolist()]
     xe = -(log_p[0][0] + log_p[1][2]) / 2
-    assert total(create_method("xekl", {"lam": 0.3})(step(teacher_logits=T))) == pytest.approx(
+    assert total(run(create_method("xekl", {"lam": 0.3}), step(teacher_logits=T))) == pytest.approx(
         0.3 * kl_term + 0.7 * xe, rel=1e-5)
     eps = 0.2  # smoothed target: (1 - eps) on the label + eps/C on every class
     xe_ls = sum(-(1 - eps) * lp[y] - eps * sum(lp) / 3 for lp, y in zip(log_p, Y.tolist())) / 2
-    assert total(create_method("xekl-ls", {"lam": 0.5, "smoothing": eps})(step(teacher_logits=T))) == pytest.approx(
+    assert total(run(create_method("xekl-ls", {"lam": 0.5, "smoothing": eps}), step(teacher_logits=T))) == pytest.approx(
         0.5 * kl_term + 0.5 * xe_ls, rel=1e-5)
 
 
 def test_topk_kl_renormalises_over_teacher_top_classes() -> None:
     # teacher top-2: row 0 -> classes {0, 1}; row 1 -> classes {1, 0}
     expected = (kl(softmax([1.0, 1.0]), softmax([2.0, 0.0])) + kl(softmax([3.0, 0.0]), softmax([1.5, 0.5]))) / 2
-    assert total(create_method("kl-topk", {"k": 2})(step(teacher_logits=T))) == pytest.approx(expected, rel=1e-5)
-    full = create_method("kl-topk", {"k": 3})(step(teacher_logits=T))
-    assert total(full) == pytest.approx(total(create_method("kl")(step(teacher_logits=T))), rel=1e-6)
+    assert total(run(create_method("kl-topk", {"k": 2}), step(teacher_logits=T))) == pytest.approx(expected, rel=1e-5)
+    full = run(create_method("kl-topk", {"k": 3}), step(teacher_logits=T))
+    assert total(full) == pytest.approx(total(run(create_method("kl"), step(teacher_logits=T))), rel=1e-6)
 
 
 def test_soft_cross_entropy() -> None:
     expected = sum(-sum(p * math.log(q) for p, q in zip(softmax(tr), softmax(sr)))
                    for tr, sr in zip(T.tolist(), S.tolist())) / 2
-    assert total(create_method("ce-soft")(step(teacher_logits=T))) == pytest.approx(expected, rel=1e-5)
+    assert total(run(create_method("ce-soft"), step(teacher_logits=T))) == pytest.approx(expected, rel=1e-5)
 
 
 def test_dp_masks_on_hand_made_probabilities() -> None:
@@ -85,9 +91,9 @@ def test_kl_dp_loss_is_eq5() -> None:
     # row 0: label 0, p_t(0) = e/(2e+1) > p_st(0) -> teacher; row 1: label 2, frozen far more confident -> frozen
     expected = (kl(softmax(T[0].tolist()), softmax(S[0].tolist()))
                 + kl(softmax(frozen[1].tolist()), softmax(S[1].tolist()))) / 2
-    losses = create_method("kl-dp")(step(teacher_logits=T, frozen_logits=frozen))
+    losses = run(create_method("kl-dp"), step(teacher_logits=T, frozen_logits=frozen))
     assert total(losses) == pytest.approx(expected, rel=1e-5)
-    unsup = create_method("kl-dp-unsup")(step(labels=None, teacher_logits=T, frozen_logits=frozen))
+    unsup = run(create_method("kl-dp-unsup"), step(labels=None, teacher_logits=T, frozen_logits=frozen))
     expected_unsup = sum(kl(softmax(f.tolist()), softmax(s.tolist())) for f, s in zip(frozen, S)) / 2  # frozen wins
     assert total(unsup) == pytest.approx(expected_unsup, rel=1e-5)
 
@@ -160,3 +166,17 @@ def test_contrastive_losses() -> None:
     got = nce_loss(anchor, memory, torch.tensor([[1, 0, 3]]), nce_t, log_z).item()
     assert got == pytest.approx(expected_nce, rel=1e-5)
 
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_prepared_soft_kl_matches_kl_in_value_and_gradient(t: float) -> None:
+    from gkt.transfer.base import kl_loss, kl_loss_soft, soft_targets
+
+    student = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    teacher = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a, b = student.clone().requires_grad_(), student.clone().requires_grad_()
+    reference, fused = kl_loss(a, teacher, t), kl_loss_soft(b, soft_targets(teacher, t), t)
+    reference.backward()
+    fused.backward()
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert b.grad.dtype == torch.float64 and torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -10,21 +10,20 @@ import torch
 
 from gkt.cli import main
 from gkt.core.errors import GktError
-from gkt.experiments.multi_teacher import run_study, summary_entry, table_row
+from gkt.experiments.multi_teacher import (
+    MODES,
+    MultiTeacherStudy,
+    TransferSetup,
+    run_multi_teacher,
+    summary_entry,
+    table_row,
+)
 from gkt.models import ArchSpec, Classifier, Preprocess, load_model, weights_hash
 from gkt.reporting.multi_teacher import summary_table, write_summary
 from gkt.transfer import TransferConfig, base, trainer
 from gkt.transfer.base import kl_loss
 from gkt.transfer.dp import KLDataPartition
-from gkt.transfer.multi import (
-    MODES,
-    ORDERS,
-    MultiTeacherStudy,
-    TransferSetup,
-    parallel_method,
-    resolve_modes,
-    weight_soup,
-)
+from gkt.transfer.multi import ORDERS, parallel_method, resolve_modes, weight_soup
 from gkt.transfer.multi_dp import select_sources
 from gkt.transfer.trainer import TransferTrainer
 from tests.conftest import make_blobs
@@ -165,7 +164,7 @@ def test_each_mode_end_to_end(setup: TransferSetup, tmp_path: Path, monkeypatch:
     teachers = [tiny(names, 2, hidden=[8], dropout=0.0), tiny(names, 3, "linear"), tiny(names, 4, hidden=[32], dropout=0.0)]
     out = tmp_path / "out"
     study = MultiTeacherStudy(student, teachers, setup)
-    singles, results = run_study(study, list(MODES), out)
+    singles, results = run_multi_teacher(study, list(MODES), out)
     assert [r["teacher"] for r in singles] == [t.name for t in teachers]
     assert set(results) == {"sequential", "parallel", "soup"}
     assigned = results["parallel"].details["assigned"]
@@ -218,3 +217,19 @@ def test_cli_multi_teacher(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest
     assert "distils from one teacher at a time" in capsys.readouterr().err
     assert main([*common, "--out", str(out), "--teacher", teachers[0], "--teacher", teachers[1]]) == 2
     assert "--multi" in capsys.readouterr().err
+
+
+def test_run_cache_recovers_from_a_kill_before_final_json(setup: TransferSetup) -> None:
+    """A run killed after saving its student but before ``final.json`` runs again (from its last epoch's
+    state) instead of refusing to overwrite the student; a run directory deleted from the cache runs again."""
+    names = setup.transfer_set.class_names
+    student, teachers = tiny(names, 1), [tiny(names, 2, hidden=[8], dropout=0.0)]
+    first = MultiTeacherStudy(student, teachers, setup).single()[0]
+    run_dir = Path(first["run"])
+    (run_dir / "final.json").unlink()
+    again = MultiTeacherStudy(student, teachers, setup).single()[0]
+    assert again == first and (run_dir / "final.json").is_file()
+    import shutil
+
+    shutil.rmtree(run_dir)
+    assert MultiTeacherStudy(student, teachers, setup).single()[0] == first

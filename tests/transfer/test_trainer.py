@@ -65,7 +65,7 @@ def test_run_transfer_history_and_mcl_result_is_slow_copy() -> None:
 
 
 def test_registry_errors() -> None:
-    with pytest.raises(GktError, match="known methods: cd, ce-soft, crd, kl"):
+    with pytest.raises(GktError, match="known methods: cd, ce, ce-soft, crd, kl"):
         create_method("nope")
     with pytest.raises(GktError, match="accepts: temperature=1.0, lam=0.5"):
         create_method("xekl", {"lamda": "0.3"})

@@ -37,6 +37,7 @@ from gkt.data.datasets import ImageDataset
 from gkt.engine.metrics import pairwise_class_flip_counts, pairwise_flips
 from gkt.engine.predictions import DEFAULT_TOPK, Predictions, get_many
 from gkt.models.classifier import Classifier, check_label_space
+from gkt.models.preprocess import decode_size_for
 
 log = logging.getLogger(__name__)
 
@@ -338,18 +339,21 @@ def check_models(models: Sequence[Classifier], dataset: ImageDataset) -> None:
 def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device | None = None, *,
             batch_size: int = 500, topk: int = DEFAULT_TOPK, store_root: str | Path | None = None,
             refresh: bool = False, random_baseline: bool = True, seed: int = 0, semantic: bool = True,
-            top_x: Sequence[float] = TOP_X) -> Analysis:
-    """Complementary knowledge of every ordered pair of ``models`` on ``dataset``: one forward pass per
-    model (reused from the prediction store when possible), plus one per distinct architecture for the
-    random-teacher baseline."""
+            top_x: Sequence[float] = TOP_X, precision: str = "fp32", decode_size: int | None = None,
+            workers: int | None = None) -> Analysis:
+    """Complementary knowledge of every ordered pair of ``models`` on ``dataset``: one pass over the data
+    runs every model without stored predictions, and the random-init teacher of each distinct architecture
+    for the baseline, on each batch. Encoded images are decoded once per batch at ``decode_size``
+    (default: the largest any model needs, :func:`decode_size_for`), autocast in ``precision``."""
     device = device or torch.device("cpu")
     check_models(models, dataset)
-    store = {"batch_size": batch_size, "topk": topk, "root": store_root, "refresh": refresh}
-    preds = get_many(models, dataset, device, **store)
-    random_preds = get_many(random_teachers(models, seed), dataset, device, **store) if random_baseline else []
-    stored = sum(p.from_store for p in [*preds, *random_preds])
-    log.info("forward passes: %d run, %d reused from the prediction store", len(preds) + len(random_preds) - stored,
-             stored)
+    dataset = dataset.at_decode_size(decode_size or decode_size_for(m.preprocess for m in models))
+    randoms = random_teachers(models, seed) if random_baseline else []
+    everything = get_many([*models, *randoms], dataset, device, batch_size=batch_size, topk=topk, root=store_root,
+                          refresh=refresh, precision=precision, workers=workers)
+    preds, random_preds = everything[:len(models)], everything[len(models):]
+    stored = sum(p.from_store for p in everything)
+    log.info("forward passes: %d run, %d reused from the prediction store", len(everything) - stored, stored)
     similarity, note = None, "disabled"
     if semantic:
         try:

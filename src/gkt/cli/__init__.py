@@ -20,6 +20,7 @@ from gkt.core.errors import GktError, storage_error
 from gkt.core.io import write_json
 from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
+from gkt.data.decode import BAD_IMAGE_POLICIES, bad_image_policy, bad_images_default, reset_skipped, skipped_images
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.engine.distributed import from_environment, shutdown
 
@@ -67,6 +68,28 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+# Verbs that read image data (folders, hf: datasets): they take --bad-images.
+IMAGE_VERBS = ("analyze", "transfer", "study", "adapt", "crossdomain", "kdep pretrain", "kdep finetune",
+               "kdep benchmark")
+
+
+def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES,
+                        help="an image that cannot be decoded: fail naming it, or skip: leave it out when it is "
+                             f"decoded and report how many were left out at the end (default: {bad_image_policy()})")
+
+
+def report_skipped(run_dir: Path) -> None:
+    """Print (and keep in the run directory) the images this command left out under --bad-images skip."""
+    skipped = skipped_images()
+    if not skipped:
+        return
+    write_json(run_dir / "skipped_images.json", skipped)
+    shown = "; ".join(f"{source} ({reason})" for source, reason in list(skipped.items())[:5])
+    print(f"skipped {len(skipped)} unreadable image(s) (--bad-images skip): {shown}"
+          + (" …" if len(skipped) > 5 else "") + f"; list in {run_dir / 'skipped_images.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in VERB_MODULES:
         importlib.import_module(module)
@@ -75,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model specs: zoo:NAME | timm:ARCH[@WEIGHTS][?k=v&...] | file:PATH\n"
                f"data specs:  {DATA_SYNTAX}\n"
-               "             (BASE: fmnist | digits | folder:PATH with PATH/train/<class>/*.jpg, PATH/val/...)")
+               "             (BASE: fmnist | digits | folder:PATH with PATH/train/<class>/*.jpg, PATH/val/... |\n"
+               "              hf:DIR saved by datasets' save_to_disk | hf:ORG/NAME[:CONFIG] from the datasets cache)")
     parser.add_argument("--version", action="version", version=f"gkt {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -89,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub = verbs.add_parser(head, help=verb.help, description=verb.help)
         verb.configure(sub)
+        if verb.path in IMAGE_VERBS:
+            add_bad_images_option(sub)
         add_common_options(sub)
         sub.set_defaults(command=verb.path)
     return parser
@@ -131,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             logging.getLogger().setLevel(logging.WARNING)
         args.dist = dist
-        code = VERBS[args.command].run(args)
+        reset_skipped()
+        with bad_images_default(getattr(args, "bad_images", None)):
+            code = VERBS[args.command].run(args)
+        if dist.is_main:
+            report_skipped(args.run_dir)
         status = "ok" if code == 0 else "failed"
         error = None if code == 0 else f"exit code {code}"
         return code

@@ -37,11 +37,14 @@ def add_transfer_options(p: argparse.ArgumentParser, epochs: int | None, fractio
     g.add_argument("--workers", type=int, default=1, help="parallel transfer processes (default: 1)")
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="use RUN_DIR's results store: its finished jobs are not run again (e.g. to add seeds)")
+    g.add_argument("--retry-failed", action="store_true", help="with --resume: run the jobs that failed before again")
 
 
 def store_path(args: argparse.Namespace) -> Path | None:
     """The results store of ``--resume RUN_DIR`` (None: a new one in this run's directory)."""
     if not args.resume:
+        if args.retry_failed:
+            raise GktError("--retry-failed reruns the failed jobs of an earlier run: give it with --resume RUN_DIR")
         return None
     path = Path(args.resume) / "results.sqlite"
     if not path.is_file():
@@ -50,19 +53,22 @@ def store_path(args: argparse.Namespace) -> Path | None:
 
 
 def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str], data: str) -> Any:
-    from gkt.cli.study import _method_args
+    from gkt.cli.study import parse_method_args
     from gkt.experiments.adapt_study import StudyPlan
 
     return StudyPlan(students, teachers, args.methods, args.seeds, data, args.fraction,
                      {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
-                     _method_args(args.method_arg, args.methods), args.data_dir, args.zoo_dir, args.device)
+                     parse_method_args(args.method_arg, args.methods), args.data_dir, args.zoo_dir, args.device)
 
 
-def print_study(result: dict[str, Any], store: Path, seconds: float) -> None:
-    counts = result["counts"]
-    print(f"{counts['total']} transfer jobs: {counts['skipped']} already done, {counts['done']} ran, "
-          f"{counts['failed']} failed ({seconds:.0f}s); results store: {store}")
+def print_study(result: dict[str, Any], store: Path, seconds: float) -> int:
+    """Prints the study's counts, failures and summary; returns the exit code (1: some job failed)."""
+    from gkt.cli.study import print_failures
+
+    print(f"{result['counts'].describe('transfer jobs')} ({seconds:.0f}s); results store: {store}")
+    print_failures(result["store"], result["counts"])
     print(format_table(result["summary"]))
+    return 0 if result["counts"].ok else 1
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -104,7 +110,7 @@ def adapt(args: argparse.Namespace) -> int:
                                         batch_size=args.ft_batch_size))
     if args.l2:
         cfg = replace(cfg, l2=tuple(args.l2))
-    rows, labels = [], {}
+    rows, labels, code = [], {}, 0
     for spec in args.models:
         adapted, record = adapt_cached(spec, args.data, cfg, args.torch_device, args.data_dir, args.zoo_dir)
         labels[adapted] = spec
@@ -128,7 +134,7 @@ def adapt(args: argparse.Namespace) -> int:
         store = store_path(args)
         result = transfer_study(study_plan(args, students, specs, args.data), args.run_dir, labels, args.workers,
                                 args.threads, title=f"Transfer between models adapted to {args.data} ({cfg.mode})",
-                                store_path=store)
-        print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
+                                store_path=store, retry_failed=args.retry_failed)
+        code = print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
     print(f"run directory: {args.run_dir}")
-    return 0
+    return code

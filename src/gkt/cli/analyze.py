@@ -30,6 +30,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="JSON/YAML {data_class: model_class_or_list} aligning the models' classes to the data's "
                         "(as for gkt transfer); without it, classes that differ only in order or case are matched")
     p.add_argument("--batch-size", type=int, default=500, help="forward-pass batch size (default: 500)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of the forward passes (auto: bf16 on a GPU that supports it; "
+                        "reduced-precision predictions are stored apart from fp32 ones; default fp32)")
     p.add_argument("--refresh", action="store_true", help="recompute predictions even when stored")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the random-initialised-teacher baseline")
     p.add_argument("--no-semantic", action="store_true", help="skip the class-name semantic similarity")
@@ -158,7 +161,8 @@ def analyze_verb(args: argparse.Namespace) -> int:
     print(f"analysing {len(models)} models on {dataset.name} ({len(dataset)} samples): one forward pass per model "
           "and per random-init architecture, reused from the prediction store when possible")
     analysis = analyze(models, dataset, args.torch_device, batch_size=args.batch_size, refresh=args.refresh,
-                       random_baseline=not args.no_random_baseline, seed=args.seed, semantic=not args.no_semantic)
+                       random_baseline=not args.no_random_baseline, seed=args.seed, semantic=not args.no_semantic,
+                       precision=args.precision)
     write_results(analysis, args.run_dir, args.student)
     if not args.no_figures:
         from gkt.reporting.analysis_figures import write_figures

@@ -66,7 +66,8 @@ def crossdomain(args: argparse.Namespace) -> int:
     store = store_path(args)
     result = transfer_study(study_plan(args, list(args.students), list(labels), args.data), args.run_dir, labels,
                             args.workers, args.threads, figure="fig10_crossdomain_delta_transf_vs_delta_acc.png",
-                            title=f"Teachers fine-tuned on {shifted} -> {args.data} students", store_path=store)
-    print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
+                            title=f"Teachers fine-tuned on {shifted} -> {args.data} students", store_path=store,
+                            retry_failed=args.retry_failed)
+    code = print_study(result, store or args.run_dir / "results.sqlite", time.perf_counter() - start)
     print(f"run directory: {args.run_dir}")
-    return 0
+    return code

@@ -1,25 +1,40 @@
-"""``gkt demo``: zoo → analysis → a transfer study over all ordered pairs → report, on the embedded default."""
+"""``gkt demo``: two acts on the embedded default, then reports.
+
+Act 1: the zoo models the demo uses (trained once, then cached) → analysis → a transfer study over all
+ordered pairs. Act 2: the same recipes trained for one epoch (students with headroom) → all ordered pairs
+beside two controls (own frozen copy, plain cross-entropy fine-tuning).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from gkt.cli import VERBS, build_parser, register_verb
+from gkt.core.errors import GktError
 
 # The cheapest six zoo models that still span the zoo's accuracy range: 30 ordered pairs.
 DEMO_MODELS = ("zoo:linear-7px", "zoo:linear", "zoo:mlp-14px", "zoo:mlp", "zoo:mlp-deep", "zoo:cnn")
-DEMO_METHODS = ("kl", "xekl", "xekl-mcl", "kl-dp", "kl-dp-unsup")
+# Act 1's methods: the paper's baseline and KL+DP (supervised, unsupervised); `gkt study` runs the others.
+DEMO_METHODS = ("kl", "kl-dp", "kl-dp-unsup")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", default=list(DEMO_MODELS), help="zoo models of the study (>= 2)")
-    p.add_argument("--methods", nargs="+", default=list(DEMO_METHODS))
+    from gkt.experiments.headroom import HEADROOM_METHODS, HEADROOM_TRANSFER_EPOCHS
+
+    p.add_argument("--models", nargs="+", default=list(DEMO_MODELS), help="zoo models of both acts (>= 2)")
+    p.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), help="act 1's transfer methods")
+    p.add_argument("--headroom-methods", nargs="+", default=list(HEADROOM_METHODS),
+                   help="act 2's transfer methods (the controls always run)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default: the transfer default)")
-    p.add_argument("--workers", type=int, default=2, help="parallel study processes (default: 2)")
+    p.add_argument("--epochs", type=int, default=None, help="act 1's transfer epochs (default: the transfer default)")
+    p.add_argument("--headroom-epochs", type=int, default=HEADROOM_TRANSFER_EPOCHS,
+                   help=f"act 2's transfer epochs (default: {HEADROOM_TRANSFER_EPOCHS})")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes for builds and studies (default: 2)")
 
 
 def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> int:
@@ -32,39 +47,65 @@ def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> 
     return VERBS[args.command].run(args)
 
 
-@register_verb("demo", "end-to-end demo: zoo, analysis, a transfer study over all pairs, report", _configure)
-def demo(args: argparse.Namespace) -> int:
-    from gkt.reporting.html import write_report
-    from gkt.reporting.study_tables import paper_claims
-    from gkt.reporting.tables import format_table, numeric_text
+def print_findings(run_dir: Path) -> None:
+    """A study's success table (compact, with intervals), its findings and claims, as the report opens."""
+    from gkt.reporting.html import compact_rows
+    from gkt.reporting.tables import format_table
 
+    for name in ("success_table.csv", "controls.csv"):
+        if (run_dir / name).is_file():
+            with open(run_dir / name, newline="") as f:
+                print(format_table(compact_rows(name, list(csv.DictReader(f)))) + "\n")
+    if (run_dir / "findings.json").is_file():
+        found = json.loads((run_dir / "findings.json").read_text())
+        print("\n".join(f"- {s}" for s in found["sentences"]))
+        if found["claims"]:
+            print("\nThe paper's claims (holds / fails: the whole 95% interval on one side of the threshold):")
+            print(format_table(found["claims"]))
+
+
+@register_verb("demo", "end-to-end demo: zoo, analysis, a transfer study over all pairs, students with headroom, "
+                       "reports", _configure)
+def demo(args: argparse.Namespace) -> int:
+    from gkt.experiments.headroom import HEADROOM_EPOCHS, build_headroom_models, run_headroom
+    from gkt.reporting.html import write_report
+
+    names = [m.removeprefix("zoo:") for m in args.models]
+    if len(names) < 2 or any(not m.startswith("zoo:") for m in args.models):
+        raise GktError(f"--models takes at least two zoo models (zoo:NAME), got {args.models}")
+    pairs = len(names) * (len(names) - 1)
     start = time.perf_counter()
-    print("== gkt demo 1/4: the embedded zoo (trained once, then cached) ==", flush=True)
-    run_step(["zoo", "build"], args, args.run_dir / "zoo")
+    print(f"== gkt demo 1/5: the zoo's {len(names)} demo models, full recipes and {HEADROOM_EPOCHS}-epoch budget "
+          f"({args.workers} parallel builds; cached after the first run) ==", flush=True)
+    headroom = build_headroom_models(names, zoo_dir=args.zoo_dir, data_dir=args.data_dir, device=args.torch_device,
+                                     workers=args.workers)
+    run_step(["zoo", "build", "--only", *names, "--workers", str(args.workers)], args, args.run_dir / "zoo")
     zoo_seconds = time.perf_counter() - start
-    print("\n== gkt demo 2/4: where are the gains? (complementary knowledge on the test split) ==", flush=True)
-    run_step(["analyze", "--models", "zoo", "--student", args.models[-1]], args, args.run_dir / "analysis")
-    print(f"\n== gkt demo 3/4: transfer study — {len(args.methods)} methods x {len(args.models)} models "
-          f"({len(args.models) * (len(args.models) - 1)} ordered pairs) x {len(args.seeds)} seed(s) ==", flush=True)
+    print("\n== gkt demo 2/5: where are the gains? (complementary knowledge on the test split) ==", flush=True)
+    run_step(["analyze", "--models", *args.models, "--student", args.models[-1]], args, args.run_dir / "analysis")
+    print(f"\n== gkt demo 3/5: act 1 — converged zoo models: {len(args.methods)} methods x {pairs} ordered pairs x "
+          f"{len(args.seeds)} seed(s) ==", flush=True)
     study = ["study", "--students", *args.models, "--methods", *args.methods, "--seeds", *map(str, args.seeds),
              "--workers", str(args.workers)]
     if args.epochs is not None:
         study += ["--epochs", str(args.epochs)]
     code = run_step(study, args, args.run_dir / "study")
-    print("\n== gkt demo 4/4: reports ==", flush=True)
-    reports = [write_report(args.run_dir / part)[0] for part in ("analysis", "study")]
-    summary = (args.run_dir / "study" / "success_table.csv")
-    if summary.is_file():
-        import csv
-
-        with open(summary, newline="") as f:
-            table = list(csv.DictReader(f))
-        print(format_table([{k: numeric_text(v) for k, v in row.items()} for row in table]))
-        print("success_% = share of pairs with Δtransf > 0; clear_gain_% / clear_loss_% = share of pairs whose "
-              "gained samples outnumber the lost (or the reverse) beyond test-sample noise (McNemar, 2 s.e.)")
-        print("\n" + format_table(paper_claims([{**row, "success_%": float(row["success_%"])} for row in table])))
+    print(f"\n== gkt demo 4/5: act 2 — students with headroom ({HEADROOM_EPOCHS}-epoch recipes), "
+          f"{args.headroom_epochs} transfer epoch(s): {len(args.headroom_methods)} methods x {pairs} pairs + 2 controls "
+          f"x {len(names)} students x {len(args.seeds)} seed(s) ==", flush=True)
+    settings = {"data": "fmnist", "fraction": 0.1, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir,
+                "epochs": args.headroom_epochs}
+    act2 = run_headroom(headroom, args.run_dir / "headroom", args.headroom_methods, args.seeds, settings,
+                        workers=args.workers, threads=args.threads)
+    counts = act2["counts"]
+    print(f"{counts['total']} jobs: {counts['skipped']} already done, {counts['done']} ran, {counts['failed']} failed")
+    print("\n== gkt demo 5/5: reports ==", flush=True)
+    reports = [write_report(args.run_dir / part)[0] for part in ("analysis", "study", "headroom")]
+    for title, part in (("Act 1: converged zoo models", "study"), ("Act 2: students with headroom", "headroom")):
+        print(f"\n--- {title} ---")
+        print_findings(args.run_dir / part)
     total = time.perf_counter() - start
     print(f"\ndemo finished in {total:.0f}s (zoo step {zoo_seconds:.0f}s)")
     for path in reports:
         print(f"report: {path}")
-    return code
+    return code if counts["failed"] == 0 else 1

@@ -152,6 +152,7 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
 @register_verb("kdep benchmark", "KDEP vs supervised / logit-KD / learned-alignment / no pre-training, "
                "each followed by the same fine-tuning", _configure_benchmark)
 def kdep_benchmark(args: argparse.Namespace) -> int:
+    from gkt.experiments.grid import STORE_NAME, ResultsStore
     from gkt.experiments.kdep_benchmark import BenchmarkConfig, run_benchmark
     from gkt.reporting.kdep import plot_benchmark
 
@@ -166,7 +167,8 @@ def kdep_benchmark(args: argparse.Namespace) -> int:
     cfg = cfg.quick() if args.quick else cfg
     write_json(args.run_dir / "benchmark_config.json", cfg.to_dict())
     start = time.perf_counter()
-    result = run_benchmark(cfg, args.torch_device, data_dir=args.data_dir, progress=print)
+    result = run_benchmark(cfg, args.torch_device, data_dir=args.data_dir, progress=print,
+                           store=ResultsStore(args.run_dir / STORE_NAME))
     write_csv(args.run_dir / "results.csv", result.rows)
     write_json(args.run_dir / "results.json", {"config": cfg.to_dict(), "teacher": result.teacher,
                                                "rows": result.rows, "summary": result.summary})

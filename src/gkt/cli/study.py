@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
 from gkt.cli.config import resolved_config
@@ -18,6 +18,9 @@ from gkt.core.io import read_json, write_json
 from gkt.experiments.grid import STORE_NAME
 from gkt.reporting.study import write_study_outputs
 from gkt.reporting.tables import format_table
+
+if TYPE_CHECKING:
+    from gkt.experiments.grid import LocalBackend, RayBackend, ResultsStore, StudyCounts
 
 
 def _values(text: str) -> list[Any]:
@@ -45,14 +48,22 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
     p.add_argument("--data", default="fmnist")
     p.add_argument("--fraction", type=float, default=0.1, help="stratified share of train as transfer set")
+    p.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: the transfer default)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of every job (auto: bf16 on a GPU that supports it; default fp32)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=1, help="local backend: parallel processes (default: 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local backend: parallel processes (default: 1); on CUDA, spread over the visible GPUs")
     p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")
+    p.add_argument("--ray-gpus-per-job", type=float, default=1.0,
+                   help="ray backend on CUDA: GPUs each job asks for (e.g. 0.5: two jobs per GPU; default 1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a study: reuse RUN_DIR's results store")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: run the jobs that failed before again (default: report them as failed)")
     add_tracking_options(p)
 
 
-def _method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
+def parse_method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
     parsed: dict[str, dict[str, str]] = {m: {} for m in methods}
     for item in items:
         method, sep, kv = item.partition(":")
@@ -74,14 +85,17 @@ def _expand_zoo(specs: Sequence[str], zoo_dir: str | None) -> list[str]:
 
 def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     from gkt.experiments.grid import expand_grid
+    from gkt.experiments.transfer_job import check_settings
 
     students = _expand_zoo(args.students or [], args.zoo_dir)
     teachers = _expand_zoo(args.teachers, args.zoo_dir) if args.teachers else students
     if not students or not teachers:
         raise GktError("a study needs --students (and optionally --teachers)")
-    method_args = _method_args(args.method_arg, args.methods)
+    method_args = parse_method_args(args.method_arg, args.methods)
     base = {"data": args.data, "fraction": args.fraction, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir}
-    base |= {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
+    base |= {k: getattr(args, k) for k in ("epochs", "lr", "batch_size") if getattr(args, k) is not None}
+    base |= {k: getattr(args, k) for k, default in (("device", "auto"), ("precision", "fp32"))
+             if getattr(args, k) != default}
     axes: dict[str, list[Any]] = {"student": students, "teacher": teachers, "method": list(args.methods),
                                   "seed": list(args.seeds)}
     for item in args.grid:
@@ -89,42 +103,69 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not sep or key not in GRID_KEYS:
             raise GktError(f"--grid expects KEY=V1,V2 with KEY in {', '.join(GRID_KEYS)}; got {item!r}")
         axes[key] = _values(values)
+    check_settings({**{k: [v] for k, v in base.items() if k in GRID_KEYS}, **{k: v for k, v in axes.items()
+                                                                             if k in GRID_KEYS}})
     jobs = expand_grid(base, axes, skip=lambda j: j["student"] == j["teacher"])
     for job in jobs:
         job["method_args"] = method_args[job["method"]]
     return jobs
 
 
+def study_backend(args: argparse.Namespace) -> LocalBackend | RayBackend:
+    """The backend of ``--backend``: on CUDA, local workers spread over the visible GPUs (one each) and
+    Ray tasks ask for GPUs. A device with an index (``cuda:1``) keeps every worker on that device."""
+    from gkt.experiments.grid import RayBackend, local_backend
+
+    if args.backend == "ray":
+        return RayBackend(args.ray_address, threads=args.threads or 1, device_type=args.torch_device.type,
+                          num_gpus_per_job=args.ray_gpus_per_job)
+    return local_backend(args.workers, args.threads, args.torch_device)
+
+
+def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
+    """One line per failed job: the pair, the method and the error."""
+    from gkt.experiments.grid import failed_rows
+
+    for row in failed_rows(store, counts.failed + counts.not_retried):
+        c = row.config
+        print(f"  failed: {c.get('teacher')} -> {c.get('student')} {c.get('method')} seed {c.get('seed')}: "
+              f"{row.metrics.get('error', '?')}")
+
+
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
 def study(args: argparse.Namespace) -> int:
-    from gkt.experiments.grid import LocalBackend, RayBackend, ResultsStore, job_key, run_study
+    from gkt.experiments.grid import ResultsStore, job_key, run_study
     from gkt.experiments.transfer_job import transfer_job
 
+    from gkt.transfer.trainer import Runtime
+
+    if args.retry_failed and not args.resume:
+        raise GktError("--retry-failed reruns the failed jobs of a study: give it with --resume RUN_DIR")
+    Runtime(precision=args.precision).autocast_dtype(args.torch_device)  # e.g. fp16 on a CPU: refused here
     if args.resume:
         old = Path(args.resume)
-        if not (old / STORE_NAME).is_file():
-            raise GktError(f"{old}: no {STORE_NAME} to resume")
+        if not (old / STORE_NAME).is_file() or not (old / "jobs.json").is_file():
+            raise GktError(f"{old}: no {STORE_NAME} and jobs.json to resume (is it a study's run directory?)")
         jobs = read_json(old / "jobs.json")
         store_path = old / STORE_NAME
     else:
         jobs = study_jobs(args)
         store_path = args.run_dir / STORE_NAME
-    write_json(args.run_dir / "jobs.json", jobs)
-    backend = (RayBackend(args.ray_address, threads=args.threads or 1) if args.backend == "ray"
-               else LocalBackend(args.workers, args.threads))
-    start = time.perf_counter()
     store = ResultsStore(store_path)
+    backend = study_backend(args)
+    write_json(args.run_dir / "jobs.json", jobs)
+    start = time.perf_counter()
     with tracking(args, resolved_config(args)) as tracker:
         def track_job(config: dict[str, Any], metrics: dict[str, Any], status: str) -> None:
             if status == "done":
                 tracker.log_job(job_key(config), config, metrics)
 
-        counts = run_study(transfer_job, jobs, store, backend, on_result=track_job)
-        tracker.log_metrics({f"jobs_{k}": v for k, v in counts.items()}, 0)
-    records = [r for r in store.records() if r.get("status") == "done"]
-    print(f"{counts['total']} jobs: {counts['skipped']} already done, {counts['done']} ran, {counts['failed']} failed "
-          f"({time.perf_counter() - start:.0f}s); results store: {store_path}")
+        counts = run_study(transfer_job, jobs, store, backend, retry_failed=args.retry_failed, on_result=track_job)
+        tracker.log_metrics({f"jobs_{k}": v for k, v in counts.as_dict().items()}, 0)
+    records = store.records(keys={job_key(j) for j in jobs})
+    print(f"{counts.describe()} ({time.perf_counter() - start:.0f}s); results store: {store_path}")
+    print_failures(store, counts)
     if records:
         print(format_table(write_study_outputs(args.run_dir, records)))
     print(f"run directory: {args.run_dir}")
-    return 0 if counts["failed"] == 0 else 1
+    return 0 if counts.ok else 1

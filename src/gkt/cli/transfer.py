@@ -29,7 +29,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.data.spec import SYNTAX
     from gkt.transfer import TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
-    from gkt.transfer.trainer import PRECISIONS, Runtime
+    from gkt.core.runtime import PRECISIONS
+    from gkt.transfer.trainer import Runtime
 
     d, rt = TransferConfig(), Runtime()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -73,7 +74,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CNNs on GPUs)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the student's training forward")
     add_config_option(speed, "--loader-workers", rt,
-                      help="DataLoader processes decoding image-folder batches (0: in the main process)")
+                      help="DataLoader processes decoding image batches (folders, hf: data; none given: one per CPU "
+                           "but one, 1 to 8; 0: in the main process)")
     multi = p.add_argument_group("multi-teacher transfer (several --teacher)")
     multi.add_argument("--multi", nargs="+", metavar="MODE",
                        help="sequential (one teacher after another), parallel (all at once, K-teacher data "
@@ -135,6 +137,7 @@ def transfer(args: argparse.Namespace) -> int:
     from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
     from gkt.models import DataInfo, load_model
+    from gkt.models.preprocess import decode_size_for
     from gkt.transfer import TransferConfig, create_method, run_transfer
     from gkt.transfer.trainer import Runtime
 
@@ -166,6 +169,8 @@ def transfer(args: argparse.Namespace) -> int:
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
     teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
+    size = decode_size_for([student.preprocess, teacher.preprocess])  # encoded images: decoded once at this size
+    transfer_set, test_set = transfer_set.at_decode_size(size), test_set.at_decode_size(size)
     if not dist.is_main:  # another rank of a torchrun job: train and evaluate its share, write nothing
         run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, None, resume=resume,
                      runtime=runtime)
@@ -214,10 +219,17 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
 
     from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
-    from gkt.experiments.multi_teacher import run_study, summary_entry, table_row
+    from gkt.experiments.multi_teacher import (
+        MultiTeacherStudy,
+        TransferSetup,
+        run_multi_teacher,
+        summary_entry,
+        table_row,
+    )
     from gkt.models import DataInfo, load_model
+    from gkt.models.preprocess import decode_size_for
     from gkt.reporting.multi_teacher import summary_table, write_summary
-    from gkt.transfer.multi import MultiTeacherStudy, TransferSetup, resolve_modes
+    from gkt.transfer.multi import resolve_modes
 
     if not args.multi:
         raise GktError(f"{len(specs)} teachers: choose how to combine them with --multi sequential|parallel|soup|all")
@@ -231,6 +243,8 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir)
     teachers = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
+    size = decode_size_for(m.preprocess for m in [student, *teachers])  # encoded images: decoded at this size
+    train, test_set = train.at_decode_size(size), test_set.at_decode_size(size)
     write_json(args.run_dir / "resolved_config.json", {
         **config.to_dict(), "student": args.student, "teachers": specs, "modes": modes, "order": args.order,
         "seeds": seeds, "data": args.data, "fraction": args.fraction, "test_set": {"name": test_set.name,
@@ -242,7 +256,7 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
         setup = TransferSetup(stratified_subset(train, fraction=args.fraction, seed=seed), test_set,
                               replace(config, seed=seed), args.torch_device)
         study = MultiTeacherStudy(student, teachers, setup, order=args.order)
-        singles, results = run_study(study, modes, args.run_dir / f"seed{seed}")
+        singles, results = run_multi_teacher(study, modes, args.run_dir / f"seed{seed}")
         for i, row in enumerate(singles):
             tracker.log_job(f"seed{seed}-single{i}", {"seed": seed, "mode": "single", "teacher": row["teacher"]}, row)
         for mode, result in results.items():

@@ -23,7 +23,7 @@ def print_zoo(records: Sequence, run_dir: Path | None = None) -> None:
         rows.append({"name": r.name, "family": r.family, "params": r.params, "test_acc": round(100 * r.test_acc, 2),
                      "check_delta": "-" if conv is None else f"{100 * conv['delta']:+.2f}",
                      "check": "-" if conv is None else ("ok" if conv["passed"] else "FAIL"),
-                     "train_s": r.train_seconds, "recipe": r.recipe})
+                     "train_s": r.train_seconds, "weights": r.weights_hash[:12], "recipe": r.recipe})
     print(format_table(rows))
     if rows:
         accs = [row["test_acc"] for row in rows]
@@ -31,7 +31,8 @@ def print_zoo(records: Sequence, run_dir: Path | None = None) -> None:
               f"test accuracy {min(accs):.2f}–{max(accs):.2f}% (span {max(accs) - min(accs):.2f} points, "
               "Fashion-MNIST 10k test split)\ncheck = test-accuracy change after one more epoch of plain "
               f"cross-entropy (SGD, lr {records[0].convergence['lr'] if records[0].convergence else '-'}, no "
-              "augmentation); a finished model gains at most +0.30 points")
+              "augmentation); a finished model gains at most +0.30 points\nweights = SHA-256 of the weights (each model "
+              "trains on one thread with deterministic algorithms: the same on every machine and --threads)")
     if run_dir is not None and rows:
         write_csv(run_dir / "zoo.csv", rows)
         write_json(run_dir / "zoo.json", [{**asdict(r), "path": str(r.path)} for r in records])
@@ -42,6 +43,7 @@ def _configure_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the convergence check")
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (smoke runs)")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this stratified share of train")
+    p.add_argument("--workers", type=int, default=1, help="models trained in parallel processes (default: 1)")
 
 
 @register_verb("zoo build", "train the zoo models that are not cached yet", _configure_build)
@@ -53,7 +55,7 @@ def zoo_build(args: argparse.Namespace) -> int:
     entries = scaled_entries(entries, args.epochs)
     start = time.perf_counter()
     records = build_zoo(entries, zoo_dir=args.zoo_dir, device=args.torch_device, data_dir=args.data_dir,
-                        check=not args.no_check, train_fraction=args.fraction)
+                        check=not args.no_check, train_fraction=args.fraction, workers=args.workers)
     print_zoo(records, args.run_dir)
     print(f"\nzoo ready in {time.perf_counter() - start:.0f}s ({sum(not r.cached for r in records)} trained, "
           f"{sum(r.cached for r in records)} cached); run directory: {args.run_dir}")

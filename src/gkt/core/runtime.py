@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gkt.core.errors import GktError
 
+log = logging.getLogger(__name__)
+
 
 def resolve_device(device: str | None = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        warning = unusable_gpu_warning()
+        if warning:
+            log.warning(warning)
+        return torch.device("cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -21,7 +32,8 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise GktError(f"--device {device}: gkt runs on auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GktError(f"device {device!r} was requested but CUDA is not available; use --device cpu or auto")
+        raise GktError(f"device {device!r} was requested but CUDA is not available"
+                       f"{': ' + unusable_gpu_warning() if unusable_gpu_warning() else ''}; use --device cpu or auto")
     return dev
 
 
@@ -36,3 +48,50 @@ def seed_everything(seed: int) -> torch.Generator:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device`` (``None``: full fp32); ``auto`` is bf16 on a
+    CUDA GPU that supports it, else fp32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision not in PRECISIONS:
+        raise GktError(f"unknown precision {precision!r}; use one of auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise GktError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """A context running forward passes in ``precision`` (see :func:`autocast_dtype`)."""
+    dtype = autocast_dtype(precision, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+
+
+def nvidia_driver_version() -> str | None:
+    """The loaded NVIDIA kernel driver's version (``None`` without NVIDIA hardware)."""
+    try:
+        text = Path(NVIDIA_DRIVER_FILE).read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]*)", text)
+    return match.group(1) if match else "unknown"
+
+
+def unusable_gpu_warning() -> str | None:
+    """A warning when NVIDIA GPUs are present but this torch build cannot use them (e.g. its CUDA needs a
+    newer driver), so ``--device auto`` is about to run on CPU; ``None`` otherwise."""
+    if torch.cuda.is_available():
+        return None
+    driver = nvidia_driver_version()
+    if driver is None or torch.version.cuda is None:
+        return None
+    return (f"an NVIDIA GPU is present (driver {driver}) but this torch build (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda}) cannot use it, so gkt runs on the CPU; install an NVIDIA driver that supports "
+            f"CUDA {torch.version.cuda}, or a torch build for the CUDA version your driver supports")

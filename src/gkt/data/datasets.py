@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -17,6 +16,23 @@ from torch.utils.data import Dataset as TorchDataset
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
+from gkt.data.decode import (
+    BadImagePolicy,
+    FolderIndex,
+    UnreadableImage,
+    bad_image_policy,
+    decode_to_size,
+    note_skipped,
+    read_encoded,
+    unreadable_message,
+)
+
+
+def pixel_mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (rounded to 4 places, std at least 1e-3) of ``uint8`` images as [0, 1] pixels."""
+    x = images.float().div_(255)
+    return (tuple(round(v, 4) for v in x.mean((0, 2, 3)).tolist()),
+            tuple(round(v, 4) for v in x.std((0, 2, 3)).clamp_min(1e-3).tolist()))
 
 
 class ImageDataset(ABC):
@@ -47,6 +63,34 @@ class ImageDataset(ABC):
     def subset(self, indices: torch.Tensor, tag: str) -> ImageDataset:
         """A dataset of the given rows; ``tag`` names the selection in the dataset's identity."""
 
+    def load_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        """The readable images of ``indices`` and ``(position in indices, reason)`` for the others."""
+        return self.load(indices), []
+
+    def at_decode_size(self, size: int) -> ImageDataset:
+        """The dataset decoded at ``size`` px (encoded datasets); fixed-size datasets return themselves."""
+        return self
+
+    def content_id(self) -> str | None:
+        """A hash of the images' contents (or of what identifies them: file sizes and mtimes)."""
+        return None
+
+    def unreadable_rows(self) -> dict[int, str]:
+        """Rows found unreadable (and skipped) by earlier passes and not yet dropped: row -> reason."""
+        return {}
+
+    def mark_unreadable(self, row: int, reason: str) -> None:
+        """Record that ``row`` cannot be decoded: fail (naming it), or skip it under ``--bad-images skip``."""
+        raise GktError(f"{self.name}: row {row} is unreadable ({reason})")
+
+    def drop_unreadable(self) -> None:
+        """Drop the rows found unreadable, in place (after a pass over every row, in order)."""
+
+    def pixel_stats(self, max_samples: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of ``[0, 1]`` pixels over up to ``max_samples`` evenly spaced images."""
+        idx = torch.linspace(0, len(self) - 1, min(len(self), max_samples)).long()
+        return pixel_mean_std(self.load(idx))
+
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)
 
@@ -70,6 +114,9 @@ class TensorImageDataset(ImageDataset):
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return self.images[indices]
 
+    def content_id(self) -> str:
+        return hashlib.sha256(self.images.contiguous().numpy().tobytes()).hexdigest()
+
     def subset(self, indices: torch.Tensor, tag: str) -> TensorImageDataset:
         return TensorImageDataset(f"{self.name}[{tag}]", self.images[indices], self.labels[indices],
                                   self.class_names)
@@ -77,62 +124,155 @@ class TensorImageDataset(ImageDataset):
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
+# The decode size of image folders and other encoded datasets when nothing else sets it.
+DEFAULT_DECODE_SIZE = 224
 
-class FolderImageDataset(ImageDataset):
-    """``root/<class>/*.jpg`` decoded lazily, resized (shorter side) and centre-cropped to ``image_size``."""
 
-    def __init__(self, name: str, files: Sequence[Path], labels: torch.Tensor, class_names: Sequence[str],
-                 image_size: int, channels: int):
+class EncodedImageDataset(ImageDataset):
+    """Images stored encoded (JPEG/PNG files, rows of a Hugging Face dataset), decoded per batch: resized
+    (shorter side, antialiased) to the decode size ``image_size`` and centre-cropped to a square."""
+
+    def __init__(self, name: str, labels: torch.Tensor, class_names: Sequence[str], image_size: int, channels: int,
+                 bad_images: BadImagePolicy | None = None):
         super().__init__(name, labels, class_names, (channels, image_size, image_size))
-        self.files = list(files)
+        self.bad_images = bad_image_policy(bad_images)
+        self._unreadable: dict[int, str] = {}
 
-    def _decode(self, path: Path) -> torch.Tensor:
-        from PIL import Image
+    @abstractmethod
+    def encoded(self, i: int) -> torch.Tensor:
+        """Row ``i``'s encoded bytes ``uint8 [n]``; raises :class:`UnreadableImage`."""
 
+    @abstractmethod
+    def source(self, i: int) -> str:
+        """How messages name row ``i`` (its file, or the dataset and row)."""
+
+    @abstractmethod
+    def _take(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` of the per-row state other than labels (files, row numbers), in place."""
+
+    def _recorded(self, i: int, reason: str) -> None:
+        """Remember across commands that row ``i`` is unreadable (where the dataset can)."""
+
+    def decode(self, i: int) -> torch.Tensor:
         c, size, _ = self.image_shape
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB" if c == 3 else "L")
-                scale = size / min(img.size)
-                w, h = max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))
-                img = img.resize((w, h), Image.BILINEAR)
-                left, top = (w - size) // 2, (h - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-                array = np.asarray(img, dtype=np.uint8)
-        except OSError as exc:
-            raise GktError(f"{path}: unreadable image ({exc}); fix or remove it, or pass --bad-images skip") from exc
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        return torch.from_numpy(array.copy())
+        return decode_to_size(self.encoded(i), c, size)
+
+    def load_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        images, bad = [], []
+        for pos, i in enumerate(indices.tolist()):
+            try:
+                images.append(self.decode(i))
+            except UnreadableImage as exc:
+                bad.append((pos, str(exc)))
+        return (torch.stack(images) if images else torch.empty((0, *self.image_shape), dtype=torch.uint8)), bad
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._decode(self.files[int(i)]) for i in indices])
+        images, bad = self.load_batch(indices)
+        if bad:
+            pos, reason = bad[0]
+            raise GktError(unreadable_message(self.source(int(indices[pos])), reason))
+        return images
 
-    def subset(self, indices: torch.Tensor, tag: str) -> FolderImageDataset:
-        return FolderImageDataset(f"{self.name}[{tag}]", [self.files[int(i)] for i in indices],
-                                  self.labels[indices], self.class_names, self.image_shape[1], self.image_shape[0])
+    def subset(self, indices: torch.Tensor, tag: str) -> EncodedImageDataset:
+        sub = copy.copy(self)
+        sub.name, sub.labels, sub._unreadable = f"{self.name}[{tag}]", self.labels[indices], {}
+        sub._take(indices)
+        return sub
+
+    def at_decode_size(self, size: int) -> EncodedImageDataset:
+        if size == self.image_shape[1]:
+            return self
+        resized = copy.copy(self)
+        resized.image_shape, resized._unreadable = (self.image_shape[0], size, size), dict(self._unreadable)
+        return resized
+
+    def unreadable_rows(self) -> dict[int, str]:
+        return dict(self._unreadable)
+
+    def mark_unreadable(self, row: int, reason: str) -> None:
+        self._recorded(row, reason)
+        if self.bad_images == "fail":
+            raise GktError(unreadable_message(self.source(row), reason))
+        note_skipped(self.source(row), reason)
+        self._unreadable[row] = reason
+
+    def drop_unreadable(self) -> None:
+        if not self._unreadable:
+            return
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[list(self._unreadable)] = False
+        rows = keep.nonzero().squeeze(1)
+        self.labels, self._unreadable = self.labels[rows], {}
+        self._take(rows)
+
+    def pixel_stats(self, max_samples: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """As :meth:`ImageDataset.pixel_stats` over at most 256 decoded images (decoding is the cost)."""
+        idx = torch.linspace(0, len(self) - 1, min(len(self), max_samples, 256)).long().unique()
+        sample = self.subset(idx, "pixel-stats")
+        return pixel_mean_std(torch.cat([images for images, _, _ in iterate_batches(sample, 64)]))
 
 
-BadImagePolicy = Literal["fail", "skip"]
+class FolderImageDataset(EncodedImageDataset):
+    """``root/<class>/*.jpg``: files listed (with sizes and mtimes, never opened) up front, decoded per batch."""
+
+    def __init__(self, name: str, files: Sequence[Path], labels: torch.Tensor, class_names: Sequence[str],
+                 image_size: int, channels: int, bad_images: BadImagePolicy | None = None,
+                 file_stats: Sequence[tuple[int, int]] | None = None, index: FolderIndex | None = None):
+        super().__init__(name, labels, class_names, image_size, channels, bad_images)
+        self.files = list(files)
+        self.file_stats = list(file_stats) if file_stats is not None else \
+            [(st.st_size, st.st_mtime_ns) for st in map(os.stat, self.files)]
+        self.index = index
+
+    def encoded(self, i: int) -> torch.Tensor:
+        return read_encoded(self.files[i])
+
+    def source(self, i: int) -> str:
+        return str(self.files[i])
+
+    def _take(self, rows: torch.Tensor) -> None:
+        self.files = [self.files[i] for i in rows.tolist()]
+        self.file_stats = [self.file_stats[i] for i in rows.tolist()]
+
+    def _recorded(self, i: int, reason: str) -> None:
+        if self.index is not None:
+            self.index.record_bad(self.files[i], *self.file_stats[i], reason)
+
+    def content_id(self) -> str:
+        return stable_hash([(str(p), *st) for p, st in zip(self.files, self.file_stats)], 64)
+
+    def pixel_stats(self, max_samples: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Cached in the folder's index, keyed by the listing's identity and the decode size."""
+        if self.index is None:
+            return super().pixel_stats(max_samples)
+        key = stable_hash([self.content_id(), self.image_shape, min(max_samples, 256)], 24)
+        if key not in self.index.stats:
+            self.index.record_stats(key, list(super().pixel_stats(max_samples)))
+        mean, std = self.index.stats[key]
+        return tuple(mean), tuple(std)
 
 
-def _image_is_readable(path: Path) -> bool:
-    from PIL import Image
+def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result]]:
+    """Image files under ``class_dir`` (recursively, sorted) with their stat results; nothing is opened."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                path = Path(dirpath) / name
+                found.append((path, path.stat()))
+    return found
 
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:  # PIL raises many types for broken files
-        return False
 
-
-def load_image_folder(root: str | os.PathLike, image_size: int = 224, channels: int = 3,
-                      bad_images: BadImagePolicy = "fail", class_names: Sequence[str] | None = None
+def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
+                      bad_images: BadImagePolicy | None = None, class_names: Sequence[str] | None = None
                       ) -> FolderImageDataset:
-    """An ImageNet-layout split directory: one sub-folder per class, class names = folder names."""
-    root = Path(root)
+    """An ImageNet-layout split directory: one sub-folder per class, class names = folder names. Files are
+    listed, not opened: unreadable ones are found when decoded (or known from an earlier command)."""
+    root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise GktError(f"image folder {root} does not exist")
+    policy = bad_image_policy(bad_images)
     found = sorted(d.name for d in root.iterdir() if d.is_dir())
     names = list(class_names) if class_names is not None else found
     if not names:
@@ -140,32 +280,37 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 224, channels: 
     unknown = sorted(set(found) - set(names))
     if unknown:
         raise GktError(f"{root}: class folders {unknown} are not among the training classes")
+    index = FolderIndex(root)
     files: list[Path] = []
+    stats: list[tuple[int, int]] = []
     labels: list[int] = []
-    bad: list[Path] = []
     for label, name in enumerate(names):
         class_dir = root / name
         if not class_dir.is_dir():
             continue
-        images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        for path in images:
-            if _image_is_readable(path):
-                files.append(path)
-                labels.append(label)
-            else:
-                bad.append(path)
-    if bad and bad_images == "fail":
-        listed = ", ".join(str(p) for p in bad[:5]) + (" …" if len(bad) > 5 else "")
-        raise GktError(f"{root}: {len(bad)} unreadable image(s): {listed}. Fix or remove them, or pass "
-                       "--bad-images skip to leave them out with a warning")
-    if bad:
-        warnings.warn(f"{root}: skipped {len(bad)} unreadable image(s)", stacklevel=2)
+        for path, st in _list_class_dir(class_dir):
+            reason = index.known_bad(path, st.st_size, st.st_mtime_ns)
+            if reason is not None:
+                if policy == "fail":
+                    raise GktError(unreadable_message(str(path), reason))
+                note_skipped(str(path), reason)
+                continue
+            files.append(path)
+            stats.append((st.st_size, st.st_mtime_ns))
+            labels.append(label)
     dataset = FolderImageDataset(f"folder:{root.resolve()}", files, torch.tensor(labels, dtype=torch.long),
-                                 names, image_size, channels)
+                                 names, image_size, channels, policy, stats, index)
     empty = [names[c] for c, n in enumerate(dataset.class_counts().tolist()) if n == 0]
     if empty and class_names is None:
-        raise GktError(f"{root}: class folder(s) {empty} contain no readable images")
+        raise GktError(f"{root}: class folder(s) {empty} contain no images")
     return dataset
+
+
+def default_workers() -> int:
+    """Decoding processes for encoded datasets: one per CPU this process may use but one (the main process
+    runs the models meanwhile), at least 1, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
 
 
 class _Batches(TorchDataset):
@@ -175,18 +320,22 @@ class _Batches(TorchDataset):
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
         idx = self.chunks[i]
-        return self.dataset.load(idx), self.dataset.labels[idx], idx
+        images, bad = self.dataset.load_batch(idx)
+        return images, self.dataset.labels[idx], idx, bad
 
 
 def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = False,
-                    generator: torch.Generator | None = None, drop_last: bool = False, workers: int = 0,
+                    generator: torch.Generator | None = None, drop_last: bool = False, workers: int | None = None,
                     pin_memory: bool = False, shard: tuple[int, int] = (0, 1)
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(raw uint8 images, labels, dataset indices)``. In-memory datasets are sliced directly;
-    folder datasets decode in ``workers`` DataLoader processes. ``shard=(rank, world)`` yields rank's
-    share ``batch[rank::world]`` of every batch of the same (seeded) order, as ``DistributedSampler`` does."""
+    encoded ones decode in ``workers`` DataLoader processes (``None``: :func:`default_workers`), each batch
+    once. ``shard=(rank, world)`` yields rank's share ``batch[rank::world]`` of every batch of the same
+    (seeded) order, as ``DistributedSampler`` does. Unreadable images fail the pass, or under
+    ``--bad-images skip`` are left out of their batch; a pass over every row in order then drops them from
+    ``dataset`` (so its ``labels`` match what the pass yielded)."""
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     chunks = list(order.split(batch_size))
@@ -195,12 +344,29 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
     rank, world = shard
     if world > 1:
         chunks = [chunk[rank::world] for chunk in chunks]
-    if isinstance(dataset, TensorImageDataset) and workers == 0:
+    if isinstance(dataset, TensorImageDataset) and not workers:
         for idx in chunks:
             images = dataset.images[idx]
             yield (images.pin_memory() if pin_memory else images), dataset.labels[idx], idx
         return
+    known = dataset.unreadable_rows()
+    if known:
+        unknown = torch.ones(n, dtype=torch.bool)
+        unknown[list(known)] = False
+        chunks = [chunk[unknown[chunk]] for chunk in chunks]
+    workers = default_workers() if workers is None else workers
     # Its own generator: the loader must not draw from torch's global RNG (that would shift dropout masks).
-    loader = DataLoader(_Batches(dataset, chunks), batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator().manual_seed(0))
-    yield from loader
+    loader = DataLoader(_Batches(dataset, [c for c in chunks if len(c)]), batch_size=None, shuffle=False,
+                        num_workers=min(workers, len(chunks)), pin_memory=pin_memory, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(0))
+    for images, labels, idx, bad in loader:
+        if bad:
+            keep = torch.ones(len(idx), dtype=torch.bool)
+            for pos, reason in bad:
+                dataset.mark_unreadable(int(idx[pos]), reason)
+                keep[pos] = False
+            labels, idx = labels[keep], idx[keep]
+        if len(idx):
+            yield images, labels, idx
+    if not shuffle and world == 1 and not drop_last:
+        dataset.drop_unreadable()

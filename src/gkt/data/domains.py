@@ -97,8 +97,29 @@ class DomainImageDataset(ImageDataset):
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return transform_images(self.base.load(indices), self.domain)
 
+    def load_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        images, bad = self.base.load_batch(indices)
+        return transform_images(images, self.domain), bad
+
     def subset(self, indices: torch.Tensor, tag: str) -> DomainImageDataset:
         return DomainImageDataset(self.base.subset(indices, tag), self.domain)
+
+    def at_decode_size(self, size: int) -> ImageDataset:
+        resized = self.base.at_decode_size(size)
+        return self if resized is self.base else DomainImageDataset(resized, self.domain)
+
+    def content_id(self) -> str | None:
+        return self.base.content_id()
+
+    def unreadable_rows(self) -> dict[int, str]:
+        return self.base.unreadable_rows()
+
+    def mark_unreadable(self, row: int, reason: str) -> None:
+        self.base.mark_unreadable(row, reason)
+
+    def drop_unreadable(self) -> None:
+        self.base.drop_unreadable()
+        self.labels = self.base.labels
 
 
 def apply_domain(dataset: ImageDataset, domain: str) -> ImageDataset:

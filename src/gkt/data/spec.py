@@ -19,10 +19,12 @@ from typing import Literal
 
 from gkt.core.errors import GktError
 from gkt.core.registry import Registry
-from gkt.data.datasets import BadImagePolicy, ImageDataset, load_image_folder
+from gkt.data.datasets import DEFAULT_DECODE_SIZE, ImageDataset, load_image_folder
+from gkt.data.decode import BadImagePolicy
 from gkt.data.digits import digits_split
 from gkt.data.domains import DOMAINS, apply_domain
 from gkt.data.fmnist import load_fashion_mnist
+from gkt.data.hf import hf_split
 from gkt.data.subsets import carve_split, class_subset
 
 Split = Literal["train", "val", "test"]
@@ -33,6 +35,7 @@ Split = Literal["train", "val", "test"]
 # text after ``kind:`` (None if there is none). Register a new data set here.
 DATA_SPEC_LOADERS: Registry[Callable[..., ImageDataset]] = Registry("data set")
 DATA_SPEC_LOADERS["digits"] = digits_split
+DATA_SPEC_LOADERS["hf"] = hf_split  # a Hugging Face datasets directory (save_to_disk) or cached dataset name
 
 DOMAIN_SEPARATOR = "@"
 FMNIST_NAMES = ("fmnist", "fashion-mnist", "fashion_mnist")
@@ -131,12 +134,14 @@ class DataSpec:
 
 
 def load_split(spec: str | DataSpec, split: Split, *, data_dir: str | None = None, val_fraction: float = 0.1,
-               seed: int = 0, image_size: int = 224, channels: int = 3, bad_images: BadImagePolicy = "fail"
-               ) -> ImageDataset:
+               seed: int = 0, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
+               bad_images: BadImagePolicy | None = None) -> ImageDataset:
     """Load one split of a data spec: the base split, then its classes (relabelled in the order given),
     then its domain (same samples, transformed pixels). ``val`` is carved (stratified, seeded) from
     ``train`` unless the data set ships one; for Fashion-MNIST ``train`` then means the rest of the official
-    train split. Folder images are resized to ``image_size`` with ``channels``."""
+    train split. Encoded images (``folder:``, ``hf:``) are decoded at ``image_size`` with ``channels``
+    (see :meth:`ImageDataset.at_decode_size`); ``bad_images`` (default ``$GKT_BAD_IMAGES``, else fail) says
+    what an unreadable one does."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
     dataset = DATA_SPEC_LOADERS[spec.kind](split, path=spec.path, data_dir=data_dir, val_fraction=val_fraction,
                                            seed=seed, image_size=image_size, channels=channels,
@@ -160,7 +165,7 @@ def _fmnist_split(split: Split, *, path: str | None, data_dir: str | None, val_f
 
 @DATA_SPEC_LOADERS.register("folder")
 def _folder_split(split: Split, *, path: str, val_fraction: float, seed: int, image_size: int, channels: int,
-                  bad_images: BadImagePolicy, **_: object) -> ImageDataset:
+                  bad_images: BadImagePolicy | None, **_: object) -> ImageDataset:
     """An ImageNet-layout folder: PATH/train/<class>/..., and PATH/val (or PATH/test) if it ships one."""
     root = Path(path)
     train_root = root / "train"

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
+from gkt.core.runtime import autocast
 from gkt.data.augment import compose
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.models.classifier import Classifier
@@ -98,13 +99,16 @@ def train_supervised(model: Classifier, dataset: ImageDataset, recipe: Recipe, d
 
 @torch.no_grad()
 def predict_logits(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 1000,
-                   desc: str | None = None) -> torch.Tensor:
-    """Logits ``[N, C]`` (float32, CPU) of ``model`` over ``dataset`` in order; eval mode, no grad."""
+                   desc: str | None = None, precision: str = "fp32") -> torch.Tensor:
+    """Logits ``[N, C]`` (float32, CPU) of ``model`` over ``dataset`` in order; eval mode, no grad,
+    autocast in ``precision``. Images skipped under ``--bad-images skip`` are dropped from ``dataset``
+    by the pass, so read ``dataset.labels`` after it."""
     was_training = model.training
     model.to(device).eval()
-    chunks = [model(images.to(device, non_blocking=True)).float().cpu()
-              for images, _, _ in tqdm(iterate_batches(dataset, batch_size), total=math.ceil(len(dataset) / batch_size),
-                                       desc=desc or "predict", leave=False, disable=None)]
+    with autocast(device, precision):
+        chunks = [model(images.to(device, non_blocking=True)).float().cpu()
+                  for images, _, _ in tqdm(iterate_batches(dataset, batch_size), desc=desc or "predict", leave=False,
+                                           total=math.ceil(len(dataset) / batch_size), disable=None)]
     model.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, model.num_classes)
 
@@ -113,5 +117,5 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
 
 
-def evaluate(model: Classifier, dataset: ImageDataset, device: torch.device) -> float:
-    return accuracy(predict_logits(model, dataset, device), dataset.labels)
+def evaluate(model: Classifier, dataset: ImageDataset, device: torch.device, precision: str = "fp32") -> float:
+    return accuracy(predict_logits(model, dataset, device, precision=precision), dataset.labels)

@@ -14,6 +14,7 @@ mass evenly over the other classes — enough for KL+DP's masks and a top-k KL.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.data.datasets import ImageDataset
-from gkt.engine.predictions import get_predictions, store_dir
+from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, get_predictions, store_dir
 from gkt.models.classifier import Classifier
+
+log = logging.getLogger(__name__)
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
                       "U8": np.uint8, "BOOL": np.bool_}
@@ -80,6 +83,12 @@ class CachedOutputs:
         self.arrays = mmap_safetensors(store_dir(root) / f"{preds.key}.safetensors")
         self.labels_allowed = labels_allowed
         self.from_store = preds.from_store
+        if not self.full_logits:
+            log.warning("cached targets of %s are top-%d approximations: with %d classes (more than %d) the "
+                        "prediction store keeps the top-%d logits and the true-class and maximum probabilities, "
+                        "the rest of the distribution is spread evenly; --no-cache computes exact targets",
+                        model.name, self.arrays["topk_logits"].shape[1], model.num_classes, FULL_LOGITS_MAX_CLASSES,
+                        self.arrays["topk_logits"].shape[1])
 
     @property
     def full_logits(self) -> bool:

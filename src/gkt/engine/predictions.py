@@ -9,11 +9,10 @@ true-class and maximum softmax probabilities. Files are safetensors, written ato
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from tqdm.auto import tqdm
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path, cache_home
-from gkt.data.datasets import FolderImageDataset, ImageDataset, TensorImageDataset, iterate_batches
+from gkt.core.runtime import autocast, autocast_dtype
+from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.models.checkpoint import weights_hash
 from gkt.models.classifier import Classifier
 
@@ -105,30 +105,17 @@ def _summarise(logits: torch.Tensor, labels: torch.Tensor, topk: int | None) -> 
     return out
 
 
-def _tensor_images_hash(dataset: TensorImageDataset) -> str:
-    return hashlib.sha256(dataset.images.contiguous().numpy().tobytes()).hexdigest()
-
-
-def _folder_files_hash(dataset: FolderImageDataset) -> str:
-    return stable_hash([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in dataset.files], 64)
-
-
-# How the contents of each dataset type enter its identity (the fingerprint covers names and labels).
-CONTENT_HASHERS: dict[type, Callable] = {TensorImageDataset: _tensor_images_hash,
-                                         FolderImageDataset: _folder_files_hash}
-
-
 def dataset_identity(dataset: ImageDataset) -> str:
     """Fingerprint (name, shape, classes, labels) plus a hash of the images or files themselves."""
-    hasher = next((h for t, h in CONTENT_HASHERS.items() if isinstance(dataset, t)), None)
-    return stable_hash([dataset.fingerprint(), hasher(dataset) if hasher else None])
+    return stable_hash([dataset.fingerprint(), dataset.content_id()])
 
 
-def prediction_key(model: Classifier, dataset: ImageDataset | str, topk: int | None = None) -> str:
-    """Cache key: weights hash, architecture, preprocessing, dataset identity and storage layout."""
+def prediction_key(model: Classifier, dataset: ImageDataset | str, topk: int | None = None, *variant: str) -> str:
+    """Cache key: weights hash, architecture, preprocessing, dataset identity, storage layout (and any
+    ``variant`` of how the outputs were computed, e.g. a reduced precision)."""
     data_id = dataset if isinstance(dataset, str) else dataset_identity(dataset)
     return stable_hash([FORMAT, weights_hash(model), model.arch.to_dict(), model.preprocess.to_dict(), data_id,
-                        topk], 24)
+                        topk, *variant], 24)
 
 
 def store_dir(root: str | Path | None = None) -> Path:
@@ -167,51 +154,95 @@ def load_predictions(path: Path, model_name: str | None = None) -> Predictions:
 
 
 @torch.no_grad()
-def compute_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 500,
-                        topk: int | None = None, key: str = "") -> Predictions:
-    """One batched, no-grad forward pass of ``model`` over ``dataset`` (eval mode, progress bar)."""
-    was_training = model.training
-    model.to(device).eval()
-    parts = []
-    batches = iterate_batches(dataset, batch_size)
-    for images, labels, _ in tqdm(batches, total=math.ceil(len(dataset) / batch_size), desc=f"predict {model.name}",
-                                  leave=False, disable=None):
-        parts.append(_summarise(model(images.to(device, non_blocking=True)).cpu(), labels, topk))
-    model.train(was_training)
-    if not parts:
+def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, batch_size: int = 500,
+                 topks: Sequence[int | None] | None = None, keys: Sequence[str] | None = None, *,
+                 precision: str = "fp32", workers: int | None = None) -> list[Predictions]:
+    """One batched, no-grad pass over ``dataset`` running every model of ``models`` on each batch (each
+    image is decoded once for all of them), eval mode, autocast in ``precision``. Unreadable images skipped
+    under ``--bad-images skip`` are dropped from ``dataset`` at the end (predictions cover the rest)."""
+    if not models:
+        return []
+    topks = list(topks) if topks is not None else [None] * len(models)
+    modes = [m.training for m in models]
+    for model in models:
+        model.to(device).eval()
+    parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in models]
+    names = ", ".join(m.name for m in models)
+    batches = iterate_batches(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda")
+    for images, labels, _ in tqdm(batches, total=math.ceil(len(dataset) / batch_size), leave=False, disable=None,
+                                  desc=f"predict {names if len(names) < 40 else f'{len(models)} models'}"):
+        x = images.to(device, non_blocking=True)
+        with autocast(device, precision):
+            for model, topk, part in zip(models, topks, parts):
+                part.append(_summarise(model(x).float().cpu(), labels, topk))
+    for model, mode in zip(models, modes):
+        model.train(mode)
+    if not parts[0]:
         raise GktError(f"{dataset.name} is empty: nothing to predict")
-    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return Predictions._from_tensors(merged, model.name, model.num_classes, key)
+    return [Predictions._from_tensors({k: torch.cat([p[k] for p in part]) for k in part[0]}, model.name,
+                                      model.num_classes, key)
+            for model, part, key in zip(models, parts, keys or [""] * len(models))]
+
+
+def compute_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 500,
+                        topk: int | None = None, key: str = "", precision: str = "fp32") -> Predictions:
+    """:func:`predict_many` for one model."""
+    return predict_many([model], dataset, device, batch_size, [topk], [key], precision=precision)[0]
+
+
+def _stored(path: Path, model: Classifier, dataset: ImageDataset) -> Predictions | None:
+    """The stored predictions at ``path`` if they are valid for ``model`` on ``dataset``."""
+    if not path.is_file():
+        return None
+    try:
+        stored = load_predictions(path, model.name)
+    except GktError as exc:
+        log.warning("%s; recomputing", exc)
+        return None
+    if torch.equal(stored.labels, dataset.labels) and stored.num_classes == model.num_classes:
+        log.debug("predictions of %s on %s: stored (%s)", model.name, dataset.name, path)
+        return replace(stored, from_store=True)
+    log.warning("%s: stored labels do not match %s; recomputing", path, dataset.name)
+    return None
+
+
+def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
+             topk: int = DEFAULT_TOPK, root: str | Path | None = None, refresh: bool = False,
+             data_id: str | None = None, precision: str = "fp32", workers: int | None = None) -> list[Predictions]:
+    """Stored predictions of each model on ``dataset``; the models without (or all, when ``refresh``)
+    run in one pass over the data (:func:`predict_many`) and are stored. ``data_id`` saves hashing the
+    dataset again when the caller has its :func:`dataset_identity`. Precision enters the key: bf16 and
+    fp32 outputs are stored apart."""
+    data_id = data_id or dataset_identity(dataset)
+    keeps = [storage_topk(m.num_classes, topk) for m in models]
+    dtype = autocast_dtype(precision, device)
+    variant = [] if dtype is None else [str(dtype)]
+    keys = [prediction_key(m, data_id, k, *variant) for m, k in zip(models, keeps)]
+    results = [None if refresh else _stored(store_dir(root) / f"{key}.safetensors", m, dataset)
+               for m, key in zip(models, keys)]
+    missing = [i for i, r in enumerate(results) if r is None]
+    if not missing:
+        return results  # type: ignore[return-value]
+    start, size = time.perf_counter(), len(dataset)
+    computed = predict_many([models[i] for i in missing], dataset, device, batch_size, [keeps[i] for i in missing],
+                            precision=precision, workers=workers)
+    if len(dataset) != size:  # unreadable images were skipped: the predictions describe the other rows
+        if len(missing) < len(models):  # a stored file means every image decoded before: it changed in place
+            raise GktError(f"{dataset.name}: images that decoded before are unreadable now; rerun with --refresh")
+        data_id = dataset_identity(dataset)
+    for i, preds in zip(missing, computed):
+        key = prediction_key(models[i], data_id, keeps[i], *variant)
+        results[i] = replace(preds, key=key)
+        save_predictions(results[i], store_dir(root) / f"{key}.safetensors", dataset.name)
+    log.info("predicted %d model(s) on %s (%d samples) in %.1fs", len(missing), dataset.name, len(dataset),
+             time.perf_counter() - start)
+    return results  # type: ignore[return-value]
 
 
 def get_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
                     topk: int = DEFAULT_TOPK, root: str | Path | None = None, refresh: bool = False,
-                    data_id: str | None = None) -> Predictions:
-    """Stored predictions of ``model`` on ``dataset``, computing and storing them when missing
-    (or when ``refresh``). A corrupt or mismatching stored file is recomputed with a warning."""
-    keep = storage_topk(model.num_classes, topk)
-    key = prediction_key(model, data_id or dataset, keep)
-    path = store_dir(root) / f"{key}.safetensors"
-    if path.is_file() and not refresh:
-        try:
-            stored = load_predictions(path, model.name)
-            if torch.equal(stored.labels, dataset.labels) and stored.num_classes == model.num_classes:
-                log.debug("predictions of %s on %s: stored (%s)", model.name, dataset.name, path)
-                return replace(stored, from_store=True)
-            log.warning("%s: stored labels do not match %s; recomputing", path, dataset.name)
-        except GktError as exc:
-            log.warning("%s; recomputing", exc)
-    start = time.perf_counter()
-    preds = compute_predictions(model, dataset, device, batch_size, keep, key)
-    save_predictions(preds, path, dataset.name)
-    log.info("predicted %s on %s (%d samples) in %.1fs", model.name, dataset.name, len(dataset),
-             time.perf_counter() - start)
-    return preds
-
-
-def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
-             topk: int = DEFAULT_TOPK, root: str | Path | None = None, refresh: bool = False) -> list[Predictions]:
-    """:func:`get_predictions` for several models over one dataset (hashing the dataset once)."""
-    data_id = dataset_identity(dataset)
-    return [get_predictions(m, dataset, device, batch_size=batch_size, topk=topk, root=root, refresh=refresh,
-                            data_id=data_id) for m in models]
+                    data_id: str | None = None, precision: str = "fp32", workers: int | None = None) -> Predictions:
+    """:func:`get_many` for one model: stored predictions, computed and stored when missing (or when
+    ``refresh``). A corrupt or mismatching stored file is recomputed with a warning."""
+    return get_many([model], dataset, device, batch_size=batch_size, topk=topk, root=root, refresh=refresh,
+                    data_id=data_id, precision=precision, workers=workers)[0]

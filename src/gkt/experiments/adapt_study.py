@@ -9,7 +9,8 @@ from typing import Any
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv
-from gkt.experiments.grid import STORE_NAME, LocalBackend, ResultsStore, expand_grid, job_key, run_study
+from gkt.core.runtime import resolve_device
+from gkt.experiments.grid import STORE_NAME, ResultsStore, expand_grid, job_key, local_backend, run_study
 from gkt.experiments.transfer_job import transfer_job
 from gkt.reporting.adapt import method_summary, plot_delta_transf_vs_gap
 from gkt.reporting.study import write_study_outputs
@@ -47,21 +48,23 @@ class StudyPlan:
 
 def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], workers: int = 1,
                    threads: int | None = None, figure: str = "fig9_delta_transf_vs_delta_acc.png",
-                   title: str = "Transfer delta vs teacher-student accuracy gap", store_path: Path | None = None
-                   ) -> dict[str, Any]:
+                   title: str = "Transfer delta vs teacher-student accuracy gap", store_path: Path | None = None,
+                   retry_failed: bool = False) -> dict[str, Any]:
     """Run ``plan``'s jobs into the results store (``store_path``, default ``run_dir/results.sqlite``; jobs
     finished there are skipped), then write, from the plan's finished jobs, the study tables and figures,
-    ``by_method.csv`` (:func:`method_summary`) and the Δtransf vs Δacc figure. ``labels`` gives short names
+    ``by_method.csv`` (:func:`method_summary`) and the Δtransf vs Δacc figure. Jobs that failed before are
+    rerun only with ``retry_failed``. ``labels`` gives short names
     for model specs in tables and the figure."""
     store = ResultsStore(store_path or run_dir / STORE_NAME)
     jobs = plan.jobs()
-    counts = run_study(transfer_job, jobs, store, LocalBackend(workers, threads))
+    backend = local_backend(workers, threads, resolve_device(plan.device))
+    counts = run_study(transfer_job, jobs, store, backend, retry_failed=retry_failed)
     wanted = {job_key(j) for j in jobs}
     records = [{**r.config, **r.metrics, "student": labels.get(r.config["student"], r.config["student"]),
                 "teacher": labels.get(r.config["teacher"], r.config["teacher"])}
                for r in store.rows() if r.key in wanted]
     if not records:
-        raise GktError(f"no transfer job finished ({counts['failed']} failed); see {store.path}")
+        raise GktError(f"no transfer job finished ({counts.describe('transfer jobs')}); see {store.path}")
     write_study_outputs(run_dir, records)
     summary = method_summary(records)
     write_csv(run_dir / "by_method.csv", summary)
@@ -71,4 +74,4 @@ def transfer_study(plan: StudyPlan, run_dir: Path, labels: dict[str, str], worke
     with atomic_path(run_dir / "summary.md") as tmp:
         tmp.write_text(f"## Δtransf by method, weaker vs stronger teachers (pp, mean ± std over seeds)\n\n{table}\n\n"
                        f"{previous}")
-    return {"counts": counts, "summary": summary, "records": records}
+    return {"counts": counts, "summary": summary, "records": records, "store": store}

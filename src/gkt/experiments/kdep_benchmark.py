@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from gkt.core.config import Recipe
+from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home
 from gkt.data.datasets import ImageDataset
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, stratified_subset
 from gkt.engine.loop import evaluate, make_optimizer, train_supervised
+from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsStore, failed_rows, job_key, run_study
 from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
 from gkt.kdep.pretrain import build_student, finetune, load_teacher, pretrain
 from gkt.models import (
@@ -81,6 +85,13 @@ class BenchmarkConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchmarkConfig:
+        return cls(**{**d, "downstream": tuple(d["downstream"]), "seeds": tuple(d["seeds"]),
+                      "pretrain_recipe": Recipe.from_dict(d["pretrain_recipe"]),
+                      "finetune_recipe": Recipe.from_dict(d["finetune_recipe"]),
+                      "objective": ObjectiveConfig(**d["objective"])})
 
 
 # How KDEP loads data: the official train split whole, folder images as 28x28 greyscale (the zoo's input).
@@ -155,44 +166,92 @@ def summarize(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict
     return summary
 
 
-def run_benchmark(cfg: BenchmarkConfig, device: torch.device, data_dir: str | None = None,
-                  methods: Sequence[Method] | None = None,
-                  progress: Callable[[str], None] = log.info) -> BenchmarkResult:
-    """Pre-train one student per (method, seed), fine-tune each on every downstream task, measure."""
-    methods = list(methods or default_methods(cfg.fraction))
+def _pretrain_data(cfg: BenchmarkConfig) -> DataSpec:
+    return DataSpec.parse(cfg.pretrain_data).with_classes(cfg.pretrain_classes)
+
+
+def _pool(cfg: BenchmarkConfig, data_dir: str | None) -> ImageDataset:
+    return _capped(load_split(_pretrain_data(cfg), "train", data_dir=data_dir, **KDEP_IMAGES), cfg.pool_per_class, 0)
+
+
+def _teacher(cfg: BenchmarkConfig, pool: ImageDataset, device: torch.device, data_dir: str | None
+             ) -> tuple[Classifier, dict[str, Any]]:
+    """The teacher of the benchmark (the split teacher is trained once and cached)."""
+    if cfg.teacher == "split":
+        test = _capped(load_split(_pretrain_data(cfg), "test", data_dir=data_dir, **KDEP_IMAGES),
+                       cfg.test_per_class, 0)
+        teacher, info = split_teacher(pool, device, cfg.teacher_epochs, test)
+        return teacher, {"spec": "split (zoo resnet recipe on the pre-training pool)", **info}
+    teacher = load_teacher(cfg.teacher, pool)
+    return teacher, {"spec": cfg.teacher, **{k: teacher.provenance.get(k) for k in ("train_data", "test_acc")}}
+
+
+def benchmark_job(config: dict[str, Any]) -> dict[str, Any]:
+    """One grid job of the benchmark: pre-train a student with one method and seed, fine-tune it on every
+    downstream task; ``config`` holds ``benchmark`` (a :class:`BenchmarkConfig` dict), ``objective``,
+    ``fraction``, ``seed``, ``data_dir`` and ``device``. Returns one row per task."""
+    cfg, seed, device = BenchmarkConfig.from_dict(config["benchmark"]), config["seed"], torch.device(config["device"])
+    method, data_dir = Method(config["objective"], config["fraction"]), config["data_dir"]
     make_optimizer([nn.Parameter(torch.zeros(1))], "sgd", 0.1, 0.0)  # first use imports torch._dynamo (~s): not timed
-    pretrain_data = DataSpec.parse(cfg.pretrain_data).with_classes(cfg.pretrain_classes)
-    pool = _capped(load_split(pretrain_data, "train", data_dir=data_dir, **KDEP_IMAGES), cfg.pool_per_class, 0)
-    needs_teacher = any(m.objective and OBJECTIVES[m.objective].needs_teacher for m in methods)
-    teacher, teacher_info = None, {}
-    if needs_teacher and cfg.teacher == "split":
-        test = _capped(load_split(pretrain_data, "test", data_dir=data_dir, **KDEP_IMAGES), cfg.test_per_class, 0)
-        teacher, teacher_info = split_teacher(pool, device, cfg.teacher_epochs, test)
-        teacher_info = {"spec": "split (zoo resnet recipe on the pre-training pool)", **teacher_info}
-    elif needs_teacher:
-        teacher = load_teacher(cfg.teacher, pool)
-        teacher_info = {"spec": cfg.teacher, **{k: teacher.provenance.get(k) for k in ("train_data", "test_acc")}}
+    pool = _pool(cfg, data_dir)
+    teacher = _teacher(cfg, pool, device, data_dir)[0] if method.objective and OBJECTIVES[
+        method.objective].needs_teacher else None
+    data = stratified_subset_or_all(pool, method.fraction, seed)
+    names = teacher.class_names if method.objective == "logit-kd" else pool.class_names
+    student = build_student(cfg.student_arch, pool, names, seed=seed)
+    seconds = 0.0
+    if method.objective is not None:
+        result = pretrain(student, data, method.objective, replace(cfg.pretrain_recipe, seed=seed), device,
+                          teacher=teacher, cfg=cfg.objective, desc=f"{method.name} s{seed}")
+        seconds = result.seconds
     rows = []
-    for seed in cfg.seeds:
-        tasks = {spec: load_task(spec, seed, cfg.finetune_per_class, cfg.test_per_class, data_dir)
-                 for spec in cfg.downstream}
-        for method in methods:
-            data = stratified_subset_or_all(pool, method.fraction, seed)
-            names = teacher.class_names if method.objective == "logit-kd" else pool.class_names
-            student = build_student(cfg.student_arch, pool, names, seed=seed)
-            seconds = 0.0
-            if method.objective is not None:
-                result = pretrain(student, data, method.objective, replace(cfg.pretrain_recipe, seed=seed), device,
-                                  teacher=teacher, cfg=cfg.objective, desc=f"{method.name} s{seed}")
-                seconds = result.seconds
-            for spec, (train, test) in tasks.items():
-                _, acc = finetune(student, train, test, replace(cfg.finetune_recipe, seed=seed), device,
-                                  desc=f"finetune {spec}")
-                rows.append({"method": method.name, "seed": seed, "task": spec, "acc": acc,
-                             "pretrain_s": round(seconds, 2), "pretrain_samples": len(data) if method.objective else 0,
-                             "finetune_train": len(train), "test": len(test)})
-                progress(f"seed {seed} {method.name:>20} {spec:>12}: acc {100 * acc:.2f}% "
-                         f"(pre-training {seconds:.1f}s)")
+    for spec in cfg.downstream:
+        train, test = load_task(spec, seed, cfg.finetune_per_class, cfg.test_per_class, data_dir)
+        _, acc = finetune(student, train, test, replace(cfg.finetune_recipe, seed=seed), device, desc=f"finetune {spec}")
+        rows.append({"method": method.name, "seed": seed, "task": spec, "acc": acc, "pretrain_s": round(seconds, 2),
+                     "pretrain_samples": len(data) if method.objective else 0, "finetune_train": len(train),
+                     "test": len(test)})
+    return {"rows": rows}
+
+
+def benchmark_jobs(cfg: BenchmarkConfig, device: torch.device, data_dir: str | None = None,
+                   methods: Sequence[Method] | None = None) -> list[dict[str, Any]]:
+    """The benchmark's grid: seeds × methods (a job's key does not depend on the other seeds)."""
+    methods = list(methods or default_methods(cfg.fraction))
+    base = {"benchmark": {**cfg.to_dict(), "seeds": []}, "data_dir": data_dir, "device": str(device)}
+    return [{**base, "objective": m.objective, "fraction": m.fraction, "seed": seed}
+            for seed in cfg.seeds for m in methods]
+
+
+def run_benchmark(cfg: BenchmarkConfig, device: torch.device, data_dir: str | None = None,
+                  methods: Sequence[Method] | None = None, progress: Callable[[str], None] = log.info,
+                  store: ResultsStore | None = None, backend: LocalBackend | RayBackend | None = None
+                  ) -> BenchmarkResult:
+    """Pre-train one student per (method, seed), fine-tune each on every downstream task, measure: the grid
+    of :func:`benchmark_jobs` run by :func:`run_study` into ``store`` (default: a temporary one; a store
+    that holds finished jobs resumes the benchmark)."""
+    methods = list(methods or default_methods(cfg.fraction))
+    pool = _pool(cfg, data_dir)
+    teacher_info: dict[str, Any] = {}
+    if any(m.objective and OBJECTIVES[m.objective].needs_teacher for m in methods):
+        teacher_info = _teacher(cfg, pool, device, data_dir)[1]  # trained (and cached) once, before the jobs
+    jobs = benchmark_jobs(cfg, device, data_dir, methods)
+
+    def report(config: dict[str, Any], metrics: dict[str, Any], status: str) -> None:
+        for row in metrics.get("rows", []):
+            progress(f"seed {row['seed']} {row['method']:>20} {row['task']:>12}: acc {100 * row['acc']:.2f}% "
+                     f"(pre-training {row['pretrain_s']:.1f}s)")
+
+    with tempfile.TemporaryDirectory(prefix="gkt-kdep-") as tmp:
+        store = store or ResultsStore(Path(tmp) / STORE_NAME)
+        counts = run_study(benchmark_job, jobs, store, backend or LocalBackend(1, torch.get_num_threads()),
+                           desc="kdep benchmark", on_result=report)
+        if not counts.ok:
+            failure = failed_rows(store, counts.failed + counts.not_retried)[0]
+            raise GktError(f"{counts.describe('benchmark jobs')}; first failure: {failure.metrics.get('error')} "
+                           f"(results store: {store.path})")
+        by_key = {r.key: r.metrics["rows"] for r in store.rows()}
+    rows = [row for job in jobs for row in by_key[job_key(job)]]
     return BenchmarkResult(rows, summarize(rows, cfg.downstream), teacher_info)
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import functools
+import typing
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from gkt.core.config import GRID_KEYS
+from gkt.core.errors import GktError
 from gkt.core.runtime import resolve_device, seed_everything
 from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
@@ -40,7 +45,7 @@ def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
 
 def transfer_job(config: JobConfig) -> dict[str, Any]:
     """One transfer run of a study: ``config`` holds student, teacher, method, method_args, seed, epochs,
-    lr, fraction, data (+ data_dir, zoo_dir, subset_seed). The transfer set is drawn with ``subset_seed``,
+    lr, fraction, data (+ data_dir, zoo_dir, subset_seed, device, precision). The transfer set is drawn with ``subset_seed``,
     by default the run's seed (as ``gkt transfer`` does), so seeds vary the subset as well as the order and
     the seeds' spread covers both; every method of a seed sees the same subset. The global RNGs (dropout)
     are seeded with the run's seed, so a run's result does not depend on the worker or the jobs before
@@ -58,7 +63,24 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
-                           resolve_device(config.get("device", "auto")), runtime=Runtime(evaluate_every_epoch=False))
+                           resolve_device(config.get("device", "auto")),
+                           runtime=Runtime(precision=config.get("precision", "fp32"), evaluate_every_epoch=False))
     return {**_scalar_metrics(outcome.final), "test_samples": len(test_set), "student_params": student.num_parameters(),
             "student_family": student.provenance.get("family", student.arch.name),
             "teacher_family": teacher.provenance.get("family", teacher.arch.name)}
+
+
+def check_settings(axes: dict[str, Sequence[Any]]) -> None:
+    """Refuse, before any job runs, a grid value that does not fit its transfer setting (``lr=abc``)."""
+    from gkt.transfer import TransferConfig
+
+    hints = typing.get_type_hints(TransferConfig)
+    for key, values in axes.items():
+        for value in values:
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+                TransferConfig(**{key: value}).build_method()
+            except (ValidationError, GktError, ValueError, TypeError) as exc:
+                expected = getattr(hints[key], "__name__", str(hints[key]))
+                raise GktError(f"--grid {key}={value!r}: {key} takes a {expected}; give values like "
+                               f"{key}={getattr(TransferConfig(), key)!r},...") from exc

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,9 @@ CONVERGENCE_TOLERANCE = 0.003  # a finished model gains at most 0.3 points from 
 CHECK_LR = 1e-3
 
 
+ZOO_THREADS = 1  # every zoo model trains on this many intra-op threads: its weights never depend on the machine's
+
+
 @dataclass
 class ZooRecord:
     name: str
@@ -56,38 +65,77 @@ class ZooRecord:
     convergence: dict[str, float] | None
     path: Path
     cached: bool
+    weights_hash: str = ""
 
 
 def _record(entry_name: str, family: str, path: Path, cached: bool) -> ZooRecord:
     meta = read_sidecar(path)
     prov = meta["provenance"]
     return ZooRecord(entry_name, family, prov["params"], prov["test_acc"], prov["recipe_text"],
-                     prov["train_seconds"], prov.get("convergence"), checkpoint_paths(path)[0], cached)
+                     prov["train_seconds"], prov.get("convergence"), checkpoint_paths(path)[0], cached,
+                     meta.get("weights_sha256", ""))
+
+
+@contextmanager
+def deterministic_training(threads: int = ZOO_THREADS) -> Iterator[None]:
+    """A fixed intra-op thread count and deterministic algorithms for the block (restored afterwards), so
+    that a model's weights do not depend on the caller's ``--threads`` or the machine's core count."""
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (GPU builds)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
 
 
 def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Path | None = None,
               device: torch.device | None = None, data_dir: str | None = None, check: bool = True,
               train_fraction: float = 1.0, train_set: ImageDataset | None = None,
-              test_set: ImageDataset | None = None) -> list[ZooRecord]:
+              test_set: ImageDataset | None = None, workers: int = 1) -> list[ZooRecord]:
     """Train every entry that is not cached yet (cache key = recipe + architecture + preprocessing) and
-    save it as a gkt checkpoint with its test accuracy and convergence check."""
+    save it as a gkt checkpoint with its test accuracy, weights hash and convergence check. Each model
+    trains on :data:`ZOO_THREADS` threads with deterministic algorithms; with ``workers > 1`` the missing
+    models train in that many processes at once (the same weights as one after another)."""
     device = device or torch.device("cpu")
     zoo_dir = Path(zoo_dir or zoo_dir_default())
-    records = []
-    for entry in entries:
-        path = entry_path(entry, zoo_dir, train_fraction)
-        if is_built(path):
-            try:
-                load_checkpoint(path)  # verifies the weights against their recorded hash
-                records.append(_record(entry.name, entry.family, path, cached=True))
-                continue
-            except GktError as exc:
-                log.warning("zoo %s: the cached build is damaged (%s); training it again", entry.name, exc)
-        if train_set is None:
-            full = load_split("fmnist", "train", data_dir=data_dir, val_fraction=0)
-            train_set = stratified_subset(full, fraction=train_fraction, seed=0) if train_fraction < 1 else full
-        if test_set is None:
-            test_set = load_split("fmnist", "test", data_dir=data_dir)
+    todo = [e for e in entries if not _is_sound(entry_path(e, zoo_dir, train_fraction), e.name)]
+    job = functools.partial(_build_entry, zoo_dir=zoo_dir, device=device, data_dir=data_dir, check=check,
+                            train_fraction=train_fraction, train_set=train_set, test_set=test_set)
+    if workers > 1 and len(todo) > 1:
+        # spawn: a forked child of a process that already ran OpenMP threads can hang. The catalogue lists
+        # cheap models first: submitting from its end starts the longest builds first (a shorter makespan).
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(job, todo[::-1]))
+    else:
+        for entry in todo:
+            job(entry)
+    return [_record(e.name, e.family, entry_path(e, zoo_dir, train_fraction), cached=e not in todo) for e in entries]
+
+
+def _is_sound(path: Path, name: str) -> bool:
+    """Built, with weights that match their recorded hash (a damaged build is trained again)."""
+    if not is_built(path):
+        return False
+    try:
+        load_checkpoint(path)
+        return True
+    except GktError as exc:
+        log.warning("zoo %s: the cached build is damaged (%s); training it again", name, exc)
+        return False
+
+
+def _build_entry(entry: ZooEntry, *, zoo_dir: Path, device: torch.device, data_dir: str | None, check: bool,
+                 train_fraction: float, train_set: ImageDataset | None, test_set: ImageDataset | None) -> None:
+    """Train, evaluate, check and save one zoo model."""
+    if train_set is None:
+        full = load_split("fmnist", "train", data_dir=data_dir, val_fraction=0)
+        train_set = stratified_subset(full, fraction=train_fraction, seed=0) if train_fraction < 1 else full
+    if test_set is None:
+        test_set = load_split("fmnist", "test", data_dir=data_dir)
+    with deterministic_training():
         torch.manual_seed(entry.recipe.seed)
         model = Classifier.create(entry.arch_spec(len(train_set.class_names)), entry.preprocess(),
                                   train_set.class_names, name=f"zoo:{entry.name}")
@@ -98,13 +146,11 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
         model.provenance = {"zoo": entry.name, "family": entry.family, "recipe": entry.recipe.to_dict(),
                             "recipe_text": entry.recipe.describe(), "train_fraction": train_fraction,
                             "train_data": train_set.name, "test_acc": acc, "train_seconds": round(seconds, 1),
-                            "params": model.num_parameters()}
+                            "params": model.num_parameters(), "train_threads": ZOO_THREADS}
         if check:
             model.provenance["convergence"] = _check(model, train_set, test_set, device, acc)
-        save_checkpoint(model.cpu(), path, overwrite=True)  # at most the weights of a killed build are there
-        log.info("zoo %s: test acc %.4f in %.0fs", entry.name, acc, seconds)
-        records.append(_record(entry.name, entry.family, path, cached=False))
-    return records
+    save_checkpoint(model.cpu(), entry_path(entry, zoo_dir, train_fraction), overwrite=True)
+    log.info("zoo %s: test acc %.4f in %.0fs", entry.name, acc, seconds)
 
 
 def _check(model: Classifier, train_set: ImageDataset, test_set: ImageDataset, device: torch.device,

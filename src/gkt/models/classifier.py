@@ -13,7 +13,7 @@ from torch import nn
 from gkt.core.errors import GktError
 from gkt.core.registry import Registry
 from gkt.models.architectures import TimmNet, build_zoo_net
-from gkt.models.preprocess import Preprocess, adapt_layout, to_unit_float
+from gkt.models.preprocess import Preprocess, prepare
 
 # Network builders by source: ``(name, num_classes, in_chans, img_size, **kwargs) -> nn.Module``.
 NET_SOURCES: Registry[Callable[..., nn.Module]] = Registry("network source")
@@ -93,10 +93,7 @@ class Classifier(nn.Module):
         return len(self.class_names)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        p = self.preprocess
-        x = adapt_layout(to_unit_float(images.to(self.mean.device, non_blocking=True)), p.channels, p.input_size,
-                         p.crop_pct, p.interpolation)
-        return (x - self.mean) / self.std
+        return prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))

@@ -41,11 +41,10 @@ class DataInfo:
     std: tuple[float, ...]
 
     @classmethod
-    def from_dataset(cls, dataset: ImageDataset, max_samples: int = 5000) -> DataInfo:
-        idx = torch.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).long()
-        x = dataset.load(idx).float().div_(255)
-        mean = tuple(round(v, 4) for v in x.mean((0, 2, 3)).tolist())
-        std = tuple(round(v, 4) for v in x.std((0, 2, 3)).clamp_min(1e-3).tolist())
+    def from_dataset(cls, dataset: ImageDataset) -> DataInfo:
+        """Classes, layout and pixel statistics (:meth:`ImageDataset.pixel_stats`: a sample of at most a few
+        hundred decoded images for encoded datasets, cached with a folder's index)."""
+        mean, std = dataset.pixel_stats()
         c, h, _ = dataset.image_shape
         return cls(tuple(dataset.class_names), c, h, mean, std)
 

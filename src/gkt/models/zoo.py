@@ -16,7 +16,7 @@ from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.preprocess import Preprocess
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-ZOO_VERSION = 2
+ZOO_VERSION = 3  # 3: trained on a fixed thread count with deterministic algorithms
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ FROZEN_LOGITS = "frozen_logits"  # the frozen copy of the student before transfe
 STUDENT_FEATURES = "student_features"
 LABELS = "labels"
 NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, TEACHERS_LOGITS, FROZEN_LOGITS, STUDENT_FEATURES, LABELS})
+# What :meth:`TransferMethod.prepare_targets` may derive from the frozen outputs: soft targets at temperature
+# T, [B, C + 1] = σ(z/T) and, in the last column, Σ_c σ_c log σ_c (the KL's constant part); one tensor, so
+# that a step reads its rows with one indexing operation.
+SOFT_TARGETS = "soft_targets"
 
 
 @dataclass
@@ -62,6 +66,13 @@ class TransferMethod(nn.Module):
 
     def setup(self, student: Classifier, teacher: Classifier, num_samples: int, example: torch.Tensor) -> None:
         """Build parts that depend on the models or the transfer set (called once, before the optimiser)."""
+
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-sample tensors the loss reads, derived row by row from the frozen models' outputs (and the
+        labels, for methods that declare them). When the outputs are fixed (cached, no augmentation) the
+        trainer calls this once for the whole transfer set and reads rows per step; otherwise per batch.
+        Default: the outputs themselves."""
+        return targets
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -99,6 +110,38 @@ def kl_per_sample(student_logits: torch.Tensor, target_logits: torch.Tensor, tem
 def kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 1: ``T² · mean_i KL[σ(z_t,i/T) ‖ σ(z_s,i/T)]``."""
     return temperature ** 2 * kl_per_sample(student_logits, target_logits, temperature).mean()
+
+
+def soft_targets(target_logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``[σ(z_t/T), Σ σ log σ]``."""
+    log_probs = F.log_softmax(target_logits.float() / temperature, -1)
+    probs = log_probs.exp()
+    return {SOFT_TARGETS: torch.cat([probs, (probs * log_probs).sum(-1, keepdim=True)], -1)}
+
+
+class _SoftKL(torch.autograd.Function):
+    """``T² · mean_i (Σ p log p − Σ p log σ(z_s/T))`` with its gradient ``T · (σ(z_s/T) − p) / B`` in one node."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+        probs, neg_entropy = targets[:, :-1], targets[:, -1]
+        log_q = F.log_softmax(logits.float() if temperature == 1 else logits.float() / temperature, -1)
+        ctx.save_for_backward(log_q, probs)
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        cross = torch.dot(probs.reshape(-1), log_q.reshape(-1))
+        return (neg_entropy.sum() - cross) * (temperature ** 2 / len(probs))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        log_q, probs = ctx.saved_tensors
+        scale = grad * (ctx.temperature / len(probs))
+        return (log_q.exp() - probs).mul_(scale).to(ctx.dtype), None, None
+
+
+def kl_loss_soft(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """Eq. 1 from :func:`soft_targets` (the same value as :func:`kl_loss`): per step only the student's
+    log-softmax and one dot product, forward and backward fused."""
+    return _SoftKL.apply(student_logits, targets[SOFT_TARGETS], temperature)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -12,8 +12,9 @@ from gkt.transfer.base import (
     TEACHER_LOGITS,
     PartitionMethod,
     Step,
-    kl_loss,
+    kl_loss_soft,
     register_method,
+    soft_targets,
 )
 
 
@@ -31,12 +32,15 @@ class KLDataPartition(PartitionMethod):
                      labels: torch.Tensor | None) -> torch.Tensor:
         return self.confidence(teacher_logits, labels) > self.confidence(frozen_logits, labels)
 
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Eq. 5 as one KL per sample against the sample's selected target (m_t·KL_t + m_st·KL_st): the
+        mask and the selected soft targets depend only on the frozen outputs (and labels)."""
+        teacher, frozen = targets[TEACHER_LOGITS], targets[FROZEN_LOGITS]
+        mask = self.teacher_mask(teacher, frozen, labels)
+        return soft_targets(torch.where(mask[:, None], teacher, frozen), self.temperature)
+
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        teacher, frozen = step.targets[TEACHER_LOGITS], step.targets[FROZEN_LOGITS]
-        mask = self.teacher_mask(teacher, frozen, step.labels)
-        # Eq. 5 as one KL per sample against the sample's selected target (m_t·KL_t + m_st·KL_st).
-        target = torch.where(mask[:, None], teacher, frozen)
-        return {"kl": kl_loss(step.student_logits, target, self.temperature)}
+        return {"kl": kl_loss_soft(step.student_logits, step.targets, self.temperature)}
 
 
 @register_method("kl-dp-unsup")

@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from gkt.core.errors import GktError
-from gkt.transfer.base import LABELS, TEACHER_LOGITS, Step, TransferMethod, kl_loss, register_method
+from gkt.transfer.base import (
+    LABELS,
+    TEACHER_LOGITS,
+    Step,
+    TransferMethod,
+    kl_loss,
+    kl_loss_soft,
+    register_method,
+    soft_targets,
+)
 
 
 def _check_weight(lam: float) -> None:
@@ -20,8 +29,11 @@ class KLDist(TransferMethod):
 
     needs = frozenset({TEACHER_LOGITS})
 
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return soft_targets(targets[TEACHER_LOGITS], self.temperature)
+
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        return {"kl": kl_loss(step.student_logits, step.targets[TEACHER_LOGITS], self.temperature)}
+        return {"kl": kl_loss_soft(step.student_logits, step.targets, self.temperature)}
 
 
 @register_method("xekl")
@@ -37,8 +49,11 @@ class XEKLDist(TransferMethod):
             raise GktError(f"smoothing must be in [0, 1), got {smoothing}")
         self.lam, self.smoothing = lam, smoothing
 
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return soft_targets(targets[TEACHER_LOGITS], self.temperature)
+
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        kl = kl_loss(step.student_logits, step.targets[TEACHER_LOGITS], self.temperature)
+        kl = kl_loss_soft(step.student_logits, step.targets, self.temperature)
         xe = F.cross_entropy(step.student_logits, step.labels, label_smoothing=self.smoothing)
         return {"kl": self.lam * kl, "xe": (1 - self.lam) * xe}
 
@@ -80,3 +95,13 @@ class SoftCrossEntropy(TransferMethod):
         target = F.softmax(step.targets[TEACHER_LOGITS] / t, -1)
         ce = -(target * F.log_softmax(step.student_logits / t, -1)).sum(-1).mean()
         return {"ce_soft": t ** 2 * ce}
+
+
+@register_method("ce")
+class CrossEntropyFineTuning(TransferMethod):
+    """Plain cross-entropy fine-tuning on the labelled transfer set: the control without a teacher."""
+
+    needs = frozenset({LABELS})
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        return {"xe": F.cross_entropy(step.student_logits, step.labels)}

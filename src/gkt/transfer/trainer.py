@@ -26,13 +26,14 @@ from tqdm.auto import tqdm
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv, write_json
+from gkt.core.runtime import autocast_dtype
 from gkt.data.augment import compose
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.engine.distributed import DistContext
 from gkt.engine.loop import make_optimizer, predict_logits
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
-from gkt.engine.predictions import dataset_identity
+from gkt.engine.predictions import dataset_identity, get_many
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import to_unit_float
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
 STATE_FORMAT = "gkt-transfer-state/1"
+PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,6 @@ class TransferConfig:
         return method
 
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @dataclass(frozen=True)
 class Runtime:
     """How a transfer runs, not what it computes: cached and uncached, compiled or not, one process or
@@ -103,18 +102,12 @@ class Runtime:
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA GPU that supports it, else fp32)
     channels_last: bool = False  # NHWC memory format for the models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the student's training forward
-    loader_workers: int = 0  # DataLoader processes decoding image-folder batches (in-memory data: sliced directly)
+    loader_workers: int | None = None  # processes decoding encoded images (None: CPUs - 1, 1 to 8; 0: inline)
     evaluate_every_epoch: bool = True  # False: evaluate on the test split after the last epoch only (studies)
     dist: DistContext = field(default_factory=DistContext)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        if self.precision == "auto":
-            return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        if self.precision not in PRECISIONS:
-            raise GktError(f"unknown precision {self.precision!r}; use one of auto, {', '.join(PRECISIONS)}")
-        if self.precision == "fp16" and device.type != "cuda":
-            raise GktError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
-        return PRECISIONS[self.precision]
+        return autocast_dtype(self.precision, device)
 
 
 def freeze(model: Classifier) -> Classifier:
@@ -166,6 +159,7 @@ class TransferTrainer:
         self.student = student.to(device, memory_format=memory_format).eval()
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
         self.cached = self._cache_targets() if runtime.cache_outputs and not config.augment else {}
+        self.prepared = self._prepare_fixed_targets()
         example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
         torch.manual_seed(config.seed)  # dropout masks and a method's random parts follow the run's seed
         method.setup(self.student, self.teacher, len(transfer_set), to_unit_float(example.to(device)))
@@ -187,11 +181,13 @@ class TransferTrainer:
         wanted = {need: models for need, models in sources.items() if need in self.method.needs and models}
         if not wanted:
             return {}
-        data_id = dataset_identity(self.transfer_set)
         labels_allowed = self.method.uses_labels and not self.config.unlabelled
         dist = self.runtime.dist
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
+        frozen = list({id(m): m for models in wanted.values() for m in models}.values())
+        get_many(frozen, self.transfer_set, self.device, workers=self.runtime.loader_workers)  # one decode pass
+        data_id = dataset_identity(self.transfer_set)
         readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
                                         data_id=data_id) for m in models] for need, models in wanted.items()}
         if dist.is_main:
@@ -203,6 +199,27 @@ class TransferTrainer:
             return lambda idx: outputs[0].rows(idx, self.device)
 
         return {need: reader(need, outputs) for need, outputs in readers.items()}
+
+    def _prepare_fixed_targets(self) -> dict[str, torch.Tensor] | None:
+        """The method's prepared targets for the whole transfer set, once, when every output it needs is
+        cached (fixed targets) and they fit :data:`PREPARE_ONCE_MAX_ELEMENTS`; else None (per batch)."""
+        needs = [n for n in self.method.needs if n in TARGET_PRODUCERS]
+        if not needs or not all(n in self.cached for n in needs):
+            return None
+        every = torch.arange(len(self.transfer_set))
+        outputs = {n: self.cached[n](every) for n in needs}
+        if sum(o.numel() for o in outputs.values()) > PREPARE_ONCE_MAX_ELEMENTS:
+            return None
+        labels = self.transfer_set.labels.to(self.device) if self.method.uses_labels else None
+        return self.method.prepare_targets(outputs, labels)
+
+    def step_targets(self, x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the method's loss reads for one batch: rows of the prepared fixed targets, else the batch's
+        frozen outputs prepared on the spot."""
+        if self.prepared is not None:
+            rows = indices.to(self.device, non_blocking=True)
+            return {k: v[rows] for k, v in self.prepared.items()}
+        return self.method.prepare_targets(self.targets(x, indices), labels)
 
     def _wrap_trainable(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Step], dict]]:
         """The student's training forward and the method, wrapped in DDP (only the trainable parts) and
@@ -245,11 +262,11 @@ class TransferTrainer:
         for images, labels, indices in tqdm(batches, total=steps, desc=f"transfer {self.epoch + 1}/{self.config.epochs}",
                                             leave=False, disable=None if dist.is_main else True):
             x = self.augment(to_unit_float(images.to(self.device, non_blocking=True)), self.generator)
+            labels = labels.to(self.device, non_blocking=True) if self.method.uses_labels else None
             with self.autocast():
-                step = Step(self.student_forward(x), self.targets(x, indices), indices, self.generator,
-                            labels=labels.to(self.device, non_blocking=True) if self.method.uses_labels else None,
-                            student_features=self.student.features(x) if STUDENT_FEATURES in self.method.needs
-                            else None)
+                step = Step(self.student_forward(x), self.step_targets(x, indices, labels), indices, self.generator,
+                            labels=labels, student_features=self.student.features(x)
+                            if STUDENT_FEATURES in self.method.needs else None)
                 losses = self.method_forward(step)
                 parts = torch.stack([v.float() for v in losses.values()])
                 total = parts.sum()
@@ -341,15 +358,16 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     start = time.perf_counter()
     runtime = runtime or Runtime()
     method = config.build_method()
-    labels = test_set.labels
     teachers = as_teachers(teacher)
 
     def predict(model: Classifier, dataset: ImageDataset, desc: str) -> torch.Tensor:
         """Logits over ``dataset``, each rank predicting its shard."""
-        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc)
+        logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc, precision=runtime.precision)
         return runtime.dist.gather_rows(logits.to(device), len(dataset)).cpu()
 
-    correct_teacher = torch.stack([correctness(predict(t, test_set, "teacher"), labels) for t in teachers]).any(0)
+    teacher_logits = [predict(t, test_set, "teacher") for t in teachers]
+    labels = test_set.labels  # read after a first pass: images skipped under --bad-images skip are dropped then
+    correct_teacher = torch.stack([correctness(logits, labels) for logits in teacher_logits]).any(0)
     correct_before = correctness(predict(student, test_set, "student"), labels)
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]

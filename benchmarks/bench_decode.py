@@ -1,0 +1,162 @@
+"""Analysis throughput on JPEG folders against the decode limit (issue 18).
+
+    uv run python benchmarks/bench_decode.py [--images 2000] [--input-size 64] [--workers N]
+
+Builds (once, under the temp dir) an ImageNet-layout folder of ``--images`` ImageNet-like JPEGs (smooth
+colour fields with texture, sizes around 400×350, 10 classes) and times, with an empty gkt cache, what
+``gkt analyze --data folder:ROOT --split val`` does with 4 small timm models (random init, a timm
+``pretrained_cfg`` with ``--input-size`` px and crop_pct 0.875): list the folder, compute the data
+statistics, run the analysis (each model and its random-init baseline over every image). Building the
+models is not timed. The decode limit is torchvision decoding + resizing (shorter side, antialiased, then
+centre crop) of the same files to the same decode size in a plain DataLoader with the same number of
+worker processes — timed before and after the analysis, averaged, as the machine may be shared. The
+models' forward passes alone, on images decoded up front, are timed too (their cost is what keeps the
+analysis under the limit on a small CPU). The last line is ``analysis ÷ decode limit: R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+MODELS = ("test_vit", "test_convnext", "test_byobnet", "test_efficientnet")
+CLASSES = 10
+
+
+def ensure_folder(images: int, seed: int = 0) -> Path:
+    """``val/<class>/*.JPEG`` with ``images`` images (+ one per class in ``train/``), built once."""
+    root = Path(tempfile.gettempdir()) / f"gkt-bench-decode-{images}-{seed}"
+    if (root / "complete").is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", CLASSES), ("val", images)):
+        for i in range(count):
+            cls = f"n{i % CLASSES:08d}"
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            width, height = int(rng.integers(360, 460)), int(rng.integers(300, 400))
+            field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height),
+                                                                                            Image.BICUBIC)
+            pixels = np.asarray(field, dtype=np.int16) + rng.integers(-18, 19, (height, width, 3))
+            buf = io.BytesIO()
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+            (root / split / cls / f"{split}_{i:06d}.JPEG").write_bytes(buf.getvalue())
+    (root / "complete").write_text("ok")
+    return root
+
+
+def model_cfgs(out: Path, input_size: int) -> list[tuple[str, Path]]:
+    """A timm ``pretrained_cfg`` per model: its own, with ``input_size`` px and crop_pct 0.875."""
+    import timm
+
+    cfgs = []
+    for name in MODELS:
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        cfg.update(input_size=[3, input_size, input_size], crop_pct=0.875, num_classes=CLASSES,
+                   label_names=[f"n{c:08d}" for c in range(CLASSES)])
+        path = out / f"{name}.json"
+        path.write_text(json.dumps({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, list, tuple))}))
+        cfgs.append((name, path))
+    return cfgs
+
+
+class _Files(torch.utils.data.Dataset):
+    """The decode limit: torchvision read + decode + antialiased resize + centre crop, nothing else."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        from torchvision.transforms.v2 import functional as TF
+
+        image = decode_image(read_file(str(self.files[i])), mode=ImageReadMode.RGB)
+        return TF.center_crop(TF.resize(image, [self.size], antialias=True), [self.size, self.size])
+
+
+def decode_limit(files: list[Path], size: int, workers: int, batch_size: int) -> tuple[float, torch.Tensor]:
+    """Images per second, and the decoded images."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    loader = torch.utils.data.DataLoader(_Files(files, size), batch_size=batch_size, num_workers=workers)
+    start = time.perf_counter()
+    images = torch.cat(list(loader))
+    return len(files) / (time.perf_counter() - start), images
+
+
+def default_workers() -> int:
+    try:
+        from gkt.data.datasets import default_workers as gkt_workers
+    except ImportError:  # a gkt without decoding workers (the comparison with an older checkout)
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    return gkt_workers()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--input-size", type=int, default=64, help="the models' input size (default 64 px)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: gkt's default)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--no-random-baseline", action="store_true")
+    args = parser.parse_args()
+    root = ensure_folder(args.images)
+    files = sorted((root / "val").rglob("*.JPEG"))
+    workers = args.workers if args.workers is not None else default_workers()
+    decode_size = math.ceil(args.input_size / 0.875)
+    load = os.getloadavg()[0]
+    limit_before, _ = decode_limit(files, decode_size, workers, args.batch_size)
+
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["GKT_HOME"] = home  # an empty cache: nothing stored, nothing indexed
+        from gkt.analysis.complementary import analyze
+        from gkt.data.spec import load_split
+        from gkt.models import DataInfo, load_model
+
+        cfgs = model_cfgs(Path(home), args.input_size)
+        start = time.perf_counter()
+        dataset = load_split(f"folder:{root}", "val")
+        info = DataInfo.from_dataset(dataset)
+        prepared = time.perf_counter() - start
+        models = [load_model(f"timm:{name}?pretrained_cfg={cfg}", info) for name, cfg in cfgs]
+        start = time.perf_counter()
+        extra = {"workers": workers} if "workers" in analyze.__code__.co_varnames else {}
+        analysis = analyze(models, dataset, torch.device("cpu"), batch_size=args.batch_size, semantic=False,
+                           random_baseline=not args.no_random_baseline, **extra)
+        seconds = prepared + time.perf_counter() - start
+    limit_after, decoded = decode_limit(files, decode_size, workers, args.batch_size)
+    passes = len(models) * (1 if args.no_random_baseline else 2)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for batch in decoded.split(args.batch_size):
+            for model in models * (passes // len(models)):
+                model(batch)
+        forward_rate = len(files) / (time.perf_counter() - start)
+    limit = (limit_before + limit_after) / 2
+    rate = len(files) / seconds
+    print(f"{len(files)} JPEGs ~400x350 -> decode size {decode_size}, {len(models)} timm models ({', '.join(MODELS)}) "
+          f"at {args.input_size} px, {passes} forward passes per image; {workers} worker processes; "
+          f"torch threads {torch.get_num_threads()}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"analysis (list + data statistics + {passes} passes, empty cache): {seconds:.1f} s = {rate:.0f} images/s "
+          f"(samples analysed: {analysis.summary()['samples']})")
+    print(f"decode limit (torchvision decode + resize, {workers} workers): {limit:.0f} images/s "
+          f"(before {limit_before:.0f}, after {limit_after:.0f})")
+    print(f"the models' forward passes alone, on decoded images: {forward_rate:.0f} images/s")
+    print(f"analysis ÷ decode limit: {rate / limit:.2f}")
+
+
+if __name__ == "__main__":
+    main()

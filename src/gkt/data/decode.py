@@ -1,0 +1,174 @@
+"""Decoding encoded images (files, dataset rows) to fixed-size ``uint8`` tensors, and what happens to
+images that cannot be decoded.
+
+Each image is decoded with ``torchvision.io`` (PIL for the formats it does not read), its shorter side
+resized (antialiased) to the decode size and its centre cropped to a square; each model then resizes
+and crops that square to its own input (:func:`gkt.models.preprocess.prepare`). An unreadable image is
+found when it is decoded: it fails the command with its name, or, under ``--bad-images skip``, is left
+out and counted (:func:`skipped_images`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from gkt.core.errors import GktError
+from gkt.core.hashing import stable_hash
+from gkt.core.io import cache_home, read_json, write_json
+
+# torchvision 0.29 marks its image codecs as deprecated in favour of TorchCodec (a separate install) and
+# warns on every call; they remain the fast decoders this data path is built on.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+BadImagePolicy = Literal["fail", "skip"]
+BAD_IMAGE_POLICIES = ("fail", "skip")
+# The process-wide policy a data spec loads with when none is given (set by the CLI's --bad-images, and
+# inherited by the worker processes of a study).
+BAD_IMAGES_ENV = "GKT_BAD_IMAGES"
+
+
+class UnreadableImage(Exception):
+    """An image that cannot be decoded; the message says why."""
+
+
+def bad_image_policy(policy: str | None = None) -> BadImagePolicy:
+    """``policy``, else ``$GKT_BAD_IMAGES``, else ``fail``."""
+    value = policy or os.environ.get(BAD_IMAGES_ENV) or "fail"
+    if value not in BAD_IMAGE_POLICIES:
+        raise GktError(f"bad-image policy {value!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
+    return value  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def bad_images_default(policy: str | None) -> Iterator[None]:
+    """Within the block, data specs load with ``policy`` unless told otherwise (and so do the worker
+    processes a study starts); ``None`` leaves the default as it is."""
+    if policy is None:
+        yield
+        return
+    before = os.environ.get(BAD_IMAGES_ENV)
+    os.environ[BAD_IMAGES_ENV] = bad_image_policy(policy)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BAD_IMAGES_ENV, None)
+        else:
+            os.environ[BAD_IMAGES_ENV] = before
+
+
+def unreadable_message(source: str, reason: str) -> str:
+    return (f"{source}: unreadable image ({reason}); fix or remove it, or pass --bad-images skip to leave "
+            "unreadable images out")
+
+
+# Images left out by this process under ``--bad-images skip``: source -> reason.
+_SKIPPED: dict[str, str] = {}
+
+
+def note_skipped(source: str, reason: str) -> None:
+    if source not in _SKIPPED:
+        warnings.warn(f"skipping unreadable image {source} ({reason})", stacklevel=3)
+    _SKIPPED[source] = reason
+
+
+def skipped_images() -> dict[str, str]:
+    """The images this process has left out so far (source -> reason)."""
+    return dict(_SKIPPED)
+
+
+def reset_skipped() -> None:
+    _SKIPPED.clear()
+
+
+def _error_text(exc: BaseException) -> str:
+    """The readable part of a torchvision/PIL error (torchvision prefixes its C++ source location)."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.rsplit(".cpp:", 1)[-1].split(", ", 1)[-1] if ".cpp:" in text else text
+
+
+def _decode_with_pil(encoded: torch.Tensor, channels: int, first_error: BaseException) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(encoded.numpy().tobytes())) as img:
+            array = torch.from_numpy(np.array(img.convert("RGB" if channels == 3 else "L")))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage(_error_text(first_error if "Unsupported" not in str(first_error) else exc)) from exc
+    return array[None] if array.ndim == 2 else array.permute(2, 0, 1).contiguous()
+
+
+def decode_to_size(encoded: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """Encoded bytes (``uint8 [n]``) to ``uint8 [channels, size, size]``: decoded, shorter side resized
+    (antialiased bilinear) to ``size``, centre-cropped. Raises :class:`UnreadableImage`."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as TF
+
+    try:
+        image = decode_image(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+    except RuntimeError as exc:  # a format torchvision does not read (BMP, TIFF, ...), or a broken file
+        image = _decode_with_pil(encoded, channels, exc)
+    if image.ndim == 4:  # an animated GIF: its first frame
+        image = image[0]
+    if min(image.shape[-2:]) != size:
+        image = TF.resize(image, [size], antialias=True)
+    height, width = image.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[:, top:top + size, left:left + size]
+
+
+def read_encoded(path: str | os.PathLike) -> torch.Tensor:
+    """A file's bytes as ``uint8 [n]``; raises :class:`UnreadableImage` when it cannot be read."""
+    from torchvision.io import read_file
+
+    try:
+        return read_file(str(path))
+    except (RuntimeError, OSError) as exc:
+        raise UnreadableImage(_error_text(exc)) from exc
+
+
+class FolderIndex:
+    """What gkt has learnt about an image folder, kept between commands in ``$GKT_HOME/image-index``:
+    unreadable files (by path, size and mtime, so a fixed file is tried again) and pixel statistics
+    (keyed by the listing's content identity). Nothing in it is needed to list the folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(os.path.abspath(root))
+        self.path = cache_home() / "image-index" / f"{stable_hash(str(self.root), 16)}.json"
+        data: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                data = read_json(self.path)
+            except (OSError, ValueError):
+                data = {}  # a damaged index is rebuilt: it only holds what decoding finds again
+        self.bad: dict[str, list] = dict(data.get("bad", {}))
+        self.stats: dict[str, list] = dict(data.get("stats", {}))
+
+    def known_bad(self, path: Path, size: int, mtime_ns: int) -> str | None:
+        """The recorded reason ``path`` (as listed now) is unreadable, if it is."""
+        entry = self.bad.get(str(path.relative_to(self.root)))
+        return entry[2] if entry and entry[0] == size and entry[1] == mtime_ns else None
+
+    def record_bad(self, path: Path, size: int, mtime_ns: int, reason: str) -> None:
+        self.bad[str(path.relative_to(self.root))] = [size, mtime_ns, reason]
+        self._save()
+
+    def record_stats(self, key: str, value: list) -> None:
+        self.stats = {**dict(list(self.stats.items())[-15:]), key: value}  # the latest few listings
+        self._save()
+
+    def _save(self) -> None:
+        try:
+            write_json(self.path, {"root": str(self.root), "bad": self.bad, "stats": self.stats})
+        except OSError:  # a read-only cache only costs the next command a decode
+            pass

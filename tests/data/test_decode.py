@@ -1,0 +1,179 @@
+"""Encoded images: torchvision decoding, decode size, unreadable images at decode time, the folder index,
+and Hugging Face datasets."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gkt.core.errors import GktError
+from gkt.data.datasets import iterate_batches, load_image_folder
+from gkt.data.decode import decode_to_size, reset_skipped, skipped_images
+from gkt.data.spec import load_split
+from gkt.engine.predictions import dataset_identity
+
+
+def _jpeg(rng: np.random.Generator, height: int, width: int) -> bytes:
+    gradient = np.linspace(0, 200, width)[None, :, None] + rng.integers(0, 40, (height, width, 3))
+    buf = io.BytesIO()
+    Image.fromarray(gradient.astype(np.uint8)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def write_jpeg_folder(root: Path, classes: dict[str, int], truncated: str | None = None) -> Path:
+    """``root/<class>/<i>.jpg`` of varying sizes; ``truncated`` (``class/name.jpg``) is cut in half."""
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (root / name / f"{i}.jpg").write_bytes(_jpeg(rng, 30 + 3 * i, 40 + 2 * i))
+    if truncated:
+        data = _jpeg(rng, 40, 50)
+        (root / truncated).write_bytes(data[: len(data) // 2])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_skips() -> None:
+    reset_skipped()
+
+
+def test_decode_to_size_matches_pil_and_reads_other_formats() -> None:
+    rng = np.random.default_rng(1)
+    smooth = np.linspace(0, 200, 50)[None, :, None] + np.linspace(0, 50, 30)[:, None, None] + np.zeros((1, 1, 3))
+    buf = io.BytesIO()
+    Image.fromarray(smooth.astype(np.uint8)).save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    out = decode_to_size(torch.frombuffer(bytearray(data), dtype=torch.uint8), 3, 16)
+    assert out.shape == (3, 16, 16) and out.dtype == torch.uint8
+    with Image.open(io.BytesIO(data)) as img:  # the same transform with PIL: shorter side 16, centre crop
+        ref = np.asarray(img.convert("RGB").resize((26, 16), Image.BILINEAR, reducing_gap=None))[:, 5:21]
+    assert np.abs(out.permute(1, 2, 0).numpy().astype(int) - ref.astype(int)).mean() < 2
+    buf = io.BytesIO()  # BMP: not a torchvision format, read by PIL
+    Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(buf, "BMP")
+    gray = decode_to_size(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 1, 8)
+    assert gray.shape == (1, 8, 8)
+
+
+def test_listing_opens_no_image_and_decoding_names_a_truncated_one(tmp_path: Path) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 3, "b": 3}, truncated="a/broken.jpg")
+    ds = load_image_folder(root, image_size=12)  # listed, not opened: no error yet
+    assert len(ds) == 7 and ds.image_shape == (3, 12, 12)
+    with pytest.raises(GktError, match=r"broken\.jpg: unreadable image .*--bad-images skip"):
+        list(iterate_batches(ds, 4, workers=2))
+    # the index remembers it: the next listing fails at once, naming the file
+    with pytest.raises(GktError, match=r"broken\.jpg: unreadable image"):
+        load_image_folder(root, image_size=12)
+
+
+def test_skip_drops_the_unreadable_image_at_decode_time(tmp_path: Path) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 3, "b": 3}, truncated="a/broken.jpg")
+    ds = load_image_folder(root, image_size=12, bad_images="skip")
+    before = dataset_identity(ds)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        batches = list(iterate_batches(ds, 3, workers=1))
+    seen = torch.cat([idx for _, _, idx in batches])
+    assert len(seen) == 6 and sum(len(images) for images, _, _ in batches) == 6
+    assert list(skipped_images()) == [str(root / "a" / "broken.jpg")]
+    assert len(ds) == 6 and all(p.name != "broken.jpg" for p in ds.files)  # dropped after the in-order pass
+    assert dataset_identity(ds) != before
+    labels = torch.cat([lab for _, lab, _ in batches])
+    assert torch.equal(labels, ds.labels)
+    reset_skipped()
+    again = load_image_folder(root, image_size=12, bad_images="skip")  # known now: left out when listed
+    assert len(again) == 6 and len(skipped_images()) == 1
+
+
+def test_shuffled_pass_skips_without_dropping(tmp_path: Path) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2}, truncated="b/broken.jpg")
+    ds = load_image_folder(root, image_size=8, bad_images="skip")
+    with pytest.warns(UserWarning):
+        rows = [idx for _, _, idx in iterate_batches(ds, 2, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                                       workers=0)]
+    assert len(ds) == 5 and sum(map(len, rows)) == 4  # positions stay valid during training
+    assert len(ds.unreadable_rows()) == 1
+    rows = [idx for _, _, idx in iterate_batches(ds, 2, shuffle=True, generator=torch.Generator().manual_seed(1))]
+    assert sum(map(len, rows)) == 4  # a known unreadable row is not decoded again
+
+
+def test_decode_size_workers_and_pixel_stats_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 4, "b": 4})
+    ds = load_image_folder(root, image_size=12)
+    big = ds.at_decode_size(20)
+    assert big.image_shape == (3, 20, 20) and ds.image_shape == (3, 12, 12)
+    assert dataset_identity(big) != dataset_identity(ds)
+    serial = torch.cat([x for x, _, _ in iterate_batches(big, 3, workers=0)])
+    parallel = torch.cat([x for x, _, _ in iterate_batches(big, 3, workers=2)])
+    assert serial.shape == (8, 3, 20, 20) and torch.equal(serial, parallel)
+    stats = ds.pixel_stats()
+    import gkt.data.datasets as datasets_module
+
+    monkeypatch.setattr(datasets_module.EncodedImageDataset, "decode", lambda self, i: 1 / 0)
+    assert load_image_folder(root, image_size=12).pixel_stats() == stats  # from the folder's index
+
+
+def test_hf_dataset_spec(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "owl"]),
+                                  "note": datasets.Value("string")})
+
+    def split(n: int) -> object:
+        images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
+        return datasets.Dataset.from_dict({"img": images, "label": [i % 3 for i in range(n)],
+                                           "note": ["x"] * n}, features=features)
+
+    datasets.DatasetDict({"train": split(12), "validation": split(6)}).save_to_disk(str(tmp_path / "hfds"))
+    train = load_split(f"hf:{tmp_path / 'hfds'}", "train", val_fraction=0, image_size=16)
+    assert train.class_names == ["cat", "dog", "owl"] and len(train) == 12
+    assert train.labels.tolist() == [i % 3 for i in range(12)]
+    images = torch.cat([x for x, _, _ in iterate_batches(train, 5, workers=2)])
+    assert images.shape == (12, 3, 16, 16)
+    test = load_split(f"hf:{tmp_path / 'hfds'}", "test", image_size=16)  # falls back to the validation split
+    assert len(test) == 6
+    val = load_split(f"hf:{tmp_path / 'hfds'}", "val", image_size=16)
+    assert len(val) == 6 and dataset_identity(val) != dataset_identity(train)
+    datasets.DatasetDict({"train": split(10)}).save_to_disk(str(tmp_path / "only_train"))
+    carved = load_split(f"hf:{tmp_path / 'only_train'}", "val", val_fraction=0.3, image_size=16)
+    assert 0 < len(carved) < 10
+    with pytest.raises(GktError, match="no test or validation split"):
+        load_split(f"hf:{tmp_path / 'only_train'}", "test")
+    with pytest.raises(GktError, match="not a saved Hugging Face dataset"):
+        load_split(f"hf:{tmp_path / 'missing'}", "train")
+
+
+def test_hf_dataset_from_the_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hf:ORG/NAME`` offline: ``load_dataset`` finds the dataset in its cache, laid out as a hub download
+    leaves it (``ORG___NAME/default/0.0.0/HASH/NAME-SPLIT.arrow``; here written by the same Parquet builder)."""
+    import shutil
+
+    datasets = pytest.importorskip("datasets")
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    for split, n in (("train", 6), ("test", 4)):
+        images = [Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)) for _ in range(n)]
+        datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]},
+                                   features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    builder = Parquet(cache_dir=str(cache), dataset_name="org___tiny", config_name="default", hash="0123abcd",
+                      data_files={s: str(tmp_path / f"{s}.parquet") for s in ("train", "test")})
+    builder.download_and_prepare()
+    config_dir = Path(builder.cache_dir).parents[1]
+    shutil.move(str(config_dir), str(config_dir.with_name("default")))
+    for arrow in config_dir.with_name("default").rglob("org___tiny-*"):
+        arrow.rename(arrow.with_name(arrow.name.replace("org___tiny-", "tiny-")))
+    test = load_split("hf:org/tiny", "test", image_size=8)
+    assert len(test) == 4 and test.class_names == ["a", "b"]
+    assert next(iterate_batches(test, 4))[0].shape == (4, 3, 8, 8)
+    with pytest.raises(GktError, match="nor a dataset in the local datasets cache"):
+        load_split("hf:org/absent", "test")

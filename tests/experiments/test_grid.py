@@ -1,0 +1,180 @@
+"""The grid runner's reliability: claims (two processes, one store), workers that die with their study,
+damaged stores, and how jobs are spread over GPUs (assignment logic only; no GPU needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gkt.core.errors import GktError
+from gkt.experiments.backends import ray_capacity
+from gkt.experiments.grid import (
+    LocalBackend,
+    ResultsStore,
+    expand_grid,
+    job_key,
+    ray_resources,
+    run_study,
+    visible_gpus,
+    worker_gpus,
+)
+
+HERE = Path(__file__).parent
+
+
+def _script(body: str) -> str:
+    return textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(HERE)!r})
+        from gkt.experiments.grid import LocalBackend, ResultsStore, expand_grid, run_study
+    """) + textwrap.dedent(body)
+
+
+def logged_job(config: dict) -> dict:
+    """Appends ``key pid`` to the log file named in the config, then sleeps a while."""
+    with open(config["log"], "a") as f:
+        f.write(f"{config['i']} {os.getpid()}\n")
+    time.sleep(config["sleep"])
+    return {"i": config["i"], "pid": os.getpid()}
+
+
+def test_two_processes_on_one_store_never_run_a_job_twice(tmp_path: Path) -> None:
+    db, log = tmp_path / "shared.sqlite", tmp_path / "runs.log"
+    jobs = expand_grid({"log": str(log), "sleep": 0.3}, {"i": list(range(8))})
+    script = _script(f"""
+        from test_grid import logged_job
+        counts = run_study(logged_job, {jobs!r}, ResultsStore({str(db)!r}), LocalBackend(1), poll_s=0.1)
+        print(counts.done, counts.skipped, counts.ok)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0].split() for p in procs]
+    ran = [line.split()[0] for line in log.read_text().splitlines()]
+    assert sorted(ran) == sorted(str(i) for i in range(8))  # each job once
+    assert sum(int(o[0]) for o in outputs) == 8 and all(o[2] == "True" for o in outputs)
+    assert all(int(o[0]) + int(o[1]) == 8 for o in outputs)  # each saw every job finish (its own or the other's)
+    assert len(ResultsStore(db).done_keys()) == 8
+
+
+def test_claims_of_live_and_dead_owners(tmp_path: Path) -> None:
+    store, job = ResultsStore(tmp_path / "c.sqlite"), {"i": 1}
+    assert store.claim(job, "otherhost:1:a") == "claimed"
+    assert store.claim(job, "otherhost:2:b") == "busy"  # another host, fresh heartbeat
+    assert store.claim(job, "otherhost:2:b", stale_after=-1) == "claimed"  # its heartbeat is too old: taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with sqlite3.connect(store.path) as db:  # this host, a process that has exited
+        db.execute("UPDATE results SET owner = ?", (f"{os.uname().nodename}:{dead.stdout.strip()}:x",))
+    assert store.claim(job, "me:3:c") == "claimed"
+    store.put(job, {"v": 1}, "done", 0.1)
+    assert store.claim(job, "me:3:c") == "done"
+    with store.claims() as owner:
+        assert store.claim({"i": 2}, owner) == "claimed"
+    assert store.rows(None) == [r for r in store.rows(None) if r.status == "done"]  # released on exit
+
+
+def test_killed_pool_study_leaves_no_workers_and_keeps_results(tmp_path: Path) -> None:
+    """SIGKILL a ``workers=2`` study: its pool workers end too; what finished stays; a rerun takes over."""
+    db, log = tmp_path / "pool.sqlite", tmp_path / "runs.log"
+    jobs = expand_grid({"log": str(log)}, {"i": list(range(4))})
+    for job in jobs:
+        job["sleep"] = 0.1 if job["i"] == 0 else 600
+    script = _script(f"""
+        from test_grid import logged_job
+        run_study(logged_job, {jobs!r}, ResultsStore({str(db)!r}), LocalBackend(2, threads=1), poll_s=0.1)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    store = ResultsStore(db)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (len(store.done_keys()) == 1 and log.is_file()
+                                          and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    workers = {int(line.split()[1]) for line in log.read_text().splitlines()}
+    assert len(store.done_keys()) == 1 and len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "pool workers outlived their study"
+    assert store.done_keys() == {job_key(jobs[0])}
+    quick = [{**j, "sleep": 0} for j in jobs[1:]]
+    counts = run_study(logged_job, jobs[:1] + quick, store, LocalBackend(1), poll_s=0.1)
+    assert counts.skipped == 1 and counts.done == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.is_file() and status.read_text().split()[2] == "Z")  # a zombie has ended
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "bad_json"])
+def test_a_damaged_store_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "results.sqlite"
+    store = ResultsStore(path)
+    for i in range(200):
+        store.put({"i": i, "pad": "x" * 200}, {"v": i}, "done", 0.0)
+    if damage == "random":
+        path.write_bytes(os.urandom(4096))
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE results SET metrics = '{not json' WHERE key = ?", (job_key({"i": 3, "pad": "x" * 200}),))
+    with pytest.raises(GktError, match="results.sqlite"):
+        ResultsStore(path).rows()
+
+
+def test_workers_get_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus(device_count=4) == ["0", "1", "2", "3"]
+    assert worker_gpus(3, visible_gpus(device_count=4)) == ["0", "1", "2"]
+    assert worker_gpus(5, ["0", "1"]) == ["0", "1", "0", "1", "0"]
+    assert worker_gpus(2, []) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert visible_gpus(device_count=8) == ["3", "5"]  # the user's own selection is kept
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert LocalBackend(4, threads=1, gpus=visible_gpus()).gpus == ["0", "1"]
+
+
+def gpu_of_worker(config: dict) -> dict:
+    return {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+
+
+def test_pool_workers_see_their_gpu(tmp_path: Path) -> None:
+    """Each worker process of a GPU study sees exactly one (here: pretend) GPU, in round robin."""
+    store = ResultsStore(tmp_path / "g.sqlite")
+    jobs = expand_grid({}, {"i": list(range(6))})
+    run_study(gpu_of_worker, jobs, store, LocalBackend(2, threads=1, gpus=["0", "1"]))
+    seen = {(r.metrics["pid"], r.metrics["gpu"]) for r in store.rows()}
+    assert {gpu for _, gpu in seen} == {"0", "1"} and len({pid for pid, _ in seen}) == len(seen)
+
+
+def test_ray_tasks_ask_for_gpus_on_cuda() -> None:
+    assert ray_resources(1, "cpu") == {"num_cpus": 1}
+    assert ray_resources(2, "cuda", 0.5) == {"num_cpus": 2, "num_gpus": 0.5}
+    assert ray_capacity({"CPU": 16, "GPU": 2}, ray_resources(1, "cuda")) == 2
+    assert ray_capacity({"CPU": 16, "GPU": 2}, ray_resources(1, "cuda", 0.5)) == 4
+    assert ray_capacity({"CPU": 3}, ray_resources(1, "cpu")) == 3
+
+
+def test_study_stores_rows_as_json(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "j.sqlite")
+    run_study(gpu_of_worker, [{"i": 1}], store, LocalBackend(1))
+    with sqlite3.connect(store.path) as db:
+        config, metrics = db.execute("SELECT config, metrics FROM results").fetchone()
+    assert json.loads(config) == {"i": 1} and set(json.loads(metrics)) == {"gpu", "pid"}
