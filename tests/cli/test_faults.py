@@ -121,14 +121,15 @@ def test_full_disk_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.Mon
     import shutil
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr("gkt.cli.shutil.disk_usage", lambda path: usage._replace(free=20 * 2**20))
+    monkeypatch.setattr("gkt.cli.rundir.shutil.disk_usage", lambda path: usage._replace(free=20 * 2**20))
     out = tmp_path / "runs" / "nested"
     assert main(["zoo", "list", "--out", str(out)]) == 2
     assert "only 20 MB free on its disk, gkt needs at least 100 MB" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     monkeypatch.setenv("GKT_MIN_FREE_MB", "10")
-    main(["zoo", "list", "--out", str(out)])
-    assert len(list(out.glob("zoo-list-*/config.yaml"))) == 1
+    assert main(["zoo", "list", "--out", str(out)]) == 1  # it ran: nothing is built
+    assert "no zoo models built" in capsys.readouterr().out
+    assert out.is_dir() and list(out.iterdir()) == []  # its run directory held nothing, so it was removed
 
 
 def _calls(tree: ast.AST, module: str, name: str) -> list[ast.Call]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +14,10 @@ from pathlib import Path
 import torch
 
 from gkt import __version__
-from gkt.cli.config import parse_args, resolved_config, write_config
-from gkt.core.errors import GktError
-from gkt.core.io import new_run_dir, write_json
+from gkt.cli.config import GIVEN, parse_args, resolved_config, write_config
+from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
+from gkt.core.errors import GktError, storage_error
+from gkt.core.io import write_json
 from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
 from gkt.data.decode import (
@@ -44,9 +43,6 @@ class Verb:
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
 
-
-# Free space the output root must have before a command starts (override: $GKT_MIN_FREE_MB).
-MIN_FREE_MB = 100
 
 VERBS: Registry[Verb] = Registry("verb")
 GROUP_HELP: dict[str, str] = {}
@@ -130,52 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_run_dir(out: str, command: str) -> Path:
-    """A fresh run directory under ``out``; an unwritable ``out`` or a disk with less than
-    :data:`MIN_FREE_MB` free is a clear error before any work is done."""
-    existing = Path(out).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free_mb = shutil.disk_usage(existing).free / 2**20
-    try:
-        needed = float(os.environ.get("GKT_MIN_FREE_MB", MIN_FREE_MB))
-    except ValueError:
-        raise GktError(f"$GKT_MIN_FREE_MB must be a number of megabytes, got {os.environ['GKT_MIN_FREE_MB']!r}") from None
-    if free_mb < needed:
-        raise GktError(f"--out {out}: only {free_mb:.0f} MB free on its disk, gkt needs at least {needed:.0f} MB "
-                       "(free space, or point --out elsewhere; $GKT_MIN_FREE_MB sets the threshold)")
-    try:
-        run_dir = new_run_dir(out, command.replace(" ", "-"))
-        with open(run_dir / ".write-check", "w") as f:
-            f.write("ok")
-        (run_dir / ".write-check").unlink()
-    except OSError as exc:
-        raise GktError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable --out") from None
-    return run_dir
+def _fail(message: str, code: int = 2) -> int:
+    print(f"gkt: error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 a user error (one message: what is wrong and how to fix
+    it), 1 an unexpected error (one line plus the path of a log holding its traceback), 130 interrupted.
+    A run directory of a command that did not finish is removed or marked (:mod:`gkt.cli.rundir`)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(parser, argv)
     except GktError as exc:
-        print(f"gkt: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run_dir, handler, status, error = None, None, "failed", None
     try:
         device = resolve_device(args.device)
         dist = from_environment(device)  # several processes under torchrun: rank 0 makes the run directory
         args.torch_device = dist.device(device)
         args.run_dir = dist.broadcast(open_run_dir(args.out, args.command) if dist.is_main else None)
+        run_dir = args.run_dir if dist.is_main else None
         set_threads(args.threads)
         seed_everything(args.seed)
         if dist.is_main:
             handler = logging.FileHandler(args.run_dir / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
-            config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir")}
+            config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir", GIVEN)}
             write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
                                                       "device": str(args.torch_device), **config})
             write_config(args.run_dir / "config.yaml", resolved_config(args))
@@ -187,12 +168,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = VERBS[args.command].run(args)
         if dist.is_main:
             report_skipped(args.run_dir)
+        status = "ok" if code == 0 else "failed"
+        error = None if code == 0 else f"exit code {code}"
         return code
     except GktError as exc:
-        print(f"gkt: error: {exc}", file=sys.stderr)
-        return 2
+        error = str(exc)
+        return _fail(error)
     except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
         print("gkt: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        user_error = storage_error(exc)
+        if user_error is not None:
+            error = str(user_error)
+            return _fail(error)
+        log_path = write_traceback(argv, run_dir)
+        error = f"unexpected {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        where = f"the traceback is in {log_path}; please report it with that file" if log_path else \
+            "no traceback log could be written; please report it"
+        return _fail(f"{error} (a bug in gkt: {where})", 1)
     finally:
         shutdown()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if run_dir is not None and finish_run(run_dir, status, error) is not None and status != "ok":
+            print(f"gkt: the unfinished run directory {run_dir} is kept (marked {FAILED_MARK})", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path
@@ -19,8 +19,24 @@ from gkt.core.io import atomic_path
 CONFIG_OPTION = "config"
 
 
+# Namespace entry naming the options the user gave (command line or --config file), e.g. for --resume.
+GIVEN = "given_options"
+
+
 # Namespace entries that are not options of the command (set by the CLI itself).
-INTERNAL = ("command", "verb", "action", "torch_device", "run_dir", "dist", CONFIG_OPTION)
+INTERNAL = ("command", "verb", "action", "torch_device", "run_dir", "dist", CONFIG_OPTION, GIVEN)
+
+
+# The allowed range of every numeric option, by its name in any verb (one place for command line and
+# config files): a value outside it is refused before anything runs.
+OPTION_RULES: dict[str, Any] = {
+    **dict.fromkeys(("epochs", "ft_epochs", "pretrain_epochs", "finetune_epochs", "per_class",
+                     "finetune_per_class", "threads", "workers"), Field(ge=1)),
+    **dict.fromkeys(("batch_size", "ft_batch_size"), Field(ge=1)),
+    **dict.fromkeys(("lr", "ft_lr", "temperature", "kd_temperature", "pts_temperature"), Field(gt=0)),
+    **dict.fromkeys(("fraction", "ft_fraction"), Field(gt=0, le=1)),
+    **dict.fromkeys(("weight_decay", "l2", "loss_w", "pts_power", "loader_workers"), Field(ge=0)),
+}
 
 
 SCALARS: dict[Any, type] = {None: str, str: str, int: int, float: float}
@@ -58,6 +74,8 @@ def _field_type(action: argparse.Action) -> Any:
         scalar = Annotated[Any, BeforeValidator(lambda v, t=action.type: t(v) if isinstance(v, str) else v)]
     if action.choices is not None:
         scalar = Literal[tuple(action.choices)]
+    if action.dest in OPTION_RULES:
+        scalar = Annotated[scalar, OPTION_RULES[action.dest]]
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
     return Annotated[list[scalar], BeforeValidator(_as_list)] if many else scalar
 
@@ -85,16 +103,20 @@ def _key_map(parser: argparse.ArgumentParser) -> dict[str, str]:
     return keys
 
 
-def _describe(error: dict[str, Any]) -> str:
-    field = ".".join(str(p) for p in error["loc"]) or "(config)"
+def _describe(error: dict[str, Any], flags: dict[str, str]) -> str:
+    """One validation error, naming the command-line flag when the value came from one (``flags``)."""
+    loc = [str(p) for p in error["loc"]]
+    field = f"{flags[loc[0]]}" if loc and loc[0] in flags else "field '" + (".".join(loc) or "(config)") + "'"
     message = error["msg"][:1].lower() + error["msg"][1:]
     got = "" if error["type"] == "missing" else f", got {error['input']!r}"
-    return f"field '{field}': {message}{got}"
+    return f"{field}: {message}{got}"
 
 
-def validate_config(parser: argparse.ArgumentParser, command: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``values`` (keys with dashes or underscores) against ``parser``'s options; returns every
-    option with defaults filled in. Errors name the bad field."""
+def validate_config(parser: argparse.ArgumentParser, command: str, values: dict[str, Any],
+                    flags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Validate ``values`` (keys with dashes or underscores) against ``parser``'s options and their
+    :data:`OPTION_RULES`; returns every option with defaults filled in. Errors name the bad field (or its
+    flag, for the options in ``flags``: dest → ``--flag``)."""
     keys = _key_map(parser)
     unknown = sorted(str(k) for k in values if k not in keys)
     if unknown:
@@ -104,7 +126,9 @@ def validate_config(parser: argparse.ArgumentParser, command: str, values: dict[
     try:
         return config_model(parser, command)(**normalised).model_dump()
     except ValidationError as exc:
-        raise GktError(f"{command} config: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        errors = [_describe(e, flags or {}) for e in exc.errors()]
+        where = f"{command} config" if not flags or any(e.startswith("field ") for e in errors) else command
+        raise GktError(f"{where}: " + "; ".join(errors) + " (see `gkt " + command + " --help`)") from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -137,21 +161,29 @@ def _explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> a
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """``parser.parse_args`` with ``--config FILE``: the file's options under the explicit flags."""
+    """``parser.parse_args`` with ``--config FILE`` (the file's options under the explicit flags), every
+    option validated against the same rules whether it came from the command line or the file. The
+    namespace's :data:`GIVEN` lists the options the user set (flag or file)."""
     explicit = _explicit_options(parser, argv)
     path = getattr(explicit, CONFIG_OPTION, None)
-    if path is None:
-        return parser.parse_args(argv)
     command = explicit.command
-    values = load_config_file(path)
-    written_for = values.pop("command", command)
-    if written_for != command:
-        raise GktError(f"--config {path} is a `gkt {written_for}` config, not `gkt {command}`")
+    values: dict[str, Any] = {}
+    if path is None:
+        parser.parse_args(argv)  # argparse's own messages for missing required options
+    else:
+        values = load_config_file(path)
+        written_for = values.pop("command", command)
+        if written_for != command:
+            raise GktError(f"--config {path} is a `gkt {written_for}` config, not `gkt {command}`")
     sub = verb_parsers(parser)[command]
-    options = {a.dest for a in option_actions(sub)}
-    given = {k: v for k, v in vars(explicit).items() if k in options}
-    resolved = validate_config(sub, command, {**values, **given})
-    return argparse.Namespace(**{**vars(explicit), **resolved, CONFIG_OPTION: str(path)})
+    actions = {a.dest: a for a in option_actions(sub)}
+    given = {k: v for k, v in vars(explicit).items() if k in actions}
+    flags = {k: max(actions[k].option_strings, key=len) for k in given if actions[k].option_strings}
+    resolved = validate_config(sub, command, {**values, **given}, flags)
+    keys = _key_map(sub)
+    chosen = sorted({keys[k] for k in values if k in keys} | set(given))
+    return argparse.Namespace(**{**vars(explicit), **resolved, CONFIG_OPTION: None if path is None else str(path),
+                                 GIVEN: chosen})
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,7 +1,36 @@
-"""The project's error type: what went wrong and how to fix it."""
+"""The project's error type (what went wrong and how to fix it), and which other exceptions are the
+user's to fix too (a full disk, a read-only location)."""
 
 from __future__ import annotations
+
+import errno
 
 
 class GktError(Exception):
     """An error caused by user input (bad spec, bad data, missing file): printed without a traceback."""
+
+
+# OS errors a user fixes by freeing space or choosing another location, with the hint for each.
+STORAGE_ERRNOS = {errno.ENOSPC: "free space on that disk or point --out / $GKT_HOME elsewhere",
+                  errno.EDQUOT: "free space within your quota or point --out / $GKT_HOME elsewhere",
+                  errno.EROFS: "choose a writable --out / $GKT_HOME",
+                  errno.EACCES: "fix its permissions or choose another location",
+                  errno.EPERM: "fix its permissions or choose another location"}
+
+# How libraries that write through their own C++/Rust code report a failed write (torch.save, safetensors).
+FULL_DISK_MESSAGES = ("basic_ios::clear", "PytorchStreamWriter failed", "No space left on device", "os error 28",
+                      "file write failed")
+
+
+def storage_error(exc: BaseException) -> GktError | None:
+    """``exc`` (or an exception it was raised from) as a user error when it is a storage problem; else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            where = f"{seen.filename}: " if seen.filename else ""
+            return GktError(f"{where}{seen.strerror or seen}; {STORAGE_ERRNOS[seen.errno]}")
+        if isinstance(seen, Exception) and any(m in str(seen) for m in FULL_DISK_MESSAGES):
+            return GktError(f"writing a file failed ({str(seen).splitlines()[0][:200]}): the disk is probably full; "
+                            f"{STORAGE_ERRNOS[errno.ENOSPC]}")
+        seen = seen.__cause__ or seen.__context__
+    return None

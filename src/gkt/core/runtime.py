@@ -25,7 +25,12 @@ def resolve_device(device: str | None = "auto") -> torch.device:
         if warning:
             log.warning(warning)
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GktError(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise GktError(f"--device {device}: gkt runs on auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GktError(f"device {device!r} was requested but CUDA is not available"
                        f"{': ' + unusable_gpu_warning() if unusable_gpu_warning() else ''}; use --device cpu or auto")

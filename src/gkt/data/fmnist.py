@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import logging
 import os
 import shutil
 import struct
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 
 from gkt.core.errors import GktError
-from gkt.core.io import cache_home
+from gkt.core.io import atomic_path, cache_home
 from gkt.data.datasets import TensorImageDataset
+
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -104,6 +108,44 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
     return parse_idx(payload, str(path))
 
 
+VERIFIED_FILES = "verified-files.json"  # in the cache home: {path: [size, mtime_ns, sha256]} of checked files
+
+
+def _verified(path: Path) -> tuple[Path, list, dict]:
+    """``(memo file, this file's [size, mtime_ns], the memo)``."""
+    memo_path = cache_home() / VERIFIED_FILES
+    try:
+        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    except (OSError, ValueError):
+        memo = {}
+    stat = path.stat()
+    return memo_path, [stat.st_size, stat.st_mtime_ns], memo if isinstance(memo, dict) else {}
+
+
+def check_official(path: Path, payload: bytes, images: np.ndarray, spec: IdxFile) -> None:
+    """A file with the official shape must be the official file: its SHA-256 is checked once per path,
+    size and modification time, and the check is remembered in the cache home. Files of another shape
+    (e.g. a small subset with the official names) are used as given, with a warning."""
+    if images.shape != spec.shape:
+        log.warning("%s holds %s, not the official Fashion-MNIST %s: used as given, unverified", path,
+                    images.shape, spec.shape)
+        return
+    memo_path, stamp, memo = _verified(path)
+    key = str(path.resolve())
+    if memo.get(key) == [*stamp, spec.sha256]:
+        return
+    if hashlib.sha256(payload).hexdigest() != spec.sha256:
+        raise GktError(f"{path}: it has the shape of the official Fashion-MNIST {spec.name} but not its content "
+                       f"(SHA-256 of the decompressed file is not {spec.sha256[:12]}…); the file is corrupt or was "
+                       "changed: reinstall it (`" + APT_HINT + "`) or delete it to re-download")
+    memo[key] = [*stamp, spec.sha256]
+    try:
+        with atomic_path(memo_path) as tmp:
+            tmp.write_text(json.dumps(memo, indent=1))
+    except OSError as exc:  # a read-only cache: the file is checked again next time
+        log.debug("cannot remember the check of %s (%s)", path, exc)
+
+
 def _fashion_mnist_dir_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
     candidates = []
     if data_dir:
@@ -143,13 +185,18 @@ def download_fashion_mnist(target: Path, base_url: str = FASHION_MNIST_URL, time
 def locate_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Find the Fashion-MNIST directory: ``data_dir``, ``$GKT_DATA``, the Debian package, the cache;
     else download into the cache when the network allows; else a clear error."""
+    if data_dir:  # a directory the user named is used or refused, never silently replaced by another copy
+        if not Path(data_dir).is_dir():
+            raise GktError(f"--data-dir {data_dir}: no such directory (give the directory holding the four "
+                           "Fashion-MNIST IDX .gz files, or leave --data-dir out to use the installed copy)")
+        missing = [f.name for f in FASHION_MNIST_FILES.values() if not (Path(data_dir) / f.name).is_file()]
+        if missing:
+            raise GktError(f"--data-dir {data_dir} lacks {', '.join(missing)}")
+        return Path(data_dir)
     candidates = _fashion_mnist_dir_candidates(data_dir)
     for directory in candidates:
         if _has_all_files(directory):
             return directory
-    if data_dir and Path(data_dir).is_dir():
-        missing = [f.name for f in FASHION_MNIST_FILES.values() if not (Path(data_dir) / f.name).is_file()]
-        raise GktError(f"--data-dir {data_dir} lacks {', '.join(missing)}")
     if download:
         try:
             return download_fashion_mnist(candidates[-1])
@@ -171,8 +218,13 @@ def load_fashion_mnist(split: Literal["train", "test"], data_dir: str | os.PathL
     if split not in ("train", "test"):
         raise GktError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
     directory = locate_fashion_mnist(data_dir, download=download)
-    images = read_idx(directory / FASHION_MNIST_FILES[(split, "images")].name)
-    labels = read_idx(directory / FASHION_MNIST_FILES[(split, "labels")].name)
+    arrays = []
+    for kind in ("images", "labels"):
+        spec = FASHION_MNIST_FILES[(split, kind)]
+        payload = _read_payload(directory / spec.name)
+        arrays.append(parse_idx(payload, str(directory / spec.name)))
+        check_official(directory / spec.name, payload, arrays[-1], spec)
+    images, labels = arrays
     if images.ndim != 3 or labels.ndim != 1:
         raise GktError(f"{directory}: expected images [N, H, W] and labels [N], got {images.shape} and "
                        f"{labels.shape}")

@@ -248,17 +248,22 @@ class TrainLoop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != self.task.state_format:
             raise GktError(f"not a {self.task.state_format} training state (format {state.get('format')!r})")
-        self.task.load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        try:
+            self.task.load_state_dict(state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if "scheduler" in state:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # wrong shapes or a damaged state
+            raise GktError(f"the saved training state does not fit this model and method ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the run cannot be resumed: "
+                           "start it again") from None
 
 
 class SupervisedTask(Task):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
+from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
@@ -128,10 +128,12 @@ def storage_topk(num_classes: int, topk: int = DEFAULT_TOPK) -> int | None:
 
 
 def save_predictions(preds: Predictions, path: Path, dataset_name: str) -> None:
+    """Write ``preds`` atomically with a SHA-256 of its tensors (checked by :func:`load_predictions`)."""
+    tensors = preds.tensors()
     with atomic_path(path) as tmp:
-        save_file(preds.tensors(), str(tmp), metadata={"format": FORMAT, "model": preds.model_name,
-                                                       "dataset": dataset_name, "num_classes": str(preds.num_classes),
-                                                       "key": preds.key})
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "model": preds.model_name, "dataset": dataset_name,
+                                               "num_classes": str(preds.num_classes), "key": preds.key,
+                                               "sha256": tensor_hash(tensors, 64)})
 
 
 def load_predictions(path: Path, model_name: str | None = None) -> Predictions:
@@ -144,6 +146,8 @@ def load_predictions(path: Path, model_name: str | None = None) -> Predictions:
         raise GktError(f"{path}: cannot read stored predictions ({exc})") from exc
     if meta.get("format") != FORMAT or not {"labels", "predicted", "true_prob", "max_prob"} <= set(tensors):
         raise GktError(f"{path}: not a {FORMAT} file")
+    if tensor_hash(tensors, 64) != meta.get("sha256"):
+        raise GktError(f"{path}: stored predictions fail their checksum (corrupt or changed)")
     return Predictions._from_tensors(tensors, model_name or meta.get("model", path.stem),
                                      int(meta["num_classes"]), meta.get("key", path.stem))
 

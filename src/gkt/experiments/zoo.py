@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from gkt.core.config import Recipe
+from gkt.core.errors import GktError
 from gkt.core.io import write_json
 from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
@@ -24,7 +25,7 @@ from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
 from gkt.models.checkpoint import checkpoint_paths, load_checkpoint, read_sidecar, save_checkpoint
 from gkt.models.classifier import Classifier
-from gkt.models.zoo import DEFAULT_ZOO, ZooEntry, entry_path, is_built, zoo_dir_default
+from gkt.models.zoo import DEFAULT_ZOO, ZooEntry, entry_path, find_built, is_built, zoo_dir_default
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
     models train in that many processes at once (the same weights as one after another)."""
     device = device or torch.device("cpu")
     zoo_dir = Path(zoo_dir or zoo_dir_default())
-    todo = [e for e in entries if not is_built(entry_path(e, zoo_dir, train_fraction))]
+    todo = [e for e in entries if not _is_sound(entry_path(e, zoo_dir, train_fraction), e.name)]
     job = functools.partial(_build_entry, zoo_dir=zoo_dir, device=device, data_dir=data_dir, check=check,
                             train_fraction=train_fraction, train_set=train_set, test_set=test_set)
     if workers > 1 and len(todo) > 1:
@@ -112,6 +113,18 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
         for entry in todo:
             job(entry)
     return [_record(e.name, e.family, entry_path(e, zoo_dir, train_fraction), cached=e not in todo) for e in entries]
+
+
+def _is_sound(path: Path, name: str) -> bool:
+    """Built, with weights that match their recorded hash (a damaged build is trained again)."""
+    if not is_built(path):
+        return False
+    try:
+        load_checkpoint(path)
+        return True
+    except GktError as exc:
+        log.warning("zoo %s: the cached build is damaged (%s); training it again", name, exc)
+        return False
 
 
 def _build_entry(entry: ZooEntry, *, zoo_dir: Path, device: torch.device, data_dir: str | None, check: bool,
@@ -174,10 +187,11 @@ def scaled_entries(entries: tuple[ZooEntry, ...], epochs: int | None) -> tuple[Z
 
 def list_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = DEFAULT_ZOO,
              train_fraction: float = 1.0) -> list[ZooRecord]:
-    """The built models among ``entries`` (current recipes), in zoo order."""
+    """The built models among ``entries``, in zoo order: each the current recipe's build, else the newest
+    build of that name (as ``zoo:NAME`` loads it, see :func:`gkt.models.zoo.find_built`)."""
     records = []
     for entry in entries:
-        path = entry_path(entry, zoo_dir, train_fraction)
-        if is_built(path):
+        path = find_built(entry.name, zoo_dir, entry_path(entry, zoo_dir, train_fraction))
+        if path is not None:
             records.append(_record(entry.name, entry.family, path, cached=True))
     return records

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +63,26 @@ def save_checkpoint(model: Classifier, path: str | os.PathLike, extra: dict[str,
     return weights_path
 
 
+SIDECAR_KEYS = ("arch", "preprocess", "class_names", "weights_sha256")
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's sidecar, checked to be a gkt sidecar with every field a model needs."""
     _, sidecar_path = checkpoint_paths(path)
     if not sidecar_path.is_file():
         raise GktError(f"{sidecar_path}: checkpoint sidecar not found (a gkt checkpoint is NAME.safetensors "
                        "+ NAME.json)")
     try:
         meta = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GktError(f"{sidecar_path}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise GktError(f"{sidecar_path}: not a gkt checkpoint (format {meta.get('format')!r})")
+    except (ValueError, OSError) as exc:  # bad JSON, or bytes that are not even text
+        raise GktError(f"{sidecar_path}: not valid JSON ({exc}); the checkpoint is damaged") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise GktError(f"{sidecar_path}: not a gkt checkpoint sidecar (format {found!r}, expected {FORMAT!r})")
+    missing = [key for key in SIDECAR_KEYS if key not in meta]
+    if missing:
+        raise GktError(f"{sidecar_path}: the sidecar lacks {', '.join(missing)}; the checkpoint is damaged "
+                       "(save it again with gkt)")
     return meta
 
 
@@ -85,8 +95,12 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused what is not plain tensors
+        raise GktError(f"{path}: cannot read weights: the file holds Python objects besides tensors (a pickle), "
+                       "which gkt never loads; convert it to a plain state dict or safetensors") from exc
     except Exception as exc:  # corrupt files raise library-specific errors
-        raise GktError(f"{path}: cannot read weights ({exc})") from exc
+        raise GktError(f"{path}: cannot read weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                       "; the file is damaged or not a weights file") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -95,15 +109,23 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: str | os.PathLike, net: nn.Module | None = None) -> Classifier:
-    """A saved model; ``net``: the network to load the weights into instead of one built from the sidecar
-    (a user's own module: :func:`gkt.models.own.load_module_checkpoint`)."""
-    weights_path, _ = checkpoint_paths(path)
+    """The model of a gkt checkpoint; its weights must hash to the sidecar's ``weights_sha256``. ``net``: the
+    network to load the weights into instead of one built from the sidecar (a user's own module:
+    :func:`gkt.models.own.load_module_checkpoint`)."""
+    weights_path, sidecar_path = checkpoint_paths(path)
     meta = read_sidecar(path)
-    arch = ArchSpec.from_dict(meta["arch"])
-    net = arch.build() if net is None else net
-    model = Classifier(net, arch, Preprocess.from_dict(meta["preprocess"]), meta["class_names"],
-                       provenance=meta.get("provenance"), name=meta.get("name"))
+    try:
+        arch = ArchSpec.from_dict(meta["arch"])
+        net = arch.build() if net is None else net
+        model = Classifier(net, arch, Preprocess.from_dict(meta["preprocess"]), meta["class_names"],
+                           provenance=meta.get("provenance"), name=meta.get("name"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GktError(f"{sidecar_path}: the sidecar describes no valid model ({type(exc).__name__}: {exc})") from exc
     tensors = load_weights(weights_path)
+    recorded = str(meta["weights_sha256"])
+    if tensor_hash(tensors, len(recorded)) != recorded:
+        raise GktError(f"{weights_path}: the weights do not match the SHA-256 recorded in {sidecar_path.name} "
+                       "(the file is corrupt or was changed); restore or rebuild the checkpoint")
     try:
         model.net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

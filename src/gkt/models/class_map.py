@@ -85,6 +85,14 @@ def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
         raise GktError(f"class map {path}: cannot parse it ({exc})") from exc
     if not isinstance(mapping, dict):
         raise GktError(f"class map {path}: expected a mapping {{target_class: model_class_or_list}}")
+    refs = [ref for value in mapping.values() for ref in (value if isinstance(value, (list, tuple)) else [value])]
+    bad = [ref for ref in refs if isinstance(ref, bool) or not isinstance(ref, (str, int))]
+    if bad:
+        raise GktError(f"class map {path}: {bad[0]!r} is not a class name or index")
+    twice = sorted({str(r) for r in refs if sum(str(o).casefold() == str(r).casefold() for o in refs) > 1})
+    if twice:
+        raise GktError(f"class map {path} sends model classes {twice} to several target classes; each model class "
+                       "may feed one target class")
     return mapping
 
 

@@ -30,6 +30,9 @@ class Preprocess:
     def __post_init__(self) -> None:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"std must be positive and mean/std finite, got mean {self.mean} / std {self.std} "
+                             "(a zero std divides by zero)")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.interpolation not in INTERPOLATIONS:

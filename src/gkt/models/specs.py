@@ -69,11 +69,13 @@ class ModelSpec:
     @classmethod
     def parse(cls, spec: str) -> ModelSpec:
         source, sep, rest = spec.partition(":")
-        if not sep or not rest:
+        if not sep:
             raise GktError(f"model spec {spec!r} needs a source: {_usage()}")
         if source not in SPEC_SOURCES:
             raise GktError(f"unknown model source {source!r} in {spec!r}; use {_usage()}")
         syntax = SPEC_SOURCES[source]
+        if not rest:
+            raise GktError(f"model spec {spec!r} names no model: write it as {syntax.usage}")
         query = ""
         if syntax.options:
             rest, _, query = rest.partition("?")
@@ -149,7 +151,11 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
     when given, is checked against the model's label space. ``class_map`` (a JSON/YAML file, a dict, or
     ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`)."""
     parsed = ModelSpec.parse(spec)
-    model = SPEC_SOURCES[parsed.source].load(parsed, data, zoo_dir)
+    try:
+        model = SPEC_SOURCES[parsed.source].load(parsed, data, zoo_dir)
+    except (TypeError, ValueError) as exc:  # an option of the wrong type, e.g. ?img_size=abc or ?mean=1
+        raise GktError(f"model spec {spec!r}: {exc} ({type(exc).__name__}); check its options "
+                       f"(write it as {SPEC_SOURCES[parsed.source].usage})") from exc
     if class_map is not None:
         if data is None:
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")

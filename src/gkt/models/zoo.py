@@ -90,10 +90,13 @@ def is_built(path: Path) -> bool:
     return all(p.is_file() for p in checkpoint_paths(path))
 
 
-def _find_built(name: str, zoo_dir: str | Path | None) -> Path | None:
-    """The checkpoint of zoo model ``name``: the current recipe's, else any build of that name (newest)."""
+def find_built(name: str, zoo_dir: str | Path | None = None, exact: Path | None = None) -> Path | None:
+    """The checkpoint of zoo model ``name``: ``exact`` (default: the current recipe's) when built, else the
+    newest build of that name (e.g. a smoke build with fewer epochs); ``zoo:NAME``, ``zoo list`` and
+    ``--models zoo`` all find models this way, so they agree."""
     directory = Path(zoo_dir or zoo_dir_default())
-    exact = entry_path(get_entry(name), zoo_dir) if name in {e.name for e in DEFAULT_ZOO} else None
+    if exact is None and name in {e.name for e in DEFAULT_ZOO}:
+        exact = entry_path(get_entry(name), zoo_dir)
     if exact is not None and is_built(exact):
         return exact
     pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.safetensors")  # not "mlp-14px-…" for "mlp"
@@ -103,9 +106,12 @@ def _find_built(name: str, zoo_dir: str | Path | None) -> Path | None:
 
 
 def load_zoo_model(name: str, zoo_dir: str | Path | None = None) -> Classifier:
-    path = _find_built(name, zoo_dir)
+    path = find_built(name, zoo_dir)
     if path is None:
         get_entry(name)  # unknown names get the list of zoo models
         raise GktError(f"zoo model {name!r} is not built in {zoo_dir or zoo_dir_default()}; run "
                        f"`gkt zoo build --only {name}` (or `gkt zoo build` for the whole zoo)")
-    return load_checkpoint(path)
+    try:
+        return load_checkpoint(path)
+    except GktError as exc:
+        raise GktError(f"zoo model {name!r}: {exc}; `gkt zoo build --only {name}` rebuilds it") from exc

@@ -266,7 +266,15 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "state.pt"
     if not path.is_file():
         raise GktError(f"{run_dir}: no state.pt (a transfer run writes it after each finished epoch)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty, or a pickle that weights_only refuses: each its own error type
+        raise GktError(f"{path}: cannot read the saved training state ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'}); it is damaged, so the run "
+                       "cannot be resumed: start it again") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "history" not in state:
+        raise GktError(f"{path}: not a gkt transfer state; the run cannot be resumed: start it again")
+    return state
 
 
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
