@@ -223,7 +223,7 @@ def test_student_figure_with_no_finite_transfer_rate(tmp_path: Path) -> None:
     """Teachers without positive flips give NaN transfer rates; the figure still renders (log axis skipped)."""
     from gkt.reporting.study_figures import plot_by_student
 
-    pairs = [{"student": f"zoo:s{i}", "method": m, "delta_transf": 0.001 * i, "transfer_rate_top100": math.nan,
+    pairs = [{"student": f"zoo:s{i}", "teacher": "zoo:t", "method": m, "delta_transf": 0.001 * i, "transfer_rate_top100": math.nan,
               "student_params": 1000 * (i + 1), "student_family": "mlp", "knowledge_gain": 0.01,
               "knowledge_loss": 0.01} for i in range(3) for m in ("kl", "kl-dp")]
     assert plot_by_student(pairs, tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"

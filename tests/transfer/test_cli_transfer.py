@@ -79,7 +79,9 @@ def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Pa
     code, broken = run(tmp_path, tiny_fmnist_dir, *args)
     assert code == 130 and not (broken / "student.safetensors").exists()
     monkeypatch.setattr(TransferTrainer, "train_epoch", original)
-    code, resumed = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken), "--seed", "99")
+    code, _ = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken), "--seed", "99")
+    assert code == 2  # an option that conflicts with the run's is refused, not silently overridden
+    code, resumed = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken))
     assert code == 0
     a = load_model(f"file:{full / 'student'}").net.state_dict()
     b = load_model(f"file:{resumed / 'student'}").net.state_dict()
