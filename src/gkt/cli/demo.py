@@ -98,7 +98,7 @@ def demo(args: argparse.Namespace) -> int:
     act2 = run_headroom(headroom, args.run_dir / "headroom", args.headroom_methods, args.seeds, settings,
                         workers=args.workers, threads=args.threads)
     counts = act2["counts"]
-    print(f"{counts['total']} jobs: {counts['skipped']} already done, {counts['done']} ran, {counts['failed']} failed")
+    print(f"{counts.total} jobs: {counts.skipped} already done, {counts.done} ran, {len(counts.failed)} failed")
     print("\n== gkt demo 5/5: reports ==", flush=True)
     reports = [write_report(args.run_dir / part)[0] for part in ("analysis", "study", "headroom")]
     for title, part in (("Act 1: converged zoo models", "study"), ("Act 2: students with headroom", "headroom")):
@@ -108,4 +108,4 @@ def demo(args: argparse.Namespace) -> int:
     print(f"\ndemo finished in {total:.0f}s (zoo step {zoo_seconds:.0f}s)")
     for path in reports:
         print(f"report: {path}")
-    return code if counts["failed"] == 0 else 1
+    return code if counts.ok else 1
