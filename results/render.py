@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Formatter
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent
 ROOT = RESULTS.parent
@@ -110,6 +111,14 @@ def pm(prefix: str = "", sign: str = "+") -> str:
 
 TRANSFER_PAIR = "{direction}: `{teacher}` ({teacher_acc:.2f}) → `{student}` ({student_acc:.2f})"
 SWEEP_CELL = "||".join([f"{pm('kl_dp_')} ({{kl_mean:+.2f}})", pm("kl_dp_"), "{kl_dp_mean:+.2f} (1 seed)"])
+# the layout of a table that has an earlier version beside it (the same columns for both CSV files)
+TRANSFER_METHODS: dict[str, Any] = {
+    "columns": [("teacher (acc) → student (acc)", TRANSFER_PAIR)],
+    "pivot": ("method", ["kl", "kl-dp", "kl-dp-unsup", "xekl-mcl"]), "cell": pm()}
+MULTI_TEACHER: dict[str, Any] = {
+    "columns": [("student", "`{student}`"), ("acc", "{student_acc:.2f}"), ("method", "`{method}`")],
+    "pivot": ("column", ["single mean", "single min", "single max", "sequential", "parallel", "soup",
+                         "seq − best single"]), "cell": pm(), "pivot_header": "{}"}
 TABLES: dict[str, Table] = {
     "kdep-benchmark": Table(
         "kdep-benchmark/results.csv",
@@ -126,14 +135,10 @@ TABLES: dict[str, Table] = {
         "transfer-lr-sweep/results.csv", [("lr", "{lr}")],
         pivot=("column", ["kl weak→strong", "kl-dp weak→strong", "kl strong→weak", "kl-dp strong→weak"]),
         cell="{delta_transf:+.2f}", pivot_header="{}"),
-    "transfer-methods": Table(
-        "transfer-methods/results.csv", [("teacher (acc) → student (acc)", TRANSFER_PAIR)],
-        pivot=("method", ["kl", "kl-dp", "kl-dp-unsup", "xekl-mcl"]), cell=pm()),
-    "multi-teacher": Table(
-        "multi-teacher/results.csv",
-        [("student", "`{student}`"), ("acc", "{student_acc:.2f}"), ("method", "`{method}`")],
-        pivot=("column", ["single mean", "single min", "single max", "sequential", "parallel", "soup",
-                          "seq − best single"]), cell=pm(), pivot_header="{}"),
+    "transfer-methods": Table("transfer-methods/results.csv", **TRANSFER_METHODS),
+    "transfer-methods-earlier": Table("transfer-methods/earlier-f86ffa4.csv", **TRANSFER_METHODS),
+    "multi-teacher": Table("multi-teacher/results.csv", **MULTI_TEACHER),
+    "multi-teacher-earlier": Table("multi-teacher/earlier-f86ffa4.csv", **MULTI_TEACHER),
     "adapt-digits": Table(
         "adapt/results.csv",
         [("method", "`{method}`"), ("Δtransf, weaker teacher (6 pairs)", pm("weaker_")),
