@@ -112,20 +112,18 @@ def pm(prefix: str = "", sign: str = "+") -> str:
 TRANSFER_PAIR = "{direction}: `{teacher}` ({teacher_acc:.2f}) → `{student}` ({student_acc:.2f})"
 SWEEP_CELL = "||".join([f"{pm('kl_dp_')} ({{kl_mean:+.2f}})", pm("kl_dp_"), "{kl_dp_mean:+.2f} (1 seed)"])
 # the layout of a table that has an earlier version beside it (the same columns for both CSV files)
+KDEP_BENCHMARK: dict[str, Any] = {
+    "columns": [("arm", "{method}"), ("seeds", "{seeds}"), ("pre-train samples", "{pretrain_samples:.0f}"),
+                ("pre-train s", "{pretrain_s:.1f}"),
+                ("fmnist[5-9]", pm("fmnist_5_9_", "") + "||{fmnist_5_9_mean:.2f}"),
+                ("digits", pm("digits_", "") + "||{digits_mean:.2f}"), ("mean", pm("mean_", "") + "||{mean_mean:.2f}")],
+    "rows": kdep_summary}
 TRANSFER_METHODS: dict[str, Any] = {
     "columns": [("teacher (acc) → student (acc)", TRANSFER_PAIR)],
     "pivot": ("method", ["kl", "kl-dp", "kl-dp-unsup", "xekl-mcl"]), "cell": pm()}
-MULTI_TEACHER: dict[str, Any] = {
-    "columns": [("student", "`{student}`"), ("acc", "{student_acc:.2f}"), ("method", "`{method}`")],
-    "pivot": ("column", ["single mean", "single min", "single max", "sequential", "parallel", "soup",
-                         "seq − best single"]), "cell": pm(), "pivot_header": "{}"}
 TABLES: dict[str, Table] = {
-    "kdep-benchmark": Table(
-        "kdep-benchmark/results.csv",
-        [("arm", "{method}"), ("seeds", "{seeds}"), ("pre-train samples", "{pretrain_samples:.0f}"),
-         ("pre-train s", "{pretrain_s:.1f}"), ("fmnist[5-9]", pm("fmnist_5_9_", "") + "||{fmnist_5_9_mean:.2f}"),
-         ("digits", pm("digits_", "") + "||{digits_mean:.2f}"), ("mean", pm("mean_", "") + "||{mean_mean:.2f}")],
-        rows=kdep_summary),
+    "kdep-benchmark": Table("kdep-benchmark/results.csv", **KDEP_BENCHMARK),
+    "kdep-benchmark-6f11b2e": Table("kdep-benchmark/earlier-6f11b2e.csv", **KDEP_BENCHMARK),
     "kdep-benchmark-earlier": Table(
         "kdep-benchmark/earlier-8020f62.csv",
         [("arm", "{method}"), ("seeds", "{seeds}"), ("pre-train samples", "{pretrain_samples:.0f}"),
@@ -137,8 +135,11 @@ TABLES: dict[str, Table] = {
         cell="{delta_transf:+.2f}", pivot_header="{}"),
     "transfer-methods": Table("transfer-methods/results.csv", **TRANSFER_METHODS),
     "transfer-methods-earlier": Table("transfer-methods/earlier-f86ffa4.csv", **TRANSFER_METHODS),
-    "multi-teacher": Table("multi-teacher/results.csv", **MULTI_TEACHER),
-    "multi-teacher-earlier": Table("multi-teacher/earlier-f86ffa4.csv", **MULTI_TEACHER),
+    "multi-teacher": Table(
+        "multi-teacher/results.csv",
+        [("student", "`{student}`"), ("acc", "{student_acc:.2f}"), ("method", "`{method}`")],
+        pivot=("column", ["single mean", "single min", "single max", "sequential", "parallel", "soup",
+                          "seq − best single"]), cell=pm(), pivot_header="{}"),
     "adapt-digits": Table(
         "adapt/results.csv",
         [("method", "`{method}`"), ("Δtransf, weaker teacher (6 pairs)", pm("weaker_")),
