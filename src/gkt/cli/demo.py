@@ -109,7 +109,9 @@ def demo(args: argparse.Namespace) -> int:
     counts = act2["counts"]
     print(f"{counts.total} jobs: {counts.skipped} already done, {counts.done} ran, {len(counts.failed)} failed")
     print("\n== gkt demo 5/5: reports ==", flush=True)
-    reports = [write_report(args.run_dir / part)[0] for part in ("analysis", "study", "headroom")]
+    parts = {"analysis": "complementary knowledge of the demo's models", "study": "act 1, converged zoo models",
+             "headroom": "act 2, students with headroom"}
+    reports = [write_report(args.run_dir / part, f"gkt demo — {title}")[0] for part, title in parts.items()]
     for title, part in (("Act 1: converged zoo models", "study"), ("Act 2: students with headroom", "headroom")):
         print(f"\n--- {title} ---")
         print_findings(args.run_dir / part)
