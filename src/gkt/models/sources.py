@@ -157,19 +157,25 @@ def _interpolation(resample: Any) -> str:
 
 def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, Any]:
     """The eval transform of a ``transformers`` image processor on gkt's [0, 1] scale: ``size``, ``mean``,
-    ``std``, ``crop_pct`` and ``interpolation`` (the arguments of :func:`make_preprocess`)."""
+    ``std``, ``crop_pct``, ``interpolation``, ``squash`` and ``crop_rounding`` (the arguments of
+    :func:`make_preprocess`), as the processor applies them: a ``shortest_edge`` size resizes the shorter
+    side (ConvNeXt's below 384 px: to ``shortest_edge / crop_pct``, then the centre ``shortest_edge``), a
+    ``height``/``width`` size resizes both sides, ``crop_size`` (with ``do_center_crop``) crops the centre
+    with offsets rounded down."""
     height, width, shortest = _size(processor.size)
-    crop_pct = 1.0
+    crop_pct, squash = 1.0, shortest is None
+    processor_crop = getattr(processor, "crop_pct", None)  # ConvNeXt, PoolFormer: resize to size / crop_pct
     if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
         crop_h, crop_w, _ = _size(processor.crop_size)
-        resized = shortest or height
+        resized = shortest or (height if height == width else None)
+        if processor_crop is not None and resized:  # PoolFormer: the shorter side to size / crop_pct
+            resized, squash = int(resized / processor_crop), False
         if crop_h is not None and resized:
             height, width, crop_pct = crop_h, crop_w, crop_fraction(crop_h, resized)
     elif shortest is not None:
         height = width = shortest
-        processor_crop = getattr(processor, "crop_pct", None)
-        if processor_crop and shortest < 384:  # ConvNeXt: resize to shortest / crop_pct, centre-crop shortest
-            crop_pct = float(processor_crop)
+        if processor_crop is not None:  # ConvNeXt: below 384 px the shorter side to shortest / crop_pct, then
+            crop_pct, squash = (float(processor_crop), False) if shortest < 384 else (1.0, True)  # else squash
     if height is None or height != width:
         raise GktError(f"hf:{spec.target}: the image processor's size {processor.size} is not a square input; "
                        "give img_size=N")
@@ -182,7 +188,8 @@ def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, A
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
     return {"size": int(height), "mean": tuple(m / scale for m in mean), "std": tuple(s / scale for s in std),
-            "crop_pct": min(1.0, crop_pct), "interpolation": _interpolation(getattr(processor, "resample", None))}
+            "crop_pct": min(1.0, crop_pct), "interpolation": _interpolation(getattr(processor, "resample", None)),
+            "squash": squash, "crop_rounding": "floor"}
 
 
 def hf_model_dir(target: str) -> Path:

@@ -238,7 +238,8 @@ def square_input(input_size: Sequence[int] | None, what: str) -> tuple[int | Non
 
 
 def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequence[float], spec: ModelSpec,
-                    crop_pct: float = 1.0, interpolation: str = "bilinear") -> Preprocess:
+                    crop_pct: float = 1.0, interpolation: str = "bilinear", squash: bool = False,
+                    crop_rounding: str = "round") -> Preprocess:
     """A :class:`Preprocess`, its invalid values (from a spec or a model's config) as a clear error."""
     what = f"{spec.source}:{spec.target}"
     try:
@@ -249,7 +250,7 @@ def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequen
         raise GktError(f"{what}: std must be positive, got {list(std)}")
     try:
         return Preprocess(int(size), int(channels), tuple(values[0]), tuple(values[1]), float(crop_pct),
-                          str(interpolation))
+                          str(interpolation), bool(squash), str(crop_rounding))
     except (TypeError, ValueError) as exc:
         raise GktError(f"{what}: {exc}") from exc
 
