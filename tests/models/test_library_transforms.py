@@ -1,6 +1,7 @@
-"""Each model's own eval transform: on the same folder, gkt's predictions equal those of the library's own
-transform pipeline (timm ``create_transform``, torchvision ``weights.transforms()``, the transformers image
-processor) on at least 99% of images."""
+"""Each model's own eval transform: on the same folder, gkt's predictions (one pass, each image decoded once,
+every model given its own view) equal those of the library's own transform pipeline on PIL images (timm
+``create_transform``, torchvision ``weights.transforms()``, the transformers image processor) on at least 99%
+of images."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def confident_head(model: Classifier, inputs: torch.Tensor, steps: int = 60) -> 
     """Give a random-init network confident predictions that depend on the image: a head on whitened
     features (fixed seed), then a few steps of self-training (cross-entropy on its own predictions) that
     widen each image's margin between its top two classes; ``inputs`` are the network's normalised inputs."""
-    head = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes][-1]
+    head = [m for m in model.net.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes][-1]
     with torch.no_grad():
         features = model.net.forward_features(inputs)
     mean, std = features.mean(0), features.std(0)
@@ -110,9 +112,8 @@ def test_predictions_match_the_library_pipelines(offline_hubs: HubCaches, photo_
         confident_head(model, batch)
         with torch.no_grad():
             logits = model.net(batch)  # the library's own module (wrapped for its logits), same weights
-        top2 = logits.softmax(1).topk(2, dim=1).values
         assert len(logits.argmax(1).unique()) >= 3, f"{spec}: predictions must vary between images"
-        assert top2[:, 0].median() > 0.5, f"{spec}: predictions must be confident"
+        assert logits.softmax(1).amax(1).median() > 0.5, f"{spec}: predictions must be confident"
         models.append(model)
         theirs.append(logits.argmax(1))
     dataset = folder.at_decode_plan(decode_plan_for(m.preprocess for m in models))
@@ -123,5 +124,6 @@ def test_predictions_match_the_library_pipelines(offline_hubs: HubCaches, photo_
     square = predict_many(models, folder.at_decode_size(decode_size_for(m.preprocess for m in models)),
                           torch.device("cpu"), batch_size=50, workers=0)
     print("agreement with the library pipelines, own views:", {k: f"{100 * v:.1f}%" for k, v in rates.items()},
-          "one square decode:", {k: f"{100 * agreement(p.predicted, t):.1f}%" for k, p, t in zip(CASES, square, theirs)})
+          "one square decode:",
+          {k: f"{100 * agreement(p.predicted, t):.1f}%" for k, p, t in zip(CASES, square, theirs)})
     assert min(rates.values()) >= 0.99, f"gkt agrees with the libraries' pipelines on {rates} of images"

@@ -3,8 +3,9 @@ loaded (:func:`register_spec_source`):
 
 * ``zoo:NAME`` — a model of the embedded zoo (built by ``gkt zoo build``);
 * ``file:PATH`` — a checkpoint written by gkt (``PATH.safetensors`` + ``PATH.json``);
-* ``timm:NAME[.TAG]``, ``timm:hf-hub:ORG/NAME``, ``timm:ARCH[@WEIGHTS]`` — see :mod:`gkt.models.timm_source`;
-* ``hf:ORG/NAME`` or ``hf:DIR`` and ``torchvision:ARCH[?weights=ENUM]`` — see :mod:`gkt.models.sources`.
+* ``timm:NAME[.TAG]``, ``timm:hf-hub:ORG/NAME[@REVISION]``, ``timm:ARCH[@WEIGHTS]`` — see
+  :mod:`gkt.models.timm_source`;
+* ``hf:ORG/NAME[@REVISION]`` or ``hf:DIR`` and ``torchvision:ARCH[?weights=ENUM]`` — see :mod:`gkt.models.sources`.
 
 Every model goes by a short :func:`display_name` in tables and figures. Options that reach a library's
 constructor are allow-listed (:func:`allowed_options`); typed options are checked when the spec is parsed.
@@ -13,6 +14,7 @@ constructor are allow-listed (:func:`allowed_options`); typed options are checke
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,18 +279,28 @@ def _plain_value(value: Any) -> bool:
 def display_name(spec: str) -> str:
     """The short name a model goes by in tables and figures: ``resnet18.a1_in1k`` for
     ``timm:resnet18.a1_in1k``, ``timm:hf-hub:timm/resnet18.a1_in1k`` or a hub snapshot directory,
-    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``;
-    ``zoo:`` and ``file:`` specs keep their spec; options other than weights are kept after a ``?``."""
+    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``,
+    the file's stem for ``file:PATH``; a pinned hub revision follows as ``@REV`` (a commit: its first 8
+    characters); ``zoo:`` specs keep their spec; options other than weights are kept after a ``?``."""
     parsed = ModelSpec.parse(spec)
+    if parsed.source == "file":
+        return path_display_name(parsed.target)
     if parsed.source not in ("timm", "hf", "torchvision"):
         return spec
     options = dict(parsed.options)
-    name = parsed.target.removeprefix("hf-hub:")
+    name, revision = parsed.target.removeprefix("hf-hub:"), None
+    weights = parsed.weights
+    if parsed.source == "timm" and parsed.target.startswith("hf-hub:"):
+        revision, weights = weights, None
+    elif parsed.source == "hf" and not Path(name).is_dir():
+        name, _, revision = name.partition("@")
     if parsed.source == "hf" or Path(name).is_absolute() or "/" in name:
         name = path_display_name(name)
-    if parsed.weights:
-        weights = path_display_name(parsed.weights)
+    if weights:
+        weights = path_display_name(weights)
         name = weights if weights.partition(".")[0] == name else f"{name}@{weights}"
+    if revision:
+        name += f"@{revision[:8] if re.fullmatch(r'[0-9a-f]{40}', revision) else revision}"
     if parsed.source == "torchvision" and "weights" in options:
         name += f".{options.pop('weights')}"
     options.pop("pretrained", None)

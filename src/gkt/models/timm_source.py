@@ -1,6 +1,7 @@
 """``timm:`` models, named as timm names them:
 
-* ``timm:NAME.TAG`` (e.g. ``timm:resnet18.a1_in1k``) and ``timm:hf-hub:ORG/NAME`` — pretrained weights
+* ``timm:NAME.TAG`` (e.g. ``timm:resnet18.a1_in1k``) and ``timm:hf-hub:ORG/NAME[@REVISION]`` (a branch,
+  tag or commit of the hub repository) — pretrained weights
   through timm's own loader (``timm.create_model(..., pretrained=True)``: the Hugging Face cache, offline
   with ``HF_HUB_OFFLINE=1``, a download where a network exists), with the model's own eval transform from
   its ``pretrained_cfg`` (input size, ``crop_pct``, interpolation, mean/std) and its label names (ImageNet
@@ -209,9 +210,12 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     return Classifier(TimmNet(model), arch, pre, names, provenance=provenance)
 
 
-@register_spec_source("timm", "timm:NAME[.TAG] | timm:hf-hub:ORG/NAME | timm:ARCH[@WEIGHTS][?k=v&...]",
+@register_spec_source("timm",
+                      "timm:NAME[.TAG] | timm:hf-hub:ORG/NAME[@REVISION] | timm:ARCH[@WEIGHTS][?k=v&...]",
                       weights=True, options=True)
 def load_timm(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
+    if spec.target.startswith(HF_HUB) and spec.weights:  # hf-hub:ORG/NAME@REVISION: a pinned hub revision
+        spec = ModelSpec(spec.source, f"{spec.target}@{spec.weights}", None, spec.options)
     pretrained = spec.options.get("pretrained")
     if pretrained is None:
         pretrained = not spec.weights and (spec.target.startswith(HF_HUB) or "." in spec.target)
