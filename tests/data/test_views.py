@@ -81,3 +81,29 @@ def test_plans_enter_the_dataset_identity(tmp_path: Path) -> None:
     bicubic, bilinear = dataset.at_decode_plan((View(26, 24, "bicubic"),)), dataset.at_decode_plan((View(26, 24),))
     assert bicubic.image_shape == bilinear.image_shape
     assert len({dataset_identity(dataset), dataset_identity(bicubic), dataset_identity(bilinear)}) == 3
+
+
+def test_a_pass_gives_each_model_its_view_and_others_the_largest(tmp_path: Path) -> None:
+    """``predict_many`` over a planned folder: a model of the plan sees exactly its view; a model outside it
+    resizes and crops the plan's largest view itself."""
+    from dataclasses import replace
+
+    from gkt.engine.predictions import predict_many
+    from tests.conftest import make_model
+
+    (tmp_path / "a").mkdir()
+    for i, (h, w) in enumerate([(30, 44), (41, 27), (33, 33), (50, 38)]):
+        pixels = np.random.default_rng(i).integers(0, 255, (h, w), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "a" / f"{i}.png")
+    planned, outside = (make_model("cnn", seed, num_classes=2, size=12).eval() for seed in (0, 1))
+    planned.preprocess = replace(planned.preprocess, crop_pct=0.8, interpolation="bicubic")
+    outside.preprocess = replace(outside.preprocess, crop_pct=0.75)
+    dataset = load_image_folder(tmp_path, image_size=16, channels=1)
+    views = (planned.preprocess.view, View(20, 16))
+    (batch, _, _), = iterate_batches(dataset.at_decode_plan(views), 4, workers=0)
+    preds = predict_many([planned, outside], dataset.at_decode_plan(views), torch.device("cpu"), workers=0)
+    with torch.no_grad():
+        own = planned.forward_view(view_of(batch, views, views[0]))
+        resized = outside(view_of(batch, views, views[1]))
+        assert torch.allclose(preds[0].logits, own) and torch.allclose(preds[1].logits, resized)
+        assert not torch.allclose(own, planned(view_of(batch, views, views[1])))  # its view is not the largest's
