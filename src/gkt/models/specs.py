@@ -13,9 +13,11 @@ constructor are allow-listed (:func:`allowed_options`); typed options are checke
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,12 +149,45 @@ def _usage() -> str:
     return ", ".join(s.usage for s in SPEC_SOURCES.values())
 
 
+# The input size a command evaluates every model at (set by the CLI's --img-size for the whole command,
+# inherited by the worker processes of a study); a spec's own ?img_size=N wins.
+IMG_SIZE_ENV = "GKT_IMG_SIZE"
+
+
+@contextlib.contextmanager
+def img_size_default(size: int | None) -> Iterator[None]:
+    """Within the block, :func:`load_model` sizes every model's input to ``size`` px (``None``: as it is)."""
+    if size is None:
+        yield
+        return
+    before = os.environ.get(IMG_SIZE_ENV)
+    os.environ[IMG_SIZE_ENV] = str(int(size))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(IMG_SIZE_ENV, None)
+        else:
+            os.environ[IMG_SIZE_ENV] = before
+
+
+def _with_img_size(parsed: ModelSpec) -> ModelSpec:
+    """``parsed`` with the command's input size (:data:`IMG_SIZE_ENV`) as its ``img_size`` option, for
+    sources that take options and specs that do not set it."""
+    size = os.environ.get(IMG_SIZE_ENV)
+    if size is None or "img_size" in parsed.options or not SPEC_SOURCES[parsed.source].options:
+        return parsed
+    return ModelSpec(parsed.source, parsed.target, parsed.weights, {**parsed.options, "img_size": int(size)})
+
+
 def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | None = None,
                class_map: ClassMapLike | None = None) -> Classifier:
     """Resolve a spec to a :class:`Classifier` on CPU, in eval mode. ``data`` sizes ``timm:`` models and,
     when given, is checked against the model's label space. ``class_map`` (a JSON/YAML file, a dict, or
-    ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`)."""
-    parsed = ModelSpec.parse(spec)
+    ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`).
+    Within :func:`img_size_default`, library models take its input size; a ``zoo:``/``file:`` model, whose
+    input size is fixed by its training, must already have it."""
+    parsed = _with_img_size(ModelSpec.parse(spec))
     try:
         model = SPEC_SOURCES[parsed.source].load(parsed, data, zoo_dir)
     except (TypeError, ValueError) as exc:  # an option of the wrong type, e.g. ?img_size=abc or ?mean=1
@@ -163,6 +198,11 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")
         model = apply_class_map(model, data.class_names, class_map)
     model.name = display_name(spec)
+    size = os.environ.get(IMG_SIZE_ENV)
+    if size is not None and model.preprocess.input_size != int(size) and "img_size" not in parsed.options:
+        raise GktError(f"{spec}: --img-size {size} does not apply: a {parsed.source}: model keeps the input size "
+                       f"it was trained at ({model.preprocess.input_size} px); drop --img-size, or set "
+                       "?img_size=N on each library model's spec instead")
     if data is not None:
         check_label_space(model, data.class_names)
     return model.eval()
