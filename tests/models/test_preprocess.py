@@ -41,10 +41,9 @@ def test_non_square_input_keeps_its_aspect_then_crops() -> None:
 
 
 def _reference(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
-    """The unfused transform: adapt_layout (``uint8`` resized as ``uint8``, as PIL does), to [0, 1],
-    (x - mean) / std."""
-    x = adapt_layout(images, p.channels, p.view)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    """The unfused transform: to [0, 1], adapt_layout, (x - mean) / std (a model's own resize of a tensor
+    batch works on floats; decode plans resize ``uint8`` images as the libraries do)."""
+    x = adapt_layout(images.float() / 255 if images.dtype == torch.uint8 else images, p.channels, p.view)
     return (x - torch.tensor(p.mean).view(1, -1, 1, 1)) / torch.tensor(p.std).view(1, -1, 1, 1)
 
 
@@ -59,6 +58,17 @@ def test_prepare_equals_the_unfused_transform(p: Preprocess, dtype: torch.dtype)
     images = images if dtype == torch.uint8 else images.float() / 255
     out = prepare(images, p, torch.tensor(p.mean).view(1, -1, 1, 1), torch.tensor(p.std).view(1, -1, 1, 1))
     assert out.dtype == torch.float32 and torch.allclose(out, _reference(images, p), atol=1e-5)
+
+
+def test_a_model_sees_the_same_input_from_uint8_and_float_batches() -> None:
+    """Evaluation feeds raw uint8 tensors, training feeds float batches (after augmentation): a resizing
+    model (the zoo's 7 and 14 px models) must see the same input from both."""
+    from gkt.models.preprocess import prepare
+
+    p = Preprocess(14, 1, (0.286,), (0.353,))
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    mean, std = torch.tensor(p.mean).view(1, -1, 1, 1), torch.tensor(p.std).view(1, -1, 1, 1)
+    assert torch.equal(prepare(images, p, mean, std), prepare(images.float() / 255, p, mean, std))
 
 
 def test_decode_size_is_the_largest_resize_of_a_pass() -> None:

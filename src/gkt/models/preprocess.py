@@ -100,9 +100,14 @@ def prepare(images: torch.Tensor, preprocess: Preprocess, mean: torch.Tensor, st
     """A raw batch (``uint8``, or float in [0, 1]) as the model's normalised input ``(x - mean) / std``:
     :func:`adapt_layout` to its channels and view (``at_input``: the batch is already the model's view,
     e.g. sliced from a decode plan's canvas; only channels and normalisation remain), then one multiply-add.
-    ``mean``/``std`` are ``[1, C, 1, 1]``."""
+    ``mean``/``std`` are ``[1, C, 1, 1]``. Otherwise the batch is resized as float, so that a ``uint8`` batch
+    and the same batch as float ``x / 255`` give identical inputs: what a model sees in evaluation (raw
+    ``uint8`` tensors) is what it saw in training (float batches after augmentation)."""
     p = preprocess
-    x = to_unit_float(adapt_layout(images, p.channels, None if at_input else p.view)).to(mean.dtype)
+    if at_input:
+        x = to_unit_float(adapt_layout(images, p.channels)).to(mean.dtype)
+    else:
+        x = adapt_layout(to_unit_float(images), p.channels, p.view).to(mean.dtype)
     if at_input and x.shape[-2:] != (p.input_size, p.input_size):
         raise ValueError(f"a model view must be {p.input_size}x{p.input_size}, got {tuple(x.shape[-2:])}")
     inv_std = std.reciprocal()
