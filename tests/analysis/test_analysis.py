@@ -159,7 +159,7 @@ def test_cli_analyze(tiny_fmnist_dir: Path, tmp_path: Path, capsys: pytest.Captu
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["models"] == 3 and summary["ordered_pairs"] == 6 and summary["samples"] == 20
-    assert (run / "rho_pos.csv").read_text().splitlines()[0].startswith("teacher\\student,file:")
+    assert (run / "rho_pos.csv").read_text().splitlines()[0] == "teacher\\student,linear,mlp,cnn"  # file stems
 
     small = make_model("linear", 9, num_classes=4, size=28)
     bad = f"file:{save_checkpoint(small, tmp_path / 'four')}"

@@ -13,7 +13,8 @@ from PIL import Image
 
 from gkt.core.errors import GktError
 from gkt.data.datasets import iterate_batches, load_image_folder
-from gkt.data.decode import decode_to_size, reset_skipped, skipped_images
+from gkt.data.decode import decode_image, reset_skipped, skipped_images
+from gkt.data.views import square_view
 from gkt.data.spec import load_split
 from gkt.engine.predictions import dataset_identity
 
@@ -43,20 +44,20 @@ def _fresh_skips() -> None:
     reset_skipped()
 
 
-def test_decode_to_size_matches_pil_and_reads_other_formats() -> None:
+def test_square_decode_matches_pil_and_reads_other_formats() -> None:
     rng = np.random.default_rng(1)
     smooth = np.linspace(0, 200, 50)[None, :, None] + np.linspace(0, 50, 30)[:, None, None] + np.zeros((1, 1, 3))
     buf = io.BytesIO()
     Image.fromarray(smooth.astype(np.uint8)).save(buf, "JPEG", quality=95)
     data = buf.getvalue()
-    out = decode_to_size(torch.frombuffer(bytearray(data), dtype=torch.uint8), 3, 16)
+    out = square_view(16).apply(decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), 3))
     assert out.shape == (3, 16, 16) and out.dtype == torch.uint8
     with Image.open(io.BytesIO(data)) as img:  # the same transform with PIL: shorter side 16, centre crop
         ref = np.asarray(img.convert("RGB").resize((26, 16), Image.BILINEAR, reducing_gap=None))[:, 5:21]
     assert np.abs(out.permute(1, 2, 0).numpy().astype(int) - ref.astype(int)).mean() < 2
     buf = io.BytesIO()  # BMP: not a torchvision format, read by PIL
     Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(buf, "BMP")
-    gray = decode_to_size(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 1, 8)
+    gray = square_view(8).apply(decode_image(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 1))
     assert gray.shape == (1, 8, 8)
 
 

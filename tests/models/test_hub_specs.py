@@ -102,6 +102,28 @@ def test_display_names() -> None:
     assert display_name("torchvision:resnet18?weights=IMAGENET1K_V1&img_size=160") == \
         "resnet18.IMAGENET1K_V1?img_size=160"
     assert display_name("zoo:mlp") == "zoo:mlp"
+    assert display_name("file:/runs/a/student.safetensors") == "student" and display_name("file:out/student") == \
+        "student"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert display_name(f"timm:hf-hub:timm/resnet18.a1_in1k@{commit}") == "resnet18.a1_in1k@01234567"
+    assert display_name("hf:facebook/convnext-tiny-224@v1.0") == "convnext-tiny-224@v1.0"
+
+
+def test_pinned_hub_revisions(offline_hubs: HubCaches) -> None:
+    """``hf-hub:ORG/NAME@REVISION`` and ``hf:ORG/NAME@REVISION`` load that revision from the cache; another
+    revision is a clear error."""
+    timm_rev, hf_rev = f"{0:040x}", f"{1:040x}"  # the snapshots tests/hubs.py writes
+    pinned = load_model(f"timm:hf-hub:timm/{TIMM_MODELS[0]}@{timm_rev}")
+    plain = load_model(f"timm:hf-hub:timm/{TIMM_MODELS[0]}")
+    assert pinned.identity() == plain.identity() and pinned.name == f"{TIMM_MODELS[0]}@00000000"
+    model = load_model(f"hf:{HF_MODEL}@{hf_rev}")
+    assert model.provenance["weights"].endswith(hf_rev) and model.name == "tiny-vit@00000000"
+    with pytest.raises(GktError, match="cannot load its pretrained weights"):
+        load_model(f"timm:hf-hub:timm/{TIMM_MODELS[0]}@{'f' * 40}")
+    with pytest.raises(GktError, match="not in the Hugging Face cache"):
+        load_model(f"hf:{HF_MODEL}@{'f' * 40}")
+    with pytest.raises(GktError, match="neither a directory nor a Hugging Face hub id"):
+        load_model(f"hf:{HF_MODEL}@")
 
 
 def test_foreign_code_and_loader_options_are_refused(offline_hubs: HubCaches, tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ def test_parse_new_specs() -> None:
 
 
 def test_hf_model_preprocessing_labels_features_and_checkpoint(tmp_path: Path, data: tuple) -> None:
+    from transformers import AutoImageProcessor
+
     _, _, info = data
     path = save_hf_vit(tmp_path / "vit", list(info.class_names))
     model = load_model(f"hf:{path}", info)
@@ -69,10 +71,9 @@ def test_hf_model_preprocessing_labels_features_and_checkpoint(tmp_path: Path, d
         # features are the classifier's input: the normalised CLS token
         assert features.shape == (3, 16)
         assert torch.allclose(model.net.model.classifier(features), logits, atol=1e-6)
-        # the same as transformers on the processor's own output (grey replicated, resized, normalised)
-        pixels = torch.nn.functional.interpolate(x.float().div(255).expand(-1, 3, -1, -1), size=(16, 16),
-                                                 mode="bilinear", align_corners=False)
-        pixels = (pixels - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.4, 0.25]).view(1, 3, 1, 1)
+        # the same as transformers on its image processor's own output (grey replicated, resized, normalised)
+        pixels = AutoImageProcessor.from_pretrained(path)(list(x.expand(-1, 3, -1, -1)),
+                                                          return_tensors="pt")["pixel_values"]
         assert torch.allclose(model.net.model(pixel_values=pixels).logits, logits, atol=1e-5)
     loaded = load_model(f"file:{save_checkpoint(model, tmp_path / 'copy')}", info)
     assert torch.equal(loaded(x), logits) and loaded.arch.source == "hf"
@@ -86,7 +87,7 @@ def test_hf_processor_rescale_is_folded_into_mean_std(tmp_path: Path) -> None:
     unscaled = ViTImageProcessor(size={"height": 8, "width": 8}, do_rescale=False, image_mean=[127.5] * 3,
                                  image_std=[63.75] * 3)
     assert hf_preprocess(unscaled, 3, spec) == {"size": 8, "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 1.0,
-                                                "interpolation": "bilinear"}
+                                                "interpolation": "bilinear", "squash": True, "crop_rounding": "floor"}
     plain = ViTImageProcessor(size={"height": 8, "width": 8}, do_normalize=False)
     pre = hf_preprocess(plain, 3, spec)
     assert (pre["mean"], pre["std"]) == ((0.0,) * 3, (1 / 255 / plain.rescale_factor,) * 3)

@@ -37,7 +37,7 @@ from gkt.data.datasets import ImageDataset
 from gkt.engine.metrics import pairwise_class_flip_counts, pairwise_flips
 from gkt.engine.predictions import DEFAULT_TOPK, Predictions, get_many
 from gkt.models.classifier import Classifier, check_label_space
-from gkt.models.preprocess import decode_size_for
+from gkt.models.preprocess import decode_plan_for
 
 log = logging.getLogger(__name__)
 
@@ -343,11 +343,12 @@ def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.d
             workers: int | None = None) -> Analysis:
     """Complementary knowledge of every ordered pair of ``models`` on ``dataset``: one pass over the data
     runs every model without stored predictions, and the random-init teacher of each distinct architecture
-    for the baseline, on each batch. Encoded images are decoded once per batch at ``decode_size``
-    (default: the largest any model needs, :func:`decode_size_for`), autocast in ``precision``."""
+    for the baseline, on each batch. Encoded images are decoded once per batch into every model's own eval
+    view (:func:`decode_plan_for`; ``decode_size``: one plain square decode instead), autocast in ``precision``."""
     device = device or torch.device("cpu")
     check_models(models, dataset)
-    dataset = dataset.at_decode_size(decode_size or decode_size_for(m.preprocess for m in models))
+    dataset = dataset.at_decode_size(decode_size) if decode_size else \
+        dataset.at_decode_plan(decode_plan_for(m.preprocess for m in models))
     randoms = random_teachers(models, seed) if random_baseline else []
     everything = get_many([*models, *randoms], dataset, device, batch_size=batch_size, topk=topk, root=store_root,
                           refresh=refresh, precision=precision, workers=workers)

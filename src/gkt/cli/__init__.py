@@ -28,6 +28,7 @@ from gkt.data.decode import (
     skipped_images,
 )
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
+from gkt.models.specs import img_size_default
 from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
@@ -83,6 +84,9 @@ def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES,
                         help="an image that cannot be decoded: fail naming it, or skip: leave it out when it is "
                              f"decoded and report how many were left out at the end (default: {bad_image_policy()})")
+    parser.add_argument("--img-size", type=int, default=None, metavar="N",
+                        help="evaluate every timm:/hf:/torchvision: model at N px input (its resize size scaled "
+                             "by its crop_pct); a spec's own ?img_size=N wins (default: each model's own)")
 
 
 def report_skipped(run_dir: Path) -> None:
@@ -164,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         args.dist = dist
         reset_skipped()
-        with bad_images_default(getattr(args, "bad_images", None)):
+        with bad_images_default(getattr(args, "bad_images", None)), img_size_default(getattr(args, "img_size", None)):
             code = VERBS[args.command].run(args)
         if dist.is_main:
             report_skipped(args.run_dir)

@@ -31,7 +31,7 @@ INTERNAL = ("command", "verb", "action", "torch_device", "run_dir", "dist", CONF
 # config files): a value outside it is refused before anything runs.
 OPTION_RULES: dict[str, Any] = {
     **dict.fromkeys(("epochs", "ft_epochs", "pretrain_epochs", "finetune_epochs", "per_class",
-                     "finetune_per_class", "threads", "workers"), Field(ge=1)),
+                     "finetune_per_class", "threads", "workers", "img_size"), Field(ge=1)),
     **dict.fromkeys(("batch_size", "ft_batch_size"), Field(ge=1)),
     **dict.fromkeys(("lr", "ft_lr", "temperature", "kd_temperature", "pts_temperature"), Field(gt=0)),
     **dict.fromkeys(("fraction", "ft_fraction"), Field(gt=0, le=1)),

@@ -20,11 +20,12 @@ from gkt.data.decode import (
     FolderIndex,
     UnreadableImage,
     bad_image_policy,
-    decode_to_size,
+    decode_image,
     note_skipped,
     read_encoded,
     unreadable_message,
 )
+from gkt.data.views import View, apply_views, canvas_shape, square_view
 
 
 def pixel_mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -69,6 +70,16 @@ class ImageDataset(ABC):
     def at_decode_size(self, size: int) -> ImageDataset:
         """The dataset decoded at ``size`` px (encoded datasets); fixed-size datasets return themselves."""
         return self
+
+    def at_decode_plan(self, views: tuple[View, ...]) -> ImageDataset:
+        """The dataset decoded once per image into the canvas of ``views`` (encoded datasets; see
+        :mod:`gkt.data.views`); fixed-size datasets return themselves."""
+        return self
+
+    @property
+    def decode_plan(self) -> tuple[View, ...]:
+        """The views each batch holds (empty: a batch is plain images)."""
+        return ()
 
     def content_id(self) -> str | None:
         """A hash of the images' contents (or of what identifies them: file sizes and mtimes)."""
@@ -128,14 +139,18 @@ DEFAULT_DECODE_SIZE = 224
 
 
 class EncodedImageDataset(ImageDataset):
-    """Images stored encoded (JPEG/PNG files, rows of a Hugging Face dataset), decoded per batch: resized
-    (shorter side, antialiased) to the decode size ``image_size`` and centre-cropped to a square."""
+    """Images stored encoded (JPEG/PNG files, rows of a Hugging Face dataset), decoded per batch, each image
+    once, into the views of its decode plan: by default resized (shorter side, antialiased) to the decode
+    size ``image_size`` and centre-cropped to a square (:func:`gkt.data.views.square_view`); planned for
+    models, every model's own eval view (:meth:`at_decode_plan`)."""
 
     def __init__(self, name: str, labels: torch.Tensor, class_names: Sequence[str], image_size: int, channels: int,
                  bad_images: BadImagePolicy | None = None):
         super().__init__(name, labels, class_names, (channels, image_size, image_size))
         self.bad_images = bad_image_policy(bad_images)
         self._unreadable: dict[int, str] = {}
+        self.channels = channels
+        self.views: tuple[View, ...] = (square_view(image_size),)
 
     @abstractmethod
     def encoded(self, i: int) -> torch.Tensor:
@@ -153,8 +168,7 @@ class EncodedImageDataset(ImageDataset):
         """Remember across commands that row ``i`` is unreadable (where the dataset can)."""
 
     def decode(self, i: int) -> torch.Tensor:
-        c, size, _ = self.image_shape
-        return decode_to_size(self.encoded(i), c, size)
+        return apply_views(decode_image(self.encoded(i), self.channels), self.views)
 
     def load_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, str]]]:
         images, bad = [], []
@@ -179,11 +193,28 @@ class EncodedImageDataset(ImageDataset):
         return sub
 
     def at_decode_size(self, size: int) -> EncodedImageDataset:
-        if size == self.image_shape[1]:
+        return self.at_decode_plan((square_view(size),))
+
+    def at_decode_plan(self, views: tuple[View, ...]) -> EncodedImageDataset:
+        views = tuple(dict.fromkeys(views))
+        if not views:
+            raise ValueError("a decode plan needs at least one view")
+        if views == self.views:
             return self
-        resized = copy.copy(self)
-        resized.image_shape, resized._unreadable = (self.image_shape[0], size, size), dict(self._unreadable)
-        return resized
+        planned = copy.copy(self)
+        planned.views, planned.image_shape = views, canvas_shape(views, self.channels)
+        planned._unreadable = dict(self._unreadable)
+        return planned
+
+    @property
+    def decode_plan(self) -> tuple[View, ...]:
+        return self.views
+
+    def fingerprint(self) -> str:
+        """As :meth:`ImageDataset.fingerprint`, plus the decode plan unless it is the plain square decode."""
+        base = super().fingerprint()
+        return base if self.views == (square_view(self.image_shape[1]),) else \
+            stable_hash([base, [repr(v) for v in self.views]])
 
     def unreadable_rows(self) -> dict[int, str]:
         return dict(self._unreadable)

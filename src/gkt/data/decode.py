@@ -1,9 +1,8 @@
 """Decoding encoded images (files, dataset rows) to fixed-size ``uint8`` tensors, and what happens to
 images that cannot be decoded.
 
-Each image is decoded with ``torchvision.io`` (PIL for the formats it does not read), its shorter side
-resized (antialiased) to the decode size and its centre cropped to a square; each model then resizes
-and crops that square to its own input (:func:`gkt.models.preprocess.prepare`). An unreadable image is
+Each image is decoded with ``torchvision.io`` (PIL for the formats it does not read) at its full size,
+once; the data set then takes the views of its decode plan from it (:mod:`gkt.data.views`). An unreadable image is
 found when it is decoded: it fails the command with its name, or, under ``--bad-images skip``, is left
 out and counted (:func:`skipped_images`).
 """
@@ -108,23 +107,17 @@ def _decode_with_pil(encoded: torch.Tensor, channels: int, first_error: BaseExce
     return array[None] if array.ndim == 2 else array.permute(2, 0, 1).contiguous()
 
 
-def decode_to_size(encoded: torch.Tensor, channels: int, size: int) -> torch.Tensor:
-    """Encoded bytes (``uint8 [n]``) to ``uint8 [channels, size, size]``: decoded, shorter side resized
-    (antialiased bilinear) to ``size``, centre-cropped. Raises :class:`UnreadableImage`."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as TF
+def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:
+    """Encoded bytes (``uint8 [n]``) to the full-size image ``uint8 [channels, H, W]`` (an animated GIF: its
+    first frame). Raises :class:`UnreadableImage`."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode
 
     try:
-        image = decode_image(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+        image = tv_decode(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
     except RuntimeError as exc:  # a format torchvision does not read (BMP, TIFF, ...), or a broken file
         image = _decode_with_pil(encoded, channels, exc)
-    if image.ndim == 4:  # an animated GIF: its first frame
-        image = image[0]
-    if min(image.shape[-2:]) != size:
-        image = TF.resize(image, [size], antialias=True)
-    height, width = image.shape[-2:]
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[:, top:top + size, left:left + size]
+    return image[0] if image.ndim == 4 else image
 
 
 def read_encoded(path: str | os.PathLike) -> torch.Tensor:

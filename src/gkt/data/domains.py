@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from gkt.core.errors import GktError
+from gkt.core.hashing import stable_hash
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset, TensorImageDataset
+from gkt.data.views import View, square_view
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,12 +96,23 @@ class DomainImageDataset(ImageDataset):
         super().__init__(f"{base.name}@{domain}", base.labels, base.class_names, base.image_shape)
         self.base, self.domain = base, domain
 
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        """The domain applied to each view of a canvas separately (a filter must not reach across views)."""
+        views = self.base.decode_plan
+        if len(views) < 2:
+            return transform_images(images, self.domain)
+        out, channels = torch.zeros_like(images), images.shape[1] // len(views)
+        for k, view in enumerate(views):
+            area = (slice(None), slice(k * channels, (k + 1) * channels), slice(0, view.crop), slice(0, view.crop))
+            out[area] = transform_images(images[area].contiguous(), self.domain)
+        return out
+
     def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return transform_images(self.base.load(indices), self.domain)
+        return self._transform(self.base.load(indices))
 
     def load_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, str]]]:
         images, bad = self.base.load_batch(indices)
-        return transform_images(images, self.domain), bad
+        return self._transform(images), bad
 
     def subset(self, indices: torch.Tensor, tag: str) -> DomainImageDataset:
         return DomainImageDataset(self.base.subset(indices, tag), self.domain)
@@ -107,6 +120,20 @@ class DomainImageDataset(ImageDataset):
     def at_decode_size(self, size: int) -> ImageDataset:
         resized = self.base.at_decode_size(size)
         return self if resized is self.base else DomainImageDataset(resized, self.domain)
+
+    def at_decode_plan(self, views: tuple[View, ...]) -> ImageDataset:
+        planned = self.base.at_decode_plan(views)
+        return self if planned is self.base else DomainImageDataset(planned, self.domain)
+
+    @property
+    def decode_plan(self) -> tuple[View, ...]:
+        return self.base.decode_plan
+
+    def fingerprint(self) -> str:
+        """As :meth:`ImageDataset.fingerprint`, plus the base's decode plan unless it is the plain square decode."""
+        views, base = self.decode_plan, super().fingerprint()
+        return base if views in ((), (square_view(self.image_shape[1]),)) else \
+            stable_hash([base, [repr(v) for v in views]])
 
     def content_id(self) -> str | None:
         return self.base.content_id()

@@ -26,6 +26,7 @@ from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
+from gkt.data.views import View, view_of
 from gkt.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
     for model in models:
         model.to(device).eval()
     parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in models]
+    plan = dataset.decode_plan
     names = ", ".join(m.name for m in models)
     batches = iterate_batches(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda")
     for images, labels, _ in tqdm(batches, total=math.ceil(len(dataset) / batch_size), leave=False, disable=None,
@@ -173,7 +175,7 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
         x = images.to(device, non_blocking=True)
         with autocast(device, precision):
             for model, topk, part in zip(models, topks, parts):
-                part.append(_summarise(model(x).float().cpu(), labels, topk))
+                part.append(_summarise(_logits(model, x, plan).float().cpu(), labels, topk))
     for model, mode in zip(models, modes):
         model.train(mode)
     if not parts[0]:
@@ -181,6 +183,17 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
     return [Predictions._from_tensors({k: torch.cat([p[k] for p in part]) for k in part[0]}, model.name,
                                       model.num_classes, key)
             for model, part, key in zip(models, parts, keys or [""] * len(models))]
+
+
+def _logits(model: Classifier, batch: torch.Tensor, plan: tuple[View, ...]) -> torch.Tensor:
+    """``model`` on a batch: its own view when the decode plan holds it (exactly its library's transform),
+    else the batch (the plan's largest view, for a canvas of several) resized and cropped by the model."""
+    own = view_of(batch, plan, model.preprocess.view) if plan else None
+    if own is not None:
+        return model.forward_view(own)
+    if len(plan) > 1:
+        batch = view_of(batch, plan, max(plan, key=lambda v: (v.crop, v.resize)))
+    return model(batch)
 
 
 def compute_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 500,

@@ -84,6 +84,12 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
 
+    def forward_view(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch already resized and cropped to this model's input (its view of a decode plan,
+        :func:`gkt.data.views.view_of`): only channels and normalisation are applied."""
+        return self.net(prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std,
+                                at_input=True))
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate, globally pooled features (before the last activation where the net exposes it)."""
         return self.net.forward_features(self.normalize(images))

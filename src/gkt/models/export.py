@@ -15,7 +15,6 @@ Every export is loaded back with the library's own loader and checked to give th
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -57,7 +56,8 @@ def _write_timm(model: Classifier, out: Path) -> None:
     save_for_hf(model.net.model, str(out), model_config={"label_names": list(model.class_names)},
                 safe_serialization=True,
                 data_config={"input_size": (pre.channels, pre.input_size, pre.input_size), "crop_pct": pre.crop_pct,
-                             "interpolation": pre.interpolation, "mean": pre.mean, "std": pre.std})
+                             "interpolation": pre.interpolation, "mean": pre.mean, "std": pre.std,
+                             "crop_mode": "squash" if pre.squash else "center"})
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
     # The class count lives in the top-level num_classes; transformers' timm wrapper passes it separately.
@@ -81,12 +81,12 @@ def _write_transformers(model: Classifier, out: Path) -> None:
     hf_model.save_pretrained(out)
     pre = model.preprocess
     common = {"image_mean": list(pre.mean), "image_std": list(pre.std), "resample": PIL_RESAMPLE_CODES[pre.interpolation]}
-    if pre.crop_pct == 1:
-        processor = ViTImageProcessor(size={"height": pre.input_size, "width": pre.input_size}, **common)
-    else:  # resize the shorter side to input / crop_pct, then crop the centre
-        processor = CLIPImageProcessor(size={"shortest_edge": math.floor(pre.input_size / pre.crop_pct)},
-                                       crop_size={"height": pre.input_size, "width": pre.input_size},
-                                       do_center_crop=True, **common)
+    size, crop = pre.view.resize, {"height": pre.input_size, "width": pre.input_size}
+    if pre.squash:  # both sides to the resize size (then the centre crop)
+        processor = ViTImageProcessor(size={"height": size, "width": size}, do_center_crop=size != pre.input_size,
+                                      crop_size=crop, **common)
+    else:  # the shorter side to the resize size, then the centre crop
+        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size=crop, do_center_crop=True, **common)
     processor.save_pretrained(out)
 
 

@@ -1,14 +1,15 @@
 """Model sources beyond gkt's own networks and timm:
 
-* ``hf:ORG/NAME`` or ``hf:DIR[?k=v&...]`` — a Hugging Face ``transformers`` image classifier: a hub id
-  (from the Hugging Face cache through ``huggingface_hub``, offline with ``HF_HUB_OFFLINE=1``; downloaded
-  where a network exists) or a ``save_pretrained`` directory. Safetensors weights only (nothing is
+* ``hf:ORG/NAME[@REVISION]`` or ``hf:DIR[?k=v&...]`` — a Hugging Face ``transformers`` image classifier: a
+  hub id, optionally pinned to a revision (from the Hugging Face cache through ``huggingface_hub``, offline
+  with ``HF_HUB_OFFLINE=1``; downloaded where a network exists) or a ``save_pretrained`` directory. Safetensors weights only (nothing is
   unpickled) and never the directory's own code (``trust_remote_code=False``; a config with ``auto_map``
   is refused). Its image processor gives the preprocessing: input size (``crop_size`` when it
   centre-crops, with ``crop_pct`` = crop / resize size; else ``size``), interpolation (``resample``),
   ``image_mean``/``image_std`` (identity when ``do_normalize`` is off; ``rescale_factor`` honoured) and
   channels (``config.num_channels``; grey images are replicated). ``config.id2label`` gives the class
-  names. Options ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation`` override the processor.
+  names. Options ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``squash``,
+  ``crop_rounding`` override the processor.
 * ``torchvision:ARCH?weights=ENUM`` — a ``torchvision.models`` architecture with its pretrained weights
   (``weights=IMAGENET1K_V1``, ``weights=DEFAULT``, ...) from the torch hub cache
   (``$TORCH_HOME/hub/checkpoints``, downloaded by torch.hub where a network exists; read with
@@ -157,19 +158,25 @@ def _interpolation(resample: Any) -> str:
 
 def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, Any]:
     """The eval transform of a ``transformers`` image processor on gkt's [0, 1] scale: ``size``, ``mean``,
-    ``std``, ``crop_pct`` and ``interpolation`` (the arguments of :func:`make_preprocess`)."""
+    ``std``, ``crop_pct``, ``interpolation``, ``squash`` and ``crop_rounding`` (the arguments of
+    :func:`make_preprocess`), as the processor applies them: a ``shortest_edge`` size resizes the shorter
+    side (ConvNeXt's below 384 px: to ``shortest_edge / crop_pct``, then the centre ``shortest_edge``), a
+    ``height``/``width`` size resizes both sides, ``crop_size`` (with ``do_center_crop``) crops the centre
+    with offsets rounded down."""
     height, width, shortest = _size(processor.size)
-    crop_pct = 1.0
+    crop_pct, squash = 1.0, shortest is None
+    processor_crop = getattr(processor, "crop_pct", None)  # ConvNeXt, PoolFormer: resize to size / crop_pct
     if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
         crop_h, crop_w, _ = _size(processor.crop_size)
-        resized = shortest or height
+        resized = shortest or (height if height == width else None)
+        if processor_crop is not None and resized:  # PoolFormer: the shorter side to size / crop_pct
+            resized, squash = int(resized / processor_crop), False
         if crop_h is not None and resized:
             height, width, crop_pct = crop_h, crop_w, crop_fraction(crop_h, resized)
     elif shortest is not None:
         height = width = shortest
-        processor_crop = getattr(processor, "crop_pct", None)
-        if processor_crop and shortest < 384:  # ConvNeXt: resize to shortest / crop_pct, centre-crop shortest
-            crop_pct = float(processor_crop)
+        if processor_crop is not None:  # ConvNeXt: below 384 px the shorter side to shortest / crop_pct, then
+            crop_pct, squash = (float(processor_crop), False) if shortest < 384 else (1.0, True)  # else squash
     if height is None or height != width:
         raise GktError(f"hf:{spec.target}: the image processor's size {processor.size} is not a square input; "
                        "give img_size=N")
@@ -182,25 +189,28 @@ def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, A
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
     return {"size": int(height), "mean": tuple(m / scale for m in mean), "std": tuple(s / scale for s in std),
-            "crop_pct": min(1.0, crop_pct), "interpolation": _interpolation(getattr(processor, "resample", None))}
+            "crop_pct": min(1.0, crop_pct), "interpolation": _interpolation(getattr(processor, "resample", None)),
+            "squash": squash, "crop_rounding": "floor"}
 
 
 def hf_model_dir(target: str) -> Path:
-    """A ``save_pretrained`` directory, or the cached snapshot of hub id ``ORG/NAME`` (``huggingface_hub``:
-    offline from the cache with ``HF_HUB_OFFLINE=1``, else downloaded)."""
+    """A ``save_pretrained`` directory, or the cached snapshot of hub id ``ORG/NAME[@REVISION]`` (a branch,
+    tag or commit; ``huggingface_hub``: offline from the cache with ``HF_HUB_OFFLINE=1``, else downloaded)."""
     path = Path(target)
     if path.is_dir():
         return path
-    if not HUB_ID.fullmatch(target) or path.exists():
-        raise GktError(f"hf:{target}: neither a directory nor a Hugging Face hub id ORG/NAME")
+    repo, at, revision = target.partition("@")
+    if not HUB_ID.fullmatch(repo) or path.exists() or (at and not revision):
+        raise GktError(f"hf:{target}: neither a directory nor a Hugging Face hub id ORG/NAME[@REVISION]")
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(target, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+        return Path(snapshot_download(repo, revision=revision or None,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt"]))
     except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"hf:{target}: not in the Hugging Face cache ($HF_HOME/hub) and not downloadable ({first}); "
-                       "check the name, or download it where a network exists") from exc
+                       "check the name and revision, or download it where a network exists") from exc
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -213,7 +223,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return config
 
 
-@register_spec_source("hf", "hf:ORG/NAME | hf:DIR[?k=v&...]", options=True)
+@register_spec_source("hf", "hf:ORG/NAME[@REVISION] | hf:DIR[?k=v&...]", options=True)
 def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
     """A hub id or a local ``save_pretrained`` directory holding an image classifier and its image processor."""
     what = f"hf:{spec.target}"
@@ -240,7 +250,7 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
     pre = {key: options.pop("img_size" if key == "size" else key, value) for key, value in pre.items()}
     if options:
         raise GktError(f"{what}: unknown options {sorted(options)} (known: img_size, mean, std, crop_pct, "
-                       "interpolation)")
+                       "interpolation, squash, crop_rounding)")
     arch = ArchSpec("hf", type(model).__name__, len(names), channels, int(pre["size"]),
                     {"config": hf_config_dict(config)})
     preprocess = make_preprocess(channels=channels, spec=spec, **pre)

@@ -3,8 +3,9 @@ loaded (:func:`register_spec_source`):
 
 * ``zoo:NAME`` — a model of the embedded zoo (built by ``gkt zoo build``);
 * ``file:PATH`` — a checkpoint written by gkt (``PATH.safetensors`` + ``PATH.json``);
-* ``timm:NAME[.TAG]``, ``timm:hf-hub:ORG/NAME``, ``timm:ARCH[@WEIGHTS]`` — see :mod:`gkt.models.timm_source`;
-* ``hf:ORG/NAME`` or ``hf:DIR`` and ``torchvision:ARCH[?weights=ENUM]`` — see :mod:`gkt.models.sources`.
+* ``timm:NAME[.TAG]``, ``timm:hf-hub:ORG/NAME[@REVISION]``, ``timm:ARCH[@WEIGHTS]`` — see
+  :mod:`gkt.models.timm_source`;
+* ``hf:ORG/NAME[@REVISION]`` or ``hf:DIR`` and ``torchvision:ARCH[?weights=ENUM]`` — see :mod:`gkt.models.sources`.
 
 Every model goes by a short :func:`display_name` in tables and figures. Options that reach a library's
 constructor are allow-listed (:func:`allowed_options`); typed options are checked when the spec is parsed.
@@ -12,8 +13,11 @@ constructor are allow-listed (:func:`allowed_options`); typed options are checke
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,12 +149,45 @@ def _usage() -> str:
     return ", ".join(s.usage for s in SPEC_SOURCES.values())
 
 
+# The input size a command evaluates every model at (set by the CLI's --img-size for the whole command,
+# inherited by the worker processes of a study); a spec's own ?img_size=N wins.
+IMG_SIZE_ENV = "GKT_IMG_SIZE"
+
+
+@contextlib.contextmanager
+def img_size_default(size: int | None) -> Iterator[None]:
+    """Within the block, :func:`load_model` sizes every model's input to ``size`` px (``None``: as it is)."""
+    if size is None:
+        yield
+        return
+    before = os.environ.get(IMG_SIZE_ENV)
+    os.environ[IMG_SIZE_ENV] = str(int(size))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(IMG_SIZE_ENV, None)
+        else:
+            os.environ[IMG_SIZE_ENV] = before
+
+
+def _with_img_size(parsed: ModelSpec) -> ModelSpec:
+    """``parsed`` with the command's input size (:data:`IMG_SIZE_ENV`) as its ``img_size`` option, for
+    sources that take options and specs that do not set it."""
+    size = os.environ.get(IMG_SIZE_ENV)
+    if size is None or "img_size" in parsed.options or not SPEC_SOURCES[parsed.source].options:
+        return parsed
+    return ModelSpec(parsed.source, parsed.target, parsed.weights, {**parsed.options, "img_size": int(size)})
+
+
 def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | None = None,
                class_map: ClassMapLike | None = None) -> Classifier:
     """Resolve a spec to a :class:`Classifier` on CPU, in eval mode. ``data`` sizes ``timm:`` models and,
     when given, is checked against the model's label space. ``class_map`` (a JSON/YAML file, a dict, or
-    ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`)."""
-    parsed = ModelSpec.parse(spec)
+    ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`).
+    Within :func:`img_size_default`, library models take its input size; a ``zoo:``/``file:`` model, whose
+    input size is fixed by its training, must already have it."""
+    parsed = _with_img_size(ModelSpec.parse(spec))
     try:
         model = SPEC_SOURCES[parsed.source].load(parsed, data, zoo_dir)
     except (TypeError, ValueError) as exc:  # an option of the wrong type, e.g. ?img_size=abc or ?mean=1
@@ -161,6 +198,11 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")
         model = apply_class_map(model, data.class_names, class_map)
     model.name = display_name(spec)
+    size = os.environ.get(IMG_SIZE_ENV)
+    if size is not None and model.preprocess.input_size != int(size) and "img_size" not in parsed.options:
+        raise GktError(f"{spec}: --img-size {size} does not apply: a {parsed.source}: model keeps the input size "
+                       f"it was trained at ({model.preprocess.input_size} px); drop --img-size, or set "
+                       "?img_size=N on each library model's spec instead")
     if data is not None:
         check_label_space(model, data.class_names)
     return model.eval()
@@ -238,7 +280,8 @@ def square_input(input_size: Sequence[int] | None, what: str) -> tuple[int | Non
 
 
 def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequence[float], spec: ModelSpec,
-                    crop_pct: float = 1.0, interpolation: str = "bilinear") -> Preprocess:
+                    crop_pct: float = 1.0, interpolation: str = "bilinear", squash: bool = False,
+                    crop_rounding: str = "round") -> Preprocess:
     """A :class:`Preprocess`, its invalid values (from a spec or a model's config) as a clear error."""
     what = f"{spec.source}:{spec.target}"
     try:
@@ -249,7 +292,7 @@ def make_preprocess(size: int, channels: int, mean: Sequence[float], std: Sequen
         raise GktError(f"{what}: std must be positive, got {list(std)}")
     try:
         return Preprocess(int(size), int(channels), tuple(values[0]), tuple(values[1]), float(crop_pct),
-                          str(interpolation))
+                          str(interpolation), bool(squash), str(crop_rounding))
     except (TypeError, ValueError) as exc:
         raise GktError(f"{what}: {exc}") from exc
 
@@ -276,18 +319,28 @@ def _plain_value(value: Any) -> bool:
 def display_name(spec: str) -> str:
     """The short name a model goes by in tables and figures: ``resnet18.a1_in1k`` for
     ``timm:resnet18.a1_in1k``, ``timm:hf-hub:timm/resnet18.a1_in1k`` or a hub snapshot directory,
-    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``;
-    ``zoo:`` and ``file:`` specs keep their spec; options other than weights are kept after a ``?``."""
+    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``,
+    the file's stem for ``file:PATH``; a pinned hub revision follows as ``@REV`` (a commit: its first 8
+    characters); ``zoo:`` specs keep their spec; options other than weights are kept after a ``?``."""
     parsed = ModelSpec.parse(spec)
+    if parsed.source == "file":
+        return path_display_name(parsed.target)
     if parsed.source not in ("timm", "hf", "torchvision"):
         return spec
     options = dict(parsed.options)
-    name = parsed.target.removeprefix("hf-hub:")
+    name, revision = parsed.target.removeprefix("hf-hub:"), None
+    weights = parsed.weights
+    if parsed.source == "timm" and parsed.target.startswith("hf-hub:"):
+        revision, weights = weights, None
+    elif parsed.source == "hf" and not Path(name).is_dir():
+        name, _, revision = name.partition("@")
     if parsed.source == "hf" or Path(name).is_absolute() or "/" in name:
         name = path_display_name(name)
-    if parsed.weights:
-        weights = path_display_name(parsed.weights)
+    if weights:
+        weights = path_display_name(weights)
         name = weights if weights.partition(".")[0] == name else f"{name}@{weights}"
+    if revision:
+        name += f"@{revision[:8] if re.fullmatch(r'[0-9a-f]{40}', revision) else revision}"
     if parsed.source == "torchvision" and "weights" in options:
         name += f".{options.pop('weights')}"
     options.pop("pretrained", None)

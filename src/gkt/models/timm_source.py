@@ -1,6 +1,7 @@
 """``timm:`` models, named as timm names them:
 
-* ``timm:NAME.TAG`` (e.g. ``timm:resnet18.a1_in1k``) and ``timm:hf-hub:ORG/NAME`` — pretrained weights
+* ``timm:NAME.TAG`` (e.g. ``timm:resnet18.a1_in1k``) and ``timm:hf-hub:ORG/NAME[@REVISION]`` (a branch,
+  tag or commit of the hub repository) — pretrained weights
   through timm's own loader (``timm.create_model(..., pretrained=True)``: the Hugging Face cache, offline
   with ``HF_HUB_OFFLINE=1``, a download where a network exists), with the model's own eval transform from
   its ``pretrained_cfg`` (input size, ``crop_pct``, interpolation, mean/std) and its label names (ImageNet
@@ -131,17 +132,26 @@ def imagenet_label_names(num_classes: int) -> tuple[str, ...] | None:
 
 
 def preprocess_options(options: dict[str, Any], cfg: dict[str, Any], what: str) -> dict[str, Any]:
-    """Pop ``crop_pct``/``interpolation`` (options win over the ``pretrained_cfg``) for :class:`Preprocess`."""
-    crop_mode = cfg.get("crop_mode", "center")
-    if crop_mode not in ("center", "squash"):  # images reach the model square, so squash = centre crop
+    """Pop ``crop_pct``/``interpolation`` (options win) for :class:`Preprocess`; with a ``pretrained_cfg``,
+    its values as timm's own ``resolve_data_config`` resolves them (timm's defaults where the config is
+    silent: ``crop_pct`` 0.875, bicubic, centre crop), with ``crop_mode`` ``squash`` resizing both sides."""
+    resolved: dict[str, Any] = {"crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center"}
+    if cfg:
+        from timm.data import resolve_data_config
+
+        resolved = resolve_data_config(pretrained_cfg=cfg)
+    crop_mode = resolved["crop_mode"]
+    if crop_mode not in ("center", "squash"):
         raise GktError(f"{what}: crop_mode {crop_mode!r} is not supported (only center and squash)")
-    return {"crop_pct": float(options.pop("crop_pct", cfg.get("crop_pct", 1.0))),
-            "interpolation": str(options.pop("interpolation", cfg.get("interpolation", "bilinear")))}
+    return {"crop_pct": float(options.pop("crop_pct", resolved["crop_pct"])),
+            "interpolation": str(options.pop("interpolation", resolved["interpolation"])),
+            "squash": crop_mode == "squash"}
 
 
 def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     """A timm model with its pretrained weights, through timm's own loader (the Hugging Face cache)."""
     import timm
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     options = dict(spec.options)
     options.pop("pretrained", None)
@@ -191,7 +201,8 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     label_names = cfg.get("label_names") or (None if label_option else imagenet_label_names(num_classes))
     names = resolve_class_names(label_option, None, f"timm:{name}", label_names, num_classes)
     arch = ArchSpec("timm", arch_name, num_classes, channels, size, {**hub_args, **kwargs})
-    pre = make_preprocess(size, channels, mean or cfg.get("mean"), std or cfg.get("std"), spec,
+    pre = make_preprocess(size, channels, mean or cfg.get("mean") or IMAGENET_DEFAULT_MEAN,
+                          std or cfg.get("std") or IMAGENET_DEFAULT_STD, spec,
                           **preprocess_options(options, cfg, f"timm:{name}"))
     provenance = {"pretrained": name, "pretrained_cfg": {k: cfg[k] for k in
                                                          ("hf_hub_id", "input_size", "crop_pct", "interpolation",
@@ -199,9 +210,12 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     return Classifier(TimmNet(model), arch, pre, names, provenance=provenance)
 
 
-@register_spec_source("timm", "timm:NAME[.TAG] | timm:hf-hub:ORG/NAME | timm:ARCH[@WEIGHTS][?k=v&...]",
+@register_spec_source("timm",
+                      "timm:NAME[.TAG] | timm:hf-hub:ORG/NAME[@REVISION] | timm:ARCH[@WEIGHTS][?k=v&...]",
                       weights=True, options=True)
 def load_timm(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) -> Classifier:
+    if spec.target.startswith(HF_HUB) and spec.weights:  # hf-hub:ORG/NAME@REVISION: a pinned hub revision
+        spec = ModelSpec(spec.source, f"{spec.target}@{spec.weights}", None, spec.options)
     pretrained = spec.options.get("pretrained")
     if pretrained is None:
         pretrained = not spec.weights and (spec.target.startswith(HF_HUB) or "." in spec.target)
