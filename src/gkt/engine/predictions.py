@@ -27,6 +27,7 @@ from gkt.core.io import atomic_path, cache_home
 from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.models.classifier import Classifier
+from gkt.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,10 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
                  topks: Sequence[int | None] | None = None, keys: Sequence[str] | None = None, *,
                  precision: str = "fp32", workers: int | None = None) -> list[Predictions]:
     """One batched, no-grad pass over ``dataset`` running every model of ``models`` on each batch (each
-    image is decoded once for all of them), eval mode, autocast in ``precision``. Unreadable images skipped
-    under ``--bad-images skip`` are dropped from ``dataset`` at the end (predictions cover the rest)."""
+    image is decoded once for all of them, and resized and normalised once for all models with the same
+    preprocessing, e.g. a model and its random-init baseline), eval mode, autocast in ``precision``.
+    Unreadable images skipped under ``--bad-images skip`` are dropped from ``dataset`` at the end
+    (predictions cover the rest)."""
     if not models:
         return []
     topks = list(topks) if topks is not None else [None] * len(models)
@@ -166,14 +169,19 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
     for model in models:
         model.to(device).eval()
     parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in models]
+    groups: dict[Preprocess, list[int]] = {}  # models with the same preprocessing share its input batch
+    for i, model in enumerate(models):
+        groups.setdefault(model.preprocess, []).append(i)
     names = ", ".join(m.name for m in models)
     batches = iterate_batches(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda")
     for images, labels, _ in tqdm(batches, total=math.ceil(len(dataset) / batch_size), leave=False, disable=None,
                                   desc=f"predict {names if len(names) < 40 else f'{len(models)} models'}"):
         x = images.to(device, non_blocking=True)
         with autocast(device, precision):
-            for model, topk, part in zip(models, topks, parts):
-                part.append(_summarise(model(x).float().cpu(), labels, topk))
+            for members in groups.values():  # ``model(x)`` is ``model.net(model.normalize(x))``
+                inputs = models[members[0]].normalize(x)
+                for i in members:
+                    parts[i].append(_summarise(models[i].net(inputs).float().cpu(), labels, topks[i]))
     for model, mode in zip(models, modes):
         model.train(mode)
     if not parts[0]:
