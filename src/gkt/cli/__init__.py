@@ -28,6 +28,7 @@ from gkt.data.decode import (
     skipped_images,
 )
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
+from gkt.data.spec import check_data_dir
 from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
@@ -77,6 +78,25 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 # Verbs that read image data (folders, hf: datasets): they take --bad-images.
 IMAGE_VERBS = ("analyze", "transfer", "study", "adapt", "crossdomain", "kdep pretrain", "kdep finetune",
                "kdep benchmark")
+
+
+# Options that hold a command's data specs, and the verbs that read Fashion-MNIST without one (the zoo's
+# data): --data-dir is refused by any other command whose data does not read it (check_data_dir).
+DATA_SPEC_OPTIONS = ("data", "pretrain_data", "downstream")
+FMNIST_VERBS = ("zoo build", "zoo check", "demo")
+
+
+def check_data_dir_read(args: argparse.Namespace) -> None:
+    """A clear error for a --data-dir the command would not read (an input is never ignored)."""
+    if args.data_dir is None or args.command in FMNIST_VERBS:
+        return
+    specs: list[str] = []
+    for name in DATA_SPEC_OPTIONS:
+        value = getattr(args, name, None)
+        specs += [] if value is None else [value] if isinstance(value, str) else list(value)
+    if not specs:
+        raise GktError(f"--data-dir {args.data_dir}: `gkt {args.command}` reads no data set; drop --data-dir")
+    check_data_dir(args.data_dir, specs)
 
 
 def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(parser, argv)
+        check_data_dir_read(args)
     except GktError as exc:
         return _fail(str(exc))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
