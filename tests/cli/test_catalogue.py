@@ -130,6 +130,14 @@ def _run_config(text: str) -> Callable[[World, Path], list[str]]:
     return prepare
 
 
+def _resume_digits_run_with_data_dir(w: World, tmp: Path) -> list[str]:
+    """A run whose data is digits, resumed with --data-dir (which its data would not read)."""
+    run = w.copy_run(tmp / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": "digits"}))
+    return ["transfer", "--resume", str(run), "--data-dir", str(w.data), "--threads", "1"]
+
+
 def _class_map(mapping: dict | None) -> Callable[[World, Path], list[str]]:
     def prepare(w: World, tmp: Path) -> list[str]:
         path = tmp / "map.json"
@@ -238,6 +246,8 @@ CASES = [
          r"--data-dir .* names the Fashion-MNIST directory, but this command's data \(digits\) does not read it"),
     Case("--data-dir with --data fmnist:DIR", lambda w, t: w.analyze(extra=("--data", f"fmnist:{w.data}")), 2,
          r"--data-dir .* and the data spec fmnist:.* both name the Fashion-MNIST directory; give it once"),
+    Case("--resume a digits run with --data-dir", _resume_digits_run_with_data_dir, 2,
+         r"--data-dir .* but this command's data \(digits\) does not read it"),
     Case("--data-dir with a verb that reads no data", lambda w, t: ["export", w.student, "--data-dir", str(w.data)], 2,
          r"`gkt export` reads no data set; drop --data-dir"),
     Case("--resume RUN --lr 0.5 --method kl", lambda w, t: ["transfer", "--resume", str(w.run), "--lr", "0.5",
