@@ -248,8 +248,6 @@ CASES = [
          r"--data-dir .* and the data spec fmnist:.* both name the Fashion-MNIST directory; give it once"),
     Case("--resume a digits run with --data-dir", _resume_digits_run_with_data_dir, 2,
          r"--data-dir .* but this command's data \(digits\) does not read it"),
-    Case("--data-dir with a verb that reads no data", lambda w, t: ["export", w.student, "--data-dir", str(w.data)], 2,
-         r"`gkt export` reads no data set; drop --data-dir"),
     Case("--resume RUN --lr 0.5 --method kl", lambda w, t: ["transfer", "--resume", str(w.run), "--lr", "0.5",
                                                             "--method", "kl", "--data-dir", str(w.data)], 2,
          r"you gave --method kl \(the run used kl-dp\); --lr 0\.5 \(the run used [0-9.e-]+\)"),

@@ -178,10 +178,10 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
                                   desc=f"predict {names if len(names) < 40 else f'{len(models)} models'}"):
         x = images.to(device, non_blocking=True)
         with autocast(device, precision):
-            for members in groups.values():  # ``model(x)`` is ``model.net(model.normalize(x))``
-                inputs = models[members[0]].normalize(x)
+            for members in groups.values():
+                prepared = models[members[0]].normalize(x)
                 for i in members:
-                    parts[i].append(_summarise(models[i].net(inputs).float().cpu(), labels, topks[i]))
+                    parts[i].append(_summarise(models[i](x, prepared).float().cpu(), labels, topks[i]))
     for model, mode in zip(models, modes):
         model.train(mode)
     if not parts[0]:

@@ -81,8 +81,10 @@ class Classifier(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(images))
+    def forward(self, images: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of raw ``images``; ``prepared``: the batch already normalised for this model's preprocessing
+        (e.g. shared by the models of a pass with the same :class:`Preprocess`), used instead."""
+        return self.net(self.normalize(images) if prepared is None else prepared)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate, globally pooled features (before the last activation where the net exposes it)."""
