@@ -110,6 +110,15 @@ def pm(prefix: str = "", sign: str = "+") -> str:
 
 TRANSFER_PAIR = "{direction}: `{teacher}` ({teacher_acc:.2f}) → `{student}` ({student_acc:.2f})"
 SWEEP_CELL = "||".join([f"{pm('kl_dp_')} ({{kl_mean:+.2f}})", pm("kl_dp_"), "{kl_dp_mean:+.2f} (1 seed)"])
+# A study's success_table.csv (gkt demo, gkt study): rates and means with their 95% bootstrap intervals.
+DEMO_SUCCESS = [("method", "`{method}`"), ("pairs", "{pairs}"),
+                ("Δtransf > 0 (% of pairs)", "{success_%:.1f} [{success_lo_%:.1f}, {success_hi_%:.1f}]"),
+                ("mean Δtransf (pp)", "{mean_delta_transf_pp:+.3f} [{mean_delta_transf_lo_pp:+.3f}, "
+                                      "{mean_delta_transf_hi_pp:+.3f}]"),
+                ("worst pair (pp)", "{min_delta_transf_pp:+.2f}"),
+                ("clear gain / loss (% of pairs)", "{clear_gain_%:.1f} / {clear_loss_%:.1f}")]
+
+
 TABLES: dict[str, Table] = {
     "kdep-benchmark": Table(
         "kdep-benchmark/results.csv",
@@ -149,11 +158,21 @@ TABLES: dict[str, Table] = {
          ("mlp@edges", pm("mlp_")), ("mlp-deep@edges", pm("mlp_deep_")), ("cnn@edges", pm("cnn_")),
          ("worst pair", "{worst:+.2f}"), ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"),
          ("knowledge loss", "{knowledge_loss:.2f}")]),
-    "demo": Table(
-        "demo/results.csv",
-        [("method", "`{method}`"), ("success %", "{success_pct:.1f}"), ("mean Δtransf (pp)", "{mean_pp:+.3f}"),
-         ("min Δtransf", "{min_pp:+.2f}"), ("mean gain / loss (pp)", "{gain_pp:.2f} / {loss_pp:.2f}"),
-         ("clear gain %", "{clear_gain_pct:.1f}"), ("clear loss %", "{clear_loss_pct:.1f}")]),
+    "demo": Table("demo/act1_success.csv", DEMO_SUCCESS),
+    "demo-act2": Table("demo/act2_success.csv", DEMO_SUCCESS),
+    "demo-controls": Table(
+        "demo/act2_controls.csv",
+        [("student", "`{student}`"), ("ce fine-tuning", "{ce_fine_tuning_pp:+.3f}"),
+         ("own copy (kl)", "{own_copy_pp:+.3f}"), ("kl (mean over teachers)", "{kl_pp:+.3f}"),
+         ("kl-dp", "{kl_dp_pp:+.3f}"), ("kl-dp-unsup", "{kl_dp_unsup_pp:+.3f}")]),
+    "demo-seed-claims": Table(
+        "demo/seed_claims.csv",
+        [("act", "{act}"), ("seeds", "{seeds}"), ("paper claim", "{paper_claim}"), ("measured", "{measured}"),
+         ("95% interval", "{interval_95}"), ("verdict", "{verdict}")]),
+    "demo-claims": Table(
+        "demo/claims.csv",
+        [("run", "{run}"), ("act", "{act}"), ("paper claim", "{paper_claim}"), ("measured", "{measured}"),
+         ("95% interval", "{interval_95}"), ("verdict", "{verdict}")]),
     "transfer-setting-sweep": Table(
         "transfer-setting-sweep/results.csv", [("setting", "{setting}")],
         pivot=("pair", ["linear-7px → mlp", "cnn → linear", "mlp-14px → mlp-deep", "mlp → cnn",

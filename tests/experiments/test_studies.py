@@ -207,8 +207,9 @@ def test_study_outputs_open_with_findings(tmp_path: Path) -> None:
         header = f.readline().strip().split(",")
     assert {"success_lo_%", "success_hi_%", "mean_delta_transf_lo_pp", "mean_delta_transf_hi_pp"} <= set(header)
     assert (tmp_path / "summary.md").read_text().startswith("## Findings")
-    html_path, md_path = write_report(tmp_path)
+    html_path, md_path = write_report(tmp_path, "gkt demo — act 2")
     md = md_path.read_text()
+    assert md.startswith("# gkt demo — act 2\n") and "<h1>gkt demo — act 2</h1>" in html_path.read_text()
     assert md.splitlines()[2] == "## Findings" and "kl-dp gains on average" in md
     assert "Never lost beyond test-sample noise (McNemar, 2 s.e.): kl-dp." in md
     assert "Control ce fine-tuning: mean Δtransf +0.400 pp [+0.400, +0.400] over 12 students" in md

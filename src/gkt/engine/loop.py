@@ -211,13 +211,22 @@ class TrainLoop:
             x = self.augment(to_unit_float(images.to(device, non_blocking=True)), self.generator)
             with self.autocast():
                 losses = self.task.losses(Batch(x, labels.to(device, non_blocking=True), indices, self.generator))
-                parts = torch.stack([v.float() for v in losses.values()])
-                total = parts.sum()
+                if len(losses) == 1:  # the common case, without a stack and a sum per step
+                    total = next(iter(losses.values())).float()
+                    parts = total.reshape(1)
+                else:
+                    parts = torch.stack([v.float() for v in losses.values()])
+                    total = parts.sum()
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            if self.scaler.is_enabled():  # fp16 only
+                self.scaler.scale(total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                total.backward()
+                self.optimizer.step()
+            if self.config.schedule != "constant":
+                self.scheduler.step()
             self.task.after_step(self.step)
             self.step += 1
             running = parts.detach() if running is None else running + parts.detach()

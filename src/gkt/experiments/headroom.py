@@ -26,6 +26,7 @@ from gkt.reporting.study_tables import control_table, pair_means
 HEADROOM_EPOCHS = 1  # the students' training budget (the full recipes train 5-25 epochs)
 HEADROOM_TRANSFER_EPOCHS = 1  # the demo's transfer budget for them (10% of train, the transfer's lr)
 HEADROOM_METHODS = ("kl", "kl-dp", "kl-dp-unsup")
+HEADROOM_SEEDS = (0, 1)  # two seeds: one-epoch transfers are noisier than act 1's, and they are cheap
 OWN_COPY, FINE_TUNING = "own copy (kl)", "ce fine-tuning"
 CONTROLS = {OWN_COPY: "kl", FINE_TUNING: "ce"}  # control -> method, run with teacher = student
 

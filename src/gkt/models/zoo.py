@@ -53,6 +53,8 @@ DEFAULT_ZOO: tuple[ZooEntry, ...] = (
              Recipe(25, "adamw", 1e-3, 0.05, 128, label_smoothing=0.1, augment=("erase",), seed=4),
              {"hidden": [512, 256], "dropout": 0.2}),
     ZooEntry("cnn", "cnn", "cnn", Recipe(5, "sgd", 0.05, 5e-4, 128, seed=5), {"channels": [16, 32]}),
+    ZooEntry("cnn-14px", "cnn", "cnn", Recipe(5, "sgd", 0.05, 5e-4, 128, seed=10), {"channels": [8, 16]},
+             input_size=14),
     ZooEntry("resnet", "resnet", "resnet",
              Recipe(5, "sgd", 0.1, 5e-4, 128, augment=("flip", "crop"), warmup_epochs=0.5, seed=6),
              {"widths": [16, 32, 64], "blocks": [1, 1, 1]}),

@@ -161,15 +161,16 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#22
          "pre{background:#f6f6f6;padding:8px;overflow:auto}ul.findings li{margin:0.25em 0}")
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """``report.html`` (self-contained: figures inlined) and ``report.md`` for any gkt run directory."""
+def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
+    """``report.html`` (self-contained: figures inlined) and ``report.md`` for any gkt run directory;
+    ``title`` defaults to the command and the directory's name."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GktError(f"{run_dir} is not a run directory")
     config, tables, figures, summary = _collect(run_dir)
     if not (tables or figures):
         raise GktError(f"{run_dir} has no tables or figures to report")
-    title = f"gkt {config.get('command', 'run')} — {run_dir.name}"
+    title = title or f"gkt {config.get('command', 'run')} — {run_dir.name}"
     sentences, claims = _findings(run_dir)
     md = [f"# {title}\n"]
     body = [f"<h1>{html.escape(title)}</h1>"]

@@ -31,9 +31,8 @@ STUDENT_FEATURES = "student_features"
 LABELS = "labels"
 NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, TEACHERS_LOGITS, FROZEN_LOGITS, STUDENT_FEATURES, LABELS})
 # What :meth:`TransferMethod.prepare_targets` may derive from the frozen outputs: soft targets at temperature
-# T, [B, C + 1] = σ(z/T) and, in the last column, Σ_c σ_c log σ_c (the KL's constant part); one tensor, so
-# that a step reads its rows with one indexing operation.
-SOFT_TARGETS = "soft_targets"
+# T, [B, C] = σ(z/T), and [B] = Σ_c σ_c log σ_c (the KL's constant part).
+SOFT_TARGETS, NEG_ENTROPY = "soft_targets", "neg_entropy"
 
 
 @dataclass
@@ -113,35 +112,19 @@ def kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperatu
 
 
 def soft_targets(target_logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
-    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``[σ(z_t/T), Σ σ log σ]``."""
+    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``σ(z_t/T)`` and ``Σ σ log σ``."""
     log_probs = F.log_softmax(target_logits.float() / temperature, -1)
     probs = log_probs.exp()
-    return {SOFT_TARGETS: torch.cat([probs, (probs * log_probs).sum(-1, keepdim=True)], -1)}
-
-
-class _SoftKL(torch.autograd.Function):
-    """``T² · mean_i (Σ p log p − Σ p log σ(z_s/T))`` with its gradient ``T · (σ(z_s/T) − p) / B`` in one node."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-        probs, neg_entropy = targets[:, :-1], targets[:, -1]
-        log_q = F.log_softmax(logits.float() if temperature == 1 else logits.float() / temperature, -1)
-        ctx.save_for_backward(log_q, probs)
-        ctx.temperature, ctx.dtype = temperature, logits.dtype
-        cross = torch.dot(probs.reshape(-1), log_q.reshape(-1))
-        return (neg_entropy.sum() - cross) * (temperature ** 2 / len(probs))
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        log_q, probs = ctx.saved_tensors
-        scale = grad * (ctx.temperature / len(probs))
-        return (log_q.exp() - probs).mul_(scale).to(ctx.dtype), None, None
+    return {SOFT_TARGETS: probs, NEG_ENTROPY: (probs * log_probs).sum(-1)}
 
 
 def kl_loss_soft(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-    """Eq. 1 from :func:`soft_targets` (the same value as :func:`kl_loss`): per step only the student's
-    log-softmax and one dot product, forward and backward fused."""
-    return _SoftKL.apply(student_logits, targets[SOFT_TARGETS], temperature)
+    """Eq. 1 from :func:`soft_targets` (the same value as :func:`kl_loss`): ``T² · mean_i (Σ p log p − Σ p log
+    σ(z_s/T))``. Per step only the student's soft-target cross-entropy (one fused op, forward and backward)
+    and the targets' fixed ``Σ p log p``."""
+    logits = student_logits.float() if temperature == 1 else student_logits.float() / temperature
+    kl = F.cross_entropy(logits, targets[SOFT_TARGETS]) + targets[NEG_ENTROPY].mean()
+    return kl if temperature == 1 else kl * temperature ** 2
 
 
 # ----------------------------------------------------------------------------- registry

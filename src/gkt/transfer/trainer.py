@@ -301,10 +301,16 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         logits = predict_logits(model, runtime.dist.shard(dataset), device, desc=desc, precision=runtime.precision)
         return runtime.dist.gather_rows(logits.to(device), len(dataset)).cpu()
 
-    teacher_logits = [predict(t, test_set, "teacher") for t in teachers]
+    if not runtime.dist.is_main:
+        runtime.dist.barrier()  # rank 0 computes and stores the frozen models' test outputs first
+    # The frozen models' test outputs come from the prediction store: a study's jobs share them.
+    *stored_teachers, stored_before = get_many([*teachers, student], test_set, device, precision=runtime.precision,
+                                               workers=runtime.loader_workers)
+    if runtime.dist.is_main:
+        runtime.dist.barrier()
     labels = test_set.labels  # read after a first pass: images skipped under --bad-images skip are dropped then
-    correct_teacher = torch.stack([correctness(logits, labels) for logits in teacher_logits]).any(0)
-    correct_before = correctness(predict(student, test_set, "student"), labels)
+    correct_teacher = torch.stack([p.correct for p in stored_teachers]).any(0)
+    correct_before = stored_before.correct
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
     if resume is not None:
