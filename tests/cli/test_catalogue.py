@@ -130,6 +130,14 @@ def _run_config(text: str) -> Callable[[World, Path], list[str]]:
     return prepare
 
 
+def _resume_digits_run_with_data_dir(w: World, tmp: Path) -> list[str]:
+    """A run whose data is digits, resumed with --data-dir (which its data would not read)."""
+    run = w.copy_run(tmp / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": "digits"}))
+    return ["transfer", "--resume", str(run), "--data-dir", str(w.data), "--threads", "1"]
+
+
 def _class_map(mapping: dict | None) -> Callable[[World, Path], list[str]]:
     def prepare(w: World, tmp: Path) -> list[str]:
         path = tmp / "map.json"
@@ -196,6 +204,12 @@ def _truncated_idx(w: World, tmp: Path) -> list[str]:
     return w.analyze(extra=("--data-dir", str(data)))
 
 
+def _without_data_dir(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--data-dir DIR`` (for data that does not read it: giving it is an error)."""
+    i = argv.index("--data-dir")
+    return argv[:i] + argv[i + 2:]
+
+
 @dataclass(frozen=True)
 class Case:
     """One catalogue row: ``prepare(world, tmp) -> argv`` (``--out`` is added), the expected exit code
@@ -228,6 +242,12 @@ CASES = [
     Case("--epochs -1", lambda w, t: w.transfer("--epochs", "-1"), 2, r"--epochs: input should be greater than or equal"),
     Case("--data-dir /typo", lambda w, t: w.transfer("--data-dir", str(t / "typo")), 2,
          r"--data-dir .*typo: no such directory"),
+    Case("--data-dir with --data digits", lambda w, t: w.transfer("--data", "digits"), 2,
+         r"--data-dir .* names the Fashion-MNIST directory, but this command's data \(digits\) does not read it"),
+    Case("--data-dir with --data fmnist:DIR", lambda w, t: w.analyze(extra=("--data", f"fmnist:{w.data}")), 2,
+         r"--data-dir .* and the data spec fmnist:.* both name the Fashion-MNIST directory; give it once"),
+    Case("--resume a digits run with --data-dir", _resume_digits_run_with_data_dir, 2,
+         r"--data-dir .* but this command's data \(digits\) does not read it"),
     Case("--resume RUN --lr 0.5 --method kl", lambda w, t: ["transfer", "--resume", str(w.run), "--lr", "0.5",
                                                             "--method", "kl", "--data-dir", str(w.data)], 2,
          r"you gave --method kl \(the run used kl-dp\); --lr 0\.5 \(the run used [0-9.e-]+\)"),
@@ -280,7 +300,7 @@ CASES = [
          r"2 teachers: choose how to combine them with --multi"),
     Case("a teacher given twice", lambda w, t: w.transfer("--teacher", w.teacher, "--multi", "soup"), 2,
          r"is given twice"),
-    Case("folder: data without train/", lambda w, t: w.transfer("--data", f"folder:{t}"), 2,
+    Case("folder: data without train/", lambda w, t: _without_data_dir(w.transfer("--data", f"folder:{t}")), 2,
          r"expected an ImageNet-layout folder"),
     Case("--models zoo with nothing built", lambda w, t: w.analyze("zoo", extra=("--zoo-dir", str(t / "zoo"))), 2,
          r"`--models zoo` found no built zoo models"),

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from gkt.data.fmnist import (
 )
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, train_val_split
+from tests.data.test_decode import write_jpeg_folder
 
 # ----------------------------------------------------------------------------- IDX reader
 
@@ -203,3 +206,16 @@ def test_image_folder_empty_class(tmp_path: Path) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(GktError, match="ImageNet-layout"):
         load_split(f"folder:{tmp_path}", "train")
+
+
+def test_decoders_are_imported_before_workers_fork(tmp_path: Path) -> None:
+    """The parent imports torchvision's decoders before starting decode workers: forked workers inherit them
+    instead of each importing torchvision again (seconds per pass)."""
+    root = write_jpeg_folder(tmp_path / "val", {"a": 2, "b": 2})
+    script = (f"import sys\nfrom gkt.data.datasets import iterate_batches, load_image_folder\n"
+              f"ds = load_image_folder({str(root)!r}, image_size=8)\n"
+              "assert 'torchvision.io' not in sys.modules\n"
+              "assert sum(len(i) for _, _, i in iterate_batches(ds, 2, workers=1)) == 4\n"
+              "print('torchvision.io' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "True"

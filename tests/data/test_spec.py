@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gkt.core.errors import GktError
-from gkt.data.spec import DataSpec, load_split, parse_class_list
+from gkt.data.spec import DataSpec, check_data_dir, load_split, parse_class_list
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -81,3 +81,19 @@ def test_digits_classes_and_folder_class_names(tmp_path: Path) -> None:
     pets = load_split(f"folder:{tmp_path}[dog,cat]@invert", "test", image_size=6)
     assert pets.class_names == ["dog", "cat"] and pets.labels.tolist() == [1, 0]
     assert pets.load(torch.tensor([0])).shape == (1, 3, 6, 6)
+
+
+@pytest.mark.parametrize("specs", [["fmnist"], ["fmnist[0-4]@edges"], ["fmnist", "digits"], ["fashion-mnist"]])
+def test_data_dir_read_by_fashion_mnist_specs(specs: list[str]) -> None:
+    check_data_dir("/data/fmnist", specs)
+    check_data_dir(None, ["digits", "folder:/x"])  # nothing given: nothing to check
+
+
+@pytest.mark.parametrize(("specs", "message"), [
+    (["digits"], r"this command's data \(digits\) does not read it: drop --data-dir"),
+    (["folder:/pets", "hf:/set"], r"\(folder:/pets, hf:/set\) does not read it"),
+    (["fmnist:/other"], r"--data-dir /data/fmnist and the data spec fmnist:/other both name"),
+])
+def test_data_dir_no_spec_reads_is_an_error(specs: list[str], message: str) -> None:
+    with pytest.raises(GktError, match=message):
+        check_data_dir("/data/fmnist", specs)

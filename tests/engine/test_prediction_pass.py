@@ -13,7 +13,7 @@ import gkt.data.datasets as datasets_module
 from gkt.data.datasets import load_image_folder
 from gkt.data.decode import reset_skipped
 from gkt.engine.outputs_cache import CachedOutputs
-from gkt.engine.predictions import get_many
+from gkt.engine.predictions import get_many, predict_many
 from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.preprocess import Preprocess
 from tests.data.test_decode import write_jpeg_folder
@@ -66,3 +66,18 @@ def test_top_k_teacher_targets_are_announced(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, logger="gkt.engine.outputs_cache"):
         CachedOutputs(rgb_mlp(0, classes), data, torch.device("cpu"), labels_allowed=False)
     assert "top-10 approximations" in caplog.text and "120 classes" in caplog.text and "--no-cache" in caplog.text
+
+
+def test_models_with_one_preprocessing_share_its_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model and its random-init baseline (same preprocessing) resize and normalise each batch once."""
+    data = datasets_module.TensorImageDataset("six", torch.randint(0, 256, (6, 3, 14, 14), dtype=torch.uint8),
+                                              torch.arange(6) % 2, ["a", "b"])
+    models = [rgb_mlp(0, ["a", "b"]), rgb_mlp(1, ["a", "b"], size=10, crop_pct=0.875), rgb_mlp(2, ["a", "b"])]
+    calls = []
+    normalize = Classifier.normalize
+    monkeypatch.setattr(Classifier, "normalize", lambda self, x: calls.append(self.name) or normalize(self, x))
+    preds = predict_many(models, data, torch.device("cpu"), batch_size=3)
+    assert calls == ["mlp0", "mlp1"] * 2  # two batches, two distinct preprocessings
+    monkeypatch.setattr(Classifier, "normalize", normalize)
+    for model, p in zip(models, preds):
+        assert torch.allclose(p.logits, model(data.images), atol=1e-6)

@@ -40,9 +40,9 @@ def test_n_models_cost_n_forward_passes(blobs, monkeypatch: pytest.MonkeyPatch) 
     calls: list[str] = []
     forward = Classifier.forward
 
-    def counting(self: Classifier, images: torch.Tensor) -> torch.Tensor:
+    def counting(self: Classifier, images: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
         calls.append(self.name)
-        return forward(self, images)
+        return forward(self, images, prepared)
 
     monkeypatch.setattr(Classifier, "forward", counting)
     models = [make_model("linear", 0), make_model("linear", 1), make_model("mlp", 2, hidden=[16]),

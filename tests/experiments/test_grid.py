@@ -11,11 +11,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from gkt.core.errors import GktError
+from gkt.data.datasets import iterate_batches, load_image_folder
+from gkt.data.decode import reset_skipped, skipped_images
 from gkt.experiments.backends import ray_capacity
 from gkt.experiments.grid import (
     LocalBackend,
@@ -27,6 +30,7 @@ from gkt.experiments.grid import (
     visible_gpus,
     worker_gpus,
 )
+from tests.data.test_decode import write_jpeg_folder
 
 HERE = Path(__file__).parent
 
@@ -178,3 +182,31 @@ def test_study_stores_rows_as_json(tmp_path: Path) -> None:
     with sqlite3.connect(store.path) as db:
         config, metrics = db.execute("SELECT config, metrics FROM results").fetchone()
     assert json.loads(config) == {"i": 1} and set(json.loads(metrics)) == {"gpu", "pid"}
+
+
+def decode_folder(config: dict) -> dict:
+    """Decodes every image of the folder named in the config, leaving unreadable ones out."""
+    dataset = load_image_folder(config["root"], image_size=16, bad_images="skip")
+    seen = sum(len(idx) for _, _, idx in iterate_batches(dataset, 4, workers=0))
+    return {"decoded": seen, "pid": os.getpid()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_images_skipped_in_study_workers_reach_the_summary(tmp_path: Path, workers: int) -> None:
+    """A job's skipped images count in the study's summary and in the command's end-of-run report, also
+    when the job ran in a pool worker process."""
+    reset_skipped()
+    roots = [write_jpeg_folder(tmp_path / f"data{i}", {"a": 2, "b": 2}, truncated=f"b/broken{i}.jpg")
+             for i in range(2)]
+    jobs = expand_grid({}, {"root": [str(r) for r in roots]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the job's own warning about each image
+        counts = run_study(decode_folder, jobs, ResultsStore(tmp_path / "s.sqlite"), LocalBackend(workers, threads=1))
+    broken = {str(roots[i] / "b" / f"broken{i}.jpg") for i in range(2)}
+    assert counts.done == 2 and [r.metrics["decoded"] for r in ResultsStore(tmp_path / "s.sqlite").rows()] == [4, 4]
+    if workers > 1:
+        assert {r.metrics["pid"] for r in ResultsStore(tmp_path / "s.sqlite").rows()} != {os.getpid()}
+    assert set(counts.skipped_images) == broken and counts.as_dict()["skipped_images"] == 2
+    assert "2 unreadable image(s) left out (--bad-images skip)" in counts.describe()
+    assert set(skipped_images()) == broken  # what `gkt study` prints and writes to skipped_images.json
+    reset_skipped()

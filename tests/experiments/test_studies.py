@@ -36,15 +36,18 @@ def test_rerun_skips_done_jobs_and_records_failures(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "r.sqlite")
     jobs = expand_grid({}, GRID) + [{"seed": 9, "scale": 1.0, "fail": True}]
     counts = run_study(seeded_job, jobs, store, LocalBackend(1))
-    assert counts.as_dict() == {"total": 7, "skipped": 0, "done": 6, "failed": 1, "not_retried": 0}
+    assert counts.as_dict() == {"total": 7, "skipped": 0, "done": 6, "failed": 1, "not_retried": 0,
+                                 "skipped_images": 0}
     assert counts.failed == [job_key(jobs[-1])] and not counts.ok
     assert "asked to fail" in store.rows("failed")[0].metrics["error"]
     again = run_study(seeded_job, jobs, store, LocalBackend(1))
-    assert again.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 0, "not_retried": 1}
+    assert again.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 0, "not_retried": 1,
+                               "skipped_images": 0}
     assert not again.ok and "1 failed before (not retried" in again.describe()
     assert len(store.records()) == 6
     retried = run_study(seeded_job, jobs, store, LocalBackend(1), retry_failed=True)  # it runs (and fails) again
-    assert retried.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 1, "not_retried": 0}
+    assert retried.as_dict() == {"total": 7, "skipped": 6, "done": 0, "failed": 1, "not_retried": 0,
+                                 "skipped_images": 0}
 
 
 def test_local_pool_matches_inline(tmp_path: Path) -> None:

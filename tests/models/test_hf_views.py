@@ -39,6 +39,8 @@ def test_gkt_view_equals_the_processor(kind: str) -> None:
         base = torch.rand(1, 3, 4, 4, generator=gen)  # smooth content, so resampling differences stay small
         image = (torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear") * 255).to(torch.uint8)
         theirs = processor(list(image), return_tensors="pt")["pixel_values"]
-        ours = prepare(image, pre, torch.tensor(pre.mean).view(1, -1, 1, 1), torch.tensor(pre.std).view(1, -1, 1, 1))
+        view = pre.view.apply(image)  # what a decode plan gives the model: its view, resized as uint8
+        ours = prepare(view, pre, torch.tensor(pre.mean).view(1, -1, 1, 1), torch.tensor(pre.std).view(1, -1, 1, 1),
+                       at_input=True)
         assert ours.shape == theirs.shape, (kind, height, width)
         assert torch.allclose(ours, theirs, atol=1e-4), (kind, height, width, (ours - theirs).abs().max())

@@ -28,6 +28,7 @@ from gkt.data.decode import (
     skipped_images,
 )
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
+from gkt.data.spec import check_data_dir
 from gkt.models.specs import img_size_default
 from gkt.engine.distributed import from_environment, shutdown
 
@@ -78,6 +79,20 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 # Verbs that read image data (folders, hf: datasets): they take --bad-images.
 IMAGE_VERBS = ("analyze", "transfer", "study", "adapt", "crossdomain", "kdep pretrain", "kdep finetune",
                "kdep benchmark")
+
+
+# Options that hold a command's data specs: --data-dir is refused when none of them reads it (check_data_dir).
+DATA_SPEC_OPTIONS = ("data", "pretrain_data", "downstream")
+
+
+def check_data_dir_read(args: argparse.Namespace) -> None:
+    """A clear error for a --data-dir that the command's data would not read (an input is never ignored)."""
+    specs: list[str] = []
+    for name in DATA_SPEC_OPTIONS:
+        value = getattr(args, name, None)
+        specs += [] if value is None else [value] if isinstance(value, str) else list(value)
+    if specs:
+        check_data_dir(args.data_dir, specs)
 
 
 def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(parser, argv)
+        check_data_dir_read(args)
     except GktError as exc:
         return _fail(str(exc))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

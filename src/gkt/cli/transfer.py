@@ -134,7 +134,7 @@ def _fmt(value: float) -> str:
 
 @register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure)
 def transfer(args: argparse.Namespace) -> int:
-    from gkt.data.spec import load_split
+    from gkt.data.spec import check_data_dir, load_split
     from gkt.data.subsets import stratified_subset
     from gkt.engine.loop import Runtime
     from gkt.models import DataInfo, load_model
@@ -146,6 +146,8 @@ def transfer(args: argparse.Namespace) -> int:
         raise GktError("--resume continues a single-teacher run; rerun a multi-teacher command to continue it "
                        "(its finished transfer runs are reused from the cache)")
     resume = _resume_options(args) if args.resume else None
+    if resume is not None:  # the run's own data decides whether --data-dir is read
+        check_data_dir(args.data_dir, [args.data])
     teachers = args.teacher or []
     if args.student is None or not teachers:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")

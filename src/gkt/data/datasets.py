@@ -336,6 +336,13 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
     return dataset
 
 
+def _import_decoders() -> None:
+    """Import the image decoders in this process before DataLoader workers fork from it: a worker would
+    otherwise import torchvision itself, seconds per pass (its package import pulls in ``torch._dynamo``)."""
+    import torchvision.io  # noqa: F401
+    from torchvision.transforms.v2 import functional  # noqa: F401
+
+
 def default_workers() -> int:
     """Decoding processes for encoded datasets: one per CPU this process may use but one (the main process
     runs the models meanwhile), at least 1, at most 8."""
@@ -385,6 +392,8 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
         unknown[list(known)] = False
         chunks = [chunk[unknown[chunk]] for chunk in chunks]
     workers = default_workers() if workers is None else workers
+    if isinstance(dataset, EncodedImageDataset):
+        _import_decoders()
     # Its own generator: the loader must not draw from torch's global RNG (that would shift dropout masks).
     loader = DataLoader(_Batches(dataset, [c for c in chunks if len(c)]), batch_size=None, shuffle=False,
                         num_workers=min(workers, len(chunks)), pin_memory=pin_memory, persistent_workers=False,

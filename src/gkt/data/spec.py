@@ -12,7 +12,7 @@ E.g. ``fmnist[0-4]@edges``: the edge maps of Fashion-MNIST's first five classes.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -36,6 +36,10 @@ Split = Literal["train", "val", "test"]
 DATA_SPEC_LOADERS: Registry[Callable[..., ImageDataset]] = Registry("data set")
 DATA_SPEC_LOADERS["digits"] = digits_split
 DATA_SPEC_LOADERS["hf"] = hf_split  # a Hugging Face datasets directory (save_to_disk) or cached dataset name
+
+# The kinds whose loader reads ``data_dir`` (``--data-dir``: where Fashion-MNIST's files are) when the spec
+# names no directory of its own; no other kind reads it.
+DATA_DIR_KINDS = ("fmnist",)
 
 DOMAIN_SEPARATOR = "@"
 FMNIST_NAMES = ("fmnist", "fashion-mnist", "fashion_mnist")
@@ -131,6 +135,23 @@ class DataSpec:
         base = self.kind if self.path is None else f"{self.kind}:{self.path}"
         classes = "" if self.classes is None else "[" + ",".join(map(str, self.classes)) + "]"
         return base + classes + ("" if self.domain is None else f"{DOMAIN_SEPARATOR}{self.domain}")
+
+
+def check_data_dir(data_dir: str | None, specs: Iterable[str | DataSpec]) -> None:
+    """Refuse a ``data_dir`` (``--data-dir``) that none of ``specs`` (a command's data) would read: it is
+    where Fashion-MNIST is read from, so ``digits``, ``folder:PATH``, ``hf:...`` and ``fmnist:DIR`` ignore it."""
+    if data_dir is None:
+        return
+    parsed = [DataSpec.parse(s) if isinstance(s, str) else s for s in specs]
+    if any(s.kind in DATA_DIR_KINDS and s.path is None for s in parsed):
+        return
+    named = [str(s) for s in parsed if s.kind in DATA_DIR_KINDS]
+    if named:
+        raise GktError(f"--data-dir {data_dir} and the data spec {named[0]} both name the Fashion-MNIST directory; "
+                       "give it once (--data fmnist --data-dir DIR, or --data fmnist:DIR)")
+    data = ", ".join(dict.fromkeys(str(s) for s in parsed))
+    raise GktError(f"--data-dir {data_dir} names the Fashion-MNIST directory, but this command's data ({data}) "
+                   "does not read it: drop --data-dir (a data set's own location goes in its spec, e.g. folder:PATH)")
 
 
 def load_split(spec: str | DataSpec, split: Split, *, data_dir: str | None = None, val_fraction: float = 0.1,

@@ -28,6 +28,7 @@ from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.data.views import View, view_of
 from gkt.models.classifier import Classifier
+from gkt.models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,10 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
                  topks: Sequence[int | None] | None = None, keys: Sequence[str] | None = None, *,
                  precision: str = "fp32", workers: int | None = None) -> list[Predictions]:
     """One batched, no-grad pass over ``dataset`` running every model of ``models`` on each batch (each
-    image is decoded once for all of them), eval mode, autocast in ``precision``. Unreadable images skipped
-    under ``--bad-images skip`` are dropped from ``dataset`` at the end (predictions cover the rest)."""
+    image is decoded once for all of them, and resized and normalised once for all models with the same
+    preprocessing, e.g. a model and its random-init baseline), eval mode, autocast in ``precision``.
+    Unreadable images skipped under ``--bad-images skip`` are dropped from ``dataset`` at the end
+    (predictions cover the rest)."""
     if not models:
         return []
     topks = list(topks) if topks is not None else [None] * len(models)
@@ -168,14 +171,19 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
         model.to(device).eval()
     parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in models]
     plan = dataset.decode_plan
+    groups: dict[Preprocess, list[int]] = {}  # models with the same preprocessing share its input batch
+    for i, model in enumerate(models):
+        groups.setdefault(model.preprocess, []).append(i)
     names = ", ".join(m.name for m in models)
     batches = iterate_batches(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda")
     for images, labels, _ in tqdm(batches, total=math.ceil(len(dataset) / batch_size), leave=False, disable=None,
                                   desc=f"predict {names if len(names) < 40 else f'{len(models)} models'}"):
         x = images.to(device, non_blocking=True)
         with autocast(device, precision):
-            for model, topk, part in zip(models, topks, parts):
-                part.append(_summarise(_logits(model, x, plan).float().cpu(), labels, topk))
+            for members in groups.values():
+                prepared = _prepared(models[members[0]], x, plan)
+                for i in members:
+                    parts[i].append(_summarise(models[i](x, prepared).float().cpu(), labels, topks[i]))
     for model, mode in zip(models, modes):
         model.train(mode)
     if not parts[0]:
@@ -185,15 +193,16 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
             for model, part, key in zip(models, parts, keys or [""] * len(models))]
 
 
-def _logits(model: Classifier, batch: torch.Tensor, plan: tuple[View, ...]) -> torch.Tensor:
-    """``model`` on a batch: its own view when the decode plan holds it (exactly its library's transform),
-    else the batch (the plan's largest view, for a canvas of several) resized and cropped by the model."""
+def _prepared(model: Classifier, batch: torch.Tensor, plan: tuple[View, ...]) -> torch.Tensor:
+    """``model``'s normalised input from a batch: its own view when the decode plan holds it (exactly its
+    library's transform), else the batch (the plan's largest view, for a canvas of several) resized and
+    cropped by the model."""
     own = view_of(batch, plan, model.preprocess.view) if plan else None
     if own is not None:
-        return model.forward_view(own)
+        return model.prepare_view(own)
     if len(plan) > 1:
         batch = view_of(batch, plan, max(plan, key=lambda v: (v.crop, v.resize)))
-    return model(batch)
+    return model.normalize(batch)
 
 
 def compute_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 500,

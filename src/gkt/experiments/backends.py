@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -16,19 +17,35 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from gkt.core.errors import GktError
+from gkt.data.decode import note_skipped, reset_skipped, skipped_images
 
 JobConfig = dict[str, Any]
 JobFn = Callable[[JobConfig], dict[str, Any]]
-Outcome = tuple[JobConfig, dict[str, Any], str, float]  # config, metrics, status (done | failed), seconds
+# config, metrics, status (done | failed), seconds, and the images the job left out under --bad-images skip
+# (source -> reason), which happens in whichever process runs the job
+Outcome = tuple[JobConfig, dict[str, Any], str, float, dict[str, str]]
+
+
+def note_skipped_quietly(skipped: dict[str, str]) -> None:
+    """Add images left out elsewhere (a worker process, an earlier job) to this process's count, without
+    warning about each again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for source, reason in skipped.items():
+            note_skipped(source, reason)
 
 
 def run_one(fn: JobFn, config: JobConfig) -> Outcome:
+    earlier = skipped_images()  # this process's count before the job (a pool worker's earlier jobs, ...)
+    reset_skipped()
     start = time.perf_counter()
     try:
         metrics, status = fn(config), "done"
     except Exception as exc:  # a failed job is recorded, not fatal for the study
         metrics, status = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, "failed"
-    return config, metrics, status, time.perf_counter() - start
+    seconds, skipped = time.perf_counter() - start, skipped_images()
+    note_skipped_quietly(earlier)
+    return config, metrics, status, seconds, skipped
 
 
 def visible_gpus(device_count: int | None = None) -> list[str]:

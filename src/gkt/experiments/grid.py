@@ -26,6 +26,7 @@ from gkt.experiments.backends import (
     JobFn,
     LocalBackend,
     RayBackend,
+    note_skipped_quietly,
     ray_resources,
     visible_gpus,
     worker_gpus,
@@ -67,6 +68,7 @@ class StudyCounts:
     done: int = 0
     failed: list[str] = field(default_factory=list)
     not_retried: list[str] = field(default_factory=list)
+    skipped_images: dict[str, str] = field(default_factory=dict)  # left out by this call's jobs: source -> reason
 
     @property
     def ok(self) -> bool:
@@ -74,12 +76,14 @@ class StudyCounts:
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "skipped": self.skipped, "done": self.done, "failed": len(self.failed),
-                "not_retried": len(self.not_retried)}
+                "not_retried": len(self.not_retried), "skipped_images": len(self.skipped_images)}
 
     def describe(self, noun: str = "jobs") -> str:
         text = (f"{self.total} {noun}: {self.skipped} already done, {self.done} ran, {len(self.failed)} failed")
         if self.not_retried:
             text += f", {len(self.not_retried)} failed before (not retried; --retry-failed reruns them)"
+        if self.skipped_images:
+            text += f"; {len(self.skipped_images)} unreadable image(s) left out (--bad-images skip)"
         return text
 
 
@@ -123,8 +127,10 @@ def run_study(fn: JobFn, jobs: Iterable[JobConfig], store: ResultsStore, backend
             else:
                 finished = []
                 time.sleep(poll_s)  # every remaining job is held by another process: wait for it
-            for config, metrics, status, seconds in finished:
+            for config, metrics, status, seconds, skipped in finished:
                 store.put(config, metrics, status, seconds)
+                counts.skipped_images.update(skipped)
+                note_skipped_quietly(skipped)  # so the command's end-of-run report counts a worker's skips too
                 running -= 1
                 bar.update()
                 if status == "done":

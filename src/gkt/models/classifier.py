@@ -81,14 +81,20 @@ class Classifier(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(images))
+    def forward(self, images: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of raw ``images``; ``prepared``: the batch already normalised for this model's preprocessing
+        (e.g. shared by the models of a pass with the same :class:`Preprocess`), used instead."""
+        return self.net(self.normalize(images) if prepared is None else prepared)
+
+    def prepare_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalised input from a batch already resized and cropped to this model's input (its view of a
+        decode plan, :func:`gkt.data.views.view_of`): only channels and normalisation are applied."""
+        return prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std,
+                       at_input=True)
 
     def forward_view(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of a batch already resized and cropped to this model's input (its view of a decode plan,
-        :func:`gkt.data.views.view_of`): only channels and normalisation are applied."""
-        return self.net(prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std,
-                                at_input=True))
+        """Logits of a batch that is this model's view of a decode plan (see :meth:`prepare_view`)."""
+        return self.net(self.prepare_view(images))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate, globally pooled features (before the last activation where the net exposes it)."""

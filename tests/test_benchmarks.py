@@ -1,0 +1,55 @@
+"""The GPU check (benchmarks/gpu_check.sh) as a CPU dry run: every step it runs on a GPU machine runs
+here too, tiny, under the conditions of that machine's image (gkt from src/, no pydantic or datasets)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def image_like_env(tmp_path: Path, blocked: tuple[str, ...] = ("pydantic", "datasets")) -> dict[str, str]:
+    """The environment of the GPU machine's image as far as gkt is concerned: packages it lacks fail to import."""
+    for name in blocked:
+        (tmp_path / "blocked" / name).mkdir(parents=True)
+        (tmp_path / "blocked" / name / "__init__.py").write_text(f"raise ImportError('no {name} on this image')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHONPATH")}
+    return {**env, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "blocked"), "OMP_NUM_THREADS": "1",
+            "GKT_HOME": str(tmp_path / "home")}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(SCRIPT), "--out", str(out), "--device", "cpu", "--tiny"],
+                          env=image_like_env(tmp_path), capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    transfer = read_csv(out / "transfer.csv")
+    assert [r["variant"] for r in transfer] == ["plain fine-tuning (limit)", "kl-dp, outputs cached"]
+    assert all(float(r["samples_per_s"]) > 0 and r["precision"] == "bf16" and r["student"] == "resnet18"
+               for r in transfer)
+    assert float(transfer[0]["ratio_to_limit"]) == 1.0 and float(transfer[1]["ratio_to_limit"]) > 0
+    decode = read_csv(out / "decode.csv")
+    assert [r["precision"] for r in decode] == ["fp32", "bf16"] and all(r["device"] == "cpu" for r in decode)
+    assert all(float(r["analysis_images_per_s"]) > 0 and float(r["ratio_to_decode_limit"]) > 0 for r in decode)
+    assert "kl-dp cached ÷ plain fine-tuning:" in (out / "log.txt").read_text()
+    assert "torch" in (out / "env.txt").read_text()
+
+
+def test_gpu_check_says_what_is_missing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(SCRIPT), "--out", str(out), "--device", "cpu", "--tiny"],
+                          env=image_like_env(tmp_path, ("pydantic", "datasets", "timm")), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "cannot import what the check needs" in proc.stderr
+    assert "no timm on this image" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (out / "transfer.csv").exists()
