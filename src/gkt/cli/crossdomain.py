@@ -16,6 +16,7 @@ from gkt.reporting.tables import format_table
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.adapt.domains import DomainFinetune
     from gkt.data.domains import describe_domains
+    from gkt.transfer import TRANSFER_FRACTION
 
     d = DomainFinetune()
 
@@ -30,7 +31,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--ft-batch-size", d.recipe, "batch_size", help="domain fine-tuning batch size")
     add_config_option(p, "--ft-fraction", d, "fraction",
                       help="stratified share of the shifted train split to fine-tune on")
-    add_transfer_options(p, epochs=None, fraction=0.1)
+    add_transfer_options(p, epochs=None, fraction=TRANSFER_FRACTION)
 
 
 @register_verb("crossdomain", "fine-tune teachers on a shifted domain, transfer them into original-domain students",

@@ -102,7 +102,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"\n== gkt demo 4/5: act 2 — students with headroom ({HEADROOM_EPOCHS}-epoch recipes), "
           f"{args.headroom_epochs} transfer epoch(s): {len(args.headroom_methods)} methods x {pairs} pairs + 2 controls "
           f"x {len(names)} students x {len(args.headroom_seeds)} seed(s) ==", flush=True)
-    settings = {"data": "fmnist", "fraction": 0.1, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir,
+    settings = {"data": "fmnist", "data_dir": args.data_dir, "zoo_dir": args.zoo_dir,
                 "epochs": args.headroom_epochs}
     act2 = run_headroom(headroom, args.run_dir / "headroom", args.headroom_methods, args.headroom_seeds, settings,
                         workers=args.workers, threads=args.threads or DEMO_THREADS)

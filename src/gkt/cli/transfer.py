@@ -29,7 +29,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.data.augment import AUGMENTATIONS
     from gkt.data.spec import SYNTAX
     from gkt.engine.loop import Runtime
-    from gkt.transfer import TransferConfig, describe_methods
+    from gkt.transfer import TRANSFER_FRACTION, TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
 
     d, rt = TransferConfig(), Runtime()
@@ -46,8 +46,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-arg", action="append", default=[], metavar="K=V",
                    help="method hyperparameter, repeatable (e.g. --method-arg lam=0.7)")
     p.add_argument("--data", default="fmnist", help=f"data spec {SYNTAX} (default: fmnist)")
-    p.add_argument("--fraction", type=float, default=0.1,
-                   help="stratified share of the train split used as transfer set (default: 0.1)")
+    p.add_argument("--fraction", type=float, default=TRANSFER_FRACTION,
+                   help=f"stratified share of the train split used as transfer set (default: {TRANSFER_FRACTION})")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs over the transfer set (default: {d.epochs}; with --resume: the run's)")
     add_config_option(p, "--lr", d, help="SGD learning rate")

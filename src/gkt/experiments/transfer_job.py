@@ -55,11 +55,11 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     it. Models and data are cached per process; every run gets fresh copies, so runs never share state.
     Only the final model is evaluated (a study keeps final metrics, not per-epoch curves)."""
     from gkt.engine.loop import Runtime
-    from gkt.transfer import TransferConfig, run_transfer
+    from gkt.transfer import TRANSFER_FRACTION, TransferConfig, run_transfer
 
     data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
     subset_seed = config.get("subset_seed", config.get("seed", 0))
-    transfer_set = _transfer_set(data, data_dir, config.get("fraction", 0.1), subset_seed)
+    transfer_set = _transfer_set(data, data_dir, config.get("fraction", TRANSFER_FRACTION), subset_seed)
     test_set = _test_set(data, data_dir)
     class_map = json.dumps(config["class_map"], sort_keys=True) if config.get("class_map") else None
     student = _study_model(config["student"], data, data_dir, zoo_dir, class_map).clone().requires_grad_(True)

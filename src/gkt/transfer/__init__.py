@@ -5,6 +5,7 @@ from gkt.transfer import contrastive, dp, kl, mcl, multi_dp  # noqa: F401  (impo
 from gkt.transfer.base import METHODS, Step, TransferMethod, create_method, describe_methods, register_method
 from gkt.transfer.trainer import (
     DEFAULT_LR,
+    TRANSFER_FRACTION,
     TransferConfig,
     TransferOutcome,
     TransferTrainer,
@@ -12,5 +13,5 @@ from gkt.transfer.trainer import (
     run_transfer,
 )
 
-__all__ = ["DEFAULT_LR", "METHODS", "Step", "TransferConfig", "TransferMethod", "TransferOutcome", "TransferTrainer",
+__all__ = ["DEFAULT_LR", "METHODS", "TRANSFER_FRACTION", "Step", "TransferConfig", "TransferMethod", "TransferOutcome", "TransferTrainer",
            "create_method", "describe_methods", "load_state", "register_method", "run_transfer"]

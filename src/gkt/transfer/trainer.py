@@ -50,6 +50,7 @@ from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfe
 log = logging.getLogger(__name__)
 
 DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
+TRANSFER_FRACTION = 0.1  # the default transfer set: this stratified share of the train split (as in the paper)
 STATE_FORMAT = "gkt-transfer-state/1"
 PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
