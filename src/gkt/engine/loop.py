@@ -229,7 +229,7 @@ class TrainLoop:
                 self.scheduler.step()
             self.task.after_step(self.step)
             self.step += 1
-            running = parts.detach() if running is None else running + parts.detach()
+            running = parts.detach().clone() if running is None else running.add_(parts.detach())
         self.epoch += 1
         means = (dist.sum(running) / (self.steps_per_epoch * dist.world)).tolist()
         if not all(map(math.isfinite, means)):  # a NaN/inf loss anywhere in the epoch poisons its sum

@@ -42,7 +42,7 @@ from gkt.transfer.evaluation import transfer_metrics
 from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, parallel_method, weight_soup
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
 
-RUN_CACHE_FORMAT = "gkt-transfer-run/2"
+RUN_CACHE_FORMAT = "gkt-transfer-run/3"  # /3: the KL is computed as one fused kl_div (rounding-level change)
 
 
 @dataclass(frozen=True)

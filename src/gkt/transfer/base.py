@@ -30,9 +30,9 @@ FROZEN_LOGITS = "frozen_logits"  # the frozen copy of the student before transfe
 STUDENT_FEATURES = "student_features"
 LABELS = "labels"
 NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, TEACHERS_LOGITS, FROZEN_LOGITS, STUDENT_FEATURES, LABELS})
-# What :meth:`TransferMethod.prepare_targets` may derive from the frozen outputs: soft targets at temperature
-# T, [B, C] = σ(z/T), and [B] = Σ_c σ_c log σ_c (the KL's constant part).
-SOFT_TARGETS, NEG_ENTROPY = "soft_targets", "neg_entropy"
+# What :meth:`TransferMethod.prepare_targets` may derive from the frozen outputs: the soft targets' log-
+# probabilities at temperature T, [B, C] = log σ(z/T).
+TARGET_LOG_PROBS = "target_log_probs"
 
 
 @dataclass
@@ -112,18 +112,16 @@ def kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperatu
 
 
 def soft_targets(target_logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
-    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``σ(z_t/T)`` and ``Σ σ log σ``."""
-    log_probs = F.log_softmax(target_logits.float() / temperature, -1)
-    probs = log_probs.exp()
-    return {SOFT_TARGETS: probs, NEG_ENTROPY: (probs * log_probs).sum(-1)}
+    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``log σ(z_t/T)``."""
+    return {TARGET_LOG_PROBS: F.log_softmax(target_logits.float() / temperature, -1)}
 
 
 def kl_loss_soft(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-    """Eq. 1 from :func:`soft_targets` (the same value as :func:`kl_loss`): ``T² · mean_i (Σ p log p − Σ p log
-    σ(z_s/T))``. Per step only the student's soft-target cross-entropy (one fused op, forward and backward)
-    and the targets' fixed ``Σ p log p``."""
+    """Eq. 1 from :func:`soft_targets` (the same value as :func:`kl_loss`): ``T² · mean_i KL[p_i ‖ σ(z_s,i/T)]``
+    with the targets' log-probabilities ``log p`` prepared once; per step only the student's log-softmax
+    and one fused KL (forward and backward)."""
     logits = student_logits.float() if temperature == 1 else student_logits.float() / temperature
-    kl = F.cross_entropy(logits, targets[SOFT_TARGETS]) + targets[NEG_ENTROPY].mean()
+    kl = F.kl_div(F.log_softmax(logits, -1), targets[TARGET_LOG_PROBS], reduction="batchmean", log_target=True)
     return kl if temperature == 1 else kl * temperature ** 2
 
 
