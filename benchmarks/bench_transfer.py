@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--teacher", default="resnet")
     p.add_argument("--samples", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CPU: only where it is faster)")

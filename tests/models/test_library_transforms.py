@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gkt.data.spec import load_split
+from gkt.engine.loop import predict_logits
 from gkt.engine.predictions import predict_many
 from gkt.models import Classifier, load_model
 from gkt.models.preprocess import decode_plan_for, decode_size_for
@@ -127,3 +128,7 @@ def test_predictions_match_the_library_pipelines(offline_hubs: HubCaches, photo_
           "one square decode:",
           {k: f"{100 * agreement(p.predicted, t):.1f}%" for k, p, t in zip(CASES, square, theirs)})
     assert min(rates.values()) >= 0.99, f"gkt agrees with the libraries' pipelines on {rates} of images"
+    # The evaluation path of `gkt transfer` (one model at a time over the same planned test set) gives each
+    # model the same view, so a transfer's before/after accuracies are the analysis's.
+    for model, preds in zip(models, ours):
+        assert torch.equal(predict_logits(model, dataset, torch.device("cpu"), batch_size=50).argmax(1), preds.predicted)

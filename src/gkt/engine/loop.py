@@ -336,12 +336,16 @@ def train_supervised(model: Classifier, dataset: ImageDataset, recipe: Recipe, d
 def predict_outputs(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 1000,
                     desc: str | None = None, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     precision: str = "fp32") -> torch.Tensor:
-    """``fn(images)`` (default: ``model``'s logits) over ``dataset`` in order, float32 on the CPU, with
+    """``fn(images)`` (default: ``model``'s logits, from its own view where ``dataset`` is decoded with a
+    decode plan) over ``dataset`` in order, float32 on the CPU, with
     ``model`` in eval mode, no gradients and autocast in ``precision``. Images skipped under
     ``--bad-images skip`` are dropped from ``dataset`` by the pass, so read ``dataset.labels`` after it."""
+    plan = dataset.decode_plan
+    if fn is not None and len(plan) > 1:
+        raise ValueError(f"{dataset.name}: a custom output function needs one decoded view, not a plan of {len(plan)}")
     was_training = model.training
     model.to(device).eval()
-    fn = fn or model
+    fn = fn or (lambda x: model(x, model.input_of(x, plan)))
     with autocast(device, precision):
         chunks = [fn(images.to(device, non_blocking=True)).float().cpu()
                   for images, _, _ in tqdm(iterate_batches(dataset, batch_size), desc=desc or "predict", leave=False,

@@ -26,7 +26,6 @@ from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
-from gkt.data.views import View, view_of
 from gkt.models.classifier import Classifier
 from gkt.models.preprocess import Preprocess
 
@@ -181,7 +180,7 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
         x = images.to(device, non_blocking=True)
         with autocast(device, precision):
             for members in groups.values():
-                prepared = _prepared(models[members[0]], x, plan)
+                prepared = models[members[0]].input_of(x, plan)
                 for i in members:
                     parts[i].append(_summarise(models[i](x, prepared).float().cpu(), labels, topks[i]))
     for model, mode in zip(models, modes):
@@ -191,18 +190,6 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
     return [Predictions._from_tensors({k: torch.cat([p[k] for p in part]) for k in part[0]}, model.name,
                                       model.num_classes, key)
             for model, part, key in zip(models, parts, keys or [""] * len(models))]
-
-
-def _prepared(model: Classifier, batch: torch.Tensor, plan: tuple[View, ...]) -> torch.Tensor:
-    """``model``'s normalised input from a batch: its own view when the decode plan holds it (exactly its
-    library's transform), else the batch (the plan's largest view, for a canvas of several) resized and
-    cropped by the model."""
-    own = view_of(batch, plan, model.preprocess.view) if plan else None
-    if own is not None:
-        return model.prepare_view(own)
-    if len(plan) > 1:
-        batch = view_of(batch, plan, max(plan, key=lambda v: (v.crop, v.resize)))
-    return model.normalize(batch)
 
 
 def compute_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int = 500,

@@ -13,6 +13,7 @@ from torch import nn
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.registry import Registry
+from gkt.data.views import View, view_of
 from gkt.models.architectures import build_zoo_net
 from gkt.models.preprocess import Preprocess, prepare
 
@@ -91,6 +92,17 @@ class Classifier(nn.Module):
         decode plan, :func:`gkt.data.views.view_of`): only channels and normalisation are applied."""
         return prepare(images.to(self.mean.device, non_blocking=True), self.preprocess, self.mean, self.std,
                        at_input=True)
+
+    def input_of(self, batch: torch.Tensor, plan: tuple[View, ...]) -> torch.Tensor:
+        """The normalised input from a batch decoded with the decode ``plan`` (``()``: raw images): the
+        model's own view when the plan holds it (exactly its library's transform), else the batch (the
+        plan's largest view, for a canvas of several) resized and cropped here."""
+        own = view_of(batch, plan, self.preprocess.view) if plan else None
+        if own is not None:
+            return self.prepare_view(own)
+        if len(plan) > 1:
+            batch = view_of(batch, plan, max(plan, key=lambda v: (v.crop, v.resize)))
+        return self.normalize(batch)
 
     def forward_view(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of a batch that is this model's view of a decode plan (see :meth:`prepare_view`)."""
