@@ -118,6 +118,11 @@ KDEP_BENCHMARK: dict[str, Any] = {
                 ("fmnist[5-9]", pm("fmnist_5_9_", "") + "||{fmnist_5_9_mean:.2f}"),
                 ("digits", pm("digits_", "") + "||{digits_mean:.2f}"), ("mean", pm("mean_", "") + "||{mean_mean:.2f}")],
     "rows": kdep_summary}
+ADAPT_DIGITS = [("method", "`{method}`"),
+                ("pairs: weaker / stronger teacher", "{weaker_pairs:.0f} / {stronger_pairs:.0f}"),
+                ("Δtransf, weaker teacher", pm("weaker_")), ("Δtransf, stronger teacher", pm("stronger_")),
+                ("worst pair", "{worst:+.2f} ({worst_pair})"), ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"),
+                ("knowledge loss", "{knowledge_loss:.2f}")]
 TRANSFER_METHODS: dict[str, Any] = {
     "columns": [("teacher (acc) → student (acc)", TRANSFER_PAIR)],
     "pivot": ("method", ["kl", "kl-dp", "kl-dp-unsup", "xekl-mcl"]), "cell": pm()}
@@ -150,11 +155,8 @@ TABLES: dict[str, Table] = {
         [("student", "`{student}`"), ("acc", "{student_acc:.2f}"), ("method", "`{method}`")],
         pivot=("column", ["single mean", "single min", "single max", "sequential", "parallel", "soup",
                           "seq − best single"]), cell=pm(), pivot_header="{}"),
-    "adapt-digits": Table(
-        "adapt/results.csv",
-        [("method", "`{method}`"), ("Δtransf, weaker teacher (6 pairs)", pm("weaker_")),
-         ("Δtransf, stronger teacher (2 pairs)", pm("stronger_")), ("worst pair", "{worst:+.2f} ({worst_pair})"),
-         ("pairs < −0.1", "{pairs_below:.0f}/{pairs:.0f}"), ("knowledge loss", "{knowledge_loss:.2f}")]),
+    "adapt-digits": Table("adapt/results.csv", ADAPT_DIGITS),
+    "adapt-digits-earlier": Table("adapt/earlier-f86ffa4.csv", ADAPT_DIGITS),
     "crossdomain-teachers": Table(
         "crossdomain/teachers.csv",
         [("teacher", "`{teacher}`"), ("original domain: before → after", "{orig_before:.2f} → {orig_after:.2f}"),
