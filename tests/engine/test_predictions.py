@@ -104,3 +104,26 @@ def test_from_logits_by_hand() -> None:
     preds = Predictions.from_logits(logits, torch.tensor([0, 2]), "m")
     assert preds.correct.tolist() == [True, False] and preds.accuracy == 0.5
     assert preds.true_prob[1] == pytest.approx(1 / (2 + math.e**3))
+
+
+def test_a_model_shares_its_predictions_across_decode_plans(tmp_path: Path) -> None:
+    """On folder images decoded with a plan of several views, a model's stored predictions are keyed by its
+    own view: a pass with other partners (another plan) reads them instead of predicting again."""
+    from gkt.data.spec import load_split
+    from gkt.models.classifier import ArchSpec
+    from gkt.models.preprocess import decode_plan_for
+    from tests.hubs import IMAGENETTE, image_folder
+
+    image_folder(tmp_path / "imgs" / "val")
+    image_folder(tmp_path / "imgs" / "train", seed=1)
+    folder = load_split(f"folder:{tmp_path / 'imgs'}", "val")
+    torch.manual_seed(0)
+    a, b, c = (Classifier.create(ArchSpec("zoo", "linear", len(IMAGENETTE), 3, 16, {}),
+                                 Preprocess(16, 3, (0.5,) * 3, (0.25,) * 3, crop_pct=pct), list(IMAGENETTE), name=n)
+               for n, pct in (("a", 0.875), ("b", 1.0), ("c", 0.5)))
+    first_a, _ = get_many([a, b], folder.at_decode_plan(decode_plan_for([a.preprocess, b.preprocess])), CPU, workers=0)
+    third = folder.at_decode_plan(decode_plan_for([a.preprocess, b.preprocess, c.preprocess]))
+    again_a, new_c = get_many([a, c], third, CPU, workers=0)
+    assert again_a.from_store and not new_c.from_store and torch.equal(again_a.logits, first_a.logits)
+    fresh_a, = get_many([a], third, CPU, refresh=True, workers=0)  # the same outputs when computed on this plan
+    assert torch.equal(fresh_a.logits, first_a.logits)
