@@ -132,3 +132,25 @@ def test_partition_quality() -> None:
     assert q["pos_flips_to_teacher"] == pytest.approx(2 / 3)  # positive flips 0, 1, 2
     assert q["neg_flips_to_teacher"] == pytest.approx(1 / 2)  # negative flips 3, 4
     assert q["samples_to_teacher"] == pytest.approx(1 / 2)
+
+
+def test_a_transfer_decodes_the_test_set_into_each_models_own_view(tmp_path) -> None:
+    """Folder images: the transfer set decoded once at the size both models resize from, the test set into
+    each model's own eval view (as gkt analyze evaluates); in-memory data come back unchanged."""
+    from gkt.data.spec import load_split
+    from gkt.data.views import square_view
+    from gkt.models.preprocess import decode_plan_for, decode_size_for
+    from gkt.transfer import decoded_for
+    from tests.hubs import IMAGENETTE, image_folder
+
+    image_folder(tmp_path / "imgs" / "val")
+    image_folder(tmp_path / "imgs" / "train", seed=1)
+    train, test = (load_split(f"folder:{tmp_path / 'imgs'}", split) for split in ("train", "val"))
+    a, b = (Classifier.create(ArchSpec("zoo", "linear", len(IMAGENETTE), 3, size, {}),
+                              Preprocess(size, 3, (0.5,) * 3, (0.25,) * 3, crop_pct=0.875), list(IMAGENETTE))
+            for size in (16, 24))
+    transfer_set, test_set = decoded_for([a, b], train, test)
+    assert transfer_set.decode_plan == (square_view(decode_size_for([a.preprocess, b.preprocess])),)
+    assert test_set.decode_plan == decode_plan_for([a.preprocess, b.preprocess]) and len(test_set.decode_plan) == 2
+    blobs = make_blobs()
+    assert decoded_for([a, b], blobs, blobs) == (blobs, blobs)

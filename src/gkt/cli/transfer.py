@@ -138,8 +138,7 @@ def transfer(args: argparse.Namespace) -> int:
     from gkt.data.subsets import stratified_subset
     from gkt.engine.loop import Runtime
     from gkt.models import DataInfo, load_model
-    from gkt.models.preprocess import decode_plan_for, decode_size_for
-    from gkt.transfer import TransferConfig, create_method, run_transfer
+    from gkt.transfer import TransferConfig, create_method, decoded_for, run_transfer
 
     create_method(args.method)  # unknown names fail before anything is loaded
     if args.resume and args.multi:
@@ -171,11 +170,7 @@ def transfer(args: argparse.Namespace) -> int:
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir, class_map=args.class_map or "auto")
     teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
-    # Encoded images: the transfer set decoded once at one size for training; the test set into each model's
-    # own eval view (exactly its library's transform, as in `gkt analyze`).
-    preprocesses = [student.preprocess, teacher.preprocess]
-    transfer_set = transfer_set.at_decode_size(decode_size_for(preprocesses))
-    test_set = test_set.at_decode_plan(decode_plan_for(preprocesses))
+    transfer_set, test_set = decoded_for([student, teacher], transfer_set, test_set)
     if not dist.is_main:  # another rank of a torchrun job: train and evaluate its share, write nothing
         run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, None, resume=resume,
                      runtime=runtime)
@@ -232,8 +227,8 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
         table_row,
     )
     from gkt.models import DataInfo, load_model
-    from gkt.models.preprocess import decode_plan_for, decode_size_for
     from gkt.reporting.multi_teacher import summary_table, write_summary
+    from gkt.transfer import decoded_for
     from gkt.transfer.multi import resolve_modes
 
     if not args.multi:
@@ -248,9 +243,7 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
     info = DataInfo.from_dataset(train)
     student = load_model(args.student, info, args.zoo_dir, class_map=args.class_map or "auto")
     teachers = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
-    preprocesses = [m.preprocess for m in [student, *teachers]]  # encoded images: as for one teacher (above)
-    train = train.at_decode_size(decode_size_for(preprocesses))
-    test_set = test_set.at_decode_plan(decode_plan_for(preprocesses))
+    train, test_set = decoded_for([student, *teachers], train, test_set)
     write_json(args.run_dir / "resolved_config.json", {
         **config.to_dict(), "student": args.student, "teachers": specs, "modes": modes, "order": args.order,
         "seeds": seeds, "data": args.data, "fraction": args.fraction, "test_set": {"name": test_set.name,

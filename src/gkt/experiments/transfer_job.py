@@ -55,7 +55,7 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     it. Models and data are cached per process; every run gets fresh copies, so runs never share state.
     Only the final model is evaluated (a study keeps final metrics, not per-epoch curves)."""
     from gkt.engine.loop import Runtime
-    from gkt.transfer import TRANSFER_FRACTION, TransferConfig, run_transfer
+    from gkt.transfer import TRANSFER_FRACTION, TransferConfig, decoded_for, run_transfer
 
     data, data_dir, zoo_dir = config.get("data", "fmnist"), config.get("data_dir"), config.get("zoo_dir")
     subset_seed = config.get("subset_seed", config.get("seed", 0))
@@ -64,6 +64,7 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     class_map = json.dumps(config["class_map"], sort_keys=True) if config.get("class_map") else None
     student = _study_model(config["student"], data, data_dir, zoo_dir, class_map).clone().requires_grad_(True)
     teacher = _study_model(config["teacher"], data, data_dir, zoo_dir, class_map).clone()
+    transfer_set, test_set = decoded_for([student, teacher], transfer_set, test_set)
     settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),

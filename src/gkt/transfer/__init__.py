@@ -9,9 +9,10 @@ from gkt.transfer.trainer import (
     TransferConfig,
     TransferOutcome,
     TransferTrainer,
+    decoded_for,
     load_state,
     run_transfer,
 )
 
 __all__ = ["DEFAULT_LR", "METHODS", "TRANSFER_FRACTION", "Step", "TransferConfig", "TransferMethod", "TransferOutcome", "TransferTrainer",
-           "create_method", "describe_methods", "load_state", "register_method", "run_transfer"]
+           "create_method", "decoded_for", "describe_methods", "load_state", "register_method", "run_transfer"]

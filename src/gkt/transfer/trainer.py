@@ -32,7 +32,7 @@ from gkt.engine.predictions import dataset_identity, get_many
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.features import FeatureTap
-from gkt.models.preprocess import to_unit_float
+from gkt.models.preprocess import decode_plan_for, decode_size_for, to_unit_float
 from gkt.transfer.base import (
     FROZEN_LOGITS,
     STUDENT_FEATURES,
@@ -276,6 +276,16 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "history" not in state:
         raise GktError(f"{path}: not a gkt transfer state; the run cannot be resumed: start it again")
     return state
+
+
+def decoded_for(models: Sequence[Classifier], transfer_set: ImageDataset,
+                test_set: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+    """Encoded images as a transfer between ``models`` reads them: the transfer set decoded once per image at
+    the size every model resizes from (training), the test set into each model's own eval view (exactly its
+    library's transform, as ``gkt analyze`` evaluates). In-memory datasets come back as they are."""
+    preprocesses = [m.preprocess for m in models]
+    return (transfer_set.at_decode_size(decode_size_for(preprocesses)),
+            test_set.at_decode_plan(decode_plan_for(preprocesses)))
 
 
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
