@@ -233,3 +233,22 @@ def test_run_cache_recovers_from_a_kill_before_final_json(setup: TransferSetup) 
 
     shutil.rmtree(run_dir)
     assert MultiTeacherStudy(student, teachers, setup).single()[0] == first
+
+
+def test_run_cache_key_follows_the_images_not_only_the_labels(setup: TransferSetup) -> None:
+    """Changed pixels with the same names, shapes and labels are other data: the cached run is not reused."""
+    from dataclasses import replace
+
+    from gkt.data.datasets import TensorImageDataset
+    from gkt.experiments.multi_teacher import TransferRuns
+
+    names = setup.transfer_set.class_names
+    student, teacher = tiny(names, 1), tiny(names, 2, hidden=[8], dropout=0.0)
+    test = setup.test_set
+    pixels = test.images.clone()
+    pixels[0, 0, 0, 0] ^= 1
+    changed = replace(setup, test_set=TensorImageDataset(test.name, pixels, test.labels, test.class_names))
+    assert changed.test_set.fingerprint() == test.fingerprint()  # names, shape, labels: the same
+    key, changed_key = (TransferRuns(s).run_dir(TransferRuns(s).job(student, [teacher], s.config))
+                        for s in (setup, changed))
+    assert key != changed_key

@@ -11,6 +11,7 @@ ingredient; two processes never train the same run twice; an interrupted run res
 from __future__ import annotations
 
 import csv
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
+from gkt.engine.predictions import dataset_identity
 from gkt.experiments.grid import (
     STORE_NAME,
     LocalBackend,
@@ -42,7 +44,7 @@ from gkt.transfer.evaluation import transfer_metrics
 from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, parallel_method, weight_soup
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
 
-RUN_CACHE_FORMAT = "gkt-transfer-run/3"  # /3: the KL is computed as one fused kl_div (rounding-level change)
+RUN_CACHE_FORMAT = "gkt-transfer-run/4"  # /4: data keyed by content; /3: the KL as one fused kl_div
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class TransferSetup:
     config: TransferConfig
     device: torch.device
     cache_dir: Path = field(default_factory=lambda: cache_home() / "transfer-runs")
+
+    @functools.cached_property
+    def transfer_ids(self) -> tuple[str, str]:
+        """The transfer and test sets' identities, images' contents included (the run cache's data key)."""
+        return dataset_identity(self.transfer_set), dataset_identity(self.test_set)
 
     def correct(self, model: Classifier) -> torch.Tensor:
         """``bool [N]``: the model's correctness on the test set."""
@@ -80,7 +87,7 @@ class TransferRuns:
             self.models.setdefault(model.identity(), model)
         return {"format": RUN_CACHE_FORMAT, "student": student.identity(),
                 "teachers": [t.identity() for t in teachers], "config": config.to_dict(),
-                "transfer_set": self.setup.transfer_set.fingerprint(), "test_set": self.setup.test_set.fingerprint(),
+                "transfer_set": self.setup.transfer_ids[0], "test_set": self.setup.transfer_ids[1],
                 "device": self.setup.device.type}
 
     def run_dir(self, job: dict[str, Any]) -> Path:
