@@ -65,6 +65,17 @@ def test_hf_hub_id_and_snapshot_directory(offline_hubs: HubCaches) -> None:
         load_model("hf:gkt-tests/not-there")
 
 
+def test_hf_vit_at_another_input_size(offline_hubs: HubCaches) -> None:
+    """A ViT made for 32 px runs at 64 px (its position embeddings interpolated); an input it cannot take at
+    all is refused when the model is loaded, not as a crash in the middle of a pass."""
+    info = folder_info(offline_hubs)
+    model = load_model(f"hf:{HF_MODEL}?img_size=64", info, class_map=offline_hubs.class_map)
+    with torch.no_grad():
+        assert model(torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8)).shape == (2, len(IMAGENETTE))
+    with pytest.raises(GktError, match="cannot take 1x1 px input"):
+        load_model(f"hf:{HF_MODEL}?img_size=1", info, class_map=offline_hubs.class_map)
+
+
 def test_torchvision_weights_enum_from_torch_hub_cache(offline_hubs: HubCaches) -> None:
     import torchvision
 
@@ -141,7 +152,7 @@ def test_foreign_code_and_loader_options_are_refused(offline_hubs: HubCaches, tm
         load_model(f"hf:{evil}")
     with pytest.raises(GktError, match=r"options \['checkpoint_path'\] are not allowed"):
         load_model(f"timm:{RESNET}?checkpoint_path=/etc/passwd")
-    with pytest.raises(GktError, match=r"img_size='abc' must be a positive integer"):
+    with pytest.raises(GktError, match=r"img_size='abc' must be an integer from 1 to 4096"):
         load_model(f"timm:{RESNET}?img_size=abc")
     # a sidecar naming a loader option is refused on load, not passed to timm
     info = DataInfo(tuple(IMAGENETTE), 3, 16, (0.5,) * 3, (0.5,) * 3)

@@ -40,6 +40,9 @@ def test_cli_img_size_is_checked_and_reaches_the_verb(tmp_path: Path, tiny_fmnis
     specs = [write_model(tmp_path / f"m{i}", i) for i in range(2)]
     common = ["analyze", "--models", *specs, "--data-dir", str(tiny_fmnist_dir), "--out", str(tmp_path / "runs"),
               "--no-semantic"]
-    assert main([*common, "--img-size", "0"]) == 2
+    for bad in ("0", "5000"):  # argparse refuses it: exit 2 with the allowed range
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, "--img-size", bad])
+        assert exit_info.value.code == 2 and "from 1 to 4096" in capsys.readouterr().err
     assert main([*common, "--img-size", "32"]) == 2
     assert "--img-size 32 does not apply" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from gkt.data.decode import (
 )
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.data.spec import check_data_dir
-from gkt.models.specs import img_size_default
+from gkt.models.specs import MAX_IMG_SIZE, img_size_default
 from gkt.engine.distributed import from_environment, shutdown
 
 log = logging.getLogger("gkt")
@@ -95,11 +95,22 @@ def check_data_dir_read(args: argparse.Namespace) -> None:
         check_data_dir(args.data_dir, specs)
 
 
+def img_size(text: str) -> int:
+    """``--img-size``: an integer from 1 to :data:`~gkt.models.specs.MAX_IMG_SIZE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= value <= MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"{value} px: give an input size from 1 to {MAX_IMG_SIZE}")
+    return value
+
+
 def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES,
                         help="an image that cannot be decoded: fail naming it, or skip: leave it out when it is "
                              f"decoded and report how many were left out at the end (default: {bad_image_policy()})")
-    parser.add_argument("--img-size", type=int, default=None, metavar="N",
+    parser.add_argument("--img-size", type=img_size, default=None, metavar="N",
                         help="evaluate every timm:/hf:/torchvision: model at N px input (its resize size scaled "
                              "by its crop_pct); a spec's own ?img_size=N wins (default: each model's own)")
 

@@ -29,6 +29,7 @@ activation or norm — e.g. ViT's normalised CLS token, ResNet's pooled map. Tok
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import math
 import re
@@ -93,7 +94,14 @@ class HeadInputNet(nn.Module):
 class HFNet(HeadInputNet):
     """A ``transformers`` image classifier: pixel values in, logits out."""
 
+    def __init__(self, model: nn.Module, num_classes: int):
+        super().__init__(model, num_classes)
+        # Vision transformers interpolate their position embeddings to another input size only when asked.
+        self.interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.interpolate:
+            return self.model(pixel_values=x, interpolate_pos_encoding=True).logits
         return self.model(pixel_values=x).logits
 
 
@@ -121,7 +129,24 @@ def build_hf_net(name: str, num_classes: int, in_chans: int, img_size: int, conf
         model = transformers.AutoModelForImageClassification.from_config(hf_config, trust_remote_code=False)
     except (KeyError, ValueError, TypeError) as exc:
         raise GktError(f"hf:{name}: cannot build it from its config ({exc})") from exc
-    return HFNet(model.float(), num_classes)
+    net = HFNet(model.float(), num_classes)
+    check_input_size(net, in_chans, img_size, f"hf:{name}")
+    return net
+
+
+def check_input_size(net: nn.Module, in_chans: int, img_size: int, what: str) -> None:
+    """Refuse, when the model is built, an input size its network cannot take (a patch grid of fixed size, a
+    kernel larger than the image): one forward pass of a blank image."""
+    training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, in_chans, img_size, img_size))
+    except (RuntimeError, ValueError, AssertionError) as exc:  # torchvision's ViT asserts its image size
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise GktError(f"{what} cannot take {img_size}x{img_size} px input ({reason}); give it the input size it "
+                       "was made for (drop --img-size / ?img_size=N) or another one it accepts") from None
+    finally:
+        net.train(training)
 
 
 def refuse_remote_code(config: dict[str, Any], what: str) -> None:
@@ -254,8 +279,9 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
     arch = ArchSpec("hf", type(model).__name__, len(names), channels, int(pre["size"]),
                     {"config": hf_config_dict(config)})
     preprocess = make_preprocess(channels=channels, spec=spec, **pre)
-    return Classifier(HFNet(model.float(), len(names)), arch, preprocess, names,
-                      provenance={"weights": str(path.resolve())})
+    net = HFNet(model.float(), len(names))
+    check_input_size(net, channels, int(pre["size"]), what)
+    return Classifier(net, arch, preprocess, names, provenance={"weights": str(path.resolve())})
 
 
 # ============================================================================ torchvision
@@ -277,7 +303,9 @@ def build_torchvision_net(name: str, num_classes: int, in_chans: int, img_size: 
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise GktError(f"torchvision:{name}: bad option ({exc})") from exc
-    return HeadInputNet(model, num_classes)
+    net = HeadInputNet(model, num_classes)
+    check_input_size(net, in_chans, img_size, f"torchvision:{name}")
+    return net
 
 
 def torchvision_weights(arch: str, enum_name: str) -> Any:

@@ -105,9 +105,12 @@ def _numbers(value: Any) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
+# The largest input size a spec or --img-size may ask for (a batch of 4096 px images is already gigabytes).
+MAX_IMG_SIZE = 4096
+
 # Spec options with a fixed type, checked when a spec is parsed: (check, what it must be).
 TYPED_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "img_size": (_positive_int, "a positive integer"),
+    "img_size": (lambda v: _positive_int(v) and v <= MAX_IMG_SIZE, f"an integer from 1 to {MAX_IMG_SIZE}"),
     "num_classes": (_positive_int, "a positive integer"),
     "in_chans": (_positive_int, "a positive integer"),
     "mean": (_numbers, "a list of numbers, e.g. [0.5,0.5,0.5]"),
