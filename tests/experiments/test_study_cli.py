@@ -100,15 +100,18 @@ def test_failed_jobs_are_listed_and_retried_only_when_asked(two_models: list[str
     missing = f"file:{tmp_path / 'nowhere'}"
     args = ["study", "--students", two_models[0], "--teachers", two_models[1], missing, "--methods", "kl",
             "--epochs", "1", "--fraction", "0.02", "--out", str(tmp_path), "--threads", "1"]
-    assert main(args) == 1
-    out = capsys.readouterr().out
+    assert main(args) == 2  # a job failed on its inputs (a missing model file): a user error
+    captured = capsys.readouterr()
+    out = captured.out
     assert "2 jobs: 0 already done, 1 ran, 1 failed" in out and f"failed: {missing} -> {two_models[0]} kl" in out
+    assert "1 of 2 jobs failed on their inputs" in captured.err and "--retry-failed" in captured.err
+    assert "Traceback" not in captured.err
     run = next(tmp_path.glob("study-*"))
-    assert main(["study", "--resume", str(run), "--out", str(tmp_path)]) == 1
+    assert main(["study", "--resume", str(run), "--out", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert "1 already done, 0 ran, 0 failed, 1 failed before (not retried; --retry-failed reruns them)" in out
     assert f"failed: {missing} -> {two_models[0]}" in out
-    assert main(["study", "--resume", str(run), "--retry-failed", "--out", str(tmp_path)]) == 1
+    assert main(["study", "--resume", str(run), "--retry-failed", "--out", str(tmp_path)]) == 2
     assert "1 already done, 0 ran, 1 failed" in capsys.readouterr().out
 
 

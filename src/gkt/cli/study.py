@@ -144,7 +144,7 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
 def study(args: argparse.Namespace) -> int:
     from gkt.engine.loop import Runtime
-    from gkt.experiments.grid import ResultsStore, job_key, run_study
+    from gkt.experiments.grid import ResultsStore, failed_rows, job_key, run_study
     from gkt.experiments.transfer_job import transfer_job
 
     if args.retry_failed and not args.resume:
@@ -176,4 +176,11 @@ def study(args: argparse.Namespace) -> int:
     if records:
         print(format_table(write_study_outputs(args.run_dir, records)))
     print(f"run directory: {args.run_dir}")
-    return 0 if counts.ok else 1
+    if counts.ok:
+        return 0
+    errors = [row.metrics.get("error", "") for row in failed_rows(store, counts.failed + counts.not_retried)]
+    if errors and all(e.startswith(f"{GktError.__name__}:") for e in errors):  # the inputs, not gkt
+        raise GktError(f"{len(errors)} of {counts.total} jobs failed on their inputs (first: "
+                       f"{errors[0].removeprefix(f'{GktError.__name__}: ')}); fix that, then rerun them with "
+                       f"gkt study --resume {args.run_dir} --retry-failed")
+    return 1

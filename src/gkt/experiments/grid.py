@@ -137,13 +137,19 @@ def run_study(fn: JobFn, jobs: Iterable[JobConfig], store: ResultsStore, backend
                     counts.done += 1
                 else:
                     counts.failed.append(job_key(config))
-                    log.warning("job failed: %s: %s", config, metrics.get("error"))
+                    log.warning("job %s failed: %s", job_label(config), metrics.get("error"))
                 if on_result is not None:
                     on_result(config, metrics, status)
             if not queue:
                 queue.extend(waiting)
                 waiting.clear()
     return counts
+
+
+def job_label(config: dict[str, Any], width: int = 160) -> str:
+    """A job in one short line: its scalar settings (lists and maps such as a class map left out)."""
+    text = " ".join(f"{k}={v}" for k, v in config.items() if isinstance(v, (str, int, float, bool)))
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def failed_rows(store: ResultsStore, keys: Iterable[str]) -> list[ResultRow]:
