@@ -271,6 +271,8 @@ CASES = [
     Case("run config.json: keys missing", _run_config('{"command": "transfer"}'), 2, r"its config\.json is damaged"),
     Case("spec: ?img_size=abc", lambda w, t: w.analyze(w.student, "timm:test_vit?img_size=abc"), 2,
          r"model spec 'timm:test_vit\?img_size=abc': img_size='abc' must be an integer from 1 to 4096"),
+    Case("analyze: a model given twice", lambda w, t: w.analyze(w.student, w.teacher, w.student), 2,
+         r"--models names file:\S+ more than once; give each model once"),
     Case("spec: ?mean=1", lambda w, t: w.analyze(w.student, "timm:test_resnet?mean=1"), 2,
          r"model spec 'timm:test_resnet\?mean=1': mean=1 must be a list of numbers"),
     Case("--lr -1", lambda w, t: w.transfer("--lr", "-1"), 2, r"--lr: input should be greater than 0"),

@@ -44,6 +44,9 @@ def resolve_specs(models: Sequence[str], student: str | None, zoo_dir: str | Non
     from gkt.experiments.zoo import list_zoo
     from gkt.models.zoo import zoo_dir_default
 
+    twice = sorted({spec for spec in models if models.count(spec) > 1})
+    if twice:
+        raise GktError(f"--models names {twice[0]} more than once; give each model once")
     specs: list[str] = []
     for spec in models:
         if spec == "zoo":
