@@ -167,3 +167,21 @@ def test_study_backend_spreads_cuda_workers(monkeypatch: pytest.MonkeyPatch) -> 
     assert study_backend(args).gpus == []  # an explicit device: every worker on it
     args.torch_device, args.backend = torch.device("cuda"), "ray"
     assert study_backend(args).resources == {"num_cpus": 1, "num_gpus": 1.0}
+
+
+def test_resume_refuses_changed_data(two_models: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A study resumed after its data changed would mix results of two data sets: refused, exit 2."""
+    from tests.conftest import fmnist_dir
+
+    data = fmnist_dir(tmp_path / "data", 400)
+    args = ["study", "--students", two_models[0], "--teachers", two_models[1], "--methods", "kl", "--epochs", "1",
+            "--fraction", "0.5", "--data-dir", str(data), "--out", str(tmp_path / "runs"), "--threads", "1"]
+    assert main(args) == 0
+    run = next((tmp_path / "runs").glob("study-*"))
+    resume = ["study", "--resume", str(run), "--out", str(tmp_path / "runs")]
+    assert main(resume) == 0 and "1 already done" in capsys.readouterr().out  # the same data: resumed
+    fmnist_dir(tmp_path / "other", 400, seed=1)
+    for name in ("t10k-images-idx3-ubyte.gz",):  # other test images, same names, shapes and labels
+        (data / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    assert main(resume) == 2
+    assert "the data changed since this study ran" in capsys.readouterr().err

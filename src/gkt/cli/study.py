@@ -145,7 +145,7 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
 def study(args: argparse.Namespace) -> int:
     from gkt.engine.loop import Runtime
     from gkt.experiments.grid import ResultsStore, failed_rows, job_key, run_study
-    from gkt.experiments.transfer_job import transfer_job
+    from gkt.experiments.transfer_job import data_identity, transfer_job
 
     if args.retry_failed and not args.resume:
         raise GktError("--retry-failed reruns the failed jobs of a study: give it with --resume RUN_DIR")
@@ -159,9 +159,14 @@ def study(args: argparse.Namespace) -> int:
     else:
         jobs = study_jobs(args)
         store_path = args.run_dir / STORE_NAME
+    data = data_identity(jobs)
+    if args.resume and (old / "data.json").is_file() and read_json(old / "data.json") != data:
+        raise GktError(f"{old}: the data changed since this study ran ({', '.join(data)}): its finished jobs "
+                       "describe the old data; start a new study instead of --resume")
     store = ResultsStore(store_path)
     backend = study_backend(args)
     write_json(args.run_dir / "jobs.json", jobs)
+    write_json(args.run_dir / "data.json", data)
     start = time.perf_counter()
     with tracking(args, resolved_config(args)) as tracker:
         def track_job(config: dict[str, Any], metrics: dict[str, Any], status: str) -> None:

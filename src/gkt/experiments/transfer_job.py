@@ -39,6 +39,18 @@ def _study_model(spec: str, data: str, data_dir: str | None, zoo_dir: str | None
     return load_model(spec, DataInfo.from_dataset(_test_set(data, data_dir)), zoo_dir, class_map=mapping)
 
 
+def data_identity(jobs: Sequence[JobConfig]) -> dict[str, str]:
+    """The content identity of every data set the jobs read (train and test split), keyed by spec and data
+    directory: a study resumed on other data would mix results of two data sets."""
+    from gkt.core.hashing import stable_hash
+    from gkt.engine.predictions import dataset_identity
+
+    sources = dict.fromkeys((job.get("data", "fmnist"), job.get("data_dir")) for job in jobs)
+    return {f"{data} ({data_dir or 'default data directory'})": stable_hash(
+        [dataset_identity(load_split(data, "train", data_dir=data_dir, val_fraction=0)),
+         dataset_identity(load_split(data, "test", data_dir=data_dir))]) for data, data_dir in sources}
+
+
 def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
     flat = {k: v for k, v in final.items() if isinstance(v, (int, float, str, bool)) or v is None}
     for k, v in (final.get("partition_quality") or {}).items():
