@@ -131,3 +131,12 @@ def test_cli_analyze_with_class_map(tmp_path: Path, tiny_fmnist_dir: Path, capsy
     assert main([*common, f"file:{renamed}"]) == 2
     assert "give a class map" in capsys.readouterr().err
     assert main([*common, f"file:{renamed}", "--class-map", str(mapping)]) == 0
+
+
+def test_a_map_entry_the_model_does_not_need_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    """A model that has the target class itself uses it when the map's entry names none of its classes (a map
+    written for another vocabulary); since a typo in the map lands there too, it is said, once per model."""
+    student_named = model(list(STUDENT))
+    with caplog.at_level("WARNING", logger="gkt.models.class_map"):
+        apply_class_map(student_named, STUDENT, {"s3": "no such class"})
+    assert "1 of its entries name no class of this model (e.g. s3 → 'no such class')" in caplog.text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.models.classifier import ArchSpec, Classifier, register_source
+
+log = logging.getLogger(__name__)
 
 ClassMapLike = str | os.PathLike | Mapping[str, Any]
 AUTO = "auto"
@@ -146,17 +149,21 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
     extra = sorted(set(mapping) - set(target))
     if extra:
         raise GktError(f"class map names classes the target label space does not have: {extra}")
-    groups, unmatched = [], []
+    groups, unmatched, own_name = [], [], []
     for name in target:
         refs = mapping.get(name, name)
         refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
         found = [_lookup(ref, source) for ref in refs]
         bad = [f for f in found if isinstance(f, str)]
         if bad and name in mapping and isinstance(own := _lookup(name, source), int):
-            found, bad = [own], []  # a map written for models in another vocabulary: this one has the class itself
+            own_name.append(f"{name} → {', '.join(bad)}")  # a map for models in another vocabulary (or a typo)
+            found, bad = [own], []
         if bad or not refs:
             unmatched.append(f"{name} → {', '.join(bad) or 'nothing'}")
         groups.append([f for f in found if isinstance(f, int)])
+    if own_name:
+        log.warning("class map: %d of its entries name no class of this model (e.g. %s); the model has those "
+                    "target classes under their own names and uses them", len(own_name), own_name[0])
     if unmatched:
         raise GktError(f"the model's class names differ from the target label space: cannot match {len(unmatched)} "
                        f"of {len(target)} target classes to the model's {len(source)} classes: {'; '.join(unmatched)} "
