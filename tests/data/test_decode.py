@@ -178,3 +178,11 @@ def test_hf_dataset_from_the_datasets_cache(tmp_path: Path, monkeypatch: pytest.
     assert next(iterate_batches(test, 4))[0].shape == (4, 3, 8, 8)
     with pytest.raises(GktError, match="nor a dataset in the local datasets cache"):
         load_split("hf:org/absent", "test")
+
+
+def test_a_file_that_is_no_image_gets_a_stable_reason() -> None:
+    """Not an image at all: the reason says so, the same on every run (PIL's names a BytesIO object)."""
+    from gkt.data.decode import UnreadableImage, decode_image
+
+    with pytest.raises(UnreadableImage, match=r"^not an image format torchvision or PIL can read$"):
+        decode_image(torch.frombuffer(bytearray(b"plain text, no image " * 8), dtype=torch.uint8), 3)

@@ -102,7 +102,9 @@ def _decode_with_pil(encoded: torch.Tensor, channels: int, first_error: BaseExce
     try:
         with Image.open(io.BytesIO(encoded.numpy().tobytes())) as img:
             array = torch.from_numpy(np.array(img.convert("RGB" if channels == 3 else "L")))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a BytesIO object: say what it means instead
+        raise UnreadableImage("not an image format torchvision or PIL can read") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImage(_error_text(first_error if "Unsupported" not in str(first_error) else exc)) from exc
     return array[None] if array.ndim == 2 else array.permute(2, 0, 1).contiguous()
 
