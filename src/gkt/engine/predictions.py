@@ -110,12 +110,15 @@ def dataset_identity(dataset: ImageDataset) -> str:
     return stable_hash([dataset.fingerprint(), dataset.content_id()])
 
 
-def seen_identity(model: Classifier, dataset: ImageDataset, data_id: str) -> str:
-    """The identity of what ``model`` sees of ``dataset`` (whose identity is ``data_id``): where a decode plan
-    of several views holds the model's own view, the dataset decoded into that view alone (the model's
-    outputs are the same whatever other views the plan holds); else the dataset itself."""
-    plan, view = dataset.decode_plan, model.preprocess.view
-    return dataset_identity(dataset.at_decode_plan((view,))) if len(plan) > 1 and view in plan else data_id
+def seen_identities(models: Sequence[Classifier], dataset: ImageDataset, data_id: str) -> list[str]:
+    """The identity of what each model sees of ``dataset`` (whose identity is ``data_id``): where a decode
+    plan of several views holds the model's own view, the dataset decoded into that view alone (the model's
+    outputs are the same whatever other views the plan holds); else the dataset itself. Each distinct view
+    is hashed once."""
+    plan, ids = dataset.decode_plan, {}
+    for view in dict.fromkeys(m.preprocess.view for m in models):
+        ids[view] = dataset_identity(dataset.at_decode_plan((view,))) if len(plan) > 1 and view in plan else data_id
+    return [ids[m.preprocess.view] for m in models]
 
 
 def prediction_key(model: Classifier, dataset: ImageDataset | str, topk: int | None = None, *variant: str) -> str:
@@ -229,12 +232,13 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
     run in one pass over the data (:func:`predict_many`) and are stored. ``data_id`` saves hashing the
     dataset again when the caller has its :func:`dataset_identity`. Precision enters the key: bf16 and
     fp32 outputs are stored apart. On a dataset decoded with a plan of several views a model's key names only
-    its own view (:func:`seen_identity`), so an analysis, a transfer and a study share its predictions."""
+    its own view (:func:`seen_identities`), so an analysis, a transfer and a study share its predictions."""
     data_id = data_id or dataset_identity(dataset)
     keeps = [storage_topk(m.num_classes, topk) for m in models]
     dtype = autocast_dtype(precision, device)
     variant = [] if dtype is None else [str(dtype)]
-    keys = [prediction_key(m, seen_identity(m, dataset, data_id), k, *variant) for m, k in zip(models, keeps)]
+    seen = seen_identities(models, dataset, data_id)
+    keys = [prediction_key(m, ident, k, *variant) for m, ident, k in zip(models, seen, keeps)]
     results = [None if refresh else _stored(store_dir(root) / f"{key}.safetensors", m, dataset)
                for m, key in zip(models, keys)]
     missing = [i for i, r in enumerate(results) if r is None]
@@ -246,11 +250,11 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
     if len(dataset) != size:  # unreadable images were skipped: the predictions describe the other rows
         if len(missing) < len(models):  # a stored file means every image decoded before: it changed in place
             raise GktError(f"{dataset.name}: images that decoded before are unreadable now; rerun with --refresh")
-        data_id = dataset_identity(dataset)
+        seen = seen_identities(models, dataset, dataset_identity(dataset))
+        keys = [prediction_key(m, ident, k, *variant) for m, ident, k in zip(models, seen, keeps)]
     for i, preds in zip(missing, computed):
-        key = prediction_key(models[i], seen_identity(models[i], dataset, data_id), keeps[i], *variant)
-        results[i] = replace(preds, key=key)
-        save_predictions(results[i], store_dir(root) / f"{key}.safetensors", dataset.name)
+        results[i] = replace(preds, key=keys[i])
+        save_predictions(results[i], store_dir(root) / f"{keys[i]}.safetensors", dataset.name)
     log.info("predicted %d model(s) on %s (%d samples) in %.1fs", len(missing), dataset.name, len(dataset),
              time.perf_counter() - start)
     return results  # type: ignore[return-value]
