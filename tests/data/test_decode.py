@@ -4,6 +4,9 @@ and Hugging Face datasets."""
 from __future__ import annotations
 
 import io
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ from PIL import Image
 
 from gkt.core.errors import GktError
 from gkt.data.datasets import iterate_batches, load_image_folder
-from gkt.data.decode import decode_image, reset_skipped, skipped_images
+from gkt.data.decode import FolderIndex, decode_image, reset_skipped, skipped_images
 from gkt.data.views import square_view
 from gkt.data.spec import load_split
 from gkt.engine.predictions import dataset_identity
@@ -72,12 +75,13 @@ def test_listing_opens_no_image_and_decoding_names_a_truncated_one(tmp_path: Pat
         load_image_folder(root, image_size=12)
 
 
-def test_skip_drops_the_unreadable_image_at_decode_time(tmp_path: Path) -> None:
+def test_skip_drops_the_unreadable_image_at_decode_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_jpeg_folder(tmp_path / "train", {"a": 3, "b": 3}, truncated="a/broken.jpg")
     ds = load_image_folder(root, image_size=12, bad_images="skip")
     before = dataset_identity(ds)
-    with pytest.warns(UserWarning, match="skipping unreadable image"):
+    with caplog.at_level(logging.WARNING, logger="gkt"):
         batches = list(iterate_batches(ds, 3, workers=1))
+    assert caplog.text.count("skipping unreadable image") == 1 and "broken.jpg" in caplog.text
     seen = torch.cat([idx for _, _, idx in batches])
     assert len(seen) == 6 and sum(len(images) for images, _, _ in batches) == 6
     assert list(skipped_images()) == [str(root / "a" / "broken.jpg")]
@@ -90,12 +94,31 @@ def test_skip_drops_the_unreadable_image_at_decode_time(tmp_path: Path) -> None:
     assert len(again) == 6 and len(skipped_images()) == 1
 
 
-def test_shuffled_pass_skips_without_dropping(tmp_path: Path) -> None:
+def test_a_repaired_file_is_used_even_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 3, "b": 3}, truncated="a/broken.jpg")
+    broken = root / "a" / "broken.jpg"
+    with pytest.raises(GktError):
+        list(iterate_batches(load_image_folder(root, image_size=12), 7, workers=0))
+    # the repair: a readable JPEG padded to the broken file's size, put back with its mtime (as ``cp -p`` does)
+    good, stat = _jpeg(np.random.default_rng(1), 8, 8), broken.stat()
+    assert len(good) < stat.st_size
+    repaired = tmp_path / "repaired.jpg"
+    repaired.write_bytes(good + bytes(stat.st_size - len(good)))  # bytes after the JPEG's end are ignored
+    os.utime(repaired, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    shutil.copy2(repaired, broken)
+    assert (broken.stat().st_size, broken.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    ds = load_image_folder(root, image_size=12)  # a new file stamp (status-change time): tried again
+    assert len(ds) == 7 and not FolderIndex(root).bad  # and the stale record is dropped
+    assert len(torch.cat([idx for _, _, idx in iterate_batches(ds, 7, workers=0)])) == 7
+
+
+def test_shuffled_pass_skips_without_dropping(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2}, truncated="b/broken.jpg")
     ds = load_image_folder(root, image_size=8, bad_images="skip")
-    with pytest.warns(UserWarning):
+    with caplog.at_level(logging.WARNING, logger="gkt"):
         rows = [idx for _, _, idx in iterate_batches(ds, 2, shuffle=True, generator=torch.Generator().manual_seed(0),
                                                        workers=0)]
+    assert "skipping unreadable image" in caplog.text
     assert len(ds) == 5 and sum(map(len, rows)) == 4  # positions stay valid during training
     assert len(ds.unreadable_rows()) == 1
     rows = [idx for _, _, idx in iterate_batches(ds, 2, shuffle=True, generator=torch.Generator().manual_seed(1))]

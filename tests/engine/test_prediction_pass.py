@@ -46,12 +46,13 @@ def test_every_model_of_a_pass_shares_one_decode(tmp_path: Path, monkeypatch: py
     assert not bf16.from_store and bf16.key != preds[0].key  # reduced precision is stored apart
 
 
-def test_skipped_images_leave_predictions_for_the_rest(tmp_path: Path) -> None:
+def test_skipped_images_leave_predictions_for_the_rest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_jpeg_folder(tmp_path / "val", {"a": 3, "b": 3}, truncated="b/broken.jpg")
     ds = load_image_folder(root, image_size=12, bad_images="skip")
     model = rgb_mlp(0, ["a", "b"])
-    with pytest.warns(UserWarning, match="skipping unreadable image"):
+    with caplog.at_level(logging.WARNING, logger="gkt"):
         (preds,) = get_many([model], ds, torch.device("cpu"), workers=1)
+    assert "skipping unreadable image" in caplog.text
     assert len(preds) == 6 and torch.equal(preds.labels, ds.labels)
     reset_skipped()
     relisted = load_image_folder(root, image_size=12, bad_images="skip")  # known bad: left out when listed

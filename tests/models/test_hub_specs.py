@@ -37,6 +37,9 @@ def test_timm_name_with_tag_and_hf_hub_id_load_pretrained_weights(offline_hubs: 
         assert model.num_classes == 1000 and model.class_names[0] == "n01440764"
         with torch.no_grad():
             assert torch.allclose(model.net(x), reference(x), atol=1e-5)
+    # the view options a spec can set on any source (here: options win over the pretrained_cfg)
+    pre = load_model(f"timm:{RESNET}?crop_pct=0.9&interpolation=bilinear").preprocess
+    assert (pre.crop_pct, pre.interpolation) == (0.9, "bilinear")
 
 
 def test_timm_pretrained_model_aligned_to_folder_and_round_trip(offline_hubs: HubCaches, tmp_path: Path) -> None:

@@ -51,6 +51,16 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: 
                          for row in rows)
 
 
+FileStamp = tuple[int, int, int]
+
+
+def file_stamp(st: os.stat_result) -> FileStamp:
+    """What identifies a file's contents without reading it: size, modification and status-change time (ns).
+    The status-change time catches a file replaced by one of the same size and modification time
+    (``cp -p``, ``touch -r``): the system sets it on every write and cannot be told to set it back."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 

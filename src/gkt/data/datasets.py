@@ -15,6 +15,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
+from gkt.core.io import FileStamp, file_stamp
 from gkt.data.decode import (
     BadImagePolicy,
     FolderIndex,
@@ -243,15 +244,15 @@ class EncodedImageDataset(ImageDataset):
 
 
 class FolderImageDataset(EncodedImageDataset):
-    """``root/<class>/*.jpg``: files listed (with sizes and mtimes, never opened) up front, decoded per batch."""
+    """``root/<class>/*.jpg``: files listed (with their file stamps, never opened) up front, decoded per batch."""
 
     def __init__(self, name: str, files: Sequence[Path], labels: torch.Tensor, class_names: Sequence[str],
                  image_size: int, channels: int, bad_images: BadImagePolicy | None = None,
-                 file_stats: Sequence[tuple[int, int]] | None = None, index: FolderIndex | None = None):
+                 file_stats: Sequence[FileStamp] | None = None, index: FolderIndex | None = None):
         super().__init__(name, labels, class_names, image_size, channels, bad_images)
         self.files = list(files)
         self.file_stats = list(file_stats) if file_stats is not None else \
-            [(st.st_size, st.st_mtime_ns) for st in map(os.stat, self.files)]
+            [file_stamp(st) for st in map(os.stat, self.files)]
         self.index = index
 
     def encoded(self, i: int) -> torch.Tensor:
@@ -266,7 +267,7 @@ class FolderImageDataset(EncodedImageDataset):
 
     def _recorded(self, i: int, reason: str) -> None:
         if self.index is not None:
-            self.index.record_bad(self.files[i], *self.file_stats[i], reason)
+            self.index.record_bad(self.files[i], self.file_stats[i], reason)
 
     def content_id(self) -> str:
         return stable_hash([(str(p), *st) for p, st in zip(self.files, self.file_stats)], 64)
@@ -312,22 +313,24 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
         raise GktError(f"{root}: class folders {unknown} are not among the training classes")
     index = FolderIndex(root)
     files: list[Path] = []
-    stats: list[tuple[int, int]] = []
+    stats: list[FileStamp] = []
     labels: list[int] = []
     for label, name in enumerate(names):
         class_dir = root / name
         if not class_dir.is_dir():
             continue
         for path, st in _list_class_dir(class_dir):
-            reason = index.known_bad(path, st.st_size, st.st_mtime_ns)
+            stamp = file_stamp(st)
+            reason = index.known_bad(path, stamp)
             if reason is not None:
                 if policy == "fail":
                     raise GktError(unreadable_message(str(path), reason))
                 note_skipped(str(path), reason)
                 continue
             files.append(path)
-            stats.append((st.st_size, st.st_mtime_ns))
+            stats.append(stamp)
             labels.append(label)
+    index.save()
     dataset = FolderImageDataset(f"folder:{root.resolve()}", files, torch.tensor(labels, dtype=torch.long),
                                  names, image_size, channels, policy, stats, index)
     empty = [names[c] for c, n in enumerate(dataset.class_counts().tolist()) if n == 0]

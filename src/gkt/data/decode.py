@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -22,12 +23,14 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
-from gkt.core.io import cache_home, read_json, write_json
+from gkt.core.io import FileStamp, cache_home, read_json, write_json
 
 # torchvision 0.29 marks its image codecs as deprecated in favour of TorchCodec (a separate install) and
 # warns on every call; they remain the fast decoders this data path is built on.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
+
+log = logging.getLogger(__name__)
 
 BadImagePolicy = Literal["fail", "skip"]
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -75,9 +78,11 @@ def unreadable_message(source: str, reason: str) -> str:
 _SKIPPED: dict[str, str] = {}
 
 
-def note_skipped(source: str, reason: str) -> None:
-    if source not in _SKIPPED:
-        warnings.warn(f"skipping unreadable image {source} ({reason})", stacklevel=3)
+def note_skipped(source: str, reason: str, quiet: bool = False) -> None:
+    """Count an image left out under ``--bad-images skip`` (a warning the first time, unless ``quiet``:
+    already reported elsewhere, e.g. by a worker process)."""
+    if source not in _SKIPPED and not quiet:
+        log.warning("skipping unreadable image %s (%s)", source, reason)
     _SKIPPED[source] = reason
 
 
@@ -134,7 +139,7 @@ def read_encoded(path: str | os.PathLike) -> torch.Tensor:
 
 class FolderIndex:
     """What gkt has learnt about an image folder, kept between commands in ``$GKT_HOME/image-index``:
-    unreadable files (by path, size and mtime, so a fixed file is tried again) and pixel statistics
+    unreadable files (by path and file stamp, so a replaced or repaired file is tried again) and pixel statistics
     (keyed by the listing's content identity). Nothing in it is needed to list the folder."""
 
     def __init__(self, root: Path):
@@ -148,21 +153,35 @@ class FolderIndex:
                 data = {}  # a damaged index is rebuilt: it only holds what decoding finds again
         self.bad: dict[str, list] = dict(data.get("bad", {}))
         self.stats: dict[str, list] = dict(data.get("stats", {}))
+        self._changed = False
 
-    def known_bad(self, path: Path, size: int, mtime_ns: int) -> str | None:
-        """The recorded reason ``path`` (as listed now) is unreadable, if it is."""
-        entry = self.bad.get(str(path.relative_to(self.root)))
-        return entry[2] if entry and entry[0] == size and entry[1] == mtime_ns else None
+    def known_bad(self, path: Path, stamp: FileStamp) -> str | None:
+        """The recorded reason ``path`` (with this :func:`~gkt.core.io.file_stamp`) is unreadable, if it is; a
+        record for another stamp (the file was replaced or repaired since) is dropped at the next :meth:`save`."""
+        name = str(path.relative_to(self.root))
+        entry = self.bad.get(name)
+        if entry and tuple(entry[:-1]) == tuple(stamp):
+            return entry[-1]
+        if entry:
+            del self.bad[name]
+            self._changed = True
+        return None
 
-    def record_bad(self, path: Path, size: int, mtime_ns: int, reason: str) -> None:
-        self.bad[str(path.relative_to(self.root))] = [size, mtime_ns, reason]
-        self._save()
+    def record_bad(self, path: Path, stamp: FileStamp, reason: str) -> None:
+        self.bad[str(path.relative_to(self.root))] = [*stamp, reason]
+        self._changed = True
+        self.save()
 
     def record_stats(self, key: str, value: list) -> None:
         self.stats = {**dict(list(self.stats.items())[-15:]), key: value}  # the latest few listings
-        self._save()
+        self._changed = True
+        self.save()
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Write what changed (atomically)."""
+        if not self._changed:
+            return
+        self._changed = False
         try:
             write_json(self.path, {"root": str(self.root), "bad": self.bad, "stats": self.stats})
         except OSError:  # a read-only cache only costs the next command a decode

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path, cache_home
+from gkt.core.io import atomic_path, cache_home, file_stamp
 from gkt.data.datasets import TensorImageDataset
 
 log = logging.getLogger(__name__)
@@ -108,23 +108,22 @@ def read_idx(path: str | os.PathLike, sha256: str | None = None) -> np.ndarray:
     return parse_idx(payload, str(path))
 
 
-VERIFIED_FILES = "verified-files.json"  # in the cache home: {path: [size, mtime_ns, sha256]} of checked files
+VERIFIED_FILES = "verified-files.json"  # in the cache home: {path: [*file stamp, sha256]} of checked files
 
 
 def _verified(path: Path) -> tuple[Path, list, dict]:
-    """``(memo file, this file's [size, mtime_ns], the memo)``."""
+    """``(memo file, this file's stamp (:func:`~gkt.core.io.file_stamp`), the memo)``."""
     memo_path = cache_home() / VERIFIED_FILES
     try:
         memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
     except (OSError, ValueError):
         memo = {}
-    stat = path.stat()
-    return memo_path, [stat.st_size, stat.st_mtime_ns], memo if isinstance(memo, dict) else {}
+    return memo_path, list(file_stamp(path.stat())), memo if isinstance(memo, dict) else {}
 
 
 def check_official(path: Path, payload: bytes, images: np.ndarray, spec: IdxFile) -> None:
-    """A file with the official shape must be the official file: its SHA-256 is checked once per path,
-    size and modification time, and the check is remembered in the cache home. Files of another shape
+    """A file with the official shape must be the official file: its SHA-256 is checked once per path
+    and file stamp, and the check is remembered in the cache home. Files of another shape
     (e.g. a small subset with the official names) are used as given, with a warning."""
     if images.shape != spec.shape:
         log.warning("%s holds %s, not the official Fashion-MNIST %s: used as given, unverified", path,

@@ -9,7 +9,6 @@ import os
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -29,10 +28,8 @@ Outcome = tuple[JobConfig, dict[str, Any], str, float, dict[str, str]]
 def note_skipped_quietly(skipped: dict[str, str]) -> None:
     """Add images left out elsewhere (a worker process, an earlier job) to this process's count, without
     warning about each again."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for source, reason in skipped.items():
-            note_skipped(source, reason)
+    for source, reason in skipped.items():
+        note_skipped(source, reason, quiet=True)
 
 
 def run_one(fn: JobFn, config: JobConfig) -> Outcome:

@@ -161,6 +161,7 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     img_size = options.pop("img_size", None)
     mean, std = options.pop("mean", None), options.pop("std", None)
     label_option = {k: options.pop(k) for k in ("classes",) if k in options}
+    view_options = {k: options.pop(k) for k in ("crop_pct", "interpolation") if k in options}
     if "num_classes" in options or "in_chans" in options:
         raise GktError(f"timm:{name}: pretrained weights keep their own classes and channels; align classes "
                        "with a class map (--class-map) instead of num_classes")
@@ -203,7 +204,7 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     arch = ArchSpec("timm", arch_name, num_classes, channels, size, {**hub_args, **kwargs})
     pre = make_preprocess(size, channels, mean or cfg.get("mean") or IMAGENET_DEFAULT_MEAN,
                           std or cfg.get("std") or IMAGENET_DEFAULT_STD, spec,
-                          **preprocess_options(options, cfg, f"timm:{name}"))
+                          **preprocess_options(view_options, cfg, f"timm:{name}"))
     provenance = {"pretrained": name, "pretrained_cfg": {k: cfg[k] for k in
                                                          ("hf_hub_id", "input_size", "crop_pct", "interpolation",
                                                           "mean", "std") if k in cfg}}
