@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "no traceback log could be written; please report it"
         return _fail(f"{error} (a bug in gkt: {where})", 1)
     finally:
-        shutdown()
+        shutdown(completed=status == "ok")
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()

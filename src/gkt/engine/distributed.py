@@ -9,6 +9,7 @@ lets rank 0 alone write the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,12 @@ def from_environment(device: torch.device) -> DistContext:
     return context
 
 
-def shutdown() -> None:
+def shutdown(completed: bool = False) -> None:
+    """Leave the process group. After a ``completed`` command every rank first waits at a barrier: a rank
+    that tears its connections down while another still uses them can abort the other at exit. (After a
+    failure there is no barrier, as the failed rank may never reach it; torchrun stops the others.)"""
     if dist.is_initialized():
+        if completed:
+            with contextlib.suppress(RuntimeError):  # another rank failed and left: nothing more to wait for
+                dist.barrier()
         dist.destroy_process_group()
