@@ -83,7 +83,8 @@ class ImageDataset(ABC):
         return ()
 
     def content_id(self) -> str | None:
-        """A hash of the images' contents (or of what identifies them: file sizes and mtimes)."""
+        """A hash of the images' contents (or of what identifies them: the files' stamps,
+        :func:`~gkt.core.io.file_stamp`)."""
         return None
 
     def unreadable_rows(self) -> dict[int, str]:
