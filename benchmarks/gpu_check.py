@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_decode  # noqa: E402
-import bench_transfer_224  # noqa: E402
+import bench_decode
+import bench_transfer_224
 
-from gkt.core.io import write_csv  # noqa: E402
+from gkt.core.io import write_csv
 
 
 def steps(device: str, tiny: bool) -> list[tuple[str, str, Callable[[], list[dict]]]]:

@@ -63,13 +63,13 @@ def test_every_table_is_shown_and_every_study_documented(render) -> None:
 def test_readme_methods_table_is_the_registry() -> None:
     text = README.read_text()
     section = text.split("## Methods", 1)[1].split("\n## ", 1)[0]
-    listed = re.findall(r"^\| `([\w-]+)` \|", section, re.M)
+    listed = re.findall(r"^\| `([\w-]+)` \|", section, re.MULTILINE)
     assert sorted(listed) == sorted(METHODS)
     assert f"{NUMBER_WORDS[len(METHODS)].capitalize()} transfer methods are registered" in section
 
 
 def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, re.S)
+    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)

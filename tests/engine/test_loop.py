@@ -86,7 +86,7 @@ def test_train_supervised_is_the_loop_with_a_recipe() -> None:
 
 
 class AutocastProbe(SupervisedTask):
-    def losses(self, batch):  # noqa: ANN001, ANN201
+    def losses(self, batch):
         out = super().losses(batch)
         self.seen = (torch.is_autocast_enabled("cpu"), self.forward(batch.x).dtype)
         return out

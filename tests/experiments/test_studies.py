@@ -162,7 +162,7 @@ def test_bootstrap_intervals_cover_the_estimate_and_are_seeded() -> None:
     assert interval(again["kl-dp"]["success"]) == (dp["success_lo_%"], dp["success_hi_%"])
     # resampling the seeds widens the interval over the pair means alone
     pairs_only = {r["method"]: r for r in success_table(pair_means(runs))}["kl-dp"]
-    width = lambda r: r["mean_delta_transf_hi_pp"] - r["mean_delta_transf_lo_pp"]  # noqa: E731
+    width = lambda r: r["mean_delta_transf_hi_pp"] - r["mean_delta_transf_lo_pp"]
     assert width(dp) > width(pairs_only)
 
 

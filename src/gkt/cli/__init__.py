@@ -29,8 +29,8 @@ from gkt.data.decode import (
 )
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.data.spec import check_data_dir
-from gkt.models.specs import MAX_IMG_SIZE, img_size_default
 from gkt.engine.distributed import from_environment, shutdown
+from gkt.models.specs import MAX_IMG_SIZE, img_size_default
 
 log = logging.getLogger("gkt")
 
