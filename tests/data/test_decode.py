@@ -112,6 +112,19 @@ def test_a_repaired_file_is_used_even_with_the_same_size_and_mtime(tmp_path: Pat
     assert len(torch.cat([idx for _, _, idx in iterate_batches(ds, 7, workers=0)])) == 7
 
 
+def test_links_in_a_folder(tmp_path: Path) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2})
+    elsewhere = write_jpeg_folder(tmp_path / "more", {"c": 3})
+    (root / "a" / "linked").symlink_to(elsewhere / "c", target_is_directory=True)  # a linked folder: followed
+    (root / "b" / "loop").symlink_to(root / "b", target_is_directory=True)  # a cycle: each folder once
+    assert len(load_image_folder(root, image_size=8)) == 7
+    (root / "a" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    with pytest.raises(GktError, match=r"gone\.jpg: unreadable image \(a link to a missing file\)"):
+        load_image_folder(root, image_size=8)
+    ds = load_image_folder(root, image_size=8, bad_images="skip")
+    assert len(ds) == 7 and list(skipped_images()) == [str(root / "a" / "gone.jpg")]
+
+
 def test_shuffled_pass_skips_without_dropping(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2}, truncated="b/broken.jpg")
     ds = load_image_folder(root, image_size=8, bad_images="skip")

@@ -284,15 +284,28 @@ class FolderImageDataset(EncodedImageDataset):
         return tuple(mean), tuple(std)
 
 
-def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result]]:
-    """Image files under ``class_dir`` (recursively, sorted) with their stat results; nothing is opened."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames.sort()
+def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result | str]]:
+    """Image files under ``class_dir`` (recursively, sorted, linked folders followed once) with their stat
+    results, or why a file cannot be stat'ed (a dangling link); nothing is opened. A folder that cannot be
+    listed is an error."""
+
+    def unlistable(exc: OSError) -> None:
+        raise GktError(f"{exc.filename}: cannot list this folder ({exc.strerror}); fix its permissions or "
+                       "remove it from the data folder")
+
+    found: list[tuple[Path, os.stat_result | str]] = []
+    seen = {os.path.realpath(class_dir)}
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unlistable, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
+        seen.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)  # linked folders: once each
         for name in sorted(filenames):
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
-                found.append((path, path.stat()))
+                try:
+                    found.append((path, path.stat()))
+                except OSError as exc:
+                    found.append((path, "a link to a missing file" if path.is_symlink() else
+                                  f"cannot be read: {exc.strerror}"))
     return found
 
 
@@ -321,8 +334,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
         if not class_dir.is_dir():
             continue
         for path, st in _list_class_dir(class_dir):
-            stamp = file_stamp(st)
-            reason = index.known_bad(path, stamp)
+            stamp = file_stamp(st) if isinstance(st, os.stat_result) else None
+            reason = index.known_bad(path, stamp) if stamp is not None else st
             if reason is not None:
                 if policy == "fail":
                     raise GktError(unreadable_message(str(path), reason))
