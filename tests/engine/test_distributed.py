@@ -54,3 +54,18 @@ def test_global_batch_must_split_over_ranks() -> None:
     assert DistContext(0, 2).shard_batch(10) == 5
     with pytest.raises(GktError, match="multiple of 3"):
         DistContext(0, 3).shard_batch(10)
+
+
+def test_ranks_meet_before_leaving_only_after_a_completed_command(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+
+    from gkt.engine.distributed import shutdown
+
+    barriers = []
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: barriers.append(1))
+    for completed in (True, False):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store-{completed}'}", rank=0, world_size=1)
+        shutdown(completed=completed)
+        assert not dist.is_initialized()
+    assert barriers == [1]  # a failed rank may never reach a barrier: none after a failure
