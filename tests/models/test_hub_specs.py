@@ -166,3 +166,16 @@ def test_foreign_code_and_loader_options_are_refused(offline_hubs: HubCaches, tm
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(GktError, match="checkpoint_path"):
         load_model(f"file:{path}")
+
+
+def test_a_pretrained_teacher_of_another_label_space_serves_kdep(offline_hubs: HubCaches) -> None:
+    from gkt.kdep.pretrain import load_teacher
+
+    folder = load_image_folder(offline_hubs.folder, image_size=64)
+    subset_names = ["x", "y"]  # data whose classes are none of the teacher's: KDEP uses features only
+    folder.class_names = subset_names
+    folder.labels = folder.labels % 2
+    with pytest.raises(GktError, match="label space"):
+        load_model(f"timm:{RESNET}", DataInfo.from_dataset(folder))
+    teacher = load_teacher(f"timm:{RESNET}", folder)
+    assert teacher.num_classes == 1000

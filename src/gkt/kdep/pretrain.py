@@ -73,7 +73,7 @@ def load_teacher(spec: str, dataset: ImageDataset) -> Classifier:
     """Any model spec as a teacher (eval mode). Its label space need not match the data: KDEP uses only
     features; ``timm:`` teachers are sized to ``dataset``."""
     info = DataInfo.from_dataset(dataset) if ModelSpec.parse(spec).source == "timm" else None
-    return load_model(spec, info).eval()
+    return load_model(spec, info, check_labels=False).eval()
 
 
 @dataclass

@@ -184,9 +184,9 @@ def _with_img_size(parsed: ModelSpec) -> ModelSpec:
 
 
 def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | None = None,
-               class_map: ClassMapLike | None = None) -> Classifier:
+               class_map: ClassMapLike | None = None, check_labels: bool = True) -> Classifier:
     """Resolve a spec to a :class:`Classifier` on CPU, in eval mode. ``data`` sizes ``timm:`` models and,
-    when given, is checked against the model's label space. ``class_map`` (a JSON/YAML file, a dict, or
+    when given (and ``check_labels``), is checked against the model's label space. ``class_map`` (a JSON/YAML file, a dict, or
     ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`).
     Within :func:`img_size_default`, library models take its input size; a ``zoo:``/``file:`` model, whose
     input size is fixed by its training, must already have it."""
@@ -206,7 +206,7 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
         raise GktError(f"{spec}: --img-size {size} does not apply: a {parsed.source}: model keeps the input size "
                        f"it was trained at ({model.preprocess.input_size} px); drop --img-size, or set "
                        "?img_size=N on each library model's spec instead")
-    if data is not None:
+    if data is not None and check_labels:
         check_label_space(model, data.class_names)
     return model.eval()
 
