@@ -219,3 +219,17 @@ def test_decoders_are_imported_before_workers_fork(tmp_path: Path) -> None:
               "print('torchvision.io' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == "True"
+
+
+def test_a_share_too_small_for_one_sample_per_class_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gkt.data.subsets import stratified_indices
+
+    with caplog.at_level(logging.WARNING, logger="gkt"):
+        rows = stratified_indices(torch.arange(100) % 50, fraction=0.1)  # 50 classes of 2 samples
+    assert len(rows) == 50 and "subset has 50 samples, not about 10" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gkt"):
+        assert len(stratified_indices(torch.arange(100) % 2, fraction=0.1)) == 10
+    assert not caplog.text

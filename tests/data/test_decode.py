@@ -47,6 +47,15 @@ def _fresh_skips() -> None:
     reset_skipped()
 
 
+def test_a_16_bit_png_decodes_as_pil_converts_it() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(0, 60000, 250, dtype=np.uint16).reshape(12, 20)).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    image = decode_image(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 3)
+    pil = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert image.dtype == torch.uint8 and torch.equal(image, torch.from_numpy(pil).permute(2, 0, 1))
+
+
 def test_square_decode_matches_pil_and_reads_other_formats() -> None:
     rng = np.random.default_rng(1)
     smooth = np.linspace(0, 200, 50)[None, :, None] + np.linspace(0, 50, 30)[:, None, None] + np.zeros((1, 1, 3))
@@ -112,12 +121,17 @@ def test_a_repaired_file_is_used_even_with_the_same_size_and_mtime(tmp_path: Pat
     assert len(torch.cat([idx for _, _, idx in iterate_batches(ds, 7, workers=0)])) == 7
 
 
-def test_links_in_a_folder(tmp_path: Path) -> None:
+def test_links_and_hidden_files_in_a_folder(tmp_path: Path) -> None:
     root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2})
     elsewhere = write_jpeg_folder(tmp_path / "more", {"c": 3})
     (root / "a" / "linked").symlink_to(elsewhere / "c", target_is_directory=True)  # a linked folder: followed
     (root / "b" / "loop").symlink_to(root / "b", target_is_directory=True)  # a cycle: each folder once
-    assert len(load_image_folder(root, image_size=8)) == 7
+    (root / "a" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 macOS metadata")  # hidden: not images
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "b" / ".ipynb_checkpoints").mkdir()
+    (root / "b" / ".ipynb_checkpoints" / "0-checkpoint.jpg").write_bytes((root / "b" / "0.jpg").read_bytes())
+    ds = load_image_folder(root, image_size=8)
+    assert len(ds) == 7 and ds.class_names == ["a", "b"]
     (root / "a" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
     with pytest.raises(GktError, match=r"gone\.jpg: unreadable image \(a link to a missing file\)"):
         load_image_folder(root, image_size=8)

@@ -241,7 +241,11 @@ class EncodedImageDataset(ImageDataset):
         """As :meth:`ImageDataset.pixel_stats` over at most 256 decoded images (decoding is the cost)."""
         idx = torch.linspace(0, len(self) - 1, min(len(self), max_samples, 256)).long().unique()
         sample = self.subset(idx, "pixel-stats")
-        return pixel_mean_std(torch.cat([images for images, _, _ in iterate_batches(sample, 64)]))
+        decoded = [images for images, _, _ in iterate_batches(sample, 64)]
+        if not sum(map(len, decoded)):
+            raise GktError(f"{self.name}: none of the {len(idx)} images sampled for pixel statistics can be read; "
+                           "check the data (every image left out as unreadable?)")
+        return pixel_mean_std(torch.cat(decoded))
 
 
 class FolderImageDataset(EncodedImageDataset):
@@ -285,8 +289,8 @@ class FolderImageDataset(EncodedImageDataset):
 
 
 def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result | str]]:
-    """Image files under ``class_dir`` (recursively, sorted, linked folders followed once) with their stat
-    results, or why a file cannot be stat'ed (a dangling link); nothing is opened. A folder that cannot be
+    """Image files under ``class_dir`` (recursively, sorted, linked folders followed once; hidden files and
+    folders such as macOS ``._*`` and ``.ipynb_checkpoints`` left out) with their stat results, or why a file cannot be stat'ed (a dangling link); nothing is opened. A folder that cannot be
     listed is an error."""
 
     def unlistable(exc: OSError) -> None:
@@ -296,10 +300,11 @@ def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result | str]]:
     found: list[tuple[Path, os.stat_result | str]] = []
     seen = {os.path.realpath(class_dir)}
     for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unlistable, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in seen)
         seen.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)  # linked folders: once each
         for name in sorted(filenames):
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
                 try:
                     found.append((path, path.stat()))
@@ -318,7 +323,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
     if not root.is_dir():
         raise GktError(f"image folder {root} does not exist")
     policy = bad_image_policy(bad_images)
-    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     names = list(class_names) if class_names is not None else found
     if not names:
         raise GktError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")

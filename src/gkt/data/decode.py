@@ -124,6 +124,8 @@ def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:
         image = tv_decode(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
     except RuntimeError as exc:  # a format torchvision does not read (BMP, TIFF, ...), or a broken file
         image = _decode_with_pil(encoded, channels, exc)
+    if image.dtype != torch.uint8:  # a 16-bit PNG: converted to 8 bits as PIL (and so the libraries) do
+        image = _decode_with_pil(encoded, channels, RuntimeError("16-bit image"))
     return image[0] if image.ndim == 4 else image
 
 

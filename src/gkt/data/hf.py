@@ -10,6 +10,8 @@ Arrow files and are decoded per batch like image folders.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
+from gkt.core.io import file_stamp
 from gkt.data.datasets import DEFAULT_DECODE_SIZE, EncodedImageDataset
 from gkt.data.decode import BadImagePolicy, UnreadableImage, read_encoded
 from gkt.data.subsets import carve_split
@@ -27,31 +30,50 @@ SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"),
                "test": ("test", "validation", "val", "valid")}
 
 
+HOW_TO = {"image": 'store images as an Image feature: ds = ds.cast_column("image", datasets.Image()) (from bytes '
+                   "or file paths), then save_to_disk again; pixel arrays are not supported",
+          "label": 'store labels as a ClassLabel: ds.cast_column("label", datasets.ClassLabel(names=[...])) for '
+                   'integers, ds.class_encode_column("label") for strings, then save_to_disk again (one label '
+                   "per image: multi-label and regression data are not supported)"}
+
+
 def _column(features: Any, kind: type, preferred: tuple[str, ...], what: str, source: str) -> str:
     columns = [name for name, feature in features.items() if isinstance(feature, kind)]
     if not columns:
         found = ", ".join(f"{n} ({type(f).__name__})" for n, f in features.items())
-        raise GktError(f"{source}: no {what} column (a datasets.{kind.__name__} feature); its columns: {found}")
+        raise GktError(f"{source}: no {what} column (a datasets.{kind.__name__} feature; its columns: {found}); "
+                       f"{HOW_TO[what]}")
     return next((c for c in preferred if c in columns), columns[0])
 
 
 class HFImageDataset(EncodedImageDataset):
-    """Rows of a Hugging Face ``datasets.Dataset`` with an ``Image`` and a ``ClassLabel`` column."""
+    """Rows of a Hugging Face ``datasets.Dataset`` with an ``Image`` and a ``ClassLabel`` column; with
+    ``class_names`` (another split's), labels are mapped onto those names."""
 
     def __init__(self, name: str, table: Any, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
-                 bad_images: BadImagePolicy | None = None):
+                 bad_images: BadImagePolicy | None = None, class_names: Sequence[str] | None = None):
         import datasets
 
+        table = table.with_format(None)  # a saved format (torch, pandas, arrow, some columns) changes rows
         image_col = _column(table.features, datasets.Image, ("image", "img"), "image", name)
         label_col = _column(table.features, datasets.ClassLabel, ("label", "labels"), "label", name)
         self.table = table.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-        self.image_col = image_col
+        self.image_col, self.origin = image_col, name
         self.rows = torch.arange(len(table))
         labels = torch.tensor(table[label_col], dtype=torch.long)
         if len(labels) and labels.min() < 0:
             raise GktError(f"{name}: {(labels < 0).sum().item()} rows have no label ({label_col} = -1); "
                            "gkt needs labelled rows (use a labelled split)")
-        super().__init__(name, labels, table.features[label_col].names, image_size, channels, bad_images)
+        names = list(table.features[label_col].names)
+        if class_names is not None and names != list(class_names):
+            unknown = [n for n in names if n not in class_names]
+            if unknown:
+                raise GktError(f"{name}: its classes {unknown[:5]} are not among the train split's classes "
+                               f"({', '.join(list(class_names)[:5])}, ...); save every split with the same ClassLabel")
+            labels = torch.tensor([list(class_names).index(n) for n in names], dtype=torch.long)[labels]
+            names = list(class_names)
+        super().__init__(name, labels, names, image_size, channels, bad_images)
+        self._identity: str | None = None
 
     def encoded(self, i: int) -> torch.Tensor:
         cell = self.table[int(self.rows[i])][self.image_col]
@@ -62,30 +84,72 @@ class HFImageDataset(EncodedImageDataset):
         raise UnreadableImage("the row holds no image")
 
     def source(self, i: int) -> str:
-        return f"{self.name} row {int(self.rows[i])}"
+        return f"{self.origin} row {int(self.rows[i])}"
 
     def _take(self, rows: torch.Tensor) -> None:
         self.rows = self.rows[rows]
 
     def content_id(self) -> str:
-        """The Arrow table's own fingerprint (a hash of its contents and history) and the rows taken."""
-        return stable_hash([self.table._fingerprint, hashlib.sha256(self.rows.numpy().tobytes()).hexdigest()], 64)
+        """What the images read are, and the rows taken: the Arrow files' stamps (a re-save writes new
+        files; :func:`~gkt.core.io.file_stamp`), or the image bytes of a table held in memory; the stamps of
+        the image files that rows only point to; and the table's fingerprint (its history)."""
+        if self._identity is None:
+            self._identity = _table_identity(self.table, self.image_col)
+        return stable_hash([self._identity, hashlib.sha256(self.rows.numpy().tobytes()).hexdigest()], 64)
+
+
+def _table_identity(table: Any, image_col: str) -> str:
+    import pyarrow.compute as pc
+
+    column = table.data.column(image_col)
+    files = sorted(c["filename"] for c in table.cache_files)
+    if files:
+        stored: Any = [(f, *file_stamp(os.stat(f))) for f in files]
+    else:
+        digest = hashlib.sha256()
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+        stored = digest.hexdigest()
+    pointed = pc.filter(pc.struct_field(column, "path"), pc.is_null(pc.struct_field(column, "bytes"))).to_pylist()
+    linked = [(f, *(file_stamp(os.stat(f)) if f and os.path.exists(f) else ())) for f in pointed]
+    return stable_hash([table._fingerprint, stored, linked], 64)
 
 
 def _load_dict(path: str) -> dict[str, Any]:
     """The splits of ``path``: a ``save_to_disk`` directory, or a dataset name for ``load_dataset``."""
     import datasets
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
+    name, _, config = path.partition(":")
+    if not Path(path).is_dir() and name in _PACKAGED_DATASETS_MODULES:
+        raise GktError(f"hf:{path}: {name} is a datasets loader, not a dataset; for an image folder use "
+                       "folder:PATH, for a saved dataset hf:DIR")
     try:
         if Path(path).is_dir():
             loaded = datasets.load_from_disk(path)
         else:
-            name, _, config = path.partition(":")
             loaded = datasets.load_dataset(name, config or None)
-    except (FileNotFoundError, ConnectionError, ValueError, OSError) as exc:
-        raise GktError(f"hf:{path}: not a saved Hugging Face dataset directory, nor a dataset in the local "
-                       f"datasets cache ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 — the datasets library raises many types for unusable input
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise GktError(f"hf:{path}: cannot load this saved dataset directory ({reason}); check that "
+                       "datasets.load_from_disk reads it (an empty split can break it)" if Path(path).is_dir()
+                       else f"hf:{path}: not a saved Hugging Face dataset directory, nor a dataset in the "
+                       f"local datasets cache ({reason})") from exc
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+
+
+def _train_class_names(splits: dict[str, Any]) -> list[str] | None:
+    """The train split's class names (every split is labelled in them, as for image folders)."""
+    import datasets
+
+    if "train" not in splits:
+        return None
+    features = splits["train"].features
+    labels = [f for f in features.values() if isinstance(f, datasets.ClassLabel)]
+    return list(features[_column(features, datasets.ClassLabel, ("label", "labels"), "label", "train")].names) \
+        if labels else None
 
 
 def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_fraction: float = 0.1,
@@ -97,7 +161,8 @@ def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_f
     splits = _load_dict(path)
     for name in SPLIT_NAMES[split]:
         if name in splits:
-            return HFImageDataset(f"hf:{path}:{name}", splits[name], image_size, channels, bad_images)
+            return HFImageDataset(f"hf:{path}:{name}", splits[name], image_size, channels, bad_images,
+                                  None if name == "train" else _train_class_names(splits))
     if split == "test":
         raise GktError(f"hf:{path}: no test or validation split to evaluate on (it has {', '.join(splits)})")
     if "train" not in splits:

@@ -43,7 +43,8 @@ DATA_DIR_KINDS = ("fmnist",)
 
 DOMAIN_SEPARATOR = "@"
 FMNIST_NAMES = ("fmnist", "fashion-mnist", "fashion_mnist")
-SYNTAX = "BASE[CLASSES]@DOMAIN, e.g. fmnist, fmnist[5-9], digits[1,3], fmnist[0-4]@edges, folder:PATH[cat,dog]"
+SYNTAX = ("BASE[CLASSES]@DOMAIN, e.g. fmnist, fmnist[5-9], digits[1,3], fmnist[0-4]@edges, folder:PATH[cat,dog], "
+          "hf:DIR, hf:ORG/NAME")
 
 ClassList = tuple[int | str, ...]  # class indices and/or class names, ranges expanded
 
@@ -169,6 +170,9 @@ def load_split(spec: str | DataSpec, split: Split, *, data_dir: str | None = Non
                                            bad_images=bad_images)
     if spec.classes is not None:
         dataset = class_subset(dataset, resolve_classes(spec.classes, dataset.class_names, f"data spec {spec}"))
+    if not len(dataset):
+        raise GktError(f"data spec {spec}: its {split} split has no images"
+                       + (" of the classes selected" if spec.classes is not None else ""))
     if spec.domain is not None:
         dataset = apply_domain(dataset, spec.domain)
     return dataset

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 
 from gkt.core.errors import GktError
 from gkt.data.datasets import ImageDataset
+
+log = logging.getLogger(__name__)
 
 
 def stratified_indices(labels: torch.Tensor, *, fraction: float | None = None, per_class: int | None = None,
@@ -31,6 +34,11 @@ def stratified_indices(labels: torch.Tensor, *, fraction: float | None = None, p
         take = torch.full_like(counts, per_class)
     else:
         take = torch.clamp((counts.double() * fraction).round().long(), min=1) * (counts > 0)
+        raised = int(((counts.double() * fraction).round() == 0).logical_and(counts > 0).sum())
+        if raised and int(take.sum()) > 1.5 * fraction * len(labels):
+            log.warning("a stratified %.3g share keeps one sample of each class: %d classes have fewer than %.0f "
+                        "samples, so the subset has %d samples, not about %d", fraction, raised, 0.5 / fraction,
+                        int(take.sum()), round(fraction * len(labels)))
     starts = torch.cumsum(counts, 0) - counts
     rank_in_class = torch.arange(len(labels)) - starts[labels[order]]
     chosen = order[rank_in_class < take[labels[order]]]
