@@ -226,6 +226,8 @@ CASES = [
     # silent wrong results, now errors
     Case("checkpoint: 64 flipped bytes in the weights", _flipped_weights, 2,
          r"weights do not match the SHA-256 recorded in model\.json"),
+    Case("sidecar: an empty weights_sha256 (no check)", _sidecar_edit(lambda meta: {**meta, "weights_sha256": ""}),
+         2, r"weights_sha256 '' is no SHA-256 prefix"),
     Case("sidecar: std = 0", _sidecar_edit(_with_preprocess(std=[0.0])), 2, "std must be positive"),
     Case("sidecar: negative std", _sidecar_edit(_with_preprocess(std=[-0.3])), 2, "std must be positive"),
     Case("sidecar: std of the wrong length", _sidecar_edit(_with_preprocess(std=[0.3, 0.3])), 2,

@@ -4,6 +4,8 @@ model identity."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -122,6 +124,22 @@ def test_kdep_teacher_features_are_cached_by_content() -> None:
     logits = CachedOutputs(teacher, data, CPU, exact=True)  # the same mechanism for exact logits
     with torch.no_grad():
         assert torch.allclose(logits.rows(idx, CPU), teacher.eval()(data.load(idx)), atol=1e-6)
+    # a table damaged in place (same size) fails its checksum: recomputed, never used
+    from safetensors import safe_open
+
+    from gkt.engine.predictions import store_dir
+
+    def what(path: Path) -> str:
+        with safe_open(str(path), framework="pt") as f:
+            return f"{f.metadata()['model']} {f.metadata()['outputs']}"
+
+    (path,) = [p for p in (store_dir() / "tables").glob("*.safetensors") if what(p) == f"{teacher.name} features:{tap.layer}"]
+    expected = again.table().clone()
+    raw = bytearray(path.read_bytes())
+    raw[-64:] = bytes(64)
+    path.write_bytes(bytes(raw))
+    repaired = CachedOutputs(teacher, data, CPU, tap=FeatureTap(teacher))
+    assert not repaired.from_store and torch.equal(repaired.table(), expected)
 
 
 def test_identity_covers_weights_architecture_preprocessing_and_classes() -> None:

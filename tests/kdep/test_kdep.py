@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, make_model
 
 from gkt.cli import main
 from gkt.core.config import Recipe
@@ -208,3 +208,23 @@ def test_cli_benchmark_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     rows = json.loads((run / "results.json").read_text())["rows"]
     # wall times are reported, never asserted on (a quick run can round to 0 s on a fast, idle machine)
     assert len(rows) == 6 and all(r["pretrain_s"] >= 0 for r in rows)
+
+
+def test_a_damaged_cached_alignment_is_recomputed(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gkt.core.io import cache_home
+    from gkt.kdep.alignment import fit_alignment
+
+    data = make_blobs(n_per_class=6)
+    teacher = make_model("mlp", 0, hidden=[8]).eval()
+    first = fit_alignment(FeatureTap(teacher), data, torch.device("cpu"))
+    (path,) = (cache_home() / "kdep").glob("alignment-*.safetensors")
+    raw = bytearray(path.read_bytes())
+    raw[-16:] = b"\x3c" * 16  # damaged in place: same size, still a readable file
+    path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="gkt"):
+        again = fit_alignment(FeatureTap(teacher), data, torch.device("cpu"))
+    assert "damaged" in caplog.text and torch.equal(again.components, first.components)
+    path.write_bytes(b"garbage")
+    assert torch.equal(fit_alignment(FeatureTap(teacher), data, torch.device("cpu")).mean, first.mean)

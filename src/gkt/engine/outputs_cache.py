@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
+from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_outputs
@@ -34,7 +34,7 @@ from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, dataset_identity, ge
 from gkt.models.classifier import Classifier
 from gkt.models.features import FeatureTap
 
-TABLE_FORMAT = "gkt-outputs/1"
+TABLE_FORMAT = "gkt-outputs/2"  # 2: a checksum of the table in its metadata
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,17 @@ class CachedOutputs:
         what = f"features:{tap.layer}" if tap is not None else "logits"
         key = stable_hash([TABLE_FORMAT, model.identity(), what, data_id or dataset_identity(dataset)], 24)
         path = store_dir(root) / "tables" / f"{key}.safetensors"
-        self.from_store = path.is_file() and _rows(path) == len(dataset)
+        self.from_store = path.is_file() and _intact(path, len(dataset))
         if not self.from_store:
-            table = predict_outputs(model, dataset, device, 500, f"{what} of {model.name}", tap)
+            if path.is_file():
+                log.warning("%s: stored %s of %s fail their checksum (damaged or changed): recomputed", path,
+                            what, model.name)
+            table = predict_outputs(model, dataset, device, 500, f"{what} of {model.name}", tap).contiguous()
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                save_file({"outputs": table.contiguous()}, str(tmp), metadata={
-                    "format": TABLE_FORMAT, "model": model.name, "outputs": what, "dataset": dataset.name})
+                save_file({"outputs": table}, str(tmp), metadata={
+                    "format": TABLE_FORMAT, "model": model.name, "outputs": what, "dataset": dataset.name,
+                    "sha256": tensor_hash({"outputs": table}, 64)})
         self.arrays = mmap_safetensors(path)
 
     @property
@@ -141,12 +145,16 @@ class CachedOutputs:
         return torch.from_numpy(np.array(self.arrays[name]))
 
 
-def _rows(path: Path) -> int:
-    """Rows of a stored output table (-1 when it is unreadable: it is then recomputed)."""
+def _intact(path: Path, rows: int) -> bool:
+    """Whether a stored output table is readable, has ``rows`` rows and matches its recorded checksum."""
+    from safetensors import safe_open
+
     try:
-        return int(mmap_safetensors(path)["outputs"].shape[0])
-    except (OSError, KeyError, ValueError, GktError):
-        return -1
+        with safe_open(str(path), framework="pt") as f:
+            recorded, table = (f.metadata() or {}).get("sha256"), f.get_tensor("outputs")
+    except Exception:  # noqa: BLE001 — safetensors raises its own error types for damaged files
+        return False
+    return len(table) == rows and recorded == tensor_hash({"outputs": table}, 64)
 
 
 class FrozenOutputs:

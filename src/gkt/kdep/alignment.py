@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
+from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.engine.predictions import dataset_identity
@@ -23,7 +23,7 @@ from gkt.models.features import FeatureTap
 log = logging.getLogger(__name__)
 
 
-ALIGNMENT_VERSION = 1
+ALIGNMENT_VERSION = 2  # 2: a checksum in the metadata
 
 
 def power_temperature_scaling(t: torch.Tensor, temperature: float = 0.1, power: float = 3.0) -> torch.Tensor:
@@ -67,18 +67,26 @@ class SvdAlignment:
         k = min(student_dim, self.components.shape[1])
         return F.pad(self.components[:, :k], (0, student_dim - k))
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean.contiguous(), "components": self.components.contiguous(),
+                "singular_values": self.singular_values.contiguous()}
+
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:
-            save_file({"mean": self.mean.contiguous(), "components": self.components.contiguous(),
-                       "singular_values": self.singular_values.contiguous()}, str(tmp),
-                      metadata={"count": str(self.count)})
+            save_file(self.tensors(), str(tmp), metadata={"count": str(self.count),
+                                                          "sha256": tensor_hash(self.tensors(), 64)})
 
     @classmethod
-    def load(cls, path: Path) -> SvdAlignment:
-        with safe_open(str(path), "pt") as f:
-            count = int(f.metadata()["count"])
-        t = load_file(str(path))
-        return cls(t["mean"], t["components"], t["singular_values"], count)
+    def load(cls, path: Path) -> SvdAlignment | None:
+        """The stored alignment, or ``None`` when the file is damaged (unreadable, or fails its checksum)."""
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            t = load_file(str(path))
+            alignment = cls(t["mean"], t["components"], t["singular_values"], int(meta["count"]))
+        except Exception:  # noqa: BLE001 — safetensors raises its own error types for damaged files
+            return None
+        return alignment if meta.get("sha256") == tensor_hash(alignment.tensors(), 64) else None
 
 
 def svd_alignment_direct(features: torch.Tensor) -> SvdAlignment:
@@ -128,8 +136,11 @@ def fit_alignment(tap: FeatureTap, dataset: ImageDataset, device: torch.device, 
     key = stable_hash([ALIGNMENT_VERSION, tap.model.identity(), tap.layer, dataset_identity(dataset)])
     path = cache_home() / "kdep" / f"alignment-{key}.safetensors"
     if cache and path.is_file():
-        log.info("SVD alignment from cache %s", path)
-        return SvdAlignment.load(path)
+        stored = SvdAlignment.load(path)
+        if stored is not None:
+            log.info("SVD alignment from cache %s", path)
+            return stored
+        log.warning("%s: the cached SVD alignment is damaged (unreadable or fails its checksum): recomputed", path)
     moments = StreamingMoments(tap.dim)
     if features is not None:
         for chunk in features.split(batch_size):

@@ -123,6 +123,9 @@ def load_checkpoint(path: str | os.PathLike, net: nn.Module | None = None) -> Cl
         raise GktError(f"{sidecar_path}: the sidecar describes no valid model ({type(exc).__name__}: {exc})") from exc
     tensors = load_weights(weights_path)
     recorded = str(meta["weights_sha256"])
+    if len(recorded) < 16:
+        raise GktError(f"{sidecar_path}: its weights_sha256 {recorded!r} is no SHA-256 prefix of 16 or more hex "
+                       "digits, so the weights cannot be verified; restore or rebuild the checkpoint")
     if tensor_hash(tensors, len(recorded)) != recorded:
         raise GktError(f"{weights_path}: the weights do not match the SHA-256 recorded in {sidecar_path.name} "
                        "(the file is corrupt or was changed); restore or rebuild the checkpoint")
