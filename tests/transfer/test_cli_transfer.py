@@ -62,7 +62,8 @@ def test_end_to_end(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, st
 
 @pytest.mark.parametrize("method", ["xekl-mcl", "crd"])
 def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str],
-                                             monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+                                             monkeypatch: pytest.MonkeyPatch, method: str,
+                                             capsys: pytest.CaptureFixture) -> None:
     student, teacher = models
     args = ("--student", student, "--teacher", teacher, "--method", method, "--epochs", "3", "--augment", "flip",
             "crop", "--seed", "4")
@@ -81,6 +82,14 @@ def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Pa
     monkeypatch.setattr(TransferTrainer, "train_epoch", original)
     code, _ = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken), "--seed", "99")
     assert code == 2  # an option that conflicts with the run's is refused, not silently overridden
+    kept = {f: f.read_bytes() for f in tmp_path.glob("teacher.*")}
+    for f in kept:
+        f.unlink()
+    write_model(tmp_path / "teacher", 3, hidden=8)  # the teacher's spec now names other weights
+    code, _ = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken))
+    assert code == 2 and "started with other models than teacher" in capsys.readouterr().err  # no mixing
+    for f, raw in kept.items():
+        f.write_bytes(raw)
     code, resumed = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken))
     assert code == 0
     a = load_model(f"file:{full / 'student'}").net.state_dict()

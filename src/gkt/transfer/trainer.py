@@ -278,6 +278,18 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
+def _check_same_models(recorded: dict[str, Any] | None, current: dict[str, Any], student: Classifier,
+                       teachers: Sequence[Classifier]) -> None:
+    """A run resumes only with the models it started with (a spec may name other weights since, e.g. a rebuilt
+    zoo model): else its epochs would mix two models. States written before this check record none."""
+    if recorded is None or recorded == current:
+        return
+    changed = [m.name for m, old, new in zip([student, *teachers], [recorded["student"], *recorded["teachers"]],
+                                             [current["student"], *current["teachers"]]) if old != new]
+    raise GktError(f"the run to resume started with other models than {', '.join(changed) or 'these'} name now "
+                   "(other weights, preprocessing or classes); resuming would mix two models: start a new run")
+
+
 def decoded_for(models: Sequence[Classifier], transfer_set: ImageDataset,
                 test_set: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
     """Encoded images as a transfer between ``models`` reads them: the transfer set decoded once per image at
@@ -324,7 +336,9 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     correct_before = stored_before.correct
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
+    models = {"student": student.identity(), "teachers": [t.identity() for t in teachers]}
     if resume is not None:
+        _check_same_models(resume.get("models"), models, student, teachers)
         trainer.load_state_dict(resume)
         history = list(resume["history"])
     if on_epoch is not None:
@@ -364,7 +378,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         if run_dir is not None:
             write_csv(run_dir / "metrics.csv", history)
             with atomic_path(run_dir / "state.pt") as tmp:
-                torch.save({**trainer.state_dict(), "history": history}, tmp)
+                torch.save({**trainer.state_dict(), "history": history, "models": models}, tmp)
 
     try:
         trainer.run(end_of_epoch)
