@@ -185,3 +185,37 @@ def test_resume_refuses_changed_data(two_models: list[str], tmp_path: Path, caps
         (data / name).write_bytes((tmp_path / "other" / name).read_bytes())
     assert main(resume) == 2
     assert "the data changed since this study ran" in capsys.readouterr().err
+
+
+def test_resume_runs_the_study_own_jobs_with_its_own_models(two_models: list[str], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A resumed study can be resumed again; options that would change its jobs, and specs that now name other
+    weights, are refused (exit 2): its finished jobs would describe other jobs or models."""
+    import shutil
+
+    specs = []
+    for spec in two_models:  # copies: the test overwrites one
+        source = Path(spec.removeprefix("file:"))
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(source.with_suffix(suffix), tmp_path / f"{source.stem}{suffix}")
+        specs.append(f"file:{tmp_path / source.stem}")
+    out = ["--out", str(tmp_path / "runs")]
+    assert main(["study", "--students", specs[0], "--teachers", specs[1], "--methods", "kl", "--epochs", "1",
+                 "--fraction", "0.02", "--threads", "1", *out]) == 0
+    first = next((tmp_path / "runs").glob("study-*"))
+    assert main(["study", "--resume", str(first), *out]) == 0
+    second = sorted((tmp_path / "runs").glob("study-*"))[-1]
+    capsys.readouterr()
+    assert main(["study", "--resume", str(second), *out]) == 0  # the resumed directory points to the store
+    assert "1 jobs: 1 already done, 0 ran" in capsys.readouterr().out
+    assert main(["study", "--resume", str(first), "--seeds", "1", "--methods", "ce", *out]) == 2
+    assert "you gave --methods, --seeds" in capsys.readouterr().err
+    teacher = Path(specs[1].removeprefix("file:"))
+    torch.manual_seed(5)
+    other = Classifier.create(ArchSpec("zoo", "mlp", 10, 1, 14, {"hidden": [32]}),
+                              Preprocess(14, 1, (0.286,), (0.353,)), load_split("fmnist", "test").class_names)
+    for suffix in (".safetensors", ".json"):
+        teacher.with_suffix(suffix).unlink()
+    save_checkpoint(other, teacher)
+    assert main(["study", "--resume", str(second), *out]) == 2
+    assert "name other models than when this study ran" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
-from gkt.cli.config import add_config_option, resolved_config
+from gkt.cli.config import GIVEN, add_config_option, resolved_config
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.config import GRID_KEYS
 from gkt.core.errors import GktError
@@ -141,32 +141,66 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
               f"{row.metrics.get('error', '?')}")
 
 
+# What a study's options decide about its jobs: with --resume, the study's own jobs run, so these are refused.
+JOB_OPTIONS = ("students", "teachers", "methods", "seeds", "epochs", "lr", "grid", "method_arg", "data", "fraction",
+               "class_map", "batch_size", "precision", "data_dir")
+STORE_POINTER = "store.json"  # in a resumed study's run directory: where its results store is
+
+
+def resumed_study(old: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
+    """The jobs and results store of the study in ``old`` (a study's run directory, or one that resumed it);
+    options that would change the jobs are refused (the study's own jobs are what a resume runs)."""
+    given = [f"--{key.replace('_', '-')}" for key in JOB_OPTIONS if key in getattr(args, GIVEN, ())]
+    if given:
+        raise GktError(f"--resume {old} runs that study's own jobs, but you gave {', '.join(given)}; drop them, or "
+                       "start a new study for other jobs")
+    try:
+        pointer = old / STORE_POINTER
+        store_path = Path(read_json(pointer)["store"]) if pointer.is_file() else old / STORE_NAME
+        jobs = read_json(old / "jobs.json") if (old / "jobs.json").is_file() else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GktError(f"{old}: its jobs.json or {STORE_POINTER} is damaged ({type(exc).__name__}); start a new "
+                       "study instead of --resume") from None
+    if jobs is None or not store_path.is_file():
+        raise GktError(f"{old}: no {STORE_NAME} and jobs.json to resume (is it a study's run directory?)")
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) and "student" in j for j in jobs):
+        raise GktError(f"{old}: its jobs.json is damaged (not a list of jobs); start a new study instead of --resume")
+    return jobs, store_path
+
+
 @register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
 def study(args: argparse.Namespace) -> int:
     from gkt.engine.loop import Runtime
     from gkt.experiments.grid import ResultsStore, failed_rows, job_key, run_study
-    from gkt.experiments.transfer_job import data_identity, transfer_job
+    from gkt.experiments.transfer_job import data_identity, model_identities, transfer_job
 
     if args.retry_failed and not args.resume:
         raise GktError("--retry-failed reruns the failed jobs of a study: give it with --resume RUN_DIR")
     Runtime(precision=args.precision).autocast_dtype(args.torch_device)  # e.g. fp16 on a CPU: refused here
     if args.resume:
         old = Path(args.resume)
-        if not (old / STORE_NAME).is_file() or not (old / "jobs.json").is_file():
-            raise GktError(f"{old}: no {STORE_NAME} and jobs.json to resume (is it a study's run directory?)")
-        jobs = read_json(old / "jobs.json")
-        store_path = old / STORE_NAME
+        jobs, store_path = resumed_study(old, args)
     else:
         jobs = study_jobs(args)
         store_path = args.run_dir / STORE_NAME
-    data = data_identity(jobs)
+    data, models = data_identity(jobs), model_identities(jobs)
     if args.resume and (old / "data.json").is_file() and read_json(old / "data.json") != data:
         raise GktError(f"{old}: the data changed since this study ran ({', '.join(data)}): its finished jobs "
                        "describe the old data; start a new study instead of --resume")
+    if args.resume and (old / "models.json").is_file():
+        before = read_json(old / "models.json")
+        changed = [spec for spec, identity in models.items() if before.get(spec, identity) != identity]
+        if changed:
+            raise GktError(f"{old}: {', '.join(changed)} name other models than when this study ran (other "
+                           "weights, preprocessing or classes): its finished jobs describe the old ones; start a "
+                           "new study instead of --resume")
     store = ResultsStore(store_path)
     backend = study_backend(args)
     write_json(args.run_dir / "jobs.json", jobs)
     write_json(args.run_dir / "data.json", data)
+    write_json(args.run_dir / "models.json", models)
+    if store_path.parent != args.run_dir:  # a resumed study keeps its store where it is: say where
+        write_json(args.run_dir / STORE_POINTER, {"store": str(store_path.resolve())})
     start = time.perf_counter()
     with tracking(args, resolved_config(args)) as tracker:
         def track_job(config: dict[str, Any], metrics: dict[str, Any], status: str) -> None:

@@ -51,6 +51,23 @@ def data_identity(jobs: Sequence[JobConfig]) -> dict[str, str]:
          dataset_identity(load_split(data, "test", data_dir=data_dir))]) for data, data_dir in sources}
 
 
+def model_identities(jobs: Sequence[JobConfig]) -> dict[str, str]:
+    """The identity (weights, architecture, preprocessing, classes) of every model the jobs name, keyed by
+    spec and zoo directory: a study resumed after a spec came to name other weights would mix two models."""
+    out = {}
+    for job in jobs:
+        data, data_dir, zoo_dir = job.get("data", "fmnist"), job.get("data_dir"), job.get("zoo_dir")
+        class_map = json.dumps(job["class_map"], sort_keys=True) if job.get("class_map") else None
+        for spec in (job["student"], job["teacher"]):
+            key = f"{spec} ({zoo_dir or 'default zoo'})"
+            if key not in out:
+                try:
+                    out[key] = _study_model.__wrapped__(spec, data, data_dir, zoo_dir, class_map).identity()
+                except GktError:  # its jobs fail on it, and say why (then --retry-failed)
+                    out[key] = None
+    return {key: identity for key, identity in out.items() if identity is not None}
+
+
 def _scalar_metrics(final: dict[str, Any]) -> dict[str, Any]:
     flat = {k: v for k, v in final.items() if isinstance(v, (int, float, str, bool)) or v is None}
     for k, v in (final.get("partition_quality") or {}).items():
