@@ -210,3 +210,16 @@ def test_images_skipped_in_study_workers_reach_the_summary(tmp_path: Path, worke
     assert "2 unreadable image(s) left out (--bad-images skip)" in counts.describe()
     assert set(skipped_images()) == broken  # what `gkt study` prints and writes to skipped_images.json
     reset_skipped()
+
+
+def test_forget_leaves_a_running_claim_alone(tmp_path: Path) -> None:
+    """Forgetting jobs whose outputs were deleted must not drop another live process's claim (it would then
+    run twice at once)."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    running, finished = {"job": 1}, {"job": 2}
+    with store.claims() as other, store.claims() as me:
+        assert store.claim(running, other) == "claimed" and store.claim(finished, other) == "claimed"
+        store.put(finished, {"acc": 0.5}, "done", 1.0)
+        store.forget([job_key(running), job_key(finished)])
+        assert store.claim(running, me) == "busy"  # still held by the other process
+        assert store.claim(finished, me) == "claimed"  # forgotten: it runs again

@@ -233,6 +233,10 @@ def test_run_cache_recovers_from_a_kill_before_final_json(setup: TransferSetup) 
 
     shutil.rmtree(run_dir)
     assert MultiTeacherStudy(student, teachers, setup).single()[0] == first
+    for damage in ({"final.json": "{garbage"}, {"metrics.csv": "epoch,acc\nx,y\n"}, {"student.safetensors": "xx"}):
+        for name, text in damage.items():  # a damaged cached run runs again instead of failing the command
+            (run_dir / name).write_text(text)
+        assert MultiTeacherStudy(student, teachers, setup).single()[0] == first, damage
 
 
 def test_run_cache_key_follows_the_images_not_only_the_labels(setup: TransferSetup) -> None:

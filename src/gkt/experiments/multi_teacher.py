@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,8 @@ from gkt.reporting.tables import mean_std
 from gkt.transfer.evaluation import transfer_metrics
 from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, parallel_method, weight_soup
 from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
+
+log = logging.getLogger(__name__)
 
 RUN_CACHE_FORMAT = "gkt-transfer-run/4"  # /4: data keyed by content; /3: the KL as one fused kl_div
 
@@ -107,20 +110,37 @@ class TransferRuns:
                                self.setup.test_set, config, self.setup.device, run_dir, resume=resume)
         return {k: v for k, v in outcome.final.items() if isinstance(v, (int, float, str, bool))}
 
+    def finished(self, job: dict[str, Any]) -> TransferOutcome | None:
+        """The cached outcome of ``job``, or ``None`` when it has none yet or a damaged one (then it runs
+        again: its ``final.json`` is removed, its state kept for resuming)."""
+        run_dir = self.run_dir(job)
+        if not (run_dir / "final.json").is_file():
+            return None
+        try:
+            final = read_json(run_dir / "final.json")
+            if not isinstance(final, dict) or final.get("status") != "ok":
+                raise ValueError("final.json records no finished run")
+            return TransferOutcome(load_checkpoint(run_dir / "student"), read_history(run_dir / "metrics.csv"),
+                                   final, run_dir / "student.safetensors")
+        except (GktError, ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("%s: a cached transfer run is damaged (%s): it runs again", run_dir,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            (run_dir / "final.json").unlink(missing_ok=True)
+            return None
+
     def run(self, jobs: Sequence[dict[str, Any]]) -> list[TransferOutcome]:
-        """The outcomes of ``jobs``: finished runs are loaded, the others run (failed ones again)."""
+        """The outcomes of ``jobs``: finished runs are loaded, the others run (failed or damaged ones again)."""
         store = ResultsStore(self.setup.cache_dir / STORE_NAME)
-        lost = [job for job in jobs if not (self.run_dir(job) / "final.json").is_file()]
-        store.forget([job_key(job) for job in lost])  # a run directory removed from the cache runs again
+        lost = [job for job in jobs if self.finished(job) is None]
+        store.forget([job_key(job) for job in lost])  # a run removed from (or damaged in) the cache runs again
         counts = run_study(self, jobs, store, self.backend, retry_failed=True, desc="transfer runs")
         if counts.failed:
             raise GktError(f"transfer run failed: {failed_rows(store, counts.failed)[0].metrics.get('error')}")
-        outcomes = []
-        for job in jobs:
-            run_dir = self.run_dir(job)
-            outcomes.append(TransferOutcome(load_checkpoint(run_dir / "student"), read_history(run_dir / "metrics.csv"),
-                                            read_json(run_dir / "final.json"), run_dir / "student.safetensors"))
-        return outcomes
+        outcomes = [self.finished(job) for job in jobs]
+        if any(outcome is None for outcome in outcomes):
+            raise GktError(f"a cached transfer run in {self.setup.cache_dir} was damaged while this command ran; "
+                           "run the command again")
+        return outcomes  # type: ignore[return-value]
 
 
 class MultiTeacherStudy:

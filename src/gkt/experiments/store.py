@@ -107,9 +107,10 @@ class ResultsStore:
                         time.time()))
 
     def forget(self, keys: list[str]) -> None:
-        """Drop the rows of ``keys`` (e.g. finished jobs whose outputs were deleted: they run again)."""
+        """Drop the finished rows of ``keys`` (e.g. jobs whose outputs were deleted: they run again); a job
+        another process is running keeps its claim."""
         with self._connect() as db:
-            db.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in keys])
+            db.executemany("DELETE FROM results WHERE key = ? AND status != 'running'", [(k,) for k in keys])
 
     def rows(self, status: str | None = "done") -> list[ResultRow]:
         query = "SELECT key, config, metrics, status, seconds FROM results"

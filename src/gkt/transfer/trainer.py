@@ -341,6 +341,8 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         _check_same_models(resume.get("models"), models, student, teachers)
         trainer.load_state_dict(resume)
         history = list(resume["history"])
+        if run_dir is not None:  # the epochs so far (rewritten after each further epoch)
+            write_csv(run_dir / "metrics.csv", history)
     if on_epoch is not None:
         for row in history:
             on_epoch(row)
