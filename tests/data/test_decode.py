@@ -121,6 +121,16 @@ def test_a_repaired_file_is_used_even_with_the_same_size_and_mtime(tmp_path: Pat
     assert len(torch.cat([idx for _, _, idx in iterate_batches(ds, 7, workers=0)])) == 7
 
 
+@pytest.mark.parametrize("damage", ["{garbage", "[1, 2]", '{"bad": [1], "stats": 3}', '{"bad": {"a/0.jpg": 5}}'])
+def test_a_damaged_folder_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2})
+    ds = load_image_folder(root, image_size=8)
+    ds.pixel_stats()
+    ds.index.path.write_text(damage)
+    again = load_image_folder(root, image_size=8)
+    assert len(again) == 4 and again.pixel_stats() == ds.pixel_stats()
+
+
 def test_links_and_hidden_files_in_a_folder(tmp_path: Path) -> None:
     root = write_jpeg_folder(tmp_path / "train", {"a": 2, "b": 2})
     elsewhere = write_jpeg_folder(tmp_path / "more", {"c": 3})

@@ -147,14 +147,17 @@ class FolderIndex:
     def __init__(self, root: Path):
         self.root = Path(os.path.abspath(root))
         self.path = cache_home() / "image-index" / f"{stable_hash(str(self.root), 16)}.json"
-        data: dict[str, Any] = {}
+        data: Any = {}
         if self.path.is_file():
             try:
                 data = read_json(self.path)
             except (OSError, ValueError):
                 data = {}  # a damaged index is rebuilt: it only holds what decoding finds again
-        self.bad: dict[str, list] = dict(data.get("bad", {}))
-        self.stats: dict[str, list] = dict(data.get("stats", {}))
+        bad, stats = (data.get("bad"), data.get("stats")) if isinstance(data, dict) else (None, None)
+        self.bad: dict[str, list] = {k: v for k, v in bad.items() if isinstance(v, list) and len(v) >= 2} \
+            if isinstance(bad, dict) else {}
+        self.stats: dict[str, list] = {k: v for k, v in stats.items() if isinstance(v, list) and len(v) == 2} \
+            if isinstance(stats, dict) else {}
         self._changed = False
 
     def known_bad(self, path: Path, stamp: FileStamp) -> str | None:
