@@ -1,5 +1,5 @@
 import sys
 
-from gkt.cli import main
+from gkt import main
 
 sys.exit(main())

@@ -77,6 +77,27 @@ def test_sigkilled_transfer_resumes_to_the_same_result(tmp_path: Path, setup: tu
     assert (full / "metrics.csv").read_text().count("\n") == (resumed / "metrics.csv").read_text().count("\n") == 10
 
 
+def test_sigterm_ends_a_run_as_an_interruption(tmp_path: Path, setup: tuple[Path, str, str]) -> None:
+    """``kill`` (SIGTERM, as batch schedulers and ``docker stop`` send) ends a command as Ctrl-C does: one
+    line, exit 143, the kept run directory marked; while it runs, its config says so."""
+    data, student, teacher = setup
+    out = tmp_path / "runs"
+    proc = start_gkt("transfer", "--student", student, "--teacher", teacher, "--fraction", "1.0", "--batch-size", "8",
+                     "--epochs", "8", "--data-dir", str(data), "--threads", "1", "--out", str(out))
+    deadline = time.monotonic() + 240
+    while not any(out.glob("*/state.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.02)
+    (run,) = out.iterdir()
+    running = json.loads((run / "config.json").read_text())
+    assert running["status"] == "running" and running["pid"] == proc.pid
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 143
+    err = proc.stderr.read().decode()
+    assert "gkt: terminated" in err and "Traceback" not in err
+    assert json.loads((run / "config.json").read_text())["status"] == "interrupted" and (run / "FAILED").is_file()
+
+
 def test_sigkilled_study_reruns_only_the_missing_jobs(tmp_path: Path, setup: tuple[Path, str, str],
                                                       capsys: pytest.CaptureFixture) -> None:
     data, student, teacher = setup

@@ -223,3 +223,22 @@ def test_forget_leaves_a_running_claim_alone(tmp_path: Path) -> None:
         store.forget([job_key(running), job_key(finished)])
         assert store.claim(running, me) == "busy"  # still held by the other process
         assert store.claim(finished, me) == "claimed"  # forgotten: it runs again
+
+
+def test_an_interrupted_worker_pool_stops_its_workers_at_once() -> None:
+    import multiprocessing
+
+    from gkt.experiments.backends import worker_pool
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), worker_pool(1, multiprocessing.get_context("spawn"), 1) as pool:
+        running = pool.submit(time.sleep, 60)
+        pool.submit(time.sleep, 60)  # queued
+        while not running.running():
+            time.sleep(0.05)
+        processes = list(pool._processes.values())
+        raise KeyboardInterrupt
+    for process in processes:
+        process.join(10)
+        assert not process.is_alive()
+    assert time.monotonic() - start < 30  # not the 120 s of waiting for both jobs

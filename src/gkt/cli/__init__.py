@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,9 +165,29 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler, ``docker stop``): ends a command as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """:func:`run_command`, with SIGTERM handled as an interruption (in the main thread, where signals go)."""
+    if threading.current_thread() is not threading.main_thread():
+        return run_command(argv)
+    before = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run_command(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 2 a user error (one message: what is wrong and how to fix
-    it), 1 an unexpected error (one line plus the path of a log holding its traceback), 130 interrupted.
+    it), 1 an unexpected error (one line plus the path of a log holding its traceback), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM).
     A run directory of a command that did not finish is removed or marked (:mod:`gkt.cli.rundir`)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -189,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().addHandler(handler)
             config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir", GIVEN)}
             write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
-                                                      "device": str(args.torch_device), **config})
+                                                      "device": str(args.torch_device), **config,
+                                                      "status": "running", "pid": os.getpid(),
+                                                      "host": socket.gethostname()})
             write_config(args.run_dir / "config.yaml", resolved_config(args))
         else:
             logging.getLogger().setLevel(logging.WARNING)
@@ -206,9 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = str(exc)
         return _fail(error)
     except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user"
-        print("gkt: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(sys.exc_info()[1], Terminated)
+        status, error = "interrupted", "terminated (SIGTERM)" if terminated else "interrupted by the user"
+        print(f"gkt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as exc:
         user_error = storage_error(exc)
         if user_error is not None:

@@ -80,6 +80,24 @@ def _init_worker(threads: int, parent: int | None = None, gpus: Any = None) -> N
         threading.Thread(target=_exit_with_parent, args=(parent,), name="gkt-orphan-guard", daemon=True).start()
 
 
+@contextmanager
+def worker_pool(workers: int, context: Any, threads: int, gpus: Any = None) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers (``threads`` torch threads each) end with this process, even when it is
+    killed; when the block is left by an exception (an interruption, SIGTERM), queued jobs are cancelled and
+    running ones stopped instead of waited for."""
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, os.getpid(), gpus))
+    try:
+        yield pool
+    except BaseException:
+        processes = list((pool._processes or {}).values())  # the executor has no public way to stop them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown(wait=True)
+
+
 class Session(Protocol):
     capacity: int
 
@@ -141,12 +159,8 @@ class LocalBackend:
             queue = context.Queue()
             for gpu in worker_gpus(self.workers, self.gpus):
                 queue.put(gpu)
-        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(self.threads, os.getpid(), queue))
-        try:
+        with worker_pool(self.workers, context, self.threads, queue) as pool:
             yield _PoolSession(pool, fn, self.workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ray_resources(num_cpus: float, device_type: str, num_gpus: float = 1) -> dict[str, float]:

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
 from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
+from gkt.experiments.backends import worker_pool
 from gkt.models.checkpoint import checkpoint_paths, load_checkpoint, read_sidecar, save_checkpoint
 from gkt.models.classifier import Classifier
 from gkt.models.zoo import DEFAULT_ZOO, ZooEntry, entry_path, find_built, is_built, zoo_dir_default
@@ -107,7 +107,7 @@ def build_zoo(entries: tuple[ZooEntry, ...] = DEFAULT_ZOO, *, zoo_dir: str | Pat
     if workers > 1 and len(todo) > 1:
         # spawn: a forked child of a process that already ran OpenMP threads can hang. The catalogue lists
         # cheap models first: submitting from its end starts the longest builds first (a shorter makespan).
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with worker_pool(min(workers, len(todo)), multiprocessing.get_context("spawn"), ZOO_THREADS) as pool:
             list(pool.map(job, todo[::-1]))
     else:
         for entry in todo:
