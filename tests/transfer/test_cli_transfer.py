@@ -97,6 +97,10 @@ def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((resumed / "final.json").read_text())["acc"] == json.loads((full / "final.json").read_text())["acc"]
     assert len((resumed / "metrics.csv").read_text().splitlines()) == 5  # history carried over: header + epochs 0-3
+    recorded = json.loads((resumed / "config.json").read_text())  # the options the run went on with
+    assert (recorded["student"], recorded["teacher"], recorded["method"]) == (student, [teacher], method)
+    code, extended = run(tmp_path, tiny_fmnist_dir, "--resume", str(resumed), "--epochs", "4")
+    assert code == 0 and len((extended / "metrics.csv").read_text().splitlines()) == 6  # a resumed run resumes
 
 
 def test_nan_loss_fails_cleanly(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, str],

@@ -165,6 +165,17 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def record_config(args: argparse.Namespace) -> None:
+    """Write the run's ``config.json`` (its options, versions, device; ``status: running`` until it ends)
+    and ``config.yaml`` (what ``--config`` reruns); a verb that resolves options itself (``--resume``)
+    records them again."""
+    config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir", "dist", GIVEN)}
+    write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
+                                              "device": str(args.torch_device), **config, "status": "running",
+                                              "pid": os.getpid(), "host": socket.gethostname()})
+    write_config(args.run_dir / "config.yaml", resolved_config(args))
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a batch scheduler, ``docker stop``): ends a command as Ctrl-C does."""
 
@@ -211,12 +222,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
             handler = logging.FileHandler(args.run_dir / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
-            config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir", GIVEN)}
-            write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
-                                                      "device": str(args.torch_device), **config,
-                                                      "status": "running", "pid": os.getpid(),
-                                                      "host": socket.gethostname()})
-            write_config(args.run_dir / "config.yaml", resolved_config(args))
+            record_config(args)
         else:
             logging.getLogger().setLevel(logging.WARNING)
         args.dist = dist

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gkt.cli import register_verb
+from gkt.cli import record_config, register_verb
 from gkt.cli.config import GIVEN, _shown, add_config_option, resolved_config
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.errors import GktError
@@ -147,6 +147,8 @@ def transfer(args: argparse.Namespace) -> int:
     resume = _resume_options(args) if args.resume else None
     if resume is not None:  # the run's own data decides whether --data-dir is read
         check_data_dir(args.data_dir, [args.data])
+        if getattr(args, "dist", DistContext()).is_main:
+            record_config(args)  # the options the run goes on with (so this run can be resumed or rerun too)
     teachers = args.teacher or []
     if args.student is None or not teachers:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")
