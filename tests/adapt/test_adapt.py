@@ -89,6 +89,10 @@ def test_adapt_cached_writes_checkpoint_with_provenance(tmp_path: Path) -> None:
     assert prov["test_acc"] == record["test_acc"] > 0.3
     again, cached = adapt_cached(spec, "digits", AdaptConfig(l2=(1e-2,)), CPU)
     assert again == adapted and cached["cached"]
+    weights = Path(adapted.removeprefix("file:") + ".safetensors")
+    weights.write_bytes(weights.read_bytes()[:3000])  # a damaged cache entry is made again, not an error
+    repaired, record_again = adapt_cached(spec, "digits", AdaptConfig(l2=(1e-2,)), CPU)
+    assert repaired == adapted and not record_again["cached"] and record_again["test_acc"] == record["test_acc"]
 
 
 def test_adapt_cli_transfer_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -17,7 +17,8 @@ from gkt.data.domains import apply_domain
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_subset
 from gkt.engine.loop import evaluate, train_supervised
-from gkt.models import DataInfo, load_checkpoint, load_model, save_checkpoint
+from gkt.models import DataInfo, load_model, save_checkpoint
+from gkt.models.checkpoint import load_cached
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ def domain_teacher(spec: str, data: str, cfg: DomainFinetune, device: torch.devi
     train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
     train = stratified_subset(train, fraction=cfg.fraction, seed=cfg.recipe.seed)
     path = cache_home() / "domains" / f"{parsed.domain}-{content_key(model, [train, test_orig], cfg.to_dict())}"
-    if path.with_suffix(".json").is_file():
-        record = dict(load_checkpoint(path).provenance["domain_finetune"])
-        return f"file:{path}", {**record, "cached": True}
+    cached = load_cached(path, "domain_finetune")
+    if cached is not None:
+        return f"file:{path}", {**cached.provenance["domain_finetune"], "cached": True}
     record = {"source": spec, "domain": parsed.domain, "data": data, "train": train.name, "samples": len(train),
               **cfg.to_dict(), "acc_orig_before": evaluate(model, test_orig, device),
               "acc_domain_before": evaluate(model, test_shift, device)}

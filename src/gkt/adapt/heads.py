@@ -39,7 +39,8 @@ from gkt.data.spec import load_split
 from gkt.data.subsets import train_val_split
 from gkt.engine.loop import evaluate, predict_outputs, train_supervised
 from gkt.engine.predictions import dataset_identity
-from gkt.models import Classifier, load_checkpoint, load_model, save_checkpoint, weights_hash
+from gkt.models import Classifier, load_model, save_checkpoint, weights_hash
+from gkt.models.checkpoint import load_cached
 from gkt.models.features import FeatureTap
 from gkt.models.heads import head_keys, with_new_head
 
@@ -184,8 +185,9 @@ def adapt_cached(spec: str, data: str, cfg: AdaptConfig, device: torch.device, d
     test = load_split(data, "test", data_dir=data_dir)
     model = load_model(spec, None, zoo_dir)
     path = cache_home() / "adapted" / f"{cfg.mode}-{content_key(model, [train, test], cfg.to_dict())}"
-    if path.with_suffix(".json").is_file():
-        return f"file:{path}", {**load_checkpoint(path).provenance["adapt"], "cached": True}
+    cached = load_cached(path, "adapt")
+    if cached is not None:
+        return f"file:{path}", {**cached.provenance["adapt"], "cached": True}
     adapted, record = adapt_model(model, train, test, cfg, device)
     record = {"source": spec, "source_weights": weights_hash(model), "target": data, "train": train.name,
               "train_samples": len(train), "test": test.name, **record, "config": cfg.to_dict()}

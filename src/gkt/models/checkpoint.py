@@ -4,6 +4,7 @@ provenance). Nothing is ever unpickled."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -21,6 +22,8 @@ from gkt.models.preprocess import Preprocess
 
 FORMAT = "gkt-checkpoint/1"
 
+
+log = logging.getLogger(__name__)
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(weights.safetensors, sidecar.json)`` for a path given with or without a suffix, or a directory."""
@@ -134,3 +137,20 @@ def load_checkpoint(path: str | os.PathLike, net: nn.Module | None = None) -> Cl
     except RuntimeError as exc:
         raise GktError(f"{weights_path}: weights do not fit the architecture in its sidecar ({exc})") from exc
     return model
+
+
+def load_cached(path: str | os.PathLike, record: str) -> Classifier | None:
+    """A checkpoint gkt keeps as a cache (adapted heads, domain fine-tunes) whose provenance holds ``record``:
+    the model, or ``None`` when there is none, or a damaged one (removed, with a warning: it is made again)."""
+    weights, sidecar = checkpoint_paths(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        model = load_checkpoint(path)
+        model.provenance[record]  # noqa: B018 — a checkpoint without its record is no cache entry
+        return model
+    except (GktError, KeyError, TypeError) as exc:
+        log.warning("%s: a cached model is damaged (%s): it is made again", sidecar, exc)
+        weights.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        return None
