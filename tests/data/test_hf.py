@@ -91,3 +91,18 @@ def test_a_selection_without_images_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(GktError, match=r"its test split has no images of the classes selected"):
         load_split(f"hf:{tmp_path / 'd'}[owl]", "test")
 
+
+
+def test_a_directory_of_data_files_as_a_hub_snapshot_holds_them(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    snapshot = tmp_path / "snapshot" / "data"  # as `huggingface-cli download --repo-type dataset` leaves it
+    snapshot.mkdir(parents=True)
+    _split(6).to_parquet(str(snapshot / "train-00000-of-00001.parquet"))
+    _split(3, seed=9).to_parquet(str(snapshot / "test-00000-of-00001.parquet"))
+    test = load_split(f"hf:{tmp_path / 'snapshot'}", "test", image_size=8)
+    assert test.class_names == CLASSES and test.labels.tolist() == [0, 1, 2]
+    assert torch.cat([x for x, _, _ in iterate_batches(test, 3, workers=0)]).shape == (3, 3, 8, 8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GktError, match="cannot load its data files"):
+        load_split(f"hf:{tmp_path / 'empty'}", "test")

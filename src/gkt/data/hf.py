@@ -1,4 +1,5 @@
-"""Hugging Face ``datasets`` as a data spec: ``hf:DIR`` (a ``save_to_disk`` directory) or ``hf:NAME``
+"""Hugging Face ``datasets`` as a data spec: ``hf:DIR`` (a ``save_to_disk`` directory, or a directory of data
+files such as a downloaded hub snapshot of Parquet files) or ``hf:NAME``
 (``hf:NAME:CONFIG``) loaded by ``datasets.load_dataset`` — from its cache when offline
 (``HF_DATASETS_OFFLINE=1``), downloading where a network exists.
 
@@ -117,6 +118,10 @@ def _table_identity(table: Any, image_col: str) -> str:
     return stable_hash([table._fingerprint, stored, linked], 64)
 
 
+# The files datasets.save_to_disk writes (a DatasetDict, or a single Dataset).
+SAVED_MARKERS = ("dataset_dict.json", "state.json")
+
+
 def _load_dict(path: str) -> dict[str, Any]:
     """The splits of ``path``: a ``save_to_disk`` directory, or a dataset name for ``load_dataset``."""
     import datasets
@@ -126,15 +131,20 @@ def _load_dict(path: str) -> dict[str, Any]:
     if not Path(path).is_dir() and name in _PACKAGED_DATASETS_MODULES:
         raise GktError(f"hf:{path}: {name} is a datasets loader, not a dataset; for an image folder use "
                        "folder:PATH, for a saved dataset hf:DIR")
+    saved = Path(path).is_dir() and any((Path(path) / f).is_file() for f in SAVED_MARKERS)
     try:
-        if Path(path).is_dir():
+        if saved:
             loaded = datasets.load_from_disk(path)
+        elif Path(path).is_dir():  # data files (a hub snapshot: Parquet, Arrow, ...), read by their builder
+            loaded = datasets.load_dataset(path)
         else:
             loaded = datasets.load_dataset(name, config or None)
     except Exception as exc:  # noqa: BLE001 — the datasets library raises many types for unusable input
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         raise GktError(f"hf:{path}: cannot load this saved dataset directory ({reason}); check that "
-                       "datasets.load_from_disk reads it (an empty split can break it)" if Path(path).is_dir()
+                       "datasets.load_from_disk reads it (an empty split can break it)" if saved else
+                       f"hf:{path}: cannot load its data files ({reason}); check that datasets.load_dataset reads "
+                       "this directory" if Path(path).is_dir()
                        else f"hf:{path}: not a saved Hugging Face dataset directory, nor a dataset in the "
                        f"local datasets cache ({reason})") from exc
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
