@@ -102,13 +102,23 @@ def _flipped_weights(w: World, tmp: Path) -> list[str]:
     return w.analyze(w.student, f"file:{tmp / 'm' / 'model'}")
 
 
-def _resume_with_state(write: Callable[[Path, dict], None]) -> Callable[[World, Path], list[str]]:
+def _resume_with_state(write: Callable[[Path, dict], None], digest: bool = False) -> Callable[[World, Path], list[str]]:
+    """A copied run whose state.pt ``write`` changes; without its ``digest`` (as a run of an older gkt) the
+    state's own checks are what catch it."""
     def prepare(w: World, tmp: Path) -> list[str]:
         run = w.copy_run(tmp / "run")
         state = torch.load(run / "state.pt", weights_only=True)
         write(run / "state.pt", state)
+        if not digest:
+            (run / "state.sha256.json").unlink()
         return ["transfer", "--resume", str(run), "--data-dir", str(w.data), "--epochs", "2", "--threads", "1"]
     return prepare
+
+
+def _changed_in_place(path: Path, state: dict) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # same size, still a readable zip: torch does not notice
+    path.write_bytes(bytes(raw))
 
 
 def _wrong_shapes(path: Path, state: dict) -> None:
@@ -262,6 +272,8 @@ CASES = [
     Case("sidecar: a JSON list", _sidecar_bytes(b"[1, 2, 3]"), 2, r"not a gkt checkpoint sidecar \(format 'a JSON list'"),
     Case("sidecar: no arch", _sidecar_edit(lambda meta: {k: v for k, v in meta.items() if k != "arch"}), 2,
          r"the sidecar lacks arch"),
+    Case("state.pt: bytes changed in place", _resume_with_state(_changed_in_place, digest=True), 2,
+         r"state\.pt: the saved training state fails its checksum"),
     Case("state.pt: truncated", _resume_with_state(lambda p, s: p.write_bytes(p.read_bytes()[:500])), 2,
          r"state\.pt: cannot read the saved training state .* start it again"),
     Case("state.pt: empty", _resume_with_state(lambda p, s: p.write_bytes(b"")), 2,

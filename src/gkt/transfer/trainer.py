@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path, write_csv, write_json
+from gkt.core.hashing import file_sha256
+from gkt.core.io import atomic_path, read_json, write_csv, write_json
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict_logits
 from gkt.engine.metrics import correctness
@@ -262,11 +263,34 @@ class TransferOutcome:
     checkpoint: Path | None
 
 
+STATE_DIGEST = "state.sha256.json"  # beside state.pt: its SHA-256 (and the one before, should a save be cut short)
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write ``state.pt`` atomically, its checksum first (torch's zip reader does not notice bytes changed in
+    place: a damaged state must not resume into other weights)."""
+    digest_path = run_dir / STATE_DIGEST
+    previous = read_json(digest_path).get("sha256") if digest_path.is_file() else None
+    with atomic_path(run_dir / "state.pt") as tmp:
+        torch.save(state, tmp)
+        write_json(digest_path, {"sha256": file_sha256(tmp), "previous": previous})
+
+
 def load_state(run_dir: str | Path) -> dict[str, Any]:
     """The last epoch's training state of a transfer run directory (for ``--resume``)."""
     path = Path(run_dir) / "state.pt"
     if not path.is_file():
         raise GktError(f"{run_dir}: no state.pt (a transfer run writes it after each finished epoch)")
+    digest_path = Path(run_dir) / STATE_DIGEST
+    if digest_path.is_file():
+        try:
+            recorded = read_json(digest_path)
+            accepted = {recorded.get("sha256"), recorded.get("previous")} - {None}
+        except (ValueError, AttributeError):
+            accepted = set()
+        if file_sha256(path) not in accepted:
+            raise GktError(f"{path}: the saved training state fails its checksum ({STATE_DIGEST}): it is damaged, "
+                           "so the run cannot be resumed: start it again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, empty, or a pickle that weights_only refuses: each its own error type
@@ -379,8 +403,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             on_epoch(row)
         if run_dir is not None:
             write_csv(run_dir / "metrics.csv", history)
-            with atomic_path(run_dir / "state.pt") as tmp:
-                torch.save({**trainer.state_dict(), "history": history, "models": models}, tmp)
+            save_state(run_dir, {**trainer.state_dict(), "history": history, "models": models})
 
     try:
         trainer.run(end_of_epoch)
