@@ -41,6 +41,11 @@ def test_build_caches_and_loads(tmp_path: Path) -> None:
     assert [r.cached for r in again] == [True, True]
     assert [r.test_acc for r in again] == [r.test_acc for r in records]
     assert [r.name for r in list_zoo(tmp_path, TINY)] == ["lin", "cnn"]
+    sidecar = records[0].path.with_suffix(".json")
+    kept = sidecar.read_bytes()
+    sidecar.write_text("{garbage")  # one damaged build is left out of the listing, not an error for all
+    assert [r.name for r in list_zoo(tmp_path, TINY)] == ["cnn"]
+    sidecar.write_bytes(kept)
     model = load_model("zoo:cnn", zoo_dir=tmp_path)
     assert model.preprocess.channels == 3 and evaluate(model, test, torch.device("cpu")) == pytest.approx(
         records[1].test_acc)

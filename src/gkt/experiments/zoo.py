@@ -192,6 +192,11 @@ def list_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = 
     records = []
     for entry in entries:
         path = find_built(entry.name, zoo_dir, entry_path(entry, zoo_dir, train_fraction))
-        if path is not None:
+        if path is None:
+            continue
+        try:
             records.append(_record(entry.name, entry.family, path, cached=True))
+        except (GktError, KeyError, TypeError) as exc:  # one damaged build does not hide the others
+            log.warning("zoo:%s at %s is damaged (%s): left out; rebuild it with gkt zoo build --only %s",
+                        entry.name, path, exc, entry.name)
     return records
