@@ -129,7 +129,9 @@ def test_unwritable_out_fails_before_any_work(tmp_path: Path, capsys: pytest.Cap
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     assert main(["zoo", "list", "--out", str(blocker / "runs")]) == 2
-    assert f"--out {blocker / 'runs'}: cannot write there" in capsys.readouterr().err
+    assert f"--out {blocker / 'runs'}: {blocker} is a file, not a directory" in capsys.readouterr().err
+    assert main(["zoo", "list", "--out", str(blocker)]) == 2
+    assert f"--out {blocker}: {blocker} is a file, not a directory" in capsys.readouterr().err
     if os.geteuid() != 0:  # root writes into read-only directories anyway
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

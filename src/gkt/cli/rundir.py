@@ -49,6 +49,9 @@ def _check_free_space(path: Path, what: str, fix: str) -> None:
 
 def _check_writable(directory: Path, what: str, fix: str) -> None:
     """``directory`` exists (created if missing) and a file can be written into it."""
+    blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise GktError(f"{what}: {blocking} is a file, not a directory; {fix}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
@@ -66,6 +69,7 @@ def open_run_dir(out: str, command: str) -> Path:
     _check_free_space(home, f"$GKT_HOME {home}", home_fix)
     _check_free_space(Path(out), f"--out {out}", "point --out elsewhere")
     _check_writable(home, f"$GKT_HOME {home}", home_fix)
+    _check_writable(Path(out), f"--out {out}", "choose a writable --out")
     try:
         run_dir = new_run_dir(out, command.replace(" ", "-"))
     except OSError as exc:
