@@ -97,6 +97,11 @@ def test_corrupt_store_is_recomputed(blobs, caplog: pytest.LogCaptureFixture) ->
     again = get_predictions(model, blobs, CPU)
     assert "recomputing" in caplog.text and torch.equal(again.predicted, first.predicted)
     assert load_predictions(path).key == first.key
+    other = get_predictions(make_model("linear", 1), blobs, CPU)
+    path.write_bytes((store_dir() / f"{other.key}.safetensors").read_bytes())  # another model's, copied over
+    caplog.clear()
+    third = get_predictions(model, blobs, CPU)
+    assert "copied or renamed" in caplog.text and torch.equal(third.predicted, first.predicted)
 
 
 def test_from_logits_by_hand() -> None:

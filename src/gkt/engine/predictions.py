@@ -160,6 +160,9 @@ def load_predictions(path: Path, model_name: str | None = None) -> Predictions:
         raise GktError(f"{path}: not a {FORMAT} file")
     if tensor_hash(tensors, 64) != meta.get("sha256"):
         raise GktError(f"{path}: stored predictions fail their checksum (corrupt or changed)")
+    if meta.get("key", path.stem) != path.stem:
+        raise GktError(f"{path}: holds the predictions stored under key {meta.get('key')}, not {path.stem} (a file "
+                       "copied or renamed in the store)")
     return Predictions._from_tensors(tensors, model_name or meta.get("model", path.stem),
                                      int(meta["num_classes"]), meta.get("key", path.stem))
 
