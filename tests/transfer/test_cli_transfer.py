@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_idx
 
 from gkt.cli import main
-from gkt.data.fmnist import FASHION_MNIST_CLASSES
+from gkt.data.fmnist import FASHION_MNIST_CLASSES, read_idx
 from gkt.models import ArchSpec, Classifier, Preprocess, load_model, save_checkpoint, weights_hash
 from gkt.transfer import METHODS, TransferTrainer
 from gkt.transfer.kl import KLDist
@@ -87,9 +89,16 @@ def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Pa
         f.unlink()
     write_model(tmp_path / "teacher", 3, hidden=8)  # the teacher's spec now names other weights
     code, _ = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken))
-    assert code == 2 and "started with other models than teacher" in capsys.readouterr().err  # no mixing
+    assert code == 2 and "started with other inputs than teacher" in capsys.readouterr().err  # no mixing
     for f, raw in kept.items():
         f.write_bytes(raw)
+    other_data = tmp_path / "other-fmnist"
+    shutil.copytree(tiny_fmnist_dir, other_data)
+    images = other_data / "train-images-idx3-ubyte.gz"
+    write_idx(images, 255 - read_idx(images))  # the same names, labels and shapes; other images
+    code = main(["transfer", "--resume", str(broken), "--data-dir", str(other_data), "--out", str(tmp_path / "runs"),
+                 "--threads", "1"])
+    assert code == 2 and "the data (its transfer or test images)" in capsys.readouterr().err
     code, resumed = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken))
     assert code == 0
     a = load_model(f"file:{full / 'student'}").net.state_dict()
@@ -99,6 +108,8 @@ def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Pa
     assert len((resumed / "metrics.csv").read_text().splitlines()) == 5  # history carried over: header + epochs 0-3
     recorded = json.loads((resumed / "config.json").read_text())  # the options the run went on with
     assert (recorded["student"], recorded["teacher"], recorded["method"]) == (student, [teacher], method)
+    code, _ = run(tmp_path, tiny_fmnist_dir, "--resume", str(resumed), "--epochs", "2")
+    assert code == 2 and "has done 3 epochs; give --epochs 3 or more" in capsys.readouterr().err
     code, extended = run(tmp_path, tiny_fmnist_dir, "--resume", str(resumed), "--epochs", "4")
     assert code == 0 and len((extended / "metrics.csv").read_text().splitlines()) == 6  # a resumed run resumes
 

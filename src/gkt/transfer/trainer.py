@@ -302,16 +302,23 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def _check_same_models(recorded: dict[str, Any] | None, current: dict[str, Any], student: Classifier,
-                       teachers: Sequence[Classifier]) -> None:
-    """A run resumes only with the models it started with (a spec may name other weights since, e.g. a rebuilt
-    zoo model): else its epochs would mix two models. States written before this check record none."""
+def _check_same_inputs(recorded: dict[str, Any] | None, current: dict[str, Any], student: Classifier,
+                       teachers: Sequence[Classifier], config: TransferConfig, done: int) -> None:
+    """A run resumes only with the models and data it started with (a spec may name other weights since, a
+    data directory other images): else its epochs would mix two runs; and for at least the epochs it has
+    done. States written before these checks record no inputs."""
+    if done > config.epochs:
+        raise GktError(f"the run to resume has done {done} epochs; give --epochs {done} or more (it extends a run, "
+                       "it cannot shorten one)")
     if recorded is None or recorded == current:
         return
     changed = [m.name for m, old, new in zip([student, *teachers], [recorded["student"], *recorded["teachers"]],
                                              [current["student"], *current["teachers"]]) if old != new]
-    raise GktError(f"the run to resume started with other models than {', '.join(changed) or 'these'} name now "
-                   "(other weights, preprocessing or classes); resuming would mix two models: start a new run")
+    if recorded.get("data") != current["data"]:
+        changed.append("the data (its transfer or test images)")
+    raise GktError(f"the run to resume started with other inputs than {', '.join(changed) or 'these'} are now "
+                   "(other weights, preprocessing, classes or images); resuming would mix two runs: start a new run, "
+                   "or resume with the data options (e.g. --data-dir) the run had")
 
 
 def decoded_for(models: Sequence[Classifier], transfer_set: ImageDataset,
@@ -360,9 +367,10 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     correct_before = stored_before.correct
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
-    models = {"student": student.identity(), "teachers": [t.identity() for t in teachers]}
+    inputs = {"student": student.identity(), "teachers": [t.identity() for t in teachers],
+              "data": [dataset_identity(transfer_set), dataset_identity(test_set)]}
     if resume is not None:
-        _check_same_models(resume.get("models"), models, student, teachers)
+        _check_same_inputs(resume.get("inputs"), inputs, student, teachers, config, len(resume["history"]) - 1)
         trainer.load_state_dict(resume)
         history = list(resume["history"])
         if run_dir is not None:  # the epochs so far (rewritten after each further epoch)
@@ -403,7 +411,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             on_epoch(row)
         if run_dir is not None:
             write_csv(run_dir / "metrics.csv", history)
-            save_state(run_dir, {**trainer.state_dict(), "history": history, "models": models})
+            save_state(run_dir, {**trainer.state_dict(), "history": history, "inputs": inputs})
 
     try:
         trainer.run(end_of_epoch)
