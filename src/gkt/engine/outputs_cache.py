@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from gkt.core.checked import load_checked, save_checked
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash, tensor_hash
-from gkt.core.io import atomic_path
+from gkt.core.hashing import stable_hash
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_outputs
 from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, dataset_identity, get_predictions, store_dir
@@ -115,12 +114,9 @@ class CachedOutputs:
             if path.is_file():
                 log.warning("%s: stored %s of %s fail their checksum (damaged or changed): recomputed", path,
                             what, model.name)
-            table = predict_outputs(model, dataset, device, 500, f"{what} of {model.name}", tap).contiguous()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({"outputs": table}, str(tmp), metadata={
-                    "format": TABLE_FORMAT, "model": model.name, "outputs": what, "dataset": dataset.name,
-                    "sha256": tensor_hash({"outputs": table}, 64)})
+            table = predict_outputs(model, dataset, device, 500, f"{what} of {model.name}", tap)
+            save_checked(path, {"outputs": table}, {"format": TABLE_FORMAT, "model": model.name, "outputs": what,
+                                                    "dataset": dataset.name})
         self.arrays = mmap_safetensors(path)
 
     @property
@@ -147,14 +143,8 @@ class CachedOutputs:
 
 def _intact(path: Path, rows: int) -> bool:
     """Whether a stored output table is readable, has ``rows`` rows and matches its recorded checksum."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            recorded, table = (f.metadata() or {}).get("sha256"), f.get_tensor("outputs")
-    except Exception:  # noqa: BLE001 — safetensors raises its own error types for damaged files
-        return False
-    return len(table) == rows and recorded == tensor_hash({"outputs": table}, 64)
+    stored = load_checked(path)
+    return stored is not None and len(stored[0]["outputs"]) == rows
 
 
 class FrozenOutputs:

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from gkt.core.checked import load_checked, save_checked
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash, tensor_hash
-from gkt.core.io import atomic_path, cache_home
+from gkt.core.hashing import stable_hash
+from gkt.core.io import cache_home
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.engine.predictions import dataset_identity
 from gkt.models.features import FeatureTap
@@ -72,21 +71,16 @@ class SvdAlignment:
                 "singular_values": self.singular_values.contiguous()}
 
     def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            save_file(self.tensors(), str(tmp), metadata={"count": str(self.count),
-                                                          "sha256": tensor_hash(self.tensors(), 64)})
+        save_checked(path, self.tensors(), {"count": str(self.count)})
 
     @classmethod
     def load(cls, path: Path) -> SvdAlignment | None:
         """The stored alignment, or ``None`` when the file is damaged (unreadable, or fails its checksum)."""
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            t = load_file(str(path))
-            alignment = cls(t["mean"], t["components"], t["singular_values"], int(meta["count"]))
-        except Exception:  # noqa: BLE001 — safetensors raises its own error types for damaged files
+        stored = load_checked(path)
+        if stored is None or not {"mean", "components", "singular_values"} <= set(stored[0]):
             return None
-        return alignment if meta.get("sha256") == tensor_hash(alignment.tensors(), 64) else None
+        t, meta = stored
+        return cls(t["mean"], t["components"], t["singular_values"], int(meta.get("count", 0)))
 
 
 def svd_alignment_direct(features: torch.Tensor) -> SvdAlignment:
