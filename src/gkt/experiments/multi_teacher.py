@@ -43,7 +43,8 @@ from gkt.reporting.multi_teacher import write_result
 from gkt.reporting.tables import mean_std
 from gkt.transfer.evaluation import transfer_metrics
 from gkt.transfer.multi import ORDERS, MultiResult, check_teachers, parallel_method, weight_soup
-from gkt.transfer.trainer import TransferConfig, TransferOutcome, load_state, run_transfer
+from gkt.transfer.state import load_state
+from gkt.transfer.trainer import TransferConfig, TransferOutcome, run_transfer
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 
 from gkt.transfer import contrastive, dp, kl, mcl, multi_dp  # noqa: F401  (importing registers the methods)
 from gkt.transfer.base import METHODS, Step, TransferMethod, create_method, describe_methods, register_method
+from gkt.transfer.state import load_state
 from gkt.transfer.trainer import (
     DEFAULT_LR,
     TRANSFER_FRACTION,
@@ -10,7 +11,6 @@ from gkt.transfer.trainer import (
     TransferOutcome,
     TransferTrainer,
     decoded_for,
-    load_state,
     run_transfer,
 )
 

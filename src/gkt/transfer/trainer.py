@@ -23,8 +23,7 @@ from typing import Any
 import torch
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import file_sha256
-from gkt.core.io import atomic_path, read_json, write_csv, write_json
+from gkt.core.io import write_csv, write_json
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict_logits
 from gkt.engine.metrics import correctness
@@ -47,12 +46,12 @@ from gkt.transfer.base import (
     label_free_methods,
 )
 from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
+from gkt.transfer.state import STATE_FORMAT, check_same_inputs, save_state
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
 TRANSFER_FRACTION = 0.1  # the default transfer set: this stratified share of the train split (as in the paper)
-STATE_FORMAT = "gkt-transfer-state/1"
 PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
 
@@ -263,64 +262,6 @@ class TransferOutcome:
     checkpoint: Path | None
 
 
-STATE_DIGEST = "state.sha256.json"  # beside state.pt: its SHA-256 (and the one before, should a save be cut short)
-
-
-def save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write ``state.pt`` atomically, its checksum first (torch's zip reader does not notice bytes changed in
-    place: a damaged state must not resume into other weights)."""
-    digest_path = run_dir / STATE_DIGEST
-    previous = read_json(digest_path).get("sha256") if digest_path.is_file() else None
-    with atomic_path(run_dir / "state.pt") as tmp:
-        torch.save(state, tmp)
-        write_json(digest_path, {"sha256": file_sha256(tmp), "previous": previous})
-
-
-def load_state(run_dir: str | Path) -> dict[str, Any]:
-    """The last epoch's training state of a transfer run directory (for ``--resume``)."""
-    path = Path(run_dir) / "state.pt"
-    if not path.is_file():
-        raise GktError(f"{run_dir}: no state.pt (a transfer run writes it after each finished epoch)")
-    digest_path = Path(run_dir) / STATE_DIGEST
-    if digest_path.is_file():
-        try:
-            recorded = read_json(digest_path)
-            accepted = {recorded.get("sha256"), recorded.get("previous")} - {None}
-        except (ValueError, AttributeError):
-            accepted = set()
-        if file_sha256(path) not in accepted:
-            raise GktError(f"{path}: the saved training state fails its checksum ({STATE_DIGEST}): it is damaged, "
-                           "so the run cannot be resumed: start it again")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, empty, or a pickle that weights_only refuses: each its own error type
-        raise GktError(f"{path}: cannot read the saved training state ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'}); it is damaged, so the run "
-                       "cannot be resumed: start it again") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "history" not in state:
-        raise GktError(f"{path}: not a gkt transfer state; the run cannot be resumed: start it again")
-    return state
-
-
-def _check_same_inputs(recorded: dict[str, Any] | None, current: dict[str, Any], student: Classifier,
-                       teachers: Sequence[Classifier], config: TransferConfig, done: int) -> None:
-    """A run resumes only with the models and data it started with (a spec may name other weights since, a
-    data directory other images): else its epochs would mix two runs; and for at least the epochs it has
-    done. States written before these checks record no inputs."""
-    if done > config.epochs:
-        raise GktError(f"the run to resume has done {done} epochs; give --epochs {done} or more (it extends a run, "
-                       "it cannot shorten one)")
-    if recorded is None or recorded == current:
-        return
-    changed = [m.name for m, old, new in zip([student, *teachers], [recorded["student"], *recorded["teachers"]],
-                                             [current["student"], *current["teachers"]]) if old != new]
-    if recorded.get("data") != current["data"]:
-        changed.append("the data (its transfer or test images)")
-    raise GktError(f"the run to resume started with other inputs than {', '.join(changed) or 'these'} are now "
-                   "(other weights, preprocessing, classes or images); resuming would mix two runs: start a new run, "
-                   "or resume with the data options (e.g. --data-dir) the run had")
-
-
 def decoded_for(models: Sequence[Classifier], transfer_set: ImageDataset,
                 test_set: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
     """Encoded images as a transfer between ``models`` reads them: the transfer set decoded once per image at
@@ -370,7 +311,8 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     inputs = {"student": student.identity(), "teachers": [t.identity() for t in teachers],
               "data": [dataset_identity(transfer_set), dataset_identity(test_set)]}
     if resume is not None:
-        _check_same_inputs(resume.get("inputs"), inputs, student, teachers, config, len(resume["history"]) - 1)
+        check_same_inputs(resume.get("inputs"), inputs, student, teachers, config.epochs,
+                          len(resume["history"]) - 1)
         trainer.load_state_dict(resume)
         history = list(resume["history"])
         if run_dir is not None:  # the epochs so far (rewritten after each further epoch)
