@@ -308,8 +308,9 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     correct_before = stored_before.correct
     trainer = TransferTrainer(student.clone(), teacher, method, config, device, transfer_set, runtime)
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
-    inputs = {"student": student.identity(), "teachers": [t.identity() for t in teachers],
-              "data": [dataset_identity(transfer_set), dataset_identity(test_set)]}
+    inputs = None if run_dir is None and resume is None else {  # what a resume must find again (hashing costs)
+        "student": student.identity(), "teachers": [t.identity() for t in teachers],
+        "data": [dataset_identity(transfer_set), dataset_identity(test_set)]}
     if resume is not None:
         check_same_inputs(resume.get("inputs"), inputs, student, teachers, config.epochs,
                           len(resume["history"]) - 1)
