@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,20 @@ def test_a_damaged_cached_alignment_is_recomputed(caplog: pytest.LogCaptureFixtu
     assert "damaged" in caplog.text and torch.equal(again.components, first.components)
     path.write_bytes(b"garbage")
     assert torch.equal(fit_alignment(FeatureTap(teacher), data, torch.device("cpu")).mean, first.mean)
+
+
+def test_the_split_teacher_cache_is_keyed_by_content_and_remade_when_damaged() -> None:
+    from gkt.data.datasets import TensorImageDataset
+    from gkt.experiments.kdep_benchmark import split_teacher
+
+    images = torch.randint(0, 256, (128, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pool = TensorImageDataset("pool", images, torch.arange(128) % 2, ["a", "b"])  # one batch of the recipe
+    cpu = torch.device("cpu")
+    first, _ = split_teacher(pool, cpu, epochs=1)
+    path = next((Path(os.environ["GKT_HOME"]) / "kdep" / "teachers").glob("*.json"))
+    path.write_text("{garbage")  # a damaged entry is trained again, not an error
+    again, _ = split_teacher(pool, cpu, epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(first.net.state_dict().values(), again.net.state_dict().values()))
+    other = TensorImageDataset("pool", 255 - images, pool.labels, ["a", "b"])  # same names and labels
+    split_teacher(other, cpu, epochs=1)
+    assert len(list(path.parent.glob("*.json"))) == 2  # other images: another teacher

@@ -22,6 +22,7 @@ from gkt.data.datasets import ImageDataset
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, stratified_subset
 from gkt.engine.loop import evaluate, make_optimizer, train_supervised
+from gkt.engine.predictions import dataset_identity
 from gkt.experiments.grid import (
     STORE_NAME,
     LocalBackend,
@@ -35,9 +36,9 @@ from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
 from gkt.kdep.pretrain import build_student, finetune, load_teacher, pretrain
 from gkt.models import (
     Classifier,
-    load_checkpoint,
     save_checkpoint,
 )
+from gkt.models.checkpoint import load_cached
 from gkt.models.zoo import get_entry
 from gkt.reporting.tables import format_mean_std, mean_std
 
@@ -133,10 +134,10 @@ def split_teacher(pool: ImageDataset, device: torch.device, epochs: int | None =
     entry = get_entry("resnet")
     recipe = entry.recipe if epochs is None else replace(entry.recipe, epochs=epochs)
     arch = entry.arch_spec(pool.num_classes)
-    key = stable_hash([arch.to_dict(), entry.preprocess().to_dict(), recipe.to_dict(), pool.fingerprint(), len(pool)])
+    key = stable_hash([arch.to_dict(), entry.preprocess().to_dict(), recipe.to_dict(), dataset_identity(pool)])
     path = cache_home() / "kdep" / "teachers" / f"resnet-split-{key}.safetensors"
-    if path.is_file():
-        teacher = load_checkpoint(path)
+    teacher = load_cached(path, "kdep_split_teacher")  # None when missing or damaged (then trained again)
+    if teacher is not None:
         return teacher.eval(), dict(teacher.provenance)
     torch.manual_seed(recipe.seed)
     teacher = Classifier.create(arch, entry.preprocess(), pool.class_names, name="teacher:resnet-split")
