@@ -102,6 +102,18 @@ def test_unmatched_classes_are_named() -> None:
         apply_class_map(model(["crane", "crane"] + [f"t{i}" for i in range(8)]), STUDENT[:1], {"s0": "crane"})
 
 
+def test_a_map_for_the_whole_data_set_serves_a_class_selection() -> None:
+    """Entries for data classes a class list (``DATA[s2,s5]``) left out are unused; typos still fail."""
+    teacher = model([f"t{i}" for i in range(10)])
+    whole = {f"s{i}": f"t{i}" for i in range(10)}
+    mapped = apply_class_map(teacher, ["s2", "s5"], whole, data_classes=STUDENT)
+    assert mapped.class_names == ["s2", "s5"] and mapped.provenance["class_map"] == {"s2": ["t2"], "s5": ["t5"]}
+    with pytest.raises(GktError, match=r"does not have: \['s2'\]"):  # without the data's classes: as before
+        apply_class_map(teacher, ["s5"], {"s5": "t5", "s2": "t2"})
+    with pytest.raises(GktError, match=r"does not have: \['s99'\]"):
+        apply_class_map(teacher, ["s2", "s5"], whole | {"s99": "t0"}, data_classes=STUDENT)
+
+
 def test_cli_transfer_with_class_map(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
     student = save_checkpoint(model(FASHION_MNIST_CLASSES, seed=1), tmp_path / "student")
     teacher_names = [f"{n} (teacher)" for n in FASHION_MNIST_CLASSES] + [f"other{i}" for i in range(10)]

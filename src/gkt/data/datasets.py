@@ -44,6 +44,7 @@ class ImageDataset(ABC):
         self.name = name
         self.labels = labels.long()
         self.class_names = list(class_names)
+        self.all_class_names = tuple(class_names)  # before a class selection (set by class_subset)
         self.image_shape = image_shape
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise GktError(f"{name}: labels outside [0, {len(self.class_names)}) for its "

@@ -88,4 +88,5 @@ def class_subset(dataset: ImageDataset, classes: Sequence[int]) -> ImageDataset:
     sub = dataset.subset(keep, "classes=" + ",".join(map(str, classes)))
     sub.labels = mapping[sub.labels]
     sub.class_names = [dataset.class_names[c] for c in classes]
+    sub.all_class_names = dataset.all_class_names  # the data set's classes before the selection
     return sub

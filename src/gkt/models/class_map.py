@@ -175,18 +175,21 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
     return groups
 
 
-def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO
-                    ) -> Classifier:
+def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO,
+                    data_classes: Sequence[str] = ()) -> Classifier:
     """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
     (every target class matched by name, case-insensitively or through the ImageNet vocabularies). A map
-    given is always read and checked; ``model`` itself is returned when it already predicts
-    ``class_names`` in order and the map sends each class to itself."""
+    given is always read and checked (entries for ``data_classes``, the data set's classes before a class
+    selection, that the selection left out are unused, not errors); ``model`` itself is returned when it already
+    predicts ``class_names`` in order and the map sends each class to itself."""
     if isinstance(class_map, Mapping):
         mapping = dict(class_map)
     elif str(class_map) == AUTO:
         mapping = {}
     else:
         mapping = read_class_map(class_map)
+    unused = set(data_classes) - set(class_names)
+    mapping = {target: source for target, source in mapping.items() if target not in unused}
     if list(model.class_names) == list(class_names) and not mapping:
         return model
     try:

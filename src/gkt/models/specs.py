@@ -43,6 +43,7 @@ class DataInfo:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    all_class_names: tuple[str, ...] = ()  # the data set's classes before a class selection (default: the same)
 
     @classmethod
     def from_dataset(cls, dataset: ImageDataset) -> DataInfo:
@@ -50,7 +51,7 @@ class DataInfo:
         hundred decoded images for encoded datasets, cached with a folder's index)."""
         mean, std = dataset.pixel_stats()
         c, h, _ = dataset.image_shape
-        return cls(tuple(dataset.class_names), c, h, mean, std)
+        return cls(tuple(dataset.class_names), c, h, mean, std, tuple(dataset.all_class_names))
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.channels, self.mean, self.std)
@@ -199,7 +200,7 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
     if class_map is not None:
         if data is None:
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")
-        model = apply_class_map(model, data.class_names, class_map)
+        model = apply_class_map(model, data.class_names, class_map, data.all_class_names)
     model.name = display_name(spec)
     size = os.environ.get(IMG_SIZE_ENV)
     if size is not None and model.preprocess.input_size != int(size) and "img_size" not in parsed.options:
