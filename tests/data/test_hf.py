@@ -106,3 +106,31 @@ def test_a_directory_of_data_files_as_a_hub_snapshot_holds_them(tmp_path: Path,
     (tmp_path / "empty").mkdir()
     with pytest.raises(GktError, match="cannot load its data files"):
         load_split(f"hf:{tmp_path / 'empty'}", "test")
+
+
+def test_rows_found_unreadable_are_remembered_so_predictions_are_reused(tmp_path: Path) -> None:
+    from gkt.data.decode import reset_skipped, skipped_images
+    from gkt.engine.predictions import get_many
+    from gkt.models.classifier import ArchSpec, Classifier
+    from gkt.models.preprocess import Preprocess
+
+    split = _split(6)
+    broken = split.cast_column("image", datasets.Image(decode=False))[2]["image"]["bytes"][:40]
+    rows = [{"bytes": broken if i == 2 else r["bytes"], "path": None}
+            for i, r in enumerate(split.cast_column("image", datasets.Image(decode=False))["image"])]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    bad = datasets.Dataset.from_dict({"image": rows, "label": split["label"]}, features=features)
+    datasets.DatasetDict({"train": _split(6), "test": bad}).save_to_disk(str(tmp_path / "d"))
+    torch.manual_seed(0)
+    model = Classifier.create(ArchSpec("zoo", "mlp", 3, 3, 8, {"hidden": [4]}), Preprocess(8, 3, (0.5,) * 3,
+                                                                                           (0.5,) * 3), CLASSES)
+    test = load_split(f"hf:{tmp_path / 'd'}", "test", image_size=8, bad_images="skip")
+    (first,) = get_many([model], test, torch.device("cpu"), workers=0)
+    assert len(first) == 5 and not first.from_store
+    reset_skipped()
+    again = load_split(f"hf:{tmp_path / 'd'}", "test", image_size=8, bad_images="skip")  # known: left out
+    assert len(again) == 5 and list(skipped_images()) == [f"hf:{tmp_path / 'd'}:test row 2"]
+    (stored,) = get_many([model], again, torch.device("cpu"), workers=0)
+    assert stored.from_store and stored.key == first.key
+    with pytest.raises(GktError, match=r":test row 2: unreadable image"):
+        load_split(f"hf:{tmp_path / 'd'}", "test", image_size=8, bad_images="fail")

@@ -20,9 +20,9 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
-from gkt.core.io import file_stamp
+from gkt.core.io import cache_home, file_stamp, read_json, write_json
 from gkt.data.datasets import DEFAULT_DECODE_SIZE, EncodedImageDataset
-from gkt.data.decode import BadImagePolicy, UnreadableImage, read_encoded
+from gkt.data.decode import BadImagePolicy, UnreadableImage, note_skipped, read_encoded, unreadable_message
 from gkt.data.subsets import carve_split
 
 # Which of a dataset's splits serves each gkt split, in order of preference (val is carved from train
@@ -74,7 +74,36 @@ class HFImageDataset(EncodedImageDataset):
             labels = torch.tensor([list(class_names).index(n) for n in names], dtype=torch.long)[labels]
             names = list(class_names)
         super().__init__(name, labels, names, image_size, channels, bad_images)
-        self._identity: str | None = None
+        self._identity = _table_identity(self.table, image_col)
+        self._leave_out_known_bad_rows()
+
+    def _bad_rows_path(self) -> Path:
+        return cache_home() / "image-index" / f"hf-{self._identity[:24]}.json"
+
+    def _leave_out_known_bad_rows(self) -> None:
+        """Rows an earlier command found unreadable in this very table: fail at once, or leave them out now
+        (so the data has the same identity as after that command's pass, and its stored predictions serve)."""
+        try:
+            known = read_json(self._bad_rows_path()) if self._bad_rows_path().is_file() else {}
+            bad = {int(row): str(reason) for row, reason in known.items()}
+        except (OSError, ValueError, AttributeError):
+            bad = {}  # a damaged record only costs a decode
+        if not bad:
+            return
+        keep = torch.tensor([int(r) not in bad for r in self.rows], dtype=torch.bool)
+        for row in self.rows[~keep].tolist():
+            if self.bad_images == "fail":
+                raise GktError(unreadable_message(f"{self.origin} row {row}", bad[row]))
+            note_skipped(f"{self.origin} row {row}", bad[row])
+        self.rows, self.labels = self.rows[keep], self.labels[keep]
+
+    def _recorded(self, i: int, reason: str) -> None:
+        path = self._bad_rows_path()
+        try:
+            known = read_json(path) if path.is_file() else {}
+            write_json(path, {**(known if isinstance(known, dict) else {}), str(int(self.rows[i])): reason})
+        except (OSError, ValueError):  # a read-only or damaged record only costs the next command a decode
+            pass
 
     def encoded(self, i: int) -> torch.Tensor:
         cell = self.table[int(self.rows[i])][self.image_col]
@@ -94,8 +123,6 @@ class HFImageDataset(EncodedImageDataset):
         """What the images read are, and the rows taken: the Arrow files' stamps (a re-save writes new
         files; :func:`~gkt.core.io.file_stamp`), or the image bytes of a table held in memory; the stamps of
         the image files that rows only point to; and the table's fingerprint (its history)."""
-        if self._identity is None:
-            self._identity = _table_identity(self.table, self.image_col)
         return stable_hash([self._identity, hashlib.sha256(self.rows.numpy().tobytes()).hexdigest()], 64)
 
 
