@@ -20,6 +20,8 @@ from gkt.data.spec import DataSpec, check_data_dir, load_split, parse_class_list
     ("folder:/data/pets[cat,dog]", DataSpec("folder", "/data/pets", classes=("cat", "dog"))),
     ("folder:/x[1]/y", DataSpec("folder", "/x[1]/y")),  # brackets inside a path are part of it
     ("folder:/data/pets@invert", DataSpec("folder", "/data/pets", domain="invert")),
+    ("folder:/home/me@lab/pets", DataSpec("folder", "/home/me@lab/pets")),  # an '@' inside a path
+    ("hf:/data/me@lab/pets[cat]@edges", DataSpec("hf", "/data/me@lab/pets", domain="edges", classes=("cat",))),
 ])
 def test_parse(text: str, expected: DataSpec) -> None:
     assert DataSpec.parse(text) == expected
@@ -41,6 +43,13 @@ def test_parse(text: str, expected: DataSpec) -> None:
 def test_bad_specs_are_clear_errors(text: str, message: str) -> None:
     with pytest.raises(GktError, match=message):
         DataSpec.parse(text)
+
+
+def test_an_existing_folder_named_with_an_at_sign(tmp_path: Path) -> None:
+    (tmp_path / "pets@v2").mkdir()
+    assert DataSpec.parse(f"folder:{tmp_path / 'pets@v2'}") == DataSpec("folder", str(tmp_path / "pets@v2"))
+    with pytest.raises(GktError, match="unknown domain 'v3'"):  # no such folder: read as a domain, as before
+        DataSpec.parse(f"folder:{tmp_path / 'pets@v3'}")
 
 
 def test_with_classes_merges_a_separate_class_option() -> None:

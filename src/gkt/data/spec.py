@@ -11,6 +11,7 @@ E.g. ``fmnist[0-4]@edges``: the edge maps of Fashion-MNIST's first five classes.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -97,6 +98,8 @@ class DataSpec:
     def parse(cls, spec: str) -> DataSpec:
         text = spec.strip()
         base, sep, domain = text.rpartition(DOMAIN_SEPARATOR)
+        if sep and ("/" in domain or (domain not in DOMAINS and os.path.exists(text.partition(":")[2]))):
+            sep = ""  # an '@' inside a path (user@host/..., an existing folder named x@y), not a domain
         if not sep:
             base, domain = text, None
         elif not (base and domain):
