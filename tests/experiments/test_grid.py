@@ -73,6 +73,10 @@ def test_claims_of_live_and_dead_owners(tmp_path: Path) -> None:
     assert store.claim(job, "otherhost:1:a") == "claimed"
     assert store.claim(job, "otherhost:2:b") == "busy"  # another host, fresh heartbeat
     assert store.claim(job, "otherhost:2:b", stale_after=-1) == "claimed"  # its heartbeat is too old: taken over
+    with sqlite3.connect(store.path) as db:  # this host, a live process (paused, say) 2 minutes without a beat
+        db.execute("UPDATE results SET owner = ?, heartbeat = heartbeat - 120", (f"{os.uname().nodename}:{os.getpid()}:p",))
+    assert store.claim(job, "me:4:d", stale_after=60) == "busy"  # it keeps its claim (10 x longer)
+    assert store.claim(job, "me:4:d", stale_after=10) == "claimed"  # beyond that: a reused process id
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with sqlite3.connect(store.path) as db:  # this host, a process that has exited
         db.execute("UPDATE results SET owner = ?", (f"{os.uname().nodename}:{dead.stdout.strip()}:x",))

@@ -184,4 +184,9 @@ class ResultsStore:
 def _stale(owner: str | None, heartbeat: float | None, now: float, stale_after: float) -> bool:
     if not owner or heartbeat is None:
         return True
-    return owner_alive(owner) is False or now - heartbeat > stale_after
+    alive = owner_alive(owner)
+    if alive is False:
+        return True
+    # A process seen running here (paused, or starved of CPU) keeps its claims ten times longer than one on
+    # another host, where only its heartbeat tells; the limit remains for a reused process id.
+    return now - heartbeat > (10 * stale_after if alive else stale_after)
