@@ -52,7 +52,15 @@ def test_study_resume_and_report(two_models: list[str], tmp_path: Path, capsys: 
     assert main(["report", str(run), "--out", str(tmp_path)]) == 0
     page = (run / "report.html").read_text()
     assert "success_table.csv" in page and page.count("data:image/png;base64,") == 5
-    assert "| method" in (run / "report.md").read_text()
+    assert "| method" in (run / "report.md").read_text() and "not complete" not in page
+    import json
+
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "status": "interrupted"}))  # as a Ctrl-C leaves it
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 0
+    assert "is not complete (status: interrupted)" in capsys.readouterr().out
+    assert "This run is not complete (status: interrupted" in (run / "report.md").read_text()
 
 
 def test_study_rejects_bad_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

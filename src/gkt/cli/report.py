@@ -13,8 +13,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 @register_verb("report", "write report.html and report.md for a run directory", _configure)
 def report(args: argparse.Namespace) -> int:
-    from gkt.reporting.html import write_report
+    from gkt.reporting.html import run_status, write_report
 
     html_path, md_path = write_report(args.run)
+    status = run_status(args.run)
+    if status not in (None, "ok"):
+        print(f"note: {args.run} is not complete (status: {status}); the report says its results are partial")
     print(f"report: {html_path}\nmarkdown: {md_path}")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path
+from gkt.core.io import atomic_path, read_json
 from gkt.reporting.study import findings_markdown
 from gkt.reporting.tables import format_table
 
@@ -161,6 +161,16 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#22
          "pre{background:#f6f6f6;padding:8px;overflow:auto}ul.findings li{margin:0.25em 0}")
 
 
+def run_status(run_dir: str | Path) -> str | None:
+    """How a run ended, from its ``config.json`` (``ok``, ``failed``, ``interrupted``, ``running``; None: not
+    recorded)."""
+    try:
+        config = read_json(Path(run_dir) / "config.json")
+    except (OSError, ValueError):
+        return None
+    return config.get("status") if isinstance(config, dict) else None
+
+
 def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
     """``report.html`` (self-contained: figures inlined) and ``report.md`` for any gkt run directory;
     ``title`` defaults to the command and the directory's name."""
@@ -174,6 +184,12 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     sentences, claims = _findings(run_dir)
     md = [f"# {title}\n"]
     body = [f"<h1>{html.escape(title)}</h1>"]
+    status = config.get("status")
+    if status not in (None, "ok"):  # a run that did not finish: its tables are partial
+        note = (f"This run is not complete (status: {status}{', ' + str(config['error']) if config.get('error') else ''}"
+                "): its tables and figures are partial.")
+        md.append(f"> **{note}**\n")
+        body.append(f"<p class='warning'><b>{html.escape(note)}</b></p>")
     if sentences or claims:
         md.append(findings_markdown(sentences, claims))
     elif summary:
