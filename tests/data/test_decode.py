@@ -16,7 +16,7 @@ from PIL import Image
 
 from gkt.core.errors import GktError
 from gkt.data.datasets import iterate_batches, load_image_folder
-from gkt.data.decode import FolderIndex, decode_image, reset_skipped, skipped_images
+from gkt.data.decode import ImageIndex, decode_image, reset_skipped, skipped_images
 from gkt.data.spec import load_split
 from gkt.data.views import square_view
 from gkt.engine.predictions import dataset_identity
@@ -117,7 +117,7 @@ def test_a_repaired_file_is_used_even_with_the_same_size_and_mtime(tmp_path: Pat
     shutil.copy2(repaired, broken)
     assert (broken.stat().st_size, broken.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     ds = load_image_folder(root, image_size=12)  # a new file stamp (status-change time): tried again
-    assert len(ds) == 7 and not FolderIndex(root).bad  # and the stale record is dropped
+    assert len(ds) == 7 and not ImageIndex(str(root)).bad  # and the stale record is dropped
     assert len(torch.cat([idx for _, _, idx in iterate_batches(ds, 7, workers=0)])) == 7
 
 

@@ -382,4 +382,5 @@ def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.d
             note = str(exc)
             log.warning("%s", note)
     return analyze_predictions(preds, dataset.class_names, dataset=dataset.name, random_preds=random_preds,
-                               random_seed=seed, random_rows=random_rows, similarity=similarity, semantic_note=note, top_x=top_x)
+                               random_seed=seed, random_rows=random_rows, similarity=similarity, semantic_note=note,
+                               top_x=top_x)

@@ -18,7 +18,7 @@ from gkt.core.hashing import stable_hash
 from gkt.core.io import FileStamp, file_stamp
 from gkt.data.decode import (
     BadImagePolicy,
-    FolderIndex,
+    ImageIndex,
     UnreadableImage,
     bad_image_policy,
     decode_image,
@@ -254,7 +254,7 @@ class FolderImageDataset(EncodedImageDataset):
 
     def __init__(self, name: str, files: Sequence[Path], labels: torch.Tensor, class_names: Sequence[str],
                  image_size: int, channels: int, bad_images: BadImagePolicy | None = None,
-                 file_stats: Sequence[FileStamp] | None = None, index: FolderIndex | None = None):
+                 file_stats: Sequence[FileStamp] | None = None, index: ImageIndex | None = None):
         super().__init__(name, labels, class_names, image_size, channels, bad_images)
         self.files = list(files)
         self.file_stats = list(file_stats) if file_stats is not None else \
@@ -273,7 +273,7 @@ class FolderImageDataset(EncodedImageDataset):
 
     def _recorded(self, i: int, reason: str) -> None:
         if self.index is not None:
-            self.index.record_bad(self.files[i], self.file_stats[i], reason)
+            self.index.record_bad(str(self.files[i]), self.file_stats[i], reason)
 
     def content_id(self) -> str:
         return stable_hash([(str(p), *st) for p, st in zip(self.files, self.file_stats)], 64)
@@ -291,8 +291,8 @@ class FolderImageDataset(EncodedImageDataset):
 
 def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result | str]]:
     """Image files under ``class_dir`` (recursively, sorted, linked folders followed once; hidden files and
-    folders such as macOS ``._*`` and ``.ipynb_checkpoints`` left out) with their stat results, or why a file cannot be stat'ed (a dangling link); nothing is opened. A folder that cannot be
-    listed is an error."""
+    folders such as macOS ``._*`` and ``.ipynb_checkpoints`` left out) with their stat results, or why a
+    file cannot be stat'ed (a dangling link); nothing is opened. A folder that cannot be listed is an error."""
 
     def unlistable(exc: OSError) -> None:
         raise GktError(f"{exc.filename}: cannot list this folder ({exc.strerror}); fix its permissions or "
@@ -331,7 +331,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
     unknown = sorted(set(found) - set(names))
     if unknown:
         raise GktError(f"{root}: class folders {unknown} are not among the training classes")
-    index = FolderIndex(root)
+    index = ImageIndex(str(root))
     files: list[Path] = []
     stats: list[FileStamp] = []
     labels: list[int] = []
@@ -341,7 +341,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int = DEFAULT_DECODE_
             continue
         for path, st in _list_class_dir(class_dir):
             stamp = file_stamp(st) if isinstance(st, os.stat_result) else None
-            reason = index.known_bad(path, stamp) if stamp is not None else st
+            reason = index.known_bad(str(path), stamp) if stamp is not None else st
             if reason is not None:
                 if policy == "fail":
                     raise GktError(unreadable_message(str(path), reason))

@@ -14,8 +14,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
-from gkt.core.io import FileStamp, cache_home, read_json, write_json
+from gkt.core.io import cache_home, read_json, write_json
 
 # torchvision 0.29 marks its image codecs as deprecated in favour of TorchCodec (a separate install) and
 # warns on every call; they remain the fast decoders this data path is built on.
@@ -139,14 +138,15 @@ def read_encoded(path: str | os.PathLike) -> torch.Tensor:
         raise UnreadableImage(_error_text(exc)) from exc
 
 
-class FolderIndex:
-    """What gkt has learnt about an image folder, kept between commands in ``$GKT_HOME/image-index``:
-    unreadable files (by path and file stamp, so a replaced or repaired file is tried again) and pixel statistics
-    (keyed by the listing's content identity). Nothing in it is needed to list the folder."""
+class ImageIndex:
+    """What gkt has learnt about a set of encoded images (an image folder, a ``datasets`` table), kept between
+    commands in ``$GKT_HOME/image-index`` under ``key``: unreadable items (by name and stamp, so a replaced or
+    repaired file is tried again) and pixel statistics (keyed by the listing's content identity). Nothing in
+    it is needed to read the images."""
 
-    def __init__(self, root: Path):
-        self.root = Path(os.path.abspath(root))
-        self.path = cache_home() / "image-index" / f"{stable_hash(str(self.root), 16)}.json"
+    def __init__(self, key: str):
+        self.key = key
+        self.path = cache_home() / "image-index" / f"{stable_hash(key, 16)}.json"
         data: Any = {}
         if self.path.is_file():
             try:
@@ -154,26 +154,26 @@ class FolderIndex:
             except (OSError, ValueError):
                 data = {}  # a damaged index is rebuilt: it only holds what decoding finds again
         bad, stats = (data.get("bad"), data.get("stats")) if isinstance(data, dict) else (None, None)
-        self.bad: dict[str, list] = {k: v for k, v in bad.items() if isinstance(v, list) and len(v) >= 2} \
+        self.bad: dict[str, list] = {k: v for k, v in bad.items() if isinstance(v, list) and v} \
             if isinstance(bad, dict) else {}
         self.stats: dict[str, list] = {k: v for k, v in stats.items() if isinstance(v, list) and len(v) == 2} \
             if isinstance(stats, dict) else {}
         self._changed = False
 
-    def known_bad(self, path: Path, stamp: FileStamp) -> str | None:
-        """The recorded reason ``path`` (with this :func:`~gkt.core.io.file_stamp`) is unreadable, if it is; a
-        record for another stamp (the file was replaced or repaired since) is dropped at the next :meth:`save`."""
-        name = str(path.relative_to(self.root))
+    def known_bad(self, name: str, stamp: Sequence[int] = ()) -> str | None:
+        """The recorded reason item ``name`` (with this stamp, e.g. :func:`~gkt.core.io.file_stamp`) is
+        unreadable, if it is; a record for another stamp (the file was replaced or repaired since) is
+        dropped at the next :meth:`save`."""
         entry = self.bad.get(name)
         if entry and tuple(entry[:-1]) == tuple(stamp):
-            return entry[-1]
+            return str(entry[-1])
         if entry:
             del self.bad[name]
             self._changed = True
         return None
 
-    def record_bad(self, path: Path, stamp: FileStamp, reason: str) -> None:
-        self.bad[str(path.relative_to(self.root))] = [*stamp, reason]
+    def record_bad(self, name: str, stamp: Sequence[int], reason: str) -> None:
+        self.bad[name] = [*stamp, reason]
         self._changed = True
         self.save()
 
@@ -188,6 +188,6 @@ class FolderIndex:
             return
         self._changed = False
         try:
-            write_json(self.path, {"root": str(self.root), "bad": self.bad, "stats": self.stats})
+            write_json(self.path, {"key": self.key, "bad": self.bad, "stats": self.stats})
         except OSError:  # a read-only cache only costs the next command a decode
             pass

@@ -20,9 +20,16 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
-from gkt.core.io import cache_home, file_stamp, read_json, write_json
+from gkt.core.io import file_stamp
 from gkt.data.datasets import DEFAULT_DECODE_SIZE, EncodedImageDataset
-from gkt.data.decode import BadImagePolicy, UnreadableImage, note_skipped, read_encoded, unreadable_message
+from gkt.data.decode import (
+    BadImagePolicy,
+    ImageIndex,
+    UnreadableImage,
+    note_skipped,
+    read_encoded,
+    unreadable_message,
+)
 from gkt.data.subsets import carve_split
 
 # Which of a dataset's splits serves each gkt split, in order of preference (val is carved from train
@@ -77,17 +84,11 @@ class HFImageDataset(EncodedImageDataset):
         self._identity = _table_identity(self.table, image_col)
         self._leave_out_known_bad_rows()
 
-    def _bad_rows_path(self) -> Path:
-        return cache_home() / "image-index" / f"hf-{self._identity[:24]}.json"
-
     def _leave_out_known_bad_rows(self) -> None:
         """Rows an earlier command found unreadable in this very table: fail at once, or leave them out now
         (so the data has the same identity as after that command's pass, and its stored predictions serve)."""
-        try:
-            known = read_json(self._bad_rows_path()) if self._bad_rows_path().is_file() else {}
-            bad = {int(row): str(reason) for row, reason in known.items()}
-        except (OSError, ValueError, AttributeError):
-            bad = {}  # a damaged record only costs a decode
+        self.index = ImageIndex(f"hf:{self._identity}")
+        bad = {int(name): reason for name in list(self.index.bad) if (reason := self.index.known_bad(name))}
         if not bad:
             return
         keep = torch.tensor([int(r) not in bad for r in self.rows], dtype=torch.bool)
@@ -98,12 +99,7 @@ class HFImageDataset(EncodedImageDataset):
         self.rows, self.labels = self.rows[keep], self.labels[keep]
 
     def _recorded(self, i: int, reason: str) -> None:
-        path = self._bad_rows_path()
-        try:
-            known = read_json(path) if path.is_file() else {}
-            write_json(path, {**(known if isinstance(known, dict) else {}), str(int(self.rows[i])): reason})
-        except (OSError, ValueError):  # a read-only or damaged record only costs the next command a decode
-            pass
+        self.index.record_bad(str(int(self.rows[i])), (), reason)
 
     def encoded(self, i: int) -> torch.Tensor:
         cell = self.table[int(self.rows[i])][self.image_col]

@@ -132,12 +132,13 @@ class TransferRuns:
     def run(self, jobs: Sequence[dict[str, Any]]) -> list[TransferOutcome]:
         """The outcomes of ``jobs``: finished runs are loaded, the others run (failed or damaged ones again)."""
         store = ResultsStore(self.setup.cache_dir / STORE_NAME)
-        lost = [job for job in jobs if self.finished(job) is None]
+        outcomes = [self.finished(job) for job in jobs]
+        lost = [job for job, outcome in zip(jobs, outcomes) if outcome is None]
         store.forget([job_key(job) for job in lost])  # a run removed from (or damaged in) the cache runs again
         counts = run_study(self, jobs, store, self.backend, retry_failed=True, desc="transfer runs")
         if counts.failed:
             raise GktError(f"transfer run failed: {failed_rows(store, counts.failed)[0].metrics.get('error')}")
-        outcomes = [self.finished(job) for job in jobs]
+        outcomes = [outcome or self.finished(job) for job, outcome in zip(jobs, outcomes)]
         if any(outcome is None for outcome in outcomes):
             raise GktError(f"a cached transfer run in {self.setup.cache_dir} was damaged while this command ran; "
                            "run the command again")

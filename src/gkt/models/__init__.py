@@ -9,22 +9,6 @@ from gkt.models.sources import HeadInputNet  # registers the hf: and torchvision
 from gkt.models.specs import DataInfo, ModelSpec, load_model, load_models, register_spec_source
 from gkt.models.timm_source import load_timm  # noqa: F401  (registers the timm: source)
 
-__all__ = [
-           "ArchSpec",
-           "Classifier",
-           "DataInfo",
-           "HeadInputNet",
-           "ModelSpec",
-           "Preprocess",
-           "apply_class_map",
-           "check_label_space",
-           "load_checkpoint",
-           "load_model",
-           "load_models",
-           "load_module_checkpoint",
-           "register_source",
-           "register_spec_source",
-           "save_checkpoint",
-           "weights_hash",
-           "wrap_module",
-]
+__all__ = ["ArchSpec", "Classifier", "DataInfo", "HeadInputNet", "ModelSpec", "Preprocess", "apply_class_map",
+           "check_label_space", "load_checkpoint", "load_model", "load_models", "load_module_checkpoint",
+           "register_source", "register_spec_source", "save_checkpoint", "weights_hash", "wrap_module"]

@@ -180,8 +180,8 @@ def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: Cl
     """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
     (every target class matched by name, case-insensitively or through the ImageNet vocabularies). A map
     given is always read and checked (entries for ``data_classes``, the data set's classes before a class
-    selection, that the selection left out are unused, not errors); ``model`` itself is returned when it already
-    predicts ``class_names`` in order and the map sends each class to itself."""
+    selection, that the selection left out are unused, not errors); ``model`` itself is returned when it
+    already predicts ``class_names`` in order and the map sends each class to itself."""
     if isinstance(class_map, Mapping):
         mapping = dict(class_map)
     elif str(class_map) == AUTO:

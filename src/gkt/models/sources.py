@@ -232,7 +232,7 @@ def hf_model_dir(target: str) -> Path:
     try:
         return Path(snapshot_download(repo, revision=revision or None,
                                       allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"hf:{target}: not in the Hugging Face cache ($HF_HOME/hub) and not downloadable ({first}); "
                        "check the name and revision, or download it where a network exists") from exc
@@ -357,7 +357,7 @@ def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Cl
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
                                                    weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — network, pickle and file errors of many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"{what}: cannot load {cached} ({first}); offline, put the weights file there "
                        "(torch hub cache, $TORCH_HOME/hub/checkpoints)") from exc

@@ -187,7 +187,8 @@ def _with_img_size(parsed: ModelSpec) -> ModelSpec:
 def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | None = None,
                class_map: ClassMapLike | None = None, check_labels: bool = True) -> Classifier:
     """Resolve a spec to a :class:`Classifier` on CPU, in eval mode. ``data`` sizes ``timm:`` models and,
-    when given (and ``check_labels``), is checked against the model's label space. ``class_map`` (a JSON/YAML file, a dict, or
+    when given (and ``check_labels``), is checked against the model's label space. ``class_map`` (a
+    JSON/YAML file, a dict, or
     ``"auto"``) first aligns the model's classes to the data's (:func:`gkt.models.class_map.apply_class_map`).
     Within :func:`img_size_default`, library models take its input size; a ``zoo:``/``file:`` model, whose
     input size is fixed by its training, must already have it."""

@@ -185,7 +185,7 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
             model = timm.create_model(name, pretrained=True, **kwargs)
     except GktError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"timm:{name}: cannot load its pretrained weights ({first}). Offline, they must be in the "
                        "Hugging Face cache ($HF_HOME/hub); with a network, timm downloads them") from exc
