@@ -147,3 +147,23 @@ def test_mlp_is_nonlinear() -> None:
     x = torch.rand(5, 1, 28, 28)
     f = model.net.forward_features(model.normalize(x))
     assert torch.allclose(model(x), model.net.head(torch.relu(f)))
+
+
+def test_pixel_statistics_are_measured_only_for_models_that_need_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gkt.data.datasets import TensorImageDataset
+
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = TensorImageDataset("rgb", images, torch.arange(20) % 2, ["a", "b"])
+    calls = []
+    measure = data.pixel_stats
+    monkeypatch.setattr(data, "pixel_stats", lambda: calls.append(1) or measure())
+    info = DataInfo.from_dataset(data)
+    own_norm = load_model("timm:test_vit?img_size=16&mean=[0.5,0.5,0.5]&std=[0.2,0.2,0.2]", info)
+    assert calls == [] and own_norm.preprocess.std == (0.2, 0.2, 0.2)  # brings its own: nothing decoded
+    fitted = load_model("timm:test_vit?img_size=16", info)
+    again = load_model("timm:resnet10t?img_size=16", info)
+    assert calls == [1]  # measured once, on first use
+    assert fitted.preprocess.mean == again.preprocess.mean == pytest.approx(measure()[0])
+    assert DataInfo(("a",), 1, 8, (0.3,), (0.2,)).preprocess().mean == (0.3,)
+    with pytest.raises(ValueError, match="pixel statistics"):
+        DataInfo(("a",), 1, 8).preprocess()

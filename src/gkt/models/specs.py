@@ -14,6 +14,7 @@ constructor are allow-listed (:func:`allowed_options`); typed options are checke
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -34,24 +35,46 @@ from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import Preprocess
 
 
+PixelStats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
 @dataclass(frozen=True)
 class DataInfo:
-    """What a model built for a dataset needs to know about it."""
+    """What a model built for a dataset needs to know about it. The pixel statistics are given
+    (``known_mean``/``known_std``) or measured on first use (``measure_stats``): models that bring their own
+    normalisation (every pretrained hub model) never need them, and measuring decodes images."""
 
     class_names: tuple[str, ...]
     channels: int
     image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    known_mean: tuple[float, ...] | None = None
+    known_std: tuple[float, ...] | None = None
     all_class_names: tuple[str, ...] = ()  # the data set's classes before a class selection (default: the same)
+    measure_stats: Callable[[], PixelStats] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_dataset(cls, dataset: ImageDataset) -> DataInfo:
-        """Classes, layout and pixel statistics (:meth:`ImageDataset.pixel_stats`: a sample of at most a few
-        hundred decoded images for encoded datasets, cached with a folder's index)."""
-        mean, std = dataset.pixel_stats()
+        """Classes and layout; pixel statistics (:meth:`ImageDataset.pixel_stats`: a sample of at most a few
+        hundred decoded images for encoded datasets, cached with a folder's index) when first asked for."""
         c, h, _ = dataset.image_shape
-        return cls(tuple(dataset.class_names), c, h, mean, std, tuple(dataset.all_class_names))
+        return cls(tuple(dataset.class_names), c, h, all_class_names=tuple(dataset.all_class_names),
+                   measure_stats=functools.cache(dataset.pixel_stats))
+
+    def pixel_stats(self) -> PixelStats:
+        """Per-channel mean and std of ``[0, 1]`` pixels."""
+        if self.known_mean is not None and self.known_std is not None:
+            return self.known_mean, self.known_std
+        if self.measure_stats is None:
+            raise ValueError("DataInfo without pixel statistics: give known_mean/known_std or measure_stats")
+        return self.measure_stats()
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.pixel_stats()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.pixel_stats()[1]
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.channels, self.mean, self.std)

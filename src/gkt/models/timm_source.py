@@ -240,9 +240,11 @@ def load_timm(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None
     in_chans = int(options.pop("in_chans", cfg_chans or data.channels))
     img_size = int(options.pop("img_size", cfg_size or data.image_size))
     fits_data = data is not None and in_chans == data.channels
-    default_mean, default_std = (data.mean, data.std) if fits_data else ((0.5,) * in_chans, (0.5,) * in_chans)
-    mean = tuple(options.pop("mean", cfg.get("mean", default_mean)))
-    std = tuple(options.pop("std", cfg.get("std", default_std)))
+    mean, std = options.pop("mean", cfg.get("mean")), options.pop("std", cfg.get("std"))
+    if mean is None or std is None:  # the data's own statistics (measured now) where the channels fit
+        default_mean, default_std = data.pixel_stats() if fits_data else ((0.5,) * in_chans, (0.5,) * in_chans)
+        mean, std = default_mean if mean is None else mean, default_std if std is None else std
+    mean, std = tuple(mean), tuple(std)
     pre_options = preprocess_options(options, cfg, f"timm:{spec.target}")
     names = resolve_class_names(options, data, f"timm:{spec.target}", label_names, hub.get("num_classes"))
     options = allowed_options(options, TIMM_OPTIONS, f"timm:{spec.target}")
