@@ -6,9 +6,10 @@
 Builds (once, under the temp dir) an ImageNet-layout folder of ``--images`` ImageNet-like JPEGs (smooth
 colour fields with texture, sizes around 400×350, 10 classes) and times, with an empty gkt cache, what
 ``gkt analyze --data folder:ROOT --split val`` does with 4 small timm models (random init, a timm
-``pretrained_cfg`` with ``--input-size`` px and crop_pct 0.875): list the folder, describe the data (its
-pixel statistics are measured only for models that need them, and these bring their own), run the analysis (each model and its random-init baseline over every image). Building the
-models is not timed. The decode limit is torchvision decoding + resizing (shorter side, antialiased, then
+``pretrained_cfg`` with ``--input-size`` px and crop_pct 0.875): list the folder, describe the data (pixel
+statistics are measured only for models that need them; these bring their own), run the analysis (each
+model over every image, its random-init baseline over a sample of at most 5,000 in the same pass).
+Building the models is not timed. The decode limit is torchvision decoding + resizing (shorter side, antialiased, then
 centre crop) of the same files to the same decode size in a plain DataLoader with the same number of
 worker processes — timed before and after the analysis, averaged, as the machine may be shared. The
 models' forward passes alone, on images decoded up front, are timed too (each model's resize and
@@ -124,11 +125,11 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-def forward_rate(models: list, images: torch.Tensor, passes: int, batch_size: int, device: torch.device,
-                 precision: str = "fp32") -> float:
+def forward_rate(models: list, images: torch.Tensor, baseline_share: float, batch_size: int,
+                 device: torch.device, precision: str = "fp32") -> float:
     """Images per second of the analysis's compute alone: each batch moved to ``device`` and each model's
-    input prepared once, its network run ``passes`` times (the model, and its random-init baseline of the
-    same architecture), autocast in ``precision``."""
+    input prepared once, its network run on the batch and again (its random-init baseline of the same
+    architecture) on ``baseline_share`` of it, autocast in ``precision``."""
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         synchronize(device)
@@ -137,8 +138,9 @@ def forward_rate(models: list, images: torch.Tensor, passes: int, batch_size: in
             batch = batch.to(device)
             for model in models:
                 x = model.normalize(batch)
-                for _ in range(passes):
-                    model.net(x)
+                model.net(x)
+                if baseline_share:
+                    model.net(x[:max(1, round(len(x) * baseline_share))])
         synchronize(device)
         return len(images) / (time.perf_counter() - start)
 
@@ -198,8 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
         synchronize(device)
         seconds = prepared + time.perf_counter() - start
     limit_after, decoded = decode_limit(files, size, workers, args.batch_size)
-    passes = len(models) * (1 if args.no_random_baseline else 2)
-    forward = forward_rate(models, decoded, passes // len(models), args.batch_size, device, args.precision)
+    from gkt.analysis.complementary import RANDOM_BASELINE_SAMPLES
+
+    share = 0.0 if args.no_random_baseline else min(1.0, RANDOM_BASELINE_SAMPLES / len(files))
+    passes = len(models) * (1 + share)  # per image: each model, and its random-init baseline on a sample
+    forward = forward_rate(models, decoded, share, args.batch_size, device, args.precision)
     limit = (limit_before + limit_after) / 2
     rate = len(files) / seconds
     row = {"images": len(files), "input_size": args.input_size, "decode_size": size, "models": " ".join(MODELS),
@@ -211,10 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
            "forward_images_per_s": round(forward, 1), "ratio_to_slower_limit": round(rate / min(forward, limit), 3),
            "ratio_to_decode_limit": round(rate / limit, 3)}
     print(f"{len(files)} JPEGs ~400x350 -> decode size {size}, {len(models)} timm models ({', '.join(MODELS)}) "
-          f"at {args.input_size} px on {row['device']} ({args.precision}), {passes} forward passes per image; "
+          f"at {args.input_size} px on {row['device']} ({args.precision}), {passes:g} forward passes per image; "
           f"{workers} worker processes; torch threads {torch.get_num_threads()}; load average {load:.1f} before, "
           f"{row['load_after']:.1f} after")
-    print(f"analysis (list + {passes} passes, empty cache): {seconds:.1f} s = {rate:.0f} images/s "
+    print(f"analysis (list + {passes:g} passes, empty cache): {seconds:.1f} s = {rate:.0f} images/s "
           f"(samples analysed: {analysis.summary()['samples']})")
     print(f"decode limit (torchvision decode + resize, {workers} workers): {limit:.0f} images/s "
           f"(before {limit_before:.0f}, after {limit_after:.0f})")

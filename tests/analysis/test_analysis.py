@@ -190,3 +190,42 @@ def test_cli_analyze(tiny_fmnist_dir: Path, tmp_path: Path, capsys: pytest.Captu
     assert "found no built zoo models" in capsys.readouterr().err
     assert main(["analyze", "--models", specs[0], *common]) == 2
     assert "at least 2 models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_random_baseline_sample_joins_the_one_decode_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          broken: bool) -> None:
+    from gkt.analysis.complementary import random_teachers
+    from gkt.data.datasets import EncodedImageDataset, load_image_folder
+    from gkt.data.decode import reset_skipped
+    from gkt.data.subsets import stratified_indices
+    from gkt.engine.predictions import get_many
+    from gkt.models.preprocess import decode_plan_for
+    from tests.data.test_decode import write_jpeg_folder
+
+    reset_skipped()
+    root = write_jpeg_folder(tmp_path / "f", {f"class{c}": 6 for c in range(4)},
+                             truncated="class1/broken.jpg" if broken else None)
+    models = [make_model("linear", 0), make_model("mlp", 1, hidden=[16])]
+    decoded: list[int] = []
+    decode = EncodedImageDataset.decode
+    monkeypatch.setattr(EncodedImageDataset, "decode", lambda self, i: decoded.append(i) or decode(self, i))
+    data = load_image_folder(root, image_size=12, bad_images="skip")
+    a = analyze(models, data, semantic=False, store_root=tmp_path / "store", random_baseline_samples=12, workers=0)
+    assert a.summary()["samples"] == 24
+    # one pass decodes every image once for the models and the random teachers' sample; a skipped image
+    # moves the rows, so the sample is drawn again from the readable ones (one more pass over it)
+    assert len(decoded) == (25 + 12 if broken else 24)
+    data = load_image_folder(root, image_size=12, bad_images="skip")  # an unreadable image is left out now
+    assert len(data) == 24
+    rows = stratified_indices(data.labels, fraction=12 / 24, seed=0)
+    assert a.random.samples == len(rows) == 12
+    view = data.at_decode_plan(decode_plan_for(m.preprocess for m in models))
+    subset = (rows, "random-baseline-sample-0")
+    stored = get_many(random_teachers(models), view, torch.device("cpu"), root=tmp_path / "store",
+                      subsets=[subset] * len(models), workers=0)
+    fresh = get_many(random_teachers(models), view.subset(*subset), torch.device("cpu"), root=tmp_path / "fresh",
+                     workers=0)
+    assert all(s.from_store for s in stored) and not any(f.from_store for f in fresh)
+    assert all(torch.equal(s.predicted, f.predicted) and torch.equal(s.labels, f.labels)
+               for s, f in zip(stored, fresh))

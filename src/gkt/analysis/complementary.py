@@ -362,14 +362,23 @@ def analyze(models: Sequence[Classifier], dataset: ImageDataset, device: torch.d
     dataset = dataset.at_decode_size(decode_size) if decode_size else \
         dataset.at_decode_plan(decode_plan_for(m.preprocess for m in models))
     randoms = random_teachers(models, seed) if random_baseline else []
-    sampled = len(dataset) > random_baseline_samples  # else the random teachers share the one pass
     passes = dict(device=device, batch_size=batch_size, topk=topk, root=store_root, refresh=refresh,
                   precision=precision, workers=workers)
-    everything = get_many([*models, *([] if sampled else randoms)], dataset, **passes)
-    random_rows = None
-    if randoms and sampled:
-        random_rows = stratified_indices(dataset.labels, fraction=random_baseline_samples / len(dataset), seed=seed)
-        everything += get_many(randoms, dataset.subset(random_rows, f"random-baseline-sample-{seed}"), **passes)
+    sample_tag = f"random-baseline-sample-{seed}"
+
+    def sample() -> tuple[torch.Tensor, str] | None:
+        if len(dataset) <= random_baseline_samples:
+            return None  # the random teachers see every row
+        fraction = random_baseline_samples / len(dataset)
+        return stratified_indices(dataset.labels, fraction=fraction, seed=seed), sample_tag
+
+    size, subset = len(dataset), sample()
+    everything = get_many([*models, *randoms], dataset, subsets=[None] * len(models) + [subset] * len(randoms),
+                          **passes)
+    if randoms and subset is not None and len(dataset) != size:  # images skipped: sample again from the rest
+        subset = sample()
+        everything[len(models):] = get_many(randoms, dataset if subset is None else dataset.subset(*subset), **passes)
+    random_rows = None if subset is None else subset[0]
     preds, random_preds = everything[:len(models)], everything[len(models):]
     stored = sum(p.from_store for p in everything)
     log.info("forward passes: %d run, %d reused from the prediction store", len(everything) - stored, stored)

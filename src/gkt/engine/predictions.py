@@ -170,15 +170,19 @@ def load_predictions(path: Path, model_name: str | None = None) -> Predictions:
 @torch.no_grad()
 def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, batch_size: int = 500,
                  topks: Sequence[int | None] | None = None, keys: Sequence[str] | None = None, *,
-                 precision: str = "fp32", workers: int | None = None) -> list[Predictions]:
+                 precision: str = "fp32", workers: int | None = None,
+                 rows: Sequence[torch.Tensor | None] | None = None) -> list[Predictions | None]:
     """One batched, no-grad pass over ``dataset`` running every model of ``models`` on each batch (each
     image is decoded once for all of them, and resized and normalised once for all models with the same
     preprocessing, e.g. a model and its random-init baseline), eval mode, autocast in ``precision``.
-    Unreadable images skipped under ``--bad-images skip`` are dropped from ``dataset`` at the end
-    (predictions cover the rest)."""
+    ``rows``: per model, the dataset rows it runs on (``None``: all); a model whose rows were all
+    unreadable comes back ``None``. Unreadable images skipped under ``--bad-images skip`` are dropped from
+    ``dataset`` at the end (predictions cover the rest)."""
     if not models:
         return []
     topks = list(topks) if topks is not None else [None] * len(models)
+    masks = [None if r is None else torch.zeros(len(dataset), dtype=torch.bool).index_fill_(0, r, True)
+             for r in (rows if rows is not None else [None] * len(models))]
     modes = [m.training for m in models]
     for model in models:
         model.to(device).eval()
@@ -189,20 +193,30 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
         groups.setdefault(model.preprocess, []).append(i)
     names = ", ".join(m.name for m in models)
     batches = iterate_batches(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda")
-    for images, labels, _ in tqdm(batches, total=math.ceil(len(dataset) / batch_size), leave=False, disable=None,
-                                  desc=f"predict {names if len(names) < 40 else f'{len(models)} models'}"):
+    for images, labels, idx in tqdm(batches, total=math.ceil(len(dataset) / batch_size), leave=False,
+                                    disable=None, desc=f"predict {names if len(names) < 40 else f'{len(models)} models'}"):
         x = images.to(device, non_blocking=True)
         with autocast(device, precision):
             for members in groups.values():
-                prepared = models[members[0]].input_of(x, plan)
+                prepared = None
                 for i in members:
-                    parts[i].append(_summarise(models[i](x, prepared).float().cpu(), labels, topks[i]))
+                    chosen = None if masks[i] is None else masks[i][idx]
+                    if chosen is not None and not chosen.any():
+                        continue
+                    if prepared is None:
+                        prepared = models[members[0]].input_of(x, plan)
+                    if chosen is None or chosen.all():
+                        logits, seen = models[i](x, prepared), labels
+                    else:
+                        on_device = chosen.to(device)
+                        logits, seen = models[i](x[on_device], prepared[on_device]), labels[chosen]
+                    parts[i].append(_summarise(logits.float().cpu(), seen, topks[i]))
     for model, mode in zip(models, modes):
         model.train(mode)
-    if not parts[0]:
+    if not any(parts):
         raise GktError(f"{dataset.name} is empty: nothing to predict")
     return [Predictions._from_tensors({k: torch.cat([p[k] for p in part]) for k in part[0]}, model.name,
-                                      model.num_classes, key)
+                                      model.num_classes, key) if part else None
             for model, part, key in zip(models, parts, keys or [""] * len(models))]
 
 
@@ -230,37 +244,62 @@ def _stored(path: Path, model: Classifier, dataset: ImageDataset) -> Predictions
 
 def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
              topk: int = DEFAULT_TOPK, root: str | Path | None = None, refresh: bool = False,
-             data_id: str | None = None, precision: str = "fp32", workers: int | None = None) -> list[Predictions]:
+             data_id: str | None = None, precision: str = "fp32", workers: int | None = None,
+             subsets: Sequence[tuple[torch.Tensor, str] | None] | None = None) -> list[Predictions | None]:
     """Stored predictions of each model on ``dataset``; the models without (or all, when ``refresh``)
     run in one pass over the data (:func:`predict_many`) and are stored. ``data_id`` saves hashing the
     dataset again when the caller has its :func:`dataset_identity`. Precision enters the key: bf16 and
     fp32 outputs are stored apart. On a dataset decoded with a plan of several views a model's key names only
-    its own view (:func:`seen_identities`), so an analysis, a transfer and a study share its predictions."""
+    its own view (:func:`seen_identities`), so an analysis, a transfer and a study share its predictions.
+
+    ``subsets``: per model, ``(rows, tag)`` to predict on ``dataset.subset(rows, tag)`` instead, in the same
+    pass (each image still decoded once), stored as predictions on that subset. Should the pass skip
+    unreadable images, the predictions of a subset model computed in it come back ``None`` and are not
+    stored: its rows no longer index the dataset (draw them again on what is left)."""
+    subsets = list(subsets) if subsets is not None else [None] * len(models)
     data_id = data_id or dataset_identity(dataset)
     keeps = [storage_topk(m.num_classes, topk) for m in models]
     dtype = autocast_dtype(precision, device)
     variant = [] if dtype is None else [str(dtype)]
-    seen = seen_identities(models, dataset, data_id)
-    keys = [prediction_key(m, ident, k, *variant) for m, ident, k in zip(models, seen, keeps)]
-    results = [None if refresh else _stored(store_dir(root) / f"{key}.safetensors", m, dataset)
-               for m, key in zip(models, keys)]
+
+    targets = {id(s): dataset.subset(*s) for s in subsets if s is not None}  # one per distinct subset
+    keys = [""] * len(models)
+    for target_key in dict.fromkeys(None if s is None else id(s) for s in subsets):
+        members = [i for i, s in enumerate(subsets) if (None if s is None else id(s)) == target_key]
+        target = dataset if target_key is None else targets[target_key]
+        ident = data_id if target_key is None else dataset_identity(target)
+        for i, seen_id in zip(members, seen_identities([models[i] for i in members], target, ident)):
+            keys[i] = prediction_key(models[i], seen_id, keeps[i], *variant)
+    results: list[Predictions | None] = [
+        None if refresh else _stored(store_dir(root) / f"{key}.safetensors", m,
+                                     dataset if s is None else targets[id(s)])
+        for m, key, s in zip(models, keys, subsets)]
     missing = [i for i, r in enumerate(results) if r is None]
     if not missing:
-        return results  # type: ignore[return-value]
-    start, size = time.perf_counter(), len(dataset)
-    computed = predict_many([models[i] for i in missing], dataset, device, batch_size, [keeps[i] for i in missing],
-                            precision=precision, workers=workers)
-    if len(dataset) != size:  # unreadable images were skipped: the predictions describe the other rows
-        if len(missing) < len(models):  # a stored file means every image decoded before: it changed in place
+        return results
+    parts = {None if subsets[i] is None else id(subsets[i]) for i in missing}
+    one_subset = len(parts) == 1 and None not in parts  # a pass over that subset alone
+    source = targets[next(iter(parts))] if one_subset else dataset
+    start, size = time.perf_counter(), len(source)
+    computed = predict_many([models[i] for i in missing], source, device, batch_size, [keeps[i] for i in missing],
+                            precision=precision, workers=workers,
+                            rows=None if one_subset else [None if subsets[i] is None else subsets[i][0]
+                                                          for i in missing])
+    if len(source) != size:  # unreadable images were skipped: the predictions describe the other rows
+        if any(r is not None and part is None for r, part in zip(results, subsets)):
+            # stored predictions on every row mean every image decoded before: one changed in place
             raise GktError(f"{dataset.name}: images that decoded before are unreadable now; rerun with --refresh")
-        seen = seen_identities(models, dataset, dataset_identity(dataset))
-        keys = [prediction_key(m, ident, k, *variant) for m, ident, k in zip(models, seen, keeps)]
+        computed = [None if subsets[i] is not None else preds for i, preds in zip(missing, computed)]
+        full = [i for i, part in enumerate(subsets) if part is None]
+        for i, seen_id in zip(full, seen_identities([models[i] for i in full], dataset, dataset_identity(dataset))):
+            keys[i] = prediction_key(models[i], seen_id, keeps[i], *variant)
     for i, preds in zip(missing, computed):
-        results[i] = replace(preds, key=keys[i])
-        save_predictions(results[i], store_dir(root) / f"{keys[i]}.safetensors", dataset.name)
+        if preds is not None:
+            results[i] = replace(preds, key=keys[i])
+            save_predictions(results[i], store_dir(root) / f"{keys[i]}.safetensors", dataset.name)
     log.info("predicted %d model(s) on %s (%d samples) in %.1fs", len(missing), dataset.name, len(dataset),
              time.perf_counter() - start)
-    return results  # type: ignore[return-value]
+    return results
 
 
 def get_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
