@@ -34,7 +34,6 @@ from gkt.models.class_map import ClassMapLike, apply_class_map
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.preprocess import Preprocess
 
-
 PixelStats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
