@@ -202,10 +202,51 @@ def test_hf_dataset_spec(tmp_path: Path) -> None:
     datasets.DatasetDict({"train": split(10)}).save_to_disk(str(tmp_path / "only_train"))
     carved = load_split(f"hf:{tmp_path / 'only_train'}", "val", val_fraction=0.3, image_size=16)
     assert 0 < len(carved) < 10
-    with pytest.raises(GktError, match="no test or validation split"):
+    with pytest.raises(GktError, match="no labelled test or validation split"):
         load_split(f"hf:{tmp_path / 'only_train'}", "test")
     with pytest.raises(GktError, match="not a saved Hugging Face dataset"):
         load_split(f"hf:{tmp_path / 'missing'}", "train")
+
+
+def test_hf_spec_options_choose_columns_and_splits(tmp_path: Path) -> None:
+    """A hub-style dataset: coarse and fine labels (as CIFAR-100), a test split held back (labels -1, as
+    ImageNet's), a labelled validation split."""
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "photo": datasets.Image(),
+                                  "coarse_label": datasets.ClassLabel(names=["animal", "plant"]),
+                                  "fine_label": datasets.ClassLabel(names=["cat", "dog", "fern"])})
+
+    def split(n: int, labelled: bool = True) -> object:
+        images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
+        return datasets.Dataset.from_dict({"image": images, "photo": images[::-1],
+                                           "coarse_label": [i % 2 if labelled else -1 for i in range(n)],
+                                           "fine_label": [i % 3 if labelled else -1 for i in range(n)]},
+                                          features=features)
+
+    root = tmp_path / "hub"
+    datasets.DatasetDict({"train": split(9), "validation": split(6), "test": split(4, labelled=False)}
+                         ).save_to_disk(str(root))
+    first = load_split(f"hf:{root}", "train", image_size=8)  # neither column is named label: the first
+    assert first.class_names == ["animal", "plant"]
+    fine = load_split(f"hf:{root}?label=fine_label", "train", image_size=8)
+    assert fine.class_names == ["cat", "dog", "fern"] and fine.labels.tolist() == [i % 3 for i in range(9)]
+    test = load_split(f"hf:{root}?label=fine_label", "test", image_size=8)  # the unlabelled test split passed over
+    assert len(test) == 6 and test.name.endswith(":validation")
+    with pytest.raises(GktError, match=r"4 rows have no label .*\?test=validation"):
+        load_split(f"hf:{root}?test=test", "test")  # named: used, and refused for its missing labels
+    photo = load_split(f"hf:{root}?image=photo&label=fine_label", "train", image_size=8)
+    assert dataset_identity(photo) != dataset_identity(fine)
+    flipped = torch.cat([x for x, _, _ in iterate_batches(photo, 9, workers=0)])
+    assert torch.equal(flipped, torch.cat([x for x, _, _ in iterate_batches(fine, 9, workers=0)]).flip(0))
+    classes = load_split(f"hf:{root}?label=fine_label[dog,fern]", "test", image_size=8)
+    assert classes.class_names == ["dog", "fern"] and len(classes) == 4
+    for spec, message in ((f"hf:{root}?label=species", r"label=species is not a label column .*fine_label"),
+                          (f"hf:{root}?colour=red", "unknown option 'colour'; the options are image"),
+                          (f"hf:{root}?test=holdout", r"test=holdout is not one of its splits \(train, validation"),
+                          (f"hf:{root}?label=", "needs a value")):
+        with pytest.raises(GktError, match=message):
+            load_split(spec, "test", image_size=8)
 
 
 def test_hf_dataset_from_the_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

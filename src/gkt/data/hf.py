@@ -4,13 +4,16 @@ files such as a downloaded hub snapshot of Parquet files) or ``hf:NAME``
 (``HF_DATASETS_OFFLINE=1``), downloading where a network exists.
 
 The image column is the ``Image`` feature and the label column the ``ClassLabel`` feature (``image``/
-``label`` when there are several); class names come from the ``ClassLabel``. Images stay encoded in the
-Arrow files and are decoded per batch like image folders.
+``label`` when there are several); class names come from the ``ClassLabel``. Options after ``?`` choose
+others (:data:`HF_OPTIONS`): ``hf:cifar100?label=fine_label``, ``hf:DIR?test=validation``. Images stay
+encoded in the Arrow files and are decoded per batch like image folders.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +35,17 @@ from gkt.data.decode import (
 )
 from gkt.data.subsets import carve_split
 
+log = logging.getLogger(__name__)
+
 # Which of a dataset's splits serves each gkt split, in order of preference (val is carved from train
 # when none is shipped; test falls back to the validation split, as for image folders).
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"),
                "test": ("test", "validation", "val", "valid")}
+
+# The options of an ``hf:`` spec (``hf:PATH?label=fine_label&test=validation``): option -> what it sets.
+HF_OPTIONS = {"image": "the image column (an Image feature)", "label": "the label column (a ClassLabel feature)",
+              "train": "the dataset split that serves as train", "val": "the split that serves as val",
+              "test": "the split that serves as test"}
 
 
 HOW_TO = {"image": 'store images as an Image feature: ds = ds.cast_column("image", datasets.Image()) (from bytes '
@@ -45,12 +55,23 @@ HOW_TO = {"image": 'store images as an Image feature: ds = ds.cast_column("image
                    "per image: multi-label and regression data are not supported)"}
 
 
-def _column(features: Any, kind: type, preferred: tuple[str, ...], what: str, source: str) -> str:
+def _column(features: Any, kind: type, preferred: tuple[str, ...], what: str, source: str,
+            chosen: str | None = None) -> str:
+    """The ``what`` column: ``chosen`` (the spec's option), else the first of ``preferred`` of type ``kind``,
+    else the first of that type."""
     columns = [name for name, feature in features.items() if isinstance(feature, kind)]
+    found = ", ".join(f"{n} ({type(f).__name__})" for n, f in features.items())
+    if chosen is not None:
+        if chosen not in columns:
+            raise GktError(f"{source}: {what}={chosen} is not a {what} column (a datasets.{kind.__name__} "
+                           f"feature; its columns: {found})" + ("" if columns else f"; {HOW_TO[what]}"))
+        return chosen
     if not columns:
-        found = ", ".join(f"{n} ({type(f).__name__})" for n, f in features.items())
         raise GktError(f"{source}: no {what} column (a datasets.{kind.__name__} feature; its columns: {found}); "
                        f"{HOW_TO[what]}")
+    if len(columns) > 1 and not any(c in columns for c in preferred):
+        log.info("%s: %d %s columns (%s); using %s (choose one with ?%s=COLUMN)", source, len(columns), what,
+                 ", ".join(columns), columns[0], what)
     return next((c for c in preferred if c in columns), columns[0])
 
 
@@ -59,19 +80,20 @@ class HFImageDataset(EncodedImageDataset):
     ``class_names`` (another split's), labels are mapped onto those names."""
 
     def __init__(self, name: str, table: Any, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
-                 bad_images: BadImagePolicy | None = None, class_names: Sequence[str] | None = None):
+                 bad_images: BadImagePolicy | None = None, class_names: Sequence[str] | None = None,
+                 image_column: str | None = None, label_column: str | None = None):
         import datasets
 
         table = table.with_format(None)  # a saved format (torch, pandas, arrow, some columns) changes rows
-        image_col = _column(table.features, datasets.Image, ("image", "img"), "image", name)
-        label_col = _column(table.features, datasets.ClassLabel, ("label", "labels"), "label", name)
+        image_col = _column(table.features, datasets.Image, ("image", "img"), "image", name, image_column)
+        label_col = _label_column(table.features, name, label_column)
         self.table = table.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
         self.image_col, self.origin = image_col, name
         self.rows = torch.arange(len(table))
         labels = torch.tensor(table[label_col], dtype=torch.long)
         if len(labels) and labels.min() < 0:
             raise GktError(f"{name}: {(labels < 0).sum().item()} rows have no label ({label_col} = -1); "
-                           "gkt needs labelled rows (use a labelled split)")
+                           "gkt needs labelled rows (choose a labelled split, e.g. ?test=validation)")
         names = list(table.features[label_col].names)
         if class_names is not None and names != list(class_names):
             unknown = [n for n in names if n not in class_names]
@@ -173,33 +195,73 @@ def _load_dict(path: str) -> dict[str, Any]:
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
-def _train_class_names(splits: dict[str, Any]) -> list[str] | None:
-    """The train split's class names (every split is labelled in them, as for image folders)."""
+def _label_column(features: Any, source: str, chosen: str | None = None) -> str:
     import datasets
 
-    if "train" not in splits:
-        return None
-    features = splits["train"].features
-    labels = [f for f in features.values() if isinstance(f, datasets.ClassLabel)]
-    return list(features[_column(features, datasets.ClassLabel, ("label", "labels"), "label", "train")].names) \
-        if labels else None
+    return _column(features, datasets.ClassLabel, ("label", "labels"), "label", source, chosen)
+
+
+def _unlabelled(table: Any, label_column: str) -> bool:
+    """Whether no row of ``table`` has a label (a hub test split held back, labelled -1 throughout)."""
+    import pyarrow.compute as pc
+
+    column = table.with_format(None).data.column(label_column)
+    return len(column) > 0 and pc.max(column).as_py() < 0
+
+
+def parse_hf_path(path: str) -> tuple[str, dict[str, str]]:
+    """``PATH?k=v&...`` to the path and its options (:data:`HF_OPTIONS`); an existing directory whose name
+    holds a ``?`` is a path."""
+    from urllib.parse import parse_qsl
+
+    if "?" not in path or Path(path).exists():
+        return path, {}
+    path, _, query = path.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    for key, value in options.items():
+        if key not in HF_OPTIONS:
+            raise GktError(f"hf:{path}: unknown option {key!r}; the options are "
+                           + ", ".join(f"{k} ({v})" for k, v in HF_OPTIONS.items()))
+        if not value:
+            raise GktError(f"hf:{path}: option {key}= needs a value, e.g. ?{key}={'label' if key == 'label' else 'test'}")
+    return path, options
 
 
 def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_fraction: float = 0.1,
              seed: int = 0, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
              bad_images: BadImagePolicy | None = None) -> EncodedImageDataset:
-    """The ``hf:`` data spec of :func:`gkt.data.load_split` (``data_dir`` does not apply)."""
+    """The ``hf:`` data spec of :func:`gkt.data.load_split` (``data_dir`` does not apply). A split whose rows
+    are all unlabelled (-1, as hub test splits often are) is passed over for the next candidate unless the
+    spec names it."""
     if not path:
         raise GktError("data spec hf: needs a directory or dataset name, e.g. hf:./my_dataset or hf:ORG/NAME")
+    path, options = parse_hf_path(path)
     splits = _load_dict(path)
-    for name in SPLIT_NAMES[split]:
-        if name in splits:
-            return HFImageDataset(f"hf:{path}:{name}", splits[name], image_size, channels, bad_images,
-                                  None if name == "train" else _train_class_names(splits))
+    for key in ("train", "val", "test"):
+        if key in options and options[key] not in splits:
+            raise GktError(f"hf:{path}: {key}={options[key]} is not one of its splits ({', '.join(splits)})")
+    columns = {"image_column": options.get("image"), "label_column": options.get("label")}
+    train = options.get("train", "train")
+    classes = None  # every split is labelled in the train split's class names
+    if train in splits:
+        with contextlib.suppress(GktError):  # a train split without labels: each split keeps its own
+            features = splits[train].features
+            classes = list(features[_label_column(features, f"hf:{path}:{train}", columns["label_column"])].names)
+    candidates = (options[split],) if split in options else SPLIT_NAMES[split]
+    for name in candidates:
+        if name not in splits:
+            continue
+        if split not in options and len(candidates) > 1 and _unlabelled(
+                splits[name], _label_column(splits[name].features, f"hf:{path}:{name}", columns["label_column"])):
+            log.info("hf:%s: its split %s has no labels (-1 throughout); passed over for %s", path, name, split)
+            continue
+        return HFImageDataset(f"hf:{path}:{name}", splits[name], image_size, channels, bad_images,
+                              None if name == train else classes, **columns)
     if split == "test":
-        raise GktError(f"hf:{path}: no test or validation split to evaluate on (it has {', '.join(splits)})")
-    if "train" not in splits:
-        raise GktError(f"hf:{path}: no train split (it has {', '.join(splits)})")
-    train = HFImageDataset(f"hf:{path}:train", splits["train"], image_size, channels, bad_images)
-    return carve_split(train, split, val_fraction, seed, f"hf:{path}: no validation split; carve one with "
+        raise GktError(f"hf:{path}: no labelled test or validation split to evaluate on (it has "
+                       f"{', '.join(splits)}; name one with ?test=SPLIT)")
+    if train not in splits:
+        raise GktError(f"hf:{path}: no train split (it has {', '.join(splits)}; name one with ?train=SPLIT)")
+    whole = HFImageDataset(f"hf:{path}:{train}", splits[train], image_size, channels, bad_images, **columns)
+    return carve_split(whole, split, val_fraction, seed, f"hf:{path}: no validation split; carve one with "
                        "--val-fraction > 0")
