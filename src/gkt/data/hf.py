@@ -183,6 +183,9 @@ def _load_dict(path: str) -> dict[str, Any]:
         elif Path(path).is_dir():  # data files (a hub snapshot: Parquet, Arrow, ...), read by their builder
             loaded = datasets.load_dataset(path)
         else:
+            if not any(getattr(datasets.config, flag, False) for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+                log.info("hf:%s: asking the Hugging Face hub for it (without a network this waits for time-outs; "
+                         "set HF_DATASETS_OFFLINE=1 to read the local datasets cache only)", path)
             loaded = datasets.load_dataset(name, config or None)
     except Exception as exc:  # noqa: BLE001 — the datasets library raises many types for unusable input
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
