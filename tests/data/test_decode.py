@@ -178,6 +178,29 @@ def test_decode_size_workers_and_pixel_stats_cache(tmp_path: Path, monkeypatch: 
     assert load_image_folder(root, image_size=12).pixel_stats() == stats  # from the folder's index
 
 
+def test_decoding_workers_get_their_cpus_from_the_consumers_threads(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Torch threads and decoding workers that each want every core halve an analysis on 2 cores: while
+    workers decode, the consumer keeps the CPUs they leave (unless --threads chose its count)."""
+    import gkt.core.runtime as runtime
+
+    root = write_jpeg_folder(tmp_path / "train", {"a": 4, "b": 4})
+    ds = load_image_folder(root, image_size=12)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 4)
+    monkeypatch.setattr(runtime, "_threads_chosen", False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        seen = [torch.get_num_threads() for _ in iterate_batches(ds, 2, workers=3)]
+        assert seen == [1] * 4 and torch.get_num_threads() == 4  # 4 CPUs - 3 workers; restored after the pass
+        assert {torch.get_num_threads() for _ in iterate_batches(ds, 2, workers=2)} == {2}
+        assert {torch.get_num_threads() for _ in iterate_batches(ds, 2, workers=0)} == {4}  # no workers: all
+        runtime.set_threads(3)  # --threads: kept as given
+        assert {torch.get_num_threads() for _ in iterate_batches(ds, 2, workers=3)} == {3}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_hf_dataset_spec(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +47,37 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+_threads_chosen = False  # set_threads was given a count (--threads, a study worker's share): keep it
+
+
 def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads for this process (``None``: torch's default, all CPUs)."""
+    global _threads_chosen
     if threads:
         torch.set_num_threads(threads)
+        _threads_chosen = True
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def threads_beside(processes: int) -> Iterator[None]:
+    """For the block, at most the CPUs that ``processes`` busy processes beside this one leave (at least one)
+    as torch threads, unless :func:`set_threads` chose the count; restored afterwards. Decoding workers and a
+    CPU model that each want every core slow each other down (an analysis on 2 cores: half the speed)."""
+    previous = torch.get_num_threads()
+    share = max(1, available_cpus() - processes)
+    if not processes or _threads_chosen or share >= previous:
+        yield
+        return
+    torch.set_num_threads(share)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

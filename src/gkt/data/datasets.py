@@ -16,6 +16,7 @@ from torch.utils.data import Dataset as TorchDataset
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import FileStamp, file_stamp
+from gkt.core.runtime import available_cpus, threads_beside
 from gkt.data.decode import (
     BadImagePolicy,
     ImageIndex,
@@ -369,8 +370,7 @@ def _import_decoders() -> None:
 def default_workers() -> int:
     """Decoding processes for encoded datasets: one per CPU this process may use but one (the main process
     runs the models meanwhile), at least 1, at most 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cpus - 1))
+    return max(1, min(8, available_cpus() - 1))
 
 
 class _Batches(TorchDataset):
@@ -418,17 +418,19 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
     if isinstance(dataset, EncodedImageDataset):
         _import_decoders()
     # Its own generator: the loader must not draw from torch's global RNG (that would shift dropout masks).
+    workers = min(workers, len(chunks))
     loader = DataLoader(_Batches(dataset, [c for c in chunks if len(c)]), batch_size=None, shuffle=False,
-                        num_workers=min(workers, len(chunks)), pin_memory=pin_memory, persistent_workers=False,
+                        num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
-    for images, labels, idx, bad in loader:
-        if bad:
-            keep = torch.ones(len(idx), dtype=torch.bool)
-            for pos, reason in bad:
-                dataset.mark_unreadable(int(idx[pos]), reason)
-                keep[pos] = False
-            labels, idx = labels[keep], idx[keep]
-        if len(idx):
-            yield images, labels, idx
+    with threads_beside(workers):  # the consumer's torch threads leave the decoding workers their CPUs
+        for images, labels, idx, bad in loader:
+            if bad:
+                keep = torch.ones(len(idx), dtype=torch.bool)
+                for pos, reason in bad:
+                    dataset.mark_unreadable(int(idx[pos]), reason)
+                    keep[pos] = False
+                labels, idx = labels[keep], idx[keep]
+            if len(idx):
+                yield images, labels, idx
     if not shuffle and world == 1 and not drop_last:
         dataset.drop_unreadable()
