@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
         synchronize(device)
         seconds = prepared + time.perf_counter() - start
     limit_after, decoded = decode_limit(files, size, workers, args.batch_size)
-    from gkt.analysis.complementary import RANDOM_BASELINE_SAMPLES
-
-    share = 0.0 if args.no_random_baseline else min(1.0, RANDOM_BASELINE_SAMPLES / len(files))
+    try:
+        from gkt.analysis.complementary import RANDOM_BASELINE_SAMPLES as sample
+    except ImportError:  # an older gkt: the baseline sees every image
+        sample = len(files)
+    share = 0.0 if args.no_random_baseline else min(1.0, sample / len(files))
     passes = len(models) * (1 + share)  # per image: each model, and its random-init baseline on a sample
     forward = forward_rate(models, decoded, share, args.batch_size, device, args.precision)
     limit = (limit_before + limit_after) / 2
@@ -216,10 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
            "forward_images_per_s": round(forward, 1), "ratio_to_slower_limit": round(rate / min(forward, limit), 3),
            "ratio_to_decode_limit": round(rate / limit, 3)}
     print(f"{len(files)} JPEGs ~400x350 -> decode size {size}, {len(models)} timm models ({', '.join(MODELS)}) "
-          f"at {args.input_size} px on {row['device']} ({args.precision}), {passes:g} forward passes per image; "
+          f"at {args.input_size} px on {row['device']} ({args.precision}), {passes:.3g} forward passes per image; "
           f"{workers} worker processes; torch threads {torch.get_num_threads()}; load average {load:.1f} before, "
           f"{row['load_after']:.1f} after")
-    print(f"analysis (list + {passes:g} passes, empty cache): {seconds:.1f} s = {rate:.0f} images/s "
+    print(f"analysis (list + {passes:.3g} passes, empty cache): {seconds:.1f} s = {rate:.0f} images/s "
           f"(samples analysed: {analysis.summary()['samples']})")
     print(f"decode limit (torchvision decode + resize, {workers} workers): {limit:.0f} images/s "
           f"(before {limit_before:.0f}, after {limit_after:.0f})")
