@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gkt.core.errors import GktError
 from gkt.data.spec import DataSpec, check_data_dir, load_split, parse_class_list
@@ -58,6 +59,25 @@ def test_with_classes_merges_a_separate_class_option() -> None:
     with pytest.raises(GktError, match="give the classes once"):
         DataSpec.parse("digits[1]").with_classes("2")
     assert parse_class_list("T-shirt/top, 3-4") == ("T-shirt/top", 3, 4)
+
+
+def test_quoted_class_names_hold_commas_and_brackets(tmp_path: Path) -> None:
+    """ImageNet's class names hold commas ("tench, Tinca tinca"): quoted, they select by name, and a spec's
+    text reads back as the same spec."""
+    assert parse_class_list('"tench, Tinca tinca", goldfish,3, \'7\'') == ("tench, Tinca tinca", "goldfish", 3, "7")
+    names = ("tench, Tinca tinca", "cock[erel]", 'say "hi"', "12", 4, "b-2")
+    spec = DataSpec("folder", "/data", "invert", names)
+    assert DataSpec.parse(str(spec)) == spec
+    for bad, message in (('"open, ended', "unclosed quote"), ('"a" b', "text after a quoted class name")):
+        with pytest.raises(GktError, match=message):
+            parse_class_list(bad)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("tench, Tinca tinca", "goldfish", "great white shark"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / split / name / "a.png")
+    picked = load_split(f'folder:{tmp_path}["great white shark","tench, Tinca tinca"]', "val", image_size=8)
+    assert picked.class_names == ["great white shark", "tench, Tinca tinca"] and len(picked) == 2
 
 
 def test_classes_then_domain_on_fmnist(tiny_fmnist_dir: Path) -> None:

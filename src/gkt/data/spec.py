@@ -50,14 +50,58 @@ SYNTAX = ("BASE[CLASSES]@DOMAIN, e.g. fmnist, fmnist[5-9], digits[1,3], fmnist[0
 ClassList = tuple[int | str, ...]  # class indices and/or class names, ranges expanded
 
 
+def _class_list_entries(text: str, where: str) -> list[tuple[str, bool]]:
+    """The comma-separated entries of a class list as ``(text, quoted)``; a quoted entry (``"..."`` or
+    ``'...'``) may hold commas (ImageNet's names do: ``"tench, Tinca tinca"``)."""
+    entries: list[tuple[str, bool]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] in "\"'":
+            end = text.find(text[i], i + 1)
+            if end < 0:
+                raise GktError(f"{where}unclosed quote in the class list {text!r}")
+            entries.append((text[i + 1:end], True))
+            i = end + 1
+            while i < n and text[i].isspace():
+                i += 1
+            if i < n and text[i] != ",":
+                raise GktError(f"{where}text after a quoted class name in {text!r}; separate entries with commas")
+        else:
+            end = text.find(",", i)
+            end = n if end < 0 else end
+            entries.append((text[i:end].strip(), False))
+            i = end
+        if i >= n:
+            return entries
+        i += 1  # the comma
+
+
+def _class_list_start(base: str) -> int:
+    """Where the class list ending ``base`` opens: its ``[``, not one inside a quoted class name (-1: none)."""
+    quote = None
+    for i in range(len(base) - 2, -1, -1):
+        if quote:
+            quote = None if base[i] == quote else quote
+        elif base[i] in "\"'":
+            quote = base[i]
+        elif base[i] == "[":
+            return i
+    return -1
+
+
 def parse_class_list(text: str, spec: str | None = None) -> ClassList:
-    """``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or ``"cat,dog"`` (class names) to a tuple of indices and names."""
+    """``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or ``"cat,dog"`` (class names; quoted where a name holds a comma
+    or looks like a number: ``'"tench, Tinca tinca",goldfish'``) to a tuple of indices and names."""
     where = f"data spec {spec!r}: " if spec else ""
     entries: list[int | str] = []
-    for part in (p.strip() for p in text.split(",")):
+    for part, quoted in _class_list_entries(text, where):
         if not part:
             raise GktError(f"{where}empty entry in the class list {text!r}; use e.g. [0-4], [5,7] or [cat,dog]")
-        if part.isdigit():
+        if quoted:
+            entries.append(part)
+        elif part.isdigit():
             entries.append(int(part))
         elif re.fullmatch(r"\d+\s*-\s*\d+", part):
             lo, hi = (int(v) for v in part.split("-"))
@@ -67,6 +111,16 @@ def parse_class_list(text: str, spec: str | None = None) -> ClassList:
         else:
             entries.append(part)
     return tuple(entries)
+
+
+def format_class_list(classes: Sequence[int | str]) -> str:
+    """The text :func:`parse_class_list` reads back as ``classes`` (names quoted where they need it)."""
+    def entry(c: int | str) -> str:
+        if isinstance(c, int):
+            return str(c)
+        plain = c and c == c.strip() and not re.search(r"[,\"'\[\]]", c) and not re.fullmatch(r"[\d\s-]+", c)
+        return c if plain else ('"' + c + '"' if '"' not in c else "'" + c + "'")
+    return ",".join(map(entry, classes))
 
 
 def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str], what: str) -> list[int]:
@@ -108,7 +162,7 @@ class DataSpec:
             raise GktError(f"data spec {spec!r}: the class list comes before the domain ({SYNTAX})")
         classes = None
         if base.endswith("]"):
-            opening = base.rfind("[")
+            opening = _class_list_start(base)
             if opening <= 0:
                 raise GktError(f"data spec {spec!r}: a class list needs a data set before it ({SYNTAX})")
             base, classes = base[:opening], parse_class_list(base[opening + 1:-1], spec)
@@ -137,7 +191,7 @@ class DataSpec:
 
     def __str__(self) -> str:
         base = self.kind if self.path is None else f"{self.kind}:{self.path}"
-        classes = "" if self.classes is None else "[" + ",".join(map(str, self.classes)) + "]"
+        classes = "" if self.classes is None else "[" + format_class_list(self.classes) + "]"
         return base + classes + ("" if self.domain is None else f"{DOMAIN_SEPARATOR}{self.domain}")
 
 
