@@ -246,3 +246,61 @@ def test_the_split_teacher_cache_is_keyed_by_content_and_remade_when_damaged() -
     other = TensorImageDataset("pool", 255 - images, pool.labels, ["a", "b"])  # same names and labels
     split_teacher(other, cpu, epochs=1)
     assert len(list(path.parent.glob("*.json"))) == 2  # other images: another teacher
+
+
+def test_cli_pretrain_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from gkt.engine.loop import TrainLoop
+    from gkt.models import load_model
+
+    digits = load_digits_28("train")
+    teacher = build_student("zoo-arch:cnn?channels=[4,8]", class_subset(digits, range(5)), seed=3)
+    save_checkpoint(teacher, tmp_path / "teacher")
+    runs = tmp_path / "runs"
+    common = ["--out", str(runs), "--threads", "1", "--device", "cpu"]
+    args = ["kdep", "pretrain", "--teacher", f"file:{tmp_path / 'teacher'}", "--student-arch",
+            "zoo-arch:cnn?channels=[4,10]", "--data", "digits", "--classes", "0-4", "--fraction", "0.3",
+            "--epochs", "3", "--batch-size", "32", "--augment", "flip", "--seed", "5", *common]
+
+    def run(*argv: str) -> tuple[int, Path]:
+        before = set(runs.glob("kdep-pretrain-*"))
+        code = main(list(argv))
+        return code, next(iter(set(runs.glob("kdep-pretrain-*")) - before), None)
+
+    code, full = run(*args)
+    assert code == 0
+    original = TrainLoop.train_epoch
+
+    def interrupted(self: TrainLoop) -> dict[str, float]:
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(TrainLoop, "train_epoch", interrupted)
+    code, broken = run(*args)
+    assert code == 130 and not (broken / "student.safetensors").exists() and (broken / "state.pt").is_file()
+    monkeypatch.setattr(TrainLoop, "train_epoch", original)
+    assert run("kdep", "pretrain", "--resume", str(broken), "--seed", "6", *common)[0] == 2  # a conflicting option
+    assert "the run used 5" in capsys.readouterr().err
+    assert run("kdep", "pretrain", "--resume", str(broken), "--epochs", "1", *common)[0] == 2  # cannot shorten it
+    assert "has done 2 epochs" in capsys.readouterr().err
+    kept = {f: f.read_bytes() for f in tmp_path.glob("teacher.*")}
+    for f in kept:
+        f.unlink()
+    save_checkpoint(build_student("zoo-arch:cnn?channels=[4,8]", class_subset(digits, range(5)), seed=4),
+                    tmp_path / "teacher")  # the teacher's spec now names other weights
+    assert run("kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
+    assert "the teacher changed" in capsys.readouterr().err
+    for f, raw in kept.items():
+        f.write_bytes(raw)
+    code, resumed = run("kdep", "pretrain", "--resume", str(broken), *common)
+    assert code == 0 and "resuming" in capsys.readouterr().out
+    a = load_model(f"file:{full / 'student'}").net.state_dict()
+    b = load_model(f"file:{resumed / 'student'}").net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted run
+    done = json.loads((resumed / "pretrain.json").read_text())
+    assert done["losses"] == json.loads((full / "pretrain.json").read_text())["losses"] and len(done["losses"]) == 3
+    assert done["resumed_from"] == str(broken)
+    (broken / "state.pt").write_bytes(b"damaged")
+    assert run("kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
+    assert "checksum" in capsys.readouterr().err

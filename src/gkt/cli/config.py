@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path
+from gkt.core.io import atomic_path, read_json
 
 CONFIG_OPTION = "config"
 
@@ -223,3 +223,33 @@ def add_config_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     suffix = f"(default: {_shown(value)})"
     return parser.add_argument(flag, default=list(value) if isinstance(value, tuple) else value,
                                help=f"{help} {suffix}" if help else suffix, **kwargs)
+
+
+def take_run_options(args: argparse.Namespace, command: str, options: Sequence[str]) -> Path:
+    """``--resume RUN_DIR``: set ``options`` (and ``epochs``, unless given now: a run may be extended) to the
+    interrupted ``command`` run's, from its ``config.json``; an option given now that differs from the run's
+    is an error naming it. Returns the run directory."""
+    old = Path(args.resume)
+    if not (old / "config.json").is_file():
+        raise GktError(f"--resume {old}: not a run directory (no config.json)")
+    try:
+        config = read_json(old / "config.json")
+        if not isinstance(config, dict) or config.get("command") != command:
+            raise GktError(f"--resume {old}: a `{config.get('command') if isinstance(config, dict) else '?'}` "
+                           f"run, not a `{command}` run")
+        previous = {key: config[key] for key in (*options, "epochs")}
+    except (ValueError, KeyError) as exc:
+        raise GktError(f"--resume {old}: its config.json is damaged ({type(exc).__name__}: {exc}); start a new run "
+                       "instead") from None
+    given = set(getattr(args, GIVEN, ()))
+    conflicts = [f"--{key.replace('_', '-')} {_shown(getattr(args, key))} (the run used {_shown(previous[key])})"
+                 for key in options if key in given and _shown(getattr(args, key)) != _shown(previous[key])]
+    if conflicts:
+        raise GktError(f"--resume {old} continues that run with its own options, but you gave {'; '.join(conflicts)}; "
+                       "drop them, or start a new run instead of resuming")
+    for key in options:
+        setattr(args, key, previous[key])
+    if "epochs" not in given or args.epochs is None:
+        args.epochs = previous["epochs"]
+    return old
+

@@ -7,9 +7,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gkt.cli import GROUP_HELP, register_verb
-from gkt.cli.config import add_config_option
+from gkt.cli import GROUP_HELP, record_config, register_verb
+from gkt.cli.config import add_config_option, take_run_options
 from gkt.core.config import Recipe
+from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv, write_json
 from gkt.reporting.tables import format_table
 
@@ -37,7 +38,7 @@ def _add_data(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
     from gkt.data.spec import SYNTAX
 
     p.add_argument("--data", default=default, required=default is None,
-                   help=f"{what} data spec {SYNTAX}; BASE: fmnist | digits (scikit-learn, 28x28) | folder:PATH")
+                   help=f"{what} data spec {SYNTAX}; BASE: fmnist | digits (scikit-learn, 28x28) | folder:PATH | hf:DIR | hf:ORG/NAME")
     p.add_argument("--classes", default=None,
                    help="keep only these classes, relabelled in order (e.g. 0-4, 5,7); the same as DATA[CLASSES]")
 
@@ -48,8 +49,9 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
 
     bench, d = BenchmarkConfig(), ObjectiveConfig()
     p.add_argument("--teacher", default=None, help="teacher model spec (zoo:NAME, file:PATH, timm:ARCH@W)")
-    p.add_argument("--student-arch", required=True,
-                   help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v]")
+    p.add_argument("--student-arch", default=None,
+                   help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v] "
+                        "(required unless --resume)")
     _add_data(p, "fmnist", "pre-training")
     add_config_option(p, "--fraction", bench, help="stratified share of the data")
     p.add_argument("--objective", choices=list(OBJECTIVES), default="kdep", help="pre-training loss (default kdep)")
@@ -60,7 +62,16 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--teacher-layer", d, help="teacher feature: auto | features | MODULE[:in|:out] of the net")
     add_config_option(p, "--student-layer", d, help="student feature, as --teacher-layer")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/student)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted pre-training run from its last finished epoch, with its own options "
+                        "(--epochs may extend it); the same final weights as an uninterrupted run")
     _add_recipe(p, bench.pretrain_recipe)
+
+
+# Options a resumed pre-training run takes from the interrupted run (everything but --epochs and --output).
+RESUMED = ("teacher", "student_arch", "data", "classes", "fraction", "objective", "loss_w", "pts_temperature",
+           "pts_power", "kd_temperature", "teacher_layer", "student_layer", "lr", "weight_decay", "optimizer",
+           "batch_size", "augment", "seed")
 
 
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
@@ -70,9 +81,15 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
     from gkt.data.subsets import stratified_subset
     from gkt.experiments.kdep_benchmark import KDEP_IMAGES
     from gkt.kdep.objectives import ObjectiveConfig
-    from gkt.kdep.pretrain import build_student, load_teacher, pretrain
+    from gkt.kdep.pretrain import build_student, load_pretrain_state, load_teacher, pretrain
     from gkt.models import save_checkpoint
 
+    resume = None
+    if args.resume:
+        resume = load_pretrain_state(take_run_options(args, "kdep pretrain", RESUMED))
+        record_config(args)  # the options the run goes on with (so this run can be resumed or rerun too)
+    if not args.student_arch:
+        raise GktError("give --student-arch ARCH (or --resume RUN_DIR)")
     spec = DataSpec.parse(args.data).with_classes(args.classes)
     data = stratified_subset(load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES), fraction=args.fraction,
                              seed=args.seed)
@@ -82,10 +99,14 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
     cfg = ObjectiveConfig(loss_w=args.loss_w, pts_temperature=args.pts_temperature, pts_power=args.pts_power,
                           kd_temperature=args.kd_temperature, teacher_layer=args.teacher_layer,
                           student_layer=args.student_layer)
-    result = pretrain(student, data, args.objective, _recipe(args), args.torch_device, teacher=teacher, cfg=cfg)
+    if resume is not None:
+        print(f"resuming {args.resume} after epoch {resume['epoch']} of {args.epochs}")
+    result = pretrain(student, data, args.objective, _recipe(args), args.torch_device, teacher=teacher, cfg=cfg,
+                      run_dir=args.run_dir, resume=resume)
     output = Path(args.output) if args.output else args.run_dir / "student"
     path = save_checkpoint(result.student.cpu(), output)
     metrics = {"objective": args.objective, "data": data.name, "samples": len(data), "losses": result.losses,
+               "resumed_from": args.resume,
                "seconds": round(result.seconds, 2), "train_seconds": round(result.train_seconds, 2),
                "checkpoint": str(path), **result.info}
     write_json(args.run_dir / "pretrain.json", metrics)

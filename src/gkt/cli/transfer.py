@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from gkt.cli import record_config, register_verb
-from gkt.cli.config import GIVEN, _shown, add_config_option, resolved_config
+from gkt.cli.config import add_config_option, resolved_config, take_run_options
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.errors import GktError
-from gkt.core.io import read_json, write_json
+from gkt.core.io import write_json
 from gkt.engine.distributed import DistContext
 from gkt.engine.tracking import Trackers
 from gkt.reporting.tables import format_table
@@ -100,32 +99,10 @@ def _parse_method_args(items: list[str]) -> dict[str, str]:
 
 
 def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The interrupted run's options and its training state; an option given now that differs from the
-    run's is an error naming it (only --epochs may change, to extend the run)."""
+    """The interrupted run's options (only --epochs may change, to extend the run) and its training state."""
     from gkt.transfer import load_state
 
-    old = Path(args.resume)
-    if not (old / "config.json").is_file():
-        raise GktError(f"--resume {old}: not a run directory (no config.json)")
-    try:
-        config = read_json(old / "config.json")
-        if not isinstance(config, dict) or config.get("command") != "transfer":
-            raise GktError(f"--resume {old}: a `{config.get('command') if isinstance(config, dict) else '?'}` "
-                           "run, not a transfer run")
-        previous = {key: config[key] for key in (*RESUMED, "class_map", "epochs")}
-    except (ValueError, KeyError) as exc:
-        raise GktError(f"--resume {old}: its config.json is damaged ({type(exc).__name__}: {exc}); start a new run "
-                       "instead") from None
-    given = set(getattr(args, GIVEN, ()))
-    conflicts = [f"--{key.replace('_', '-')} {_shown(getattr(args, key))} (the run used {_shown(previous[key])})"
-                 for key in (*RESUMED, "class_map") if key in given and _shown(getattr(args, key)) != _shown(previous[key])]
-    if conflicts:
-        raise GktError(f"--resume {old} continues that run with its own options, but you gave {'; '.join(conflicts)}; "
-                       "drop them, or start a new run instead of resuming")
-    for key in (*RESUMED, "class_map"):
-        setattr(args, key, previous[key])
-    args.epochs = args.epochs or previous["epochs"]
-    return load_state(old)
+    return load_state(take_run_options(args, "transfer", (*RESUMED, "class_map")))
 
 
 def _fmt(value: float) -> str:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,7 +18,9 @@ from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, evaluate, train_supervised
-from gkt.kdep.objectives import FEATURE_OBJECTIVES, Objective, ObjectiveConfig, make_objective
+from gkt.engine.predictions import dataset_identity
+from gkt.engine.state import load_training_state, save_training_state
+from gkt.kdep.objectives import FEATURE_OBJECTIVES, OBJECTIVES, Objective, ObjectiveConfig, make_objective
 from gkt.models import (
     ArchSpec,
     Classifier,
@@ -91,6 +94,8 @@ class PretrainTask(Task):
     objectives get the loop's wrapped (DDP, compiled) forward; feature objectives tap the student's
     layer eagerly, in one process."""
 
+    state_format = "gkt-kdep-state/1"
+
     def __init__(self, student: Classifier, objective: Objective):
         self.student, self.objective = student, objective
         self.forward: Callable[[torch.Tensor], torch.Tensor] = student
@@ -121,12 +126,19 @@ class PretrainTask(Task):
 def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, recipe: Recipe,
              device: torch.device, teacher: Classifier | None = None,
              cfg: ObjectiveConfig = ObjectiveConfig(), desc: str = "pretrain",
-             runtime: Runtime | None = None) -> PretrainResult:
+             runtime: Runtime | None = None, run_dir: Path | None = None,
+             resume: dict[str, Any] | None = None) -> PretrainResult:
     """Pre-train ``student`` in place with an objective from :data:`OBJECTIVES` on the one training loop
     (SGD/AdamW, warm-up + cosine). Without augmentation the teacher's outputs are computed once per sample
-    and cached by content (:class:`~gkt.engine.outputs_cache.CachedOutputs`), not per step."""
+    and cached by content (:class:`~gkt.engine.outputs_cache.CachedOutputs`), not per step. With
+    ``run_dir`` the training state is saved after each epoch; ``resume`` (:func:`load_pretrain_state`)
+    continues such a run, with the same student, teacher, data and settings, to the same weights."""
     start = time.perf_counter()
     runtime = runtime or Runtime()
+    inputs = None if run_dir is None and resume is None else {  # what a resume must find again
+        "student": student.identity(), "data": dataset_identity(dataset), "objective": objective_name,
+        "teacher": teacher.identity() if teacher is not None and OBJECTIVES[objective_name].needs_teacher else None,
+        "config": asdict(cfg), "recipe": {k: v for k, v in recipe.to_dict().items() if k != "epochs"}}
     student.to(device)
     objective = make_objective(objective_name, cfg, teacher, student, dataset, device,
                                precompute=runtime.cache_outputs and not recipe.augment)
@@ -135,8 +147,14 @@ def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, re
     def record(loop: TrainLoop, epoch_losses: dict[str, float]) -> None:
         losses.append(epoch_losses["train_loss"])
         log.info("%s epoch %d/%d loss %.4f", desc, loop.epoch, recipe.epochs, losses[-1])
+        if run_dir is not None:
+            save_training_state(run_dir, {**loop.state_dict(), "losses": losses, "inputs": inputs})
 
     loop = TrainLoop(PretrainTask(student, objective), dataset, LoopConfig.from_recipe(recipe), device, runtime, desc)
+    if resume is not None:
+        _check_resumable(resume, inputs, recipe.epochs)
+        loop.load_state_dict(resume)
+        losses = list(resume["losses"])
     train_start = time.perf_counter()
     loop.run(record)
     end = time.perf_counter()
@@ -145,6 +163,30 @@ def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, re
         "samples": len(dataset), "teacher": teacher.name if teacher is not None and objective.needs_teacher else None,
         **objective.extra()}}
     return PretrainResult(student.eval(), losses, end - start, end - train_start, objective.extra())
+
+
+def load_pretrain_state(run_dir: str | Path) -> dict[str, Any]:
+    """The last epoch's state of a ``gkt kdep pretrain`` run directory (for ``--resume``)."""
+    state = load_training_state(run_dir, PretrainTask.state_format, "kdep pretrain run")
+    if not isinstance(state.get("losses"), list) or not isinstance(state.get("inputs"), dict):
+        raise GktError(f"{run_dir}: its state.pt is not a complete kdep pre-training state; start the run again")
+    return state
+
+
+def _check_resumable(resume: dict[str, Any], inputs: dict[str, Any] | None, epochs: int) -> None:
+    done = int(resume["epoch"])
+    if done > epochs:
+        raise GktError(f"the run to resume has done {done} epochs; give --epochs {done} or more (it extends a run, "
+                       "it cannot shorten one)")
+    recorded = resume["inputs"]
+    changed = [what for key, what in (("student", "the student (architecture or seed)"), ("teacher", "the teacher"),
+                                      ("data", "the data"), ("objective", "the objective"),
+                                      ("config", "the objective's settings"), ("recipe", "the training recipe"))
+               if recorded.get(key) != (inputs or {}).get(key)]
+    if changed:
+        raise GktError(f"the run to resume started with other inputs: {', '.join(changed)} changed since (other "
+                       "weights, images or options); resuming would mix two runs: start a new run, or resume with "
+                       "the data options (e.g. --data-dir) the run had")
 
 
 def finetune(pretrained: Classifier, train: ImageDataset, test: ImageDataset, recipe: Recipe,

@@ -29,6 +29,7 @@ from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
 from gkt.engine.predictions import dataset_identity, get_many
+from gkt.engine.state import save_training_state
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.features import FeatureTap
@@ -46,7 +47,7 @@ from gkt.transfer.base import (
     label_free_methods,
 )
 from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
-from gkt.transfer.state import STATE_FORMAT, check_same_inputs, save_state
+from gkt.transfer.state import STATE_FORMAT, check_same_inputs
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             on_epoch(row)
         if run_dir is not None:
             write_csv(run_dir / "metrics.csv", history)
-            save_state(run_dir, {**trainer.state_dict(), "history": history, "inputs": inputs})
+            save_training_state(run_dir, {**trainer.state_dict(), "history": history, "inputs": inputs})
 
     try:
         trainer.run(end_of_epoch)

@@ -1,0 +1,53 @@
+"""A training run's saved state (``state.pt`` in its run directory): written after each epoch with its
+checksum, read back for ``--resume`` only when intact and of the expected kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gkt.core.errors import GktError
+from gkt.core.hashing import file_sha256
+from gkt.core.io import atomic_path, read_json, write_json
+
+STATE_FILE = "state.pt"
+STATE_DIGEST = "state.sha256.json"  # beside state.pt: its SHA-256 (and the one before, should a save be cut short)
+
+
+def save_training_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write ``state.pt`` atomically, its checksum first (torch's zip reader does not notice bytes changed in
+    place: a damaged state must not resume into other weights)."""
+    digest_path = run_dir / STATE_DIGEST
+    previous = read_json(digest_path).get("sha256") if digest_path.is_file() else None
+    with atomic_path(run_dir / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+        write_json(digest_path, {"sha256": file_sha256(tmp), "previous": previous})
+
+
+def load_training_state(run_dir: str | Path, state_format: str, what: str) -> dict[str, Any]:
+    """The last epoch's training state in ``run_dir`` (a ``what``, e.g. "transfer run"), when intact and of
+    ``state_format``."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise GktError(f"{run_dir}: no {STATE_FILE} (a {what} writes it after each finished epoch)")
+    digest_path = Path(run_dir) / STATE_DIGEST
+    if digest_path.is_file():
+        try:
+            recorded = read_json(digest_path)
+            accepted = {recorded.get("sha256"), recorded.get("previous")} - {None}
+        except (ValueError, AttributeError):
+            accepted = set()
+        if file_sha256(path) not in accepted:
+            raise GktError(f"{path}: the saved training state fails its checksum ({STATE_DIGEST}): it is damaged, "
+                           "so the run cannot be resumed: start it again")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty, or a pickle that weights_only refuses: each its own error type
+        raise GktError(f"{path}: cannot read the saved training state ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'}); it is damaged, so the run "
+                       "cannot be resumed: start it again") from None
+    if not isinstance(state, dict) or state.get("format") != state_format:
+        raise GktError(f"{path}: not the state of a gkt {what}; the run cannot be resumed: start it again")
+    return state
