@@ -201,6 +201,25 @@ def test_decoding_workers_get_their_cpus_from_the_consumers_threads(tmp_path: Pa
         torch.set_num_threads(before)
 
 
+def test_a_study_workers_decoders_come_out_of_its_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gkt.core.runtime as runtime
+    from gkt.data.datasets import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(runtime, "_cpu_share", None)
+    monkeypatch.setattr(runtime, "_threads_chosen", False)
+    assert runtime.available_cpus() == 16 and default_workers() == 8
+    before = torch.get_num_threads()
+    try:
+        runtime.set_cpu_share(3)  # one of several study workers on the machine
+        assert torch.get_num_threads() == 3 and runtime.available_cpus() == 3 and default_workers() == 2
+        with runtime.threads_beside(default_workers()):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_hf_dataset_spec(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(0)

@@ -47,7 +47,7 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-_threads_chosen = False  # set_threads was given a count (--threads, a study worker's share): keep it
+_threads_chosen = False  # set_threads was given a count (--threads): keep it
 
 
 def set_threads(threads: int | None) -> None:
@@ -58,9 +58,21 @@ def set_threads(threads: int | None) -> None:
         _threads_chosen = True
 
 
+_cpu_share: int | None = None  # set_cpu_share: the CPUs of a study worker
+
+
+def set_cpu_share(cpus: int) -> None:
+    """This process may use ``cpus`` CPUs (a study worker's share of the machine): as many torch threads,
+    and its decoding workers come out of the same share (:func:`available_cpus`)."""
+    global _cpu_share
+    _cpu_share = max(1, cpus)
+    torch.set_num_threads(_cpu_share)
+
+
 def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPUs this process may run on (its share of them in a study worker)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, _cpu_share) if _cpu_share else cpus
 
 
 @contextlib.contextmanager

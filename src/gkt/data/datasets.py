@@ -368,8 +368,8 @@ def _import_decoders() -> None:
 
 
 def default_workers() -> int:
-    """Decoding processes for encoded datasets: one per CPU this process may use but one (the main process
-    runs the models meanwhile), at least 1, at most 8."""
+    """Decoding processes for encoded datasets: one per CPU this process may use (a study worker: its share)
+    but one (the main process runs the models meanwhile), at least 1, at most 8."""
     return max(1, min(8, available_cpus() - 1))
 
 

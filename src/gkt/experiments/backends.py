@@ -71,11 +71,11 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
 
 
 def _init_worker(threads: int, parent: int | None = None, gpus: Any = None) -> None:
-    from gkt.core.runtime import set_threads
+    from gkt.core.runtime import set_cpu_share
 
     if gpus is not None:  # before this process touches CUDA: the worker sees exactly its GPU, as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get(timeout=60)
-    set_threads(threads)  # this worker's share of the CPUs, kept as chosen
+    set_cpu_share(threads)  # torch threads and decoding workers share the worker's CPUs
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent,), name="gkt-orphan-guard", daemon=True).start()
 
