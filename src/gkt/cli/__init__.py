@@ -73,7 +73,8 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", default="runs", help="root of run directories (default: ./runs)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's, all CPUs; while processes decode images beside it, "
+                            "the CPUs they leave)")
     group.add_argument("--data-dir", default=None,
                        help="directory with the Fashion-MNIST IDX files (else $GKT_DATA, the Debian package, the cache)")
     group.add_argument("--zoo-dir", default=None, help="where the embedded zoo is cached (default: $GKT_HOME/zoo)")
