@@ -329,3 +329,28 @@ def test_a_file_that_is_no_image_gets_a_stable_reason() -> None:
 
     with pytest.raises(UnreadableImage, match=r"^not an image format torchvision or PIL can read$"):
         decode_image(torch.frombuffer(bytearray(b"plain text, no image " * 8), dtype=torch.uint8), 3)
+
+
+def test_decoding_workers_and_shared_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Containers often give /dev/shm 64 MB: a warning when the workers' batches may not fit, and one clear
+    error, not a DataLoader traceback, when they run out."""
+    import collections
+
+    import gkt.data.decode as decode
+
+    root = write_jpeg_folder(tmp_path / "train", {"a": 4, "b": 4})
+    ds = load_image_folder(root, image_size=12)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(decode.shutil, "disk_usage", lambda path: usage(1000, 900, 100))
+    with caplog.at_level(logging.WARNING, logger="gkt"):
+        assert sum(len(x) for x, _, _ in iterate_batches(ds, 4, workers=2)) == 8
+    assert "2 decoding workers may need 0 MB of shared memory" in caplog.text and "--shm-size" in caplog.text
+    bus_error = RuntimeError("DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that "
+                             "dataloader's workers are out of shared memory. Please try to raise your shared memory limit.")
+    with pytest.raises(GktError, match=r"ran out of shared memory \(/dev/shm\); raise it"):
+        with decode.worker_memory(2, 10):
+            raise bus_error
+    with pytest.raises(RuntimeError, match="other"):  # other errors pass through as they are
+        with decode.worker_memory(2, 10):
+            raise RuntimeError("other")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from gkt.data.decode import (
     note_skipped,
     read_encoded,
     unreadable_message,
+    worker_memory,
 )
 from gkt.data.views import View, apply_views, canvas_shape, square_view
 
@@ -422,7 +424,9 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
     loader = DataLoader(_Batches(dataset, [c for c in chunks if len(c)]), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
-    with threads_beside(workers):  # the consumer's torch threads leave the decoding workers their CPUs
+    batch_bytes = max(map(len, chunks), default=0) * math.prod(dataset.image_shape)
+    # the consumer's torch threads leave the decoding workers their CPUs
+    with threads_beside(workers), worker_memory(workers, batch_bytes):
         for images, labels, idx, bad in loader:
             if bad:
                 keep = torch.ones(len(idx), dtype=torch.bool)

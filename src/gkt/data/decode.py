@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -191,3 +192,25 @@ class ImageIndex:
             write_json(self.path, {"key": self.key, "bad": self.bad, "stats": self.stats})
         except OSError:  # a read-only cache only costs the next command a decode
             pass
+
+
+SHARED_MEMORY = "/dev/shm"  # where DataLoader workers hand decoded batches over (containers often give 64 MB)
+
+
+@contextlib.contextmanager
+def worker_memory(workers: int, batch_bytes: int) -> Iterator[None]:
+    """Around a pass of ``workers`` decoding processes with batches of ``batch_bytes``: a warning before
+    when the shared memory they hand batches over in looks too small (two batches in flight per worker),
+    and one clear error, not a traceback, when they run out of it."""
+    advice = "raise it (docker run --shm-size=8g, or a larger /dev/shm), or lower --batch-size"
+    with contextlib.suppress(OSError):
+        free, needed = shutil.disk_usage(SHARED_MEMORY).free, 2 * workers * batch_bytes
+        if workers and needed > free:
+            log.warning("%d decoding workers may need %.0f MB of shared memory but %s has %.0f MB free; %s",
+                        workers, needed / 2**20, SHARED_MEMORY, free / 2**20, advice)
+    try:
+        yield
+    except RuntimeError as exc:
+        if "shared memory" not in str(exc) and "Bus error" not in str(exc):
+            raise
+        raise GktError(f"the decoding workers ran out of shared memory ({SHARED_MEMORY}); {advice}") from exc
