@@ -17,7 +17,6 @@ from PIL import Image
 from gkt.core.errors import GktError
 from gkt.data.datasets import iterate_batches, load_image_folder
 from gkt.data.decode import ImageIndex, decode_image, reset_skipped, skipped_images
-from gkt.data.spec import load_split
 from gkt.data.views import square_view
 from gkt.engine.predictions import dataset_identity
 
@@ -202,155 +201,66 @@ def test_decoding_workers_get_their_cpus_from_the_consumers_threads(tmp_path: Pa
 
 
 def test_a_study_workers_decoders_come_out_of_its_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoders: half the CPUs while the models compute on the CPU (the other half run torch threads), all
+    but one for a GPU consumer; a study worker's CPU share bounds both."""
     import gkt.core.runtime as runtime
     from gkt.data.datasets import default_workers
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    def cpus(n: int) -> None:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
+
     monkeypatch.setattr(runtime, "_cpu_share", None)
     monkeypatch.setattr(runtime, "_threads_chosen", False)
-    assert runtime.available_cpus() == 16 and default_workers() == 8
     before = torch.get_num_threads()
     try:
-        runtime.set_cpu_share(3)  # one of several study workers on the machine
-        assert torch.get_num_threads() == 3 and runtime.available_cpus() == 3 and default_workers() == 2
+        cpus(16)
+        assert runtime.available_cpus() == 16 and (default_workers(), default_workers(models_on_gpu=True)) == (8, 8)
+        cpus(8)
+        assert (default_workers(), default_workers(models_on_gpu=True)) == (4, 7)
+        torch.set_num_threads(8)
         with runtime.threads_beside(default_workers()):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 3
+            assert torch.get_num_threads() == 4
+        cpus(2)
+        assert (default_workers(), default_workers(models_on_gpu=True)) == (1, 1)
+        cpus(16)
+        runtime.set_cpu_share(3)  # one of several study workers on the machine
+        assert torch.get_num_threads() == 3 and runtime.available_cpus() == 3 and default_workers() == 1
+        with runtime.threads_beside(default_workers()):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 3 and default_workers(models_on_gpu=True) == 2
     finally:
         torch.set_num_threads(before)
 
 
-def test_hf_dataset_spec(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
-    rng = np.random.default_rng(0)
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "owl"]),
-                                  "note": datasets.Value("string")})
-
-    def split(n: int) -> object:
-        images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
-        return datasets.Dataset.from_dict({"img": images, "label": [i % 3 for i in range(n)],
-                                           "note": ["x"] * n}, features=features)
-
-    datasets.DatasetDict({"train": split(12), "validation": split(6)}).save_to_disk(str(tmp_path / "hfds"))
-    train = load_split(f"hf:{tmp_path / 'hfds'}", "train", val_fraction=0, image_size=16)
-    assert train.class_names == ["cat", "dog", "owl"] and len(train) == 12
-    assert train.labels.tolist() == [i % 3 for i in range(12)]
-    images = torch.cat([x for x, _, _ in iterate_batches(train, 5, workers=2)])
-    assert images.shape == (12, 3, 16, 16)
-    test = load_split(f"hf:{tmp_path / 'hfds'}", "test", image_size=16)  # falls back to the validation split
-    assert len(test) == 6
-    val = load_split(f"hf:{tmp_path / 'hfds'}", "val", image_size=16)
-    assert len(val) == 6 and dataset_identity(val) != dataset_identity(train)
-    datasets.DatasetDict({"train": split(10)}).save_to_disk(str(tmp_path / "only_train"))
-    carved = load_split(f"hf:{tmp_path / 'only_train'}", "val", val_fraction=0.3, image_size=16)
-    assert 0 < len(carved) < 10
-    with pytest.raises(GktError, match="no labelled test or validation split"):
-        load_split(f"hf:{tmp_path / 'only_train'}", "test")
-    with pytest.raises(GktError, match="not a saved Hugging Face dataset"):
-        load_split(f"hf:{tmp_path / 'missing'}", "train")
-
-
-def test_hf_spec_options_choose_columns_and_splits(tmp_path: Path) -> None:
-    """A hub-style dataset: coarse and fine labels (as CIFAR-100), a test split held back (labels -1, as
-    ImageNet's), a labelled validation split."""
-    datasets = pytest.importorskip("datasets")
-    rng = np.random.default_rng(0)
-    features = datasets.Features({"image": datasets.Image(), "photo": datasets.Image(),
-                                  "coarse_label": datasets.ClassLabel(names=["animal", "plant"]),
-                                  "fine_label": datasets.ClassLabel(names=["cat", "dog", "fern"])})
-
-    def split(n: int, labelled: bool = True) -> object:
-        images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
-        return datasets.Dataset.from_dict({"image": images, "photo": images[::-1],
-                                           "coarse_label": [i % 2 if labelled else -1 for i in range(n)],
-                                           "fine_label": [i % 3 if labelled else -1 for i in range(n)]},
-                                          features=features)
-
-    root = tmp_path / "hub"
-    datasets.DatasetDict({"train": split(9), "validation": split(6), "test": split(4, labelled=False)}
-                         ).save_to_disk(str(root))
-    first = load_split(f"hf:{root}", "train", image_size=8)  # neither column is named label: the first
-    assert first.class_names == ["animal", "plant"]
-    fine = load_split(f"hf:{root}?label=fine_label", "train", image_size=8)
-    assert fine.class_names == ["cat", "dog", "fern"] and fine.labels.tolist() == [i % 3 for i in range(9)]
-    test = load_split(f"hf:{root}?label=fine_label", "test", image_size=8)  # the unlabelled test split passed over
-    assert len(test) == 6 and test.name.endswith(":validation")
-    with pytest.raises(GktError, match=r"4 rows have no label .*\?test=validation"):
-        load_split(f"hf:{root}?test=test", "test")  # named: used, and refused for its missing labels
-    photo = load_split(f"hf:{root}?image=photo&label=fine_label", "train", image_size=8)
-    assert dataset_identity(photo) != dataset_identity(fine)
-    flipped = torch.cat([x for x, _, _ in iterate_batches(photo, 9, workers=0)])
-    assert torch.equal(flipped, torch.cat([x for x, _, _ in iterate_batches(fine, 9, workers=0)]).flip(0))
-    classes = load_split(f"hf:{root}?label=fine_label[dog,fern]", "test", image_size=8)
-    assert classes.class_names == ["dog", "fern"] and len(classes) == 4
-    for spec, message in ((f"hf:{root}?label=species", r"label=species is not a label column .*fine_label"),
-                          (f"hf:{root}?colour=red", "unknown option 'colour'; the options are image"),
-                          (f"hf:{root}?test=holdout", r"test=holdout is not one of its splits \(train, validation"),
-                          (f"hf:{root}?label=", "needs a value")):
-        with pytest.raises(GktError, match=message):
-            load_split(spec, "test", image_size=8)
-
-
-def test_hf_dataset_from_the_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``hf:ORG/NAME`` offline: ``load_dataset`` finds the dataset in its cache, laid out as a hub download
-    leaves it (``ORG___NAME/default/0.0.0/HASH/NAME-SPLIT.arrow``; here written by the same Parquet builder)."""
-    import shutil
-
-    datasets = pytest.importorskip("datasets")
-    from datasets.packaged_modules.parquet.parquet import Parquet
-
-    cache = tmp_path / "hf-datasets"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    rng = np.random.default_rng(0)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
-    for split, n in (("train", 6), ("test", 4)):
-        images = [Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)) for _ in range(n)]
-        datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]},
-                                   features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
-    builder = Parquet(cache_dir=str(cache), dataset_name="org___tiny", config_name="default", hash="0123abcd",
-                      data_files={s: str(tmp_path / f"{s}.parquet") for s in ("train", "test")})
-    builder.download_and_prepare()
-    config_dir = Path(builder.cache_dir).parents[1]
-    shutil.move(str(config_dir), str(config_dir.with_name("default")))
-    for arrow in config_dir.with_name("default").rglob("org___tiny-*"):
-        arrow.rename(arrow.with_name(arrow.name.replace("org___tiny-", "tiny-")))
-    test = load_split("hf:org/tiny", "test", image_size=8)
-    assert len(test) == 4 and test.class_names == ["a", "b"]
-    assert next(iterate_batches(test, 4))[0].shape == (4, 3, 8, 8)
-    with pytest.raises(GktError, match="nor a dataset in the local datasets cache"):
-        load_split("hf:org/absent", "test")
-
-
-def test_a_file_that_is_no_image_gets_a_stable_reason() -> None:
-    """Not an image at all: the reason says so, the same on every run (PIL's names a BytesIO object)."""
-    from gkt.data.decode import UnreadableImage, decode_image
-
-    with pytest.raises(UnreadableImage, match=r"^not an image format torchvision or PIL can read$"):
-        decode_image(torch.frombuffer(bytearray(b"plain text, no image " * 8), dtype=torch.uint8), 3)
-
-
 def test_decoding_workers_and_shared_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            caplog: pytest.LogCaptureFixture) -> None:
-    """Containers often give /dev/shm 64 MB: a warning when the workers' batches may not fit, and one clear
-    error, not a DataLoader traceback, when they run out."""
+                                            caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    """Containers often give /dev/shm 64 MB: a warning (once) when the workers' batches may not fit, and one
+    clear message with exit code 2, not a DataLoader traceback, when a worker dies of it."""
     import collections
+    import types
 
     import gkt.data.decode as decode
+    from gkt.cli import main
 
     root = write_jpeg_folder(tmp_path / "train", {"a": 4, "b": 4})
     ds = load_image_folder(root, image_size=12)
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(decode.shutil, "disk_usage", lambda path: usage(1000, 900, 100))
+    small = types.SimpleNamespace(disk_usage=lambda path: usage(1000, 900, 100))
+    monkeypatch.setattr(decode, "shutil", small)  # this module's view of /dev/shm only
+    monkeypatch.setattr(decode, "_warned_shared_memory", set())
     with caplog.at_level(logging.WARNING, logger="gkt"):
-        assert sum(len(x) for x, _, _ in iterate_batches(ds, 4, workers=2)) == 8
-    assert "2 decoding workers may need 0 MB of shared memory" in caplog.text and "--shm-size" in caplog.text
-    bus_error = RuntimeError("DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that "
-                             "dataloader's workers are out of shared memory. Please try to raise your shared memory limit.")
-    with pytest.raises(GktError, match=r"ran out of shared memory \(/dev/shm\); raise it"):
-        with decode.worker_memory(2, 10):
-            raise bus_error
-    with pytest.raises(RuntimeError, match="other"):  # other errors pass through as they are
-        with decode.worker_memory(2, 10):
-            raise RuntimeError("other")
+        for _ in range(2):  # a second pass (the next epoch) does not warn again
+            assert sum(len(x) for x, _, _ in iterate_batches(ds, 4, workers=2)) == 8
+    assert caplog.text.count("2 decoding workers may need 0 MB of shared memory") == 1 and "--shm-size" in caplog.text
+
+    def died(*args: object, **kwargs: object) -> None:  # what torch's SIGCHLD handler raises mid-forward
+        raise RuntimeError("DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that "
+                           "dataloader's workers are out of shared memory. Please try to raise your shared memory limit.")
+
+    write_jpeg_folder(tmp_path / "val", {"a": 2, "b": 2})
+    monkeypatch.setattr("gkt.analysis.complementary.get_many", died)
+    code = main(["analyze", "--models", "timm:test_vit?img_size=16", "timm:resnet10t?img_size=16", "--data",
+                 f"folder:{tmp_path}", "--out", str(tmp_path / "runs"), "--no-figures", "--no-semantic"])
+    err = capsys.readouterr().err
+    assert code == 2 and "a data-loading worker died (DataLoader worker (pid 7) is killed by signal: Bus error" in err
+    assert "--shm-size" in err and "Traceback" not in err

@@ -1,5 +1,5 @@
 """The project's error type (what went wrong and how to fix it), and which other exceptions are the
-user's to fix too (a full disk, a read-only location)."""
+user's to fix too (a full disk, a read-only location, too little shared memory for data-loading workers)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,17 @@ FULL_DISK_MESSAGES = ("basic_ios::clear", "PytorchStreamWriter failed", "No spac
                       "file write failed")
 
 
+# How torch reports a data-loading worker that died, most often of too little shared memory (/dev/shm, 64 MB
+# in a default container); its SIGCHLD handler raises these wherever the main process happens to be.
+WORKER_DEATH_MESSAGES = ("killed by signal: Bus error", "out of shared memory", "unable to open shared memory",
+                         "exited unexpectedly")
+WORKER_DEATH_FIX = ("usually shared memory (/dev/shm) or memory ran out: raise /dev/shm (docker run --shm-size=8g), "
+                    "or lower --batch-size")
+
+
 def storage_error(exc: BaseException) -> GktError | None:
-    """``exc`` (or an exception it was raised from) as a user error when it is a storage problem; else None."""
+    """``exc`` (or an exception it was raised from) as a user error when it is a storage or shared-memory
+    problem; else None."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
@@ -32,5 +41,7 @@ def storage_error(exc: BaseException) -> GktError | None:
         if isinstance(seen, Exception) and any(m in str(seen) for m in FULL_DISK_MESSAGES):
             return GktError(f"writing a file failed ({str(seen).splitlines()[0][:200]}): the disk is probably full; "
                             f"{STORAGE_ERRNOS[errno.ENOSPC]}")
+        if isinstance(seen, Exception) and any(m in str(seen) for m in WORKER_DEATH_MESSAGES):
+            return GktError(f"a data-loading worker died ({str(seen).splitlines()[0][:200]}): {WORKER_DEATH_FIX}")
         seen = seen.__cause__ or seen.__context__
     return None

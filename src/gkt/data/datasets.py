@@ -23,11 +23,11 @@ from gkt.data.decode import (
     ImageIndex,
     UnreadableImage,
     bad_image_policy,
+    check_shared_memory,
     decode_image,
     note_skipped,
     read_encoded,
     unreadable_message,
-    worker_memory,
 )
 from gkt.data.views import View, apply_views, canvas_shape, square_view
 
@@ -369,10 +369,12 @@ def _import_decoders() -> None:
     from torchvision.transforms.v2 import functional  # noqa: F401
 
 
-def default_workers() -> int:
-    """Decoding processes for encoded datasets: one per CPU this process may use (a study worker: its share)
-    but one (the main process runs the models meanwhile), at least 1, at most 8."""
-    return max(1, min(8, available_cpus() - 1))
+def default_workers(models_on_gpu: bool = False) -> int:
+    """Decoding processes for encoded datasets, out of the CPUs this process may use (a study worker: its
+    share), at least 1, at most 8: half of them while the models compute on the CPU too (the other half run
+    the models' threads), all but one when the models run on a GPU."""
+    cpus = available_cpus()
+    return max(1, min(8, cpus - 1 if models_on_gpu else cpus // 2))
 
 
 class _Batches(TorchDataset):
@@ -393,8 +395,8 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
                     pin_memory: bool = False, shard: tuple[int, int] = (0, 1)
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(raw uint8 images, labels, dataset indices)``. In-memory datasets are sliced directly;
-    encoded ones decode in ``workers`` DataLoader processes (``None``: :func:`default_workers`), each batch
-    once. ``shard=(rank, world)`` yields rank's share ``batch[rank::world]`` of every batch of the same
+    encoded ones decode in ``workers`` DataLoader processes (``None``: :func:`default_workers`, for a GPU
+    consumer when ``pin_memory``), each batch once. ``shard=(rank, world)`` yields rank's share ``batch[rank::world]`` of every batch of the same
     (seeded) order, as ``DistributedSampler`` does. Unreadable images fail the pass, or under
     ``--bad-images skip`` are left out of their batch; a pass over every row in order then drops them from
     ``dataset`` (so its ``labels`` match what the pass yielded)."""
@@ -416,7 +418,7 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
         unknown = torch.ones(n, dtype=torch.bool)
         unknown[list(known)] = False
         chunks = [chunk[unknown[chunk]] for chunk in chunks]
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(models_on_gpu=pin_memory) if workers is None else workers  # pinned: a GPU consumer
     if isinstance(dataset, EncodedImageDataset):
         _import_decoders()
     # Its own generator: the loader must not draw from torch's global RNG (that would shift dropout masks).
@@ -424,9 +426,8 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
     loader = DataLoader(_Batches(dataset, [c for c in chunks if len(c)]), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
-    batch_bytes = max(map(len, chunks), default=0) * math.prod(dataset.image_shape)
-    # the consumer's torch threads leave the decoding workers their CPUs
-    with threads_beside(workers), worker_memory(workers, batch_bytes):
+    check_shared_memory(workers, max(map(len, chunks), default=0) * math.prod(dataset.image_shape))
+    with threads_beside(workers):  # the consumer's torch threads leave the decoding workers their CPUs
         for images, labels, idx, bad in loader:
             if bad:
                 keep = torch.ones(len(idx), dtype=torch.bool)

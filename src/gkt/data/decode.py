@@ -195,22 +195,19 @@ class ImageIndex:
 
 
 SHARED_MEMORY = "/dev/shm"  # where DataLoader workers hand decoded batches over (containers often give 64 MB)
+_warned_shared_memory: set[tuple[int, int]] = set()
 
 
-@contextlib.contextmanager
-def worker_memory(workers: int, batch_bytes: int) -> Iterator[None]:
-    """Around a pass of ``workers`` decoding processes with batches of ``batch_bytes``: a warning before
-    when the shared memory they hand batches over in looks too small (two batches in flight per worker),
-    and one clear error, not a traceback, when they run out of it."""
-    advice = "raise it (docker run --shm-size=8g, or a larger /dev/shm), or lower --batch-size"
+def check_shared_memory(workers: int, batch_bytes: int) -> None:
+    """Warn (once per process and size) when ``workers`` decoding processes with batches of ``batch_bytes``
+    may not fit in the shared memory they hand batches over in (two batches in flight per worker); should
+    they run out, the command ends with one message saying so (:func:`gkt.core.errors.storage_error`)."""
+    if not workers or (workers, batch_bytes) in _warned_shared_memory:
+        return
     with contextlib.suppress(OSError):
         free, needed = shutil.disk_usage(SHARED_MEMORY).free, 2 * workers * batch_bytes
-        if workers and needed > free:
-            log.warning("%d decoding workers may need %.0f MB of shared memory but %s has %.0f MB free; %s",
-                        workers, needed / 2**20, SHARED_MEMORY, free / 2**20, advice)
-    try:
-        yield
-    except RuntimeError as exc:
-        if "shared memory" not in str(exc) and "Bus error" not in str(exc):
-            raise
-        raise GktError(f"the decoding workers ran out of shared memory ({SHARED_MEMORY}); {advice}") from exc
+        if needed > free:
+            _warned_shared_memory.add((workers, batch_bytes))
+            log.warning("%d decoding workers may need %.0f MB of shared memory but %s has %.0f MB free; raise it "
+                        "(docker run --shm-size=8g), or lower --batch-size", workers, needed / 2**20, SHARED_MEMORY,
+                        free / 2**20)
