@@ -64,8 +64,9 @@ def test_with_classes_merges_a_separate_class_option() -> None:
 def test_quoted_class_names_hold_commas_and_brackets(tmp_path: Path) -> None:
     """ImageNet's class names hold commas ("tench, Tinca tinca"): quoted, they select by name, and a spec's
     text reads back as the same spec."""
-    assert parse_class_list('"tench, Tinca tinca", goldfish,3, \'7\'') == ("tench, Tinca tinca", "goldfish", 3, "7")
-    names = ("tench, Tinca tinca", "cock[erel]", 'say "hi"', "12", 4, "b-2")
+    assert parse_class_list('"tench, Tinca tinca", goldfish,3, "7"') == ("tench, Tinca tinca", "goldfish", 3, "7")
+    assert DataSpec.parse("folder:/d[yellow lady's slipper,dog's]").classes == ("yellow lady's slipper", "dog's")
+    names = ("tench, Tinca tinca", "cock[erel]", 'say "hi"', "Kid's \"toy\"", "12", 4, "b-2", "5\" screen")
     spec = DataSpec("folder", "/data", "invert", names)
     assert DataSpec.parse(str(spec)) == spec
     for bad, message in (('"open, ended', "unclosed quote"), ('"a" b', "text after a quoted class name")):

@@ -80,20 +80,53 @@ def _class_list_entries(text: str, where: str) -> list[tuple[str, bool]]:
 
 def _class_list_start(base: str) -> int:
     """Where the class list ending ``base`` opens: its ``[``, not one inside a quoted class name (-1: none)."""
-    quote = None
+    quoted = False
     for i in range(len(base) - 2, -1, -1):
-        if quote:
-            quote = None if base[i] == quote else quote
-        elif base[i] in "\"'":
-            quote = base[i]
-        elif base[i] == "[":
+        if base[i] == '"':
+            quoted = not quoted
+        elif base[i] == "[" and not quoted:
             return i
     return -1
 
 
+def _class_list_entries(text: str, where: str) -> list[tuple[str, bool]]:
+    """The comma-separated entries of a class list as ``(text, quoted)``: an entry in double quotes may hold
+    commas (ImageNet's names do: ``"tench, Tinca tinca"``) and doubled quotes (``""`` for ``"``), as in CSV."""
+    entries: list[tuple[str, bool]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            name, i = [], i + 1
+            while True:
+                end = text.find('"', i)
+                if end < 0:
+                    raise GktError(f"{where}unclosed quote in the class list {text!r}")
+                name.append(text[i:end])
+                if text[end + 1:end + 2] != '"':
+                    break
+                name.append('"')
+                i = end + 2
+            entries.append(("".join(name), True))
+            i = end + 1
+            while i < n and text[i].isspace():
+                i += 1
+            if i < n and text[i] != ",":
+                raise GktError(f"{where}text after a quoted class name in {text!r}; separate entries with commas")
+        else:
+            end = text.find(",", i)
+            end = n if end < 0 else end
+            entries.append((text[i:end].strip(), False))
+            i = end
+        if i >= n:
+            return entries
+        i += 1  # the comma
+
+
 def parse_class_list(text: str, spec: str | None = None) -> ClassList:
-    """``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or ``"cat,dog"`` (class names; quoted where a name holds a comma
-    or looks like a number: ``'"tench, Tinca tinca",goldfish'``) to a tuple of indices and names."""
+    """``"0-4"``, ``"5,7,9"``, ``"0-2,8"`` or ``"cat,dog"`` (class names; in double quotes where a name holds
+    a comma or looks like a number: ``'"tench, Tinca tinca",goldfish'``) to a tuple of indices and names."""
     where = f"data spec {spec!r}: " if spec else ""
     entries: list[int | str] = []
     for part, quoted in _class_list_entries(text, where):
@@ -118,8 +151,8 @@ def format_class_list(classes: Sequence[int | str]) -> str:
     def entry(c: int | str) -> str:
         if isinstance(c, int):
             return str(c)
-        plain = c and c == c.strip() and not re.search(r"[,\"'\[\]]", c) and not re.fullmatch(r"[\d\s-]+", c)
-        return c if plain else ('"' + c + '"' if '"' not in c else "'" + c + "'")
+        plain = c == c.strip() and not re.search(r'[,"\[\]]', c) and not re.fullmatch(r"[\d\s-]*", c)
+        return c if plain else '"' + c.replace('"', '""') + '"'
     return ",".join(map(entry, classes))
 
 
