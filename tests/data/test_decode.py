@@ -17,6 +17,7 @@ from PIL import Image
 from gkt.core.errors import GktError
 from gkt.data.datasets import iterate_batches, load_image_folder
 from gkt.data.decode import ImageIndex, decode_image, reset_skipped, skipped_images
+from gkt.data.spec import load_split
 from gkt.data.views import square_view
 from gkt.engine.predictions import dataset_identity
 
@@ -230,6 +231,132 @@ def test_a_study_workers_decoders_come_out_of_its_cpu_share(monkeypatch: pytest.
         assert torch.get_num_threads() == 3 and default_workers(models_on_gpu=True) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_hf_dataset_spec(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "owl"]),
+                                  "note": datasets.Value("string")})
+
+    def split(n: int) -> object:
+        images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
+        return datasets.Dataset.from_dict({"img": images, "label": [i % 3 for i in range(n)],
+                                           "note": ["x"] * n}, features=features)
+
+    datasets.DatasetDict({"train": split(12), "validation": split(6)}).save_to_disk(str(tmp_path / "hfds"))
+    train = load_split(f"hf:{tmp_path / 'hfds'}", "train", val_fraction=0, image_size=16)
+    assert train.class_names == ["cat", "dog", "owl"] and len(train) == 12
+    assert train.labels.tolist() == [i % 3 for i in range(12)]
+    images = torch.cat([x for x, _, _ in iterate_batches(train, 5, workers=2)])
+    assert images.shape == (12, 3, 16, 16)
+    test = load_split(f"hf:{tmp_path / 'hfds'}", "test", image_size=16)  # falls back to the validation split
+    assert len(test) == 6
+    val = load_split(f"hf:{tmp_path / 'hfds'}", "val", image_size=16)
+    assert len(val) == 6 and dataset_identity(val) != dataset_identity(train)
+    datasets.DatasetDict({"train": split(10)}).save_to_disk(str(tmp_path / "only_train"))
+    carved = load_split(f"hf:{tmp_path / 'only_train'}", "val", val_fraction=0.3, image_size=16)
+    assert 0 < len(carved) < 10
+    with pytest.raises(GktError, match="no labelled test or validation split"):
+        load_split(f"hf:{tmp_path / 'only_train'}", "test")
+    with pytest.raises(GktError, match="not a saved Hugging Face dataset"):
+        load_split(f"hf:{tmp_path / 'missing'}", "train")
+
+
+def test_hf_spec_options_choose_columns_and_splits(tmp_path: Path) -> None:
+    """A hub-style dataset: coarse and fine labels (as CIFAR-100), a test split held back (labels -1, as
+    ImageNet's), a labelled validation split."""
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "photo": datasets.Image(),
+                                  "coarse_label": datasets.ClassLabel(names=["animal", "plant"]),
+                                  "fine_label": datasets.ClassLabel(names=["cat", "dog", "fern"])})
+
+    def split(n: int, labelled: bool = True) -> object:
+        images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
+        return datasets.Dataset.from_dict({"image": images, "photo": images[::-1],
+                                           "coarse_label": [i % 2 if labelled else -1 for i in range(n)],
+                                           "fine_label": [i % 3 if labelled else -1 for i in range(n)]},
+                                          features=features)
+
+    root = tmp_path / "hub"
+    datasets.DatasetDict({"train": split(9), "validation": split(6), "test": split(4, labelled=False)}
+                         ).save_to_disk(str(root))
+    first = load_split(f"hf:{root}", "train", image_size=8)  # neither column is named label: the first
+    assert first.class_names == ["animal", "plant"]
+    fine = load_split(f"hf:{root}?label=fine_label", "train", image_size=8)
+    assert fine.class_names == ["cat", "dog", "fern"] and fine.labels.tolist() == [i % 3 for i in range(9)]
+    test = load_split(f"hf:{root}?label=fine_label", "test", image_size=8)  # the unlabelled test split passed over
+    assert len(test) == 6 and test.name.endswith(":validation")
+    with pytest.raises(GktError, match=r"4 rows have no label .*\?test=validation"):
+        load_split(f"hf:{root}?test=test", "test")  # named: used, and refused for its missing labels
+    photo = load_split(f"hf:{root}?image=photo&label=fine_label", "train", image_size=8)
+    assert dataset_identity(photo) != dataset_identity(fine)
+    flipped = torch.cat([x for x, _, _ in iterate_batches(photo, 9, workers=0)])
+    assert torch.equal(flipped, torch.cat([x for x, _, _ in iterate_batches(fine, 9, workers=0)]).flip(0))
+    with pytest.raises(GktError, match="no labelled test or validation split"):  # not the train split again
+        load_split(f"hf:{root}?train=validation", "test", image_size=8)
+    with pytest.raises(GktError, match="is the split that serves as train"):
+        load_split(f"hf:{root}?train=validation&test=validation", "test", image_size=8)
+    classes = load_split(f"hf:{root}?label=fine_label[dog,fern]", "test", image_size=8)
+    assert classes.class_names == ["dog", "fern"] and len(classes) == 4
+    nulls = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    null_root = tmp_path / "nulls"
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(4)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=nulls),
+                          "validation": datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1, 0]},
+                                                                   features=nulls),
+                          "test": datasets.Dataset.from_dict({"image": images, "label": [None] * 4}, features=nulls)}
+                         ).save_to_disk(str(null_root))
+    assert load_split(f"hf:{null_root}", "test", image_size=8).name.endswith(":validation")  # null labels: none
+    with pytest.raises(GktError, match="4 rows have no label"):
+        load_split(f"hf:{null_root}?test=test", "test", image_size=8)
+    for spec, message in ((f"hf:{root}?label=species", r"label=species is not a label column .*fine_label"),
+                          (f"hf:{root}?colour=red", "unknown option 'colour'; the options are image"),
+                          (f"hf:{root}?test=holdout", r"test=holdout is not one of its splits \(train, validation"),
+                          (f"hf:{root}?label=", "needs a value")):
+        with pytest.raises(GktError, match=message):
+            load_split(spec, "test", image_size=8)
+
+
+def test_hf_dataset_from_the_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hf:ORG/NAME`` offline: ``load_dataset`` finds the dataset in its cache, laid out as a hub download
+    leaves it (``ORG___NAME/default/0.0.0/HASH/NAME-SPLIT.arrow``; here written by the same Parquet builder)."""
+    import shutil
+
+    datasets = pytest.importorskip("datasets")
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    for split, n in (("train", 6), ("test", 4)):
+        images = [Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)) for _ in range(n)]
+        datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]},
+                                   features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    builder = Parquet(cache_dir=str(cache), dataset_name="org___tiny", config_name="default", hash="0123abcd",
+                      data_files={s: str(tmp_path / f"{s}.parquet") for s in ("train", "test")})
+    builder.download_and_prepare()
+    config_dir = Path(builder.cache_dir).parents[1]
+    shutil.move(str(config_dir), str(config_dir.with_name("default")))
+    for arrow in config_dir.with_name("default").rglob("org___tiny-*"):
+        arrow.rename(arrow.with_name(arrow.name.replace("org___tiny-", "tiny-")))
+    test = load_split("hf:org/tiny", "test", image_size=8)
+    assert len(test) == 4 and test.class_names == ["a", "b"]
+    assert next(iterate_batches(test, 4))[0].shape == (4, 3, 8, 8)
+    with pytest.raises(GktError, match="nor a dataset in the local datasets cache"):
+        load_split("hf:org/absent", "test")
+
+
+def test_a_file_that_is_no_image_gets_a_stable_reason() -> None:
+    """Not an image at all: the reason says so, the same on every run (PIL's names a BytesIO object)."""
+    from gkt.data.decode import UnreadableImage, decode_image
+
+    with pytest.raises(UnreadableImage, match=r"^not an image format torchvision or PIL can read$"):
+        decode_image(torch.frombuffer(bytearray(b"plain text, no image " * 8), dtype=torch.uint8), 3)
 
 
 def test_decoding_workers_and_shared_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

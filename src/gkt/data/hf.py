@@ -90,9 +90,9 @@ class HFImageDataset(EncodedImageDataset):
         self.table = table.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
         self.image_col, self.origin = image_col, name
         self.rows = torch.arange(len(table))
-        labels = torch.tensor(table[label_col], dtype=torch.long)
+        labels = torch.from_numpy(_label_values(table, label_col))
         if len(labels) and labels.min() < 0:
-            raise GktError(f"{name}: {(labels < 0).sum().item()} rows have no label ({label_col} = -1); "
+            raise GktError(f"{name}: {(labels < 0).sum().item()} rows have no label ({label_col} = -1 or null); "
                            "gkt needs labelled rows (choose a labelled split, e.g. ?test=validation)")
         names = list(table.features[label_col].names)
         if class_names is not None and names != list(class_names):
@@ -204,12 +204,18 @@ def _label_column(features: Any, source: str, chosen: str | None = None) -> str:
     return _column(features, datasets.ClassLabel, ("label", "labels"), "label", source, chosen)
 
 
-def _unlabelled(table: Any, label_column: str) -> bool:
-    """Whether no row of ``table`` has a label (a hub test split held back, labelled -1 throughout)."""
+def _label_values(table: Any, label_column: str) -> Any:
+    """The label column as int64 NumPy, a missing (null) label as -1 (ClassLabel's "no label")."""
     import pyarrow.compute as pc
 
     column = table.with_format(None).data.column(label_column)
-    return len(column) > 0 and pc.max(column).as_py() < 0
+    return pc.fill_null(column, -1).to_numpy().astype("int64", copy=True)
+
+
+def _unlabelled(table: Any, label_column: str) -> bool:
+    """Whether no row of ``table`` has a label (a hub test split held back: -1 or null throughout)."""
+    labels = _label_values(table, label_column)
+    return len(labels) > 0 and bool((labels < 0).all())
 
 
 def parse_hf_path(path: str) -> tuple[str, dict[str, str]]:
@@ -250,7 +256,12 @@ def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_f
         with contextlib.suppress(GktError):  # a train split without labels: each split keeps its own
             features = splits[train].features
             classes = list(features[_label_column(features, f"hf:{path}:{train}", columns["label_column"])].names)
-    candidates = (options[split],) if split in options else SPLIT_NAMES[split]
+    if split != "train" and options.get(split) == train:
+        raise GktError(f"hf:{path}: {split}={train} is the split that serves as train; evaluating on the training "
+                       f"data would pass off a wrong result: choose another split for {split}")
+    # the split serving as train never serves as val or test too (?train=validation: test is not validation)
+    candidates = (options[split],) if split in options else tuple(
+        name for name in SPLIT_NAMES[split] if split == "train" or name != train)
     for name in candidates:
         if name not in splits:
             continue
