@@ -304,3 +304,51 @@ def test_cli_pretrain_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: p
     (broken / "state.pt").write_bytes(b"damaged")
     assert run("kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
     assert "checksum" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("augment", [[], ["--augment", "flip"]])
+def test_pretrain_with_an_unreadable_image_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       augment: list[str]) -> None:
+    """Under --bad-images skip the unreadable image is left out from the epoch after it is found (without
+    augmentation: from the start, by the teacher's pass), as a resumed run lists the folder."""
+    from gkt.data.datasets import load_image_folder
+    from gkt.engine.loop import TrainLoop
+    from gkt.models import load_model
+    from tests.data.test_decode import write_jpeg_folder
+
+    write_jpeg_folder(tmp_path / "data" / "train", {"a": 12, "b": 12}, truncated="b/broken.jpg")
+    clean = write_jpeg_folder(tmp_path / "clean", {"a": 2, "b": 2})
+    teacher = build_student("zoo-arch:cnn?channels=[4,8]", load_image_folder(clean, image_size=28, channels=1), seed=3)
+    save_checkpoint(teacher, tmp_path / "teacher")
+    runs = tmp_path / "runs"
+    common = ["--out", str(runs), "--threads", "1", "--device", "cpu", "--bad-images", "skip"]
+    args = ["kdep", "pretrain", "--teacher", f"file:{tmp_path / 'teacher'}", "--student-arch",
+            "zoo-arch:cnn?channels=[4,10]", "--data", f"folder:{tmp_path / 'data'}", "--fraction", "1", "--epochs",
+            "3", "--batch-size", "8", "--seed", "5", *augment, *common]
+
+    def run(*argv: str) -> tuple[int, Path]:
+        before = set(runs.glob("kdep-pretrain-*"))
+        code = main(list(argv))
+        return code, next(iter(set(runs.glob("kdep-pretrain-*")) - before), None)
+
+    monkeypatch.setenv("GKT_HOME", str(tmp_path / "home-full"))  # each run finds the broken image itself
+    code, full = run(*args)
+    assert code == 0
+    original = TrainLoop.train_epoch
+
+    def interrupted(self: TrainLoop) -> dict[str, float]:
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setenv("GKT_HOME", str(tmp_path / "home-resumed"))
+    monkeypatch.setattr(TrainLoop, "train_epoch", interrupted)
+    code, broken = run(*args)
+    assert code == 130
+    monkeypatch.setattr(TrainLoop, "train_epoch", original)
+    code, resumed = run("kdep", "pretrain", "--resume", str(broken), *common)
+    assert code == 0
+    a = load_model(f"file:{full / 'student'}").net.state_dict()
+    b = load_model(f"file:{resumed / 'student'}").net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed / "pretrain.json").read_text())["samples"] == 24

@@ -136,23 +136,32 @@ def pretrain(student: Classifier, dataset: ImageDataset, objective_name: str, re
     start = time.perf_counter()
     runtime = runtime or Runtime()
     inputs = None if run_dir is None and resume is None else {  # what a resume must find again
-        "student": student.identity(), "data": dataset_identity(dataset), "objective": objective_name,
+        "student": student.identity(), "objective": objective_name,
         "teacher": teacher.identity() if teacher is not None and OBJECTIVES[objective_name].needs_teacher else None,
         "config": asdict(cfg), "recipe": {k: v for k, v in recipe.to_dict().items() if k != "epochs"}}
+    if resume is not None:  # before the teacher's pass: a resume that cannot work fails at once
+        _check_resumable(resume, inputs, recipe.epochs)
     student.to(device)
     objective = make_objective(objective_name, cfg, teacher, student, dataset, device,
                                precompute=runtime.cache_outputs and not recipe.augment)
+    if inputs is not None:  # after the in-order passes, which leave unreadable images out (--bad-images skip)
+        inputs["data"] = dataset_identity(dataset)
+    if resume is not None:
+        _check_resumable(resume, inputs, recipe.epochs, data=True)
     losses: list[float] = []
 
     def record(loop: TrainLoop, epoch_losses: dict[str, float]) -> None:
         losses.append(epoch_losses["train_loss"])
         log.info("%s epoch %d/%d loss %.4f", desc, loop.epoch, recipe.epochs, losses[-1])
+        size = len(dataset)
+        dataset.drop_unreadable()  # images found unreadable this epoch: left out from the next, as a resume lists it
+        if inputs is not None and len(dataset) != size:
+            inputs["data"] = dataset_identity(dataset)
         if run_dir is not None:
             save_training_state(run_dir, {**loop.state_dict(), "losses": losses, "inputs": inputs})
 
     loop = TrainLoop(PretrainTask(student, objective), dataset, LoopConfig.from_recipe(recipe), device, runtime, desc)
     if resume is not None:
-        _check_resumable(resume, inputs, recipe.epochs)
         loop.load_state_dict(resume)
         losses = list(resume["losses"])
     train_start = time.perf_counter()
@@ -173,16 +182,18 @@ def load_pretrain_state(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def _check_resumable(resume: dict[str, Any], inputs: dict[str, Any] | None, epochs: int) -> None:
+def _check_resumable(resume: dict[str, Any], inputs: dict[str, Any] | None, epochs: int, data: bool = False) -> None:
+    """Refuse a resume with fewer epochs than done, or other inputs than the run had (``data``: the data's
+    identity too, known once the in-order passes have left unreadable images out)."""
     done = int(resume["epoch"])
     if done > epochs:
         raise GktError(f"the run to resume has done {done} epochs; give --epochs {done} or more (it extends a run, "
                        "it cannot shorten one)")
-    recorded = resume["inputs"]
-    changed = [what for key, what in (("student", "the student (architecture or seed)"), ("teacher", "the teacher"),
-                                      ("data", "the data"), ("objective", "the objective"),
-                                      ("config", "the objective's settings"), ("recipe", "the training recipe"))
-               if recorded.get(key) != (inputs or {}).get(key)]
+    recorded, inputs = resume["inputs"], inputs or {}
+    checked = (("student", "the student (architecture or seed)"), ("teacher", "the teacher"),
+               ("objective", "the objective"), ("config", "the objective's settings"),
+               ("recipe", "the training recipe"), *((("data", "the data (its images or labels)"),) if data else ()))
+    changed = [what for key, what in checked if recorded.get(key) != inputs.get(key)]
     if changed:
         raise GktError(f"the run to resume started with other inputs: {', '.join(changed)} changed since (other "
                        "weights, images or options); resuming would mix two runs: start a new run, or resume with "
