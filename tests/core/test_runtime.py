@@ -46,3 +46,20 @@ def test_unusable_gpu_is_named_with_driver_and_cuda_versions(monkeypatch: pytest
     assert "driver 470.57.02" in caplog.text and "CUDA 13.2" in caplog.text and "runs on the CPU" in caplog.text
     with pytest.raises(GktError, match="driver 470.57.02"):
         runtime.resolve_device("cuda")
+
+
+def test_a_dead_data_loading_worker_is_the_users_to_fix() -> None:
+    from gkt.core.errors import storage_error
+
+    bus = RuntimeError("DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that dataloader's "
+                       "workers are out of shared memory.")
+    assert "--shm-size" in str(storage_error(bus))
+    try:  # torch re-raises inside its own handling: the cause is found down the chain
+        try:
+            raise RuntimeError("unable to open shared memory object </torch_1_2> in read-write mode: "
+                               "Too many open files (24)")
+        except RuntimeError as inner:
+            raise ValueError("collate failed") from inner
+    except ValueError as outer:
+        assert "ulimit -n" in str(storage_error(outer))
+    assert storage_error(RuntimeError("shape mismatch")) is None

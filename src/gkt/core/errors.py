@@ -42,6 +42,8 @@ def storage_error(exc: BaseException) -> GktError | None:
             return GktError(f"writing a file failed ({str(seen).splitlines()[0][:200]}): the disk is probably full; "
                             f"{STORAGE_ERRNOS[errno.ENOSPC]}")
         if isinstance(seen, Exception) and any(m in str(seen) for m in WORKER_DEATH_MESSAGES):
-            return GktError(f"a data-loading worker died ({str(seen).splitlines()[0][:200]}): {WORKER_DEATH_FIX}")
+            fix = "raise the open-file limit (ulimit -n 65536)" if "Too many open files" in str(seen) else \
+                WORKER_DEATH_FIX
+            return GktError(f"a data-loading worker died ({str(seen).splitlines()[0][:200]}): {fix}")
         seen = seen.__cause__ or seen.__context__
     return None
