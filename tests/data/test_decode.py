@@ -233,6 +233,25 @@ def test_a_study_workers_decoders_come_out_of_its_cpu_share(monkeypatch: pytest.
         torch.set_num_threads(before)
 
 
+def test_pixel_statistics_stay_when_unreadable_images_drop_out(tmp_path: Path) -> None:
+    """The statistics (which a random-init model's identity includes) come from the first readable images in
+    an order fixed by their paths: the same after a skip pass has left unreadable images out of the listing."""
+    from gkt.core.hashing import hash_order
+
+    root = write_jpeg_folder(tmp_path / "train", {"a": 150, "b": 150})
+    for name in ("a/x1.jpg", "a/x2.jpg", "b/x3.jpg", "b/x4.jpg"):
+        (root / name).write_bytes((root / "a" / "0.jpg").read_bytes()[:200])
+    first = load_image_folder(root, image_size=12, bad_images="skip")
+    head = {first.source(int(i)) for i in hash_order([first.source(i) for i in range(len(first))])[:256]}
+    assert any(name.startswith("x") for name in map(lambda s: Path(s).name, head))  # a broken one is sampled
+    stats = first.pixel_stats()
+    assert len(skipped_images()) >= 1
+    list(iterate_batches(first, 64))  # the pass that finds every unreadable image (and drops them)
+    again = load_image_folder(root, image_size=12, bad_images="skip")
+    assert len(again) == 300  # the unreadable images are left out when listed now
+    assert again.pixel_stats() == stats
+
+
 def test_hf_dataset_spec(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(0)

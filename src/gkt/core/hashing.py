@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,3 +34,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hash_order(keys: Sequence[str]) -> torch.Tensor:
+    """Positions of ``keys`` sorted by a hash of each key: a seeded-random order in which every key keeps its
+    place relative to the others whatever other keys are added or removed (a sample drawn from its head
+    does not move when a few keys drop out)."""
+    digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") >> 1 for k in keys]
+    return torch.tensor(digests, dtype=torch.long).argsort(stable=True)

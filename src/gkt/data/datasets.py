@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
+from gkt.core.hashing import hash_order, stable_hash
 from gkt.core.io import FileStamp, file_stamp
 from gkt.core.runtime import available_cpus, threads_beside
 from gkt.data.decode import (
@@ -242,14 +242,22 @@ class EncodedImageDataset(ImageDataset):
         self._take(rows)
 
     def pixel_stats(self, max_samples: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """As :meth:`ImageDataset.pixel_stats` over at most 256 decoded images (decoding is the cost)."""
-        idx = torch.linspace(0, len(self) - 1, min(len(self), max_samples, 256)).long().unique()
-        sample = self.subset(idx, "pixel-stats")
-        decoded = [images for images, _, _ in iterate_batches(sample, 64)]
-        if not sum(map(len, decoded)):
-            raise GktError(f"{self.name}: none of the {len(idx)} images sampled for pixel statistics can be read; "
-                           "check the data (every image left out as unreadable?)")
-        return pixel_mean_std(torch.cat(decoded))
+        """As :meth:`ImageDataset.pixel_stats` over at most 256 decoded images (decoding is the cost): the first
+        readable ones in an order fixed by each image's source (:func:`hash_order`), so the statistics do not
+        change when unreadable images found meanwhile are left out of the listing."""
+        order, want = hash_order([self.source(i) for i in range(len(self))]), min(len(self), max_samples, 256)
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(order)))
+        decoded: dict[int, torch.Tensor] = {}  # hash rank -> image
+        start = 0
+        while len(decoded) < want and start < len(order):  # more candidates only for those found unreadable
+            rows = order[start:start + want - len(decoded)].sort().values
+            start += len(rows)
+            for images, _, idx in iterate_batches(self.subset(rows, "pixel-stats"), 64):
+                decoded.update(zip(rank[rows[idx]].tolist(), images))
+        if not decoded:
+            raise GktError(f"{self.name}: none of the images sampled for pixel statistics can be read; check the "
+                           "data (every image left out as unreadable?)")
+        return pixel_mean_std(torch.stack([decoded[r] for r in sorted(decoded)]))
 
 
 class FolderImageDataset(EncodedImageDataset):
