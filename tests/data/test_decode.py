@@ -320,6 +320,14 @@ def test_hf_spec_options_choose_columns_and_splits(tmp_path: Path) -> None:
     classes = load_split(f"hf:{root}?label=fine_label[dog,fern]", "test", image_size=8)
     assert classes.class_names == ["dog", "fern"] and len(classes) == 4
     nulls = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    holes = tmp_path / "holes"  # web-scraped hub data: a row whose image is missing
+    pictures = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(3)]
+    datasets.Dataset.from_dict({"image": [*pictures, None], "label": [0, 1, 0, 1]}, features=nulls
+                               ).save_to_disk(str(holes))
+    with pytest.raises(GktError, match=r"row 3: unreadable image \(the row holds no image\).*--bad-images skip"):
+        list(iterate_batches(load_split(f"hf:{holes}", "train", image_size=8, val_fraction=0), 4, workers=0))
+    kept = load_split(f"hf:{holes}", "train", image_size=8, val_fraction=0, bad_images="skip")
+    assert sum(len(x) for x, _, _ in iterate_batches(kept, 4, workers=0)) == 3 and len(kept) == 3
     null_root = tmp_path / "nulls"
     images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(4)]
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=nulls),

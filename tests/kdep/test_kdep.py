@@ -352,3 +352,22 @@ def test_pretrain_with_an_unreadable_image_resumes_to_the_same_weights(tmp_path:
     b = load_model(f"file:{resumed / 'student'}").net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((resumed / "pretrain.json").read_text())["samples"] == 24
+
+
+def test_pretrain_and_finetune_keep_an_rgb_folder_rgb(tmp_path: Path) -> None:
+    """folder:/hf: data are decoded as they are (RGB) at --img-size, not as the benchmark's 28 px gray."""
+    from gkt.models import load_model
+    from tests.data.test_decode import write_jpeg_folder
+
+    for split in ("train", "val"):
+        write_jpeg_folder(tmp_path / "data" / split, {"a": 6, "b": 6})
+    common = ["--out", str(tmp_path / "runs"), "--threads", "1", "--device", "cpu", "--data", f"folder:{tmp_path / 'data'}",
+              "--epochs", "1", "--batch-size", "4"]
+    assert main(["kdep", "pretrain", "--student-arch", "zoo-arch:cnn?channels=[4,8]", "--objective", "supervised",
+                 "--img-size", "20", "--fraction", "1", "--output", str(tmp_path / "student"), *common]) == 0
+    student = load_model(f"file:{tmp_path / 'student'}")
+    assert (student.preprocess.channels, student.preprocess.input_size) == (3, 20)
+    assert student.preprocess.mean != (0.5, 0.5, 0.5)  # the data's own statistics, per channel
+    assert main(["kdep", "finetune", "--model", f"file:{tmp_path / 'student'}", "--output",
+                 str(tmp_path / "tuned"), *common]) == 0
+    assert load_model(f"file:{tmp_path / 'tuned'}").preprocess.channels == 3

@@ -69,7 +69,7 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
 
 
 # Options a resumed pre-training run takes from the interrupted run (everything but --epochs and --output).
-RESUMED = ("teacher", "student_arch", "data", "classes", "fraction", "objective", "loss_w", "pts_temperature",
+RESUMED = ("teacher", "student_arch", "data", "classes", "img_size", "fraction", "objective", "loss_w", "pts_temperature",
            "pts_power", "kd_temperature", "teacher_layer", "student_layer", "lr", "weight_decay", "optimizer",
            "batch_size", "augment", "seed")
 
@@ -79,7 +79,7 @@ RESUMED = ("teacher", "student_arch", "data", "classes", "fraction", "objective"
 def kdep_pretrain(args: argparse.Namespace) -> int:
     from gkt.data.spec import DataSpec, load_split
     from gkt.data.subsets import stratified_subset
-    from gkt.experiments.kdep_benchmark import KDEP_IMAGES
+    from gkt.data.datasets import DEFAULT_DECODE_SIZE
     from gkt.kdep.objectives import ObjectiveConfig
     from gkt.kdep.pretrain import build_student, load_pretrain_state, load_teacher, pretrain
     from gkt.models import save_checkpoint
@@ -91,7 +91,9 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
     if not args.student_arch:
         raise GktError("give --student-arch ARCH (or --resume RUN_DIR)")
     spec = DataSpec.parse(args.data).with_classes(args.classes)
-    data = stratified_subset(load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES), fraction=args.fraction,
+    # encoded images (folder:, hf:) as they are, RGB, decoded at --img-size (default 224 px)
+    images = {"val_fraction": 0.0, "image_size": args.img_size or DEFAULT_DECODE_SIZE, "channels": 3}
+    data = stratified_subset(load_split(spec, "train", data_dir=args.data_dir, **images), fraction=args.fraction,
                              seed=args.seed)
     teacher = load_teacher(args.teacher, data) if args.teacher else None
     names = teacher.class_names if args.objective == "logit-kd" and teacher else data.class_names
@@ -131,16 +133,19 @@ def _configure_finetune(p: argparse.ArgumentParser) -> None:
 def kdep_finetune(args: argparse.Namespace) -> int:
     from gkt.data.spec import DataSpec, load_split
     from gkt.data.subsets import stratified_subset
-    from gkt.experiments.kdep_benchmark import KDEP_IMAGES
     from gkt.kdep.pretrain import finetune
     from gkt.models import load_model, save_checkpoint
+    from gkt.models.preprocess import decode_size_for
 
     spec = DataSpec.parse(args.data).with_classes(args.classes)
-    train = load_split(spec, "train", data_dir=args.data_dir, **KDEP_IMAGES)
+    model = load_model(args.model)
+    pre = model.preprocess  # encoded images decoded for the model's own input
+    images = {"val_fraction": 0.0, "image_size": decode_size_for([pre]), "channels": pre.channels}
+    train = load_split(spec, "train", data_dir=args.data_dir, **images)
     if args.per_class is not None:
         train = stratified_subset(train, per_class=args.per_class, seed=args.seed)
-    test = load_split(spec, "test", data_dir=args.data_dir, **KDEP_IMAGES)
-    model, acc = finetune(load_model(args.model), train, test, _recipe(args), args.torch_device)
+    test = load_split(spec, "test", data_dir=args.data_dir, **images)
+    model, acc = finetune(model, train, test, _recipe(args), args.torch_device)
     path = save_checkpoint(model.cpu(), Path(args.output) if args.output else args.run_dir / "finetuned")
     write_json(args.run_dir / "finetune.json", {"model": args.model, "train": train.name, "test": test.name,
                                                 "train_samples": len(train), "test_samples": len(test),
@@ -162,7 +167,8 @@ def _configure_benchmark(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--pretrain-data", d, help="pre-training data spec")
     add_config_option(p, "--pretrain-classes", d, help="pre-training classes")
     add_config_option(p, "--fraction", d, help="share of the pool for the fractional arms")
-    add_config_option(p, "--downstream", d, nargs="+", help="downstream tasks, data specs (add folder:PATH)")
+    add_config_option(p, "--downstream", d, nargs="+",
+                      help="downstream tasks, data specs (add folder:PATH; read as the benchmark student's 28 px gray)")
     add_config_option(p, "--seeds", d, nargs="+", help="seeds")
     add_config_option(p, "--pretrain-epochs", d.pretrain_recipe, "epochs", help="pre-training epochs")
     add_config_option(p, "--finetune-epochs", d.finetune_recipe, "epochs", help="fine-tuning epochs")

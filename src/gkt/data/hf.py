@@ -124,7 +124,7 @@ class HFImageDataset(EncodedImageDataset):
         self.index.record_bad(str(int(self.rows[i])), (), reason)
 
     def encoded(self, i: int) -> torch.Tensor:
-        cell = self.table[int(self.rows[i])][self.image_col]
+        cell = self.table[int(self.rows[i])][self.image_col] or {}  # None: a row without an image
         if cell.get("bytes"):
             return torch.frombuffer(bytearray(cell["bytes"]), dtype=torch.uint8)
         if cell.get("path"):
