@@ -77,9 +77,9 @@ RESUMED = ("teacher", "student_arch", "data", "classes", "img_size", "fraction",
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
                _configure_pretrain)
 def kdep_pretrain(args: argparse.Namespace) -> int:
+    from gkt.data.datasets import DEFAULT_DECODE_SIZE
     from gkt.data.spec import DataSpec, load_split
     from gkt.data.subsets import stratified_subset
-    from gkt.data.datasets import DEFAULT_DECODE_SIZE
     from gkt.kdep.objectives import ObjectiveConfig
     from gkt.kdep.pretrain import build_student, load_pretrain_state, load_teacher, pretrain
     from gkt.models import save_checkpoint
