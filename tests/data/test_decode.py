@@ -307,7 +307,7 @@ def test_hf_spec_options_choose_columns_and_splits(tmp_path: Path) -> None:
     assert fine.class_names == ["cat", "dog", "fern"] and fine.labels.tolist() == [i % 3 for i in range(9)]
     test = load_split(f"hf:{root}?label=fine_label", "test", image_size=8)  # the unlabelled test split passed over
     assert len(test) == 6 and test.name.endswith(":validation")
-    with pytest.raises(GktError, match=r"4 rows have no label .*\?test=validation"):
+    with pytest.raises(GktError, match=r"4 rows have no label .*name a labelled split with \?train=, \?val= or \?test="):
         load_split(f"hf:{root}?test=test", "test")  # named: used, and refused for its missing labels
     photo = load_split(f"hf:{root}?image=photo&label=fine_label", "train", image_size=8)
     assert dataset_identity(photo) != dataset_identity(fine)
@@ -338,7 +338,14 @@ def test_hf_spec_options_choose_columns_and_splits(tmp_path: Path) -> None:
     assert load_split(f"hf:{null_root}", "test", image_size=8).name.endswith(":validation")  # null labels: none
     with pytest.raises(GktError, match="4 rows have no label"):
         load_split(f"hf:{null_root}?test=test", "test", image_size=8)
+    noval = tmp_path / "noval"  # no validation split shipped: val is carved from train, train is the rest
+    datasets.DatasetDict({"train": split(20)}).save_to_disk(str(noval))
+    train, val = (load_split(f"hf:{noval}", s, image_size=8, val_fraction=0.25) for s in ("train", "val"))
+    assert len(train) + len(val) == 20 and not set(train.rows.tolist()) & set(val.rows.tolist())
+    assert len(load_split(f"hf:{noval}", "train", image_size=8, val_fraction=0)) == 20
+    assert len(load_split(f"hf:{root}", "train", image_size=8, val_fraction=0.25)) == 9  # validation shipped
     for spec, message in ((f"hf:{root}?label=species", r"label=species is not a label column .*fine_label"),
+                          (f"hf:{root}?label=coarse_label&label=fine_label", "option label given twice"),
                           (f"hf:{root}?colour=red", "unknown option 'colour'; the options are image"),
                           (f"hf:{root}?test=holdout", r"test=holdout is not one of its splits \(train, validation"),
                           (f"hf:{root}?label=", "needs a value")):

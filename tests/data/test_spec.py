@@ -51,6 +51,20 @@ def test_an_existing_folder_named_with_an_at_sign(tmp_path: Path) -> None:
     assert DataSpec.parse(f"folder:{tmp_path / 'pets@v2'}") == DataSpec("folder", str(tmp_path / "pets@v2"))
     with pytest.raises(GktError, match="unknown domain 'v3'"):  # no such folder: read as a domain, as before
         DataSpec.parse(f"folder:{tmp_path / 'pets@v3'}")
+    pets = str(tmp_path / "pets@v2")  # with a class list, options or a domain after it too
+    assert DataSpec.parse(f"folder:{pets}[cat,dog]") == DataSpec("folder", pets, classes=("cat", "dog"))
+    assert DataSpec.parse(f"hf:{pets}?label=fine") == DataSpec("hf", f"{pets}?label=fine")
+    assert DataSpec.parse(f"hf:{pets}?label=fine[cat]@edges") == DataSpec("hf", f"{pets}?label=fine", "edges", ("cat",))
+
+
+def test_hf_options_after_a_directory_named_with_a_question_mark(tmp_path: Path) -> None:
+    from gkt.data.hf import parse_hf_path
+
+    odd = tmp_path / "what?dir"
+    odd.mkdir()
+    assert parse_hf_path(str(odd)) == (str(odd), {})
+    assert parse_hf_path(f"{odd}?label=fine") == (str(odd), {"label": "fine"})
+    assert parse_hf_path("org/name?test=validation") == ("org/name", {"test": "validation"})
 
 
 def test_with_classes_merges_a_separate_class_option() -> None:

@@ -12,6 +12,7 @@ encoded in the Arrow files and are decoded per batch like image folders.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -46,6 +47,8 @@ SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"),
 HF_OPTIONS = {"image": "the image column (an Image feature)", "label": "the label column (a ClassLabel feature)",
               "train": "the dataset split that serves as train", "val": "the split that serves as val",
               "test": "the split that serves as test"}
+HF_EXAMPLES = {"image": "?image=img", "label": "?label=fine_label", "train": "?train=train", "val": "?val=validation",
+               "test": "?test=validation"}
 
 
 HOW_TO = {"image": 'store images as an Image feature: ds = ds.cast_column("image", datasets.Image()) (from bytes '
@@ -53,6 +56,12 @@ HOW_TO = {"image": 'store images as an Image feature: ds = ds.cast_column("image
           "label": 'store labels as a ClassLabel: ds.cast_column("label", datasets.ClassLabel(names=[...])) for '
                    'integers, ds.class_encode_column("label") for strings, then save_to_disk again (one label '
                    "per image: multi-label and regression data are not supported)"}
+
+
+@functools.cache
+def _note(message: str) -> None:
+    """Log ``message`` once per process (a choice made for every split of a data set)."""
+    log.info("%s", message)
 
 
 def _column(features: Any, kind: type, preferred: tuple[str, ...], what: str, source: str,
@@ -63,15 +72,15 @@ def _column(features: Any, kind: type, preferred: tuple[str, ...], what: str, so
     found = ", ".join(f"{n} ({type(f).__name__})" for n, f in features.items())
     if chosen is not None:
         if chosen not in columns:
-            raise GktError(f"{source}: {what}={chosen} is not a {what} column (a datasets.{kind.__name__} "
+            raise GktError(f"{source}: {what}={chosen} is not {'an' if what == 'image' else 'a'} {what} column (a datasets.{kind.__name__} "
                            f"feature; its columns: {found})" + ("" if columns else f"; {HOW_TO[what]}"))
         return chosen
     if not columns:
         raise GktError(f"{source}: no {what} column (a datasets.{kind.__name__} feature; its columns: {found}); "
                        f"{HOW_TO[what]}")
     if len(columns) > 1 and not any(c in columns for c in preferred):
-        log.info("%s: %d %s columns (%s); using %s (choose one with ?%s=COLUMN)", source, len(columns), what,
-                 ", ".join(columns), columns[0], what)
+        _note(f"{source.rpartition(':')[0] or source}: {len(columns)} {what} columns ({', '.join(columns)}); using "
+              f"{columns[0]} (choose one with ?{what}=COLUMN)")
     return next((c for c in preferred if c in columns), columns[0])
 
 
@@ -93,7 +102,8 @@ class HFImageDataset(EncodedImageDataset):
         labels = torch.from_numpy(_label_values(table, label_col))
         if len(labels) and labels.min() < 0:
             raise GktError(f"{name}: {(labels < 0).sum().item()} rows have no label ({label_col} = -1 or null); "
-                           "gkt needs labelled rows (choose a labelled split, e.g. ?test=validation)")
+                           "gkt needs labelled rows: name a labelled split with ?train=, ?val= or ?test=SPLIT "
+                           "(unlabelled data sets are not supported, not even for --unlabelled transfer)")
         names = list(table.features[label_col].names)
         if class_names is not None and names != list(class_names):
             unknown = [n for n in names if n not in class_names]
@@ -219,20 +229,26 @@ def _unlabelled(table: Any, label_column: str) -> bool:
 
 
 def parse_hf_path(path: str) -> tuple[str, dict[str, str]]:
-    """``PATH?k=v&...`` to the path and its options (:data:`HF_OPTIONS`); an existing directory whose name
-    holds a ``?`` is a path."""
+    """``PATH?k=v&...`` to the path and its options (:data:`HF_OPTIONS`); a ``?`` inside the name of an existing
+    directory is part of the path."""
     from urllib.parse import parse_qsl
 
     if "?" not in path or Path(path).exists():
         return path, {}
-    path, _, query = path.partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True))
+    cuts = [i for i, c in enumerate(path) if c == "?"]
+    cut = next((i for i in reversed(cuts) if Path(path[:i]).exists()), cuts[0])  # a directory named x?y, then options
+    path, query = path[:cut], path[cut + 1:]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    options = dict(pairs)
+    repeated = sorted({k for k, _ in pairs if [p for p, _ in pairs].count(k) > 1})
+    if repeated:
+        raise GktError(f"hf:{path}: option {repeated[0]} given twice; give each option once")
     for key, value in options.items():
         if key not in HF_OPTIONS:
             raise GktError(f"hf:{path}: unknown option {key!r}; the options are "
                            + ", ".join(f"{k} ({v})" for k, v in HF_OPTIONS.items()))
         if not value:
-            raise GktError(f"hf:{path}: option {key}= needs a value, e.g. ?{key}={'label' if key == 'label' else 'test'}")
+            raise GktError(f"hf:{path}: option {key}= needs a value (e.g. {HF_EXAMPLES[key]})")
     return path, options
 
 
@@ -259,23 +275,32 @@ def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_f
     if split != "train" and options.get(split) == train:
         raise GktError(f"hf:{path}: {split}={train} is the split that serves as train; evaluating on the training "
                        f"data would pass off a wrong result: choose another split for {split}")
-    # the split serving as train never serves as val or test too (?train=validation: test is not validation)
-    candidates = (options[split],) if split in options else tuple(
-        name for name in SPLIT_NAMES[split] if split == "train" or name != train)
-    for name in candidates:
-        if name not in splits:
-            continue
-        if split not in options and len(candidates) > 1 and _unlabelled(
-                splits[name], _label_column(splits[name].features, f"hf:{path}:{name}", columns["label_column"])):
-            log.info("hf:%s: its split %s has no labels (-1 throughout); passed over for %s", path, name, split)
-            continue
-        return HFImageDataset(f"hf:{path}:{name}", splits[name], image_size, channels, bad_images,
-                              None if name == train else classes, **columns)
+
+    def shipped(key: str) -> str | None:
+        """The dataset split serving as ``key`` (val or test): the one named, else the first labelled candidate
+        that is not the train split."""
+        if key in options:
+            return options[key]
+        for name in SPLIT_NAMES[key]:
+            if name in splits and name != train:
+                if not _unlabelled(splits[name], _label_column(splits[name].features, f"hf:{path}:{name}",
+                                                               columns["label_column"])):
+                    return name
+                log.info("hf:%s: its split %s has no labels (-1 or null throughout); passed over for %s", path,
+                         name, key)
+        return None
+
+    name = None if split == "train" else shipped(split)
+    if name is not None:
+        return HFImageDataset(f"hf:{path}:{name}", splits[name], image_size, channels, bad_images, classes, **columns)
     if split == "test":
         raise GktError(f"hf:{path}: no labelled test or validation split to evaluate on (it has "
                        f"{', '.join(splits)}; name one with ?test=SPLIT)")
     if train not in splits:
         raise GktError(f"hf:{path}: no train split (it has {', '.join(splits)}; name one with ?train=SPLIT)")
     whole = HFImageDataset(f"hf:{path}:{train}", splits[train], image_size, channels, bad_images, **columns)
+    if split == "train" and shipped("val") is not None:
+        return whole
+    # no val split shipped: val is carved from train, and train is the rest (as for folders), never overlapping
     return carve_split(whole, split, val_fraction, seed, f"hf:{path}: no validation split; carve one with "
                        "--val-fraction > 0")

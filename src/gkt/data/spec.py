@@ -78,6 +78,14 @@ def _class_list_entries(text: str, where: str) -> list[tuple[str, bool]]:
         i += 1  # the comma
 
 
+def _names_a_path(rest: str) -> bool:
+    """Whether ``rest`` (a spec after ``KIND:``), without its class list and ``?options``, is an existing path
+    (then an ``@`` in it is part of the path, not a domain)."""
+    if rest.endswith("]") and _class_list_start(rest) > 0:
+        rest = rest[:_class_list_start(rest)]
+    return os.path.exists(rest) or any(os.path.exists(rest[:i]) for i, c in enumerate(rest) if c == "?")
+
+
 def _class_list_start(base: str) -> int:
     """Where the class list ending ``base`` opens: its ``[``, not one inside a quoted class name (-1: none)."""
     quoted = False
@@ -185,7 +193,7 @@ class DataSpec:
     def parse(cls, spec: str) -> DataSpec:
         text = spec.strip()
         base, sep, domain = text.rpartition(DOMAIN_SEPARATOR)
-        if sep and ("/" in domain or (domain not in DOMAINS and os.path.exists(text.partition(":")[2]))):
+        if sep and ("/" in domain or (domain not in DOMAINS and _names_a_path(text.partition(":")[2]))):
             sep = ""  # an '@' inside a path (user@host/..., an existing folder named x@y), not a domain
         if not sep:
             base, domain = text, None
