@@ -346,12 +346,13 @@ def test_pretrain_with_an_unreadable_image_resumes_to_the_same_weights(tmp_path:
     code, broken = run(*args)
     assert code == 130
     monkeypatch.setattr(TrainLoop, "train_epoch", original)
-    code, resumed = run("kdep", "pretrain", "--resume", str(broken), *common)
+    code, resumed = run("kdep", "pretrain", "--resume", str(broken), *common[:-2])  # --bad-images: the run's own
     assert code == 0
     a = load_model(f"file:{full / 'student'}").net.state_dict()
     b = load_model(f"file:{resumed / 'student'}").net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((resumed / "pretrain.json").read_text())["samples"] == 24
+    assert json.loads((resumed / "config.json").read_text())["bad_images"] == "skip"  # recorded as it went on
 
 
 def test_pretrain_and_finetune_keep_an_rgb_folder_rgb(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gkt import __version__
-from gkt.cli.config import GIVEN, parse_args, resolved_config, write_config
+from gkt.cli.config import GIVEN, parse_args, resolved_config, take_run_options, write_config
 from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
 from gkt.core.errors import GktError, storage_error
 from gkt.core.io import write_json
@@ -48,18 +48,22 @@ class Verb:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    resumed: tuple[str, ...] = ()  # with --resume RUN_DIR, these options (and --epochs) come from that run
 
 
 VERBS: Registry[Verb] = Registry("verb")
 GROUP_HELP: dict[str, str] = {}
 
 
-def register_verb(path: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None
+def register_verb(path: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+                  resumed: tuple[str, ...] = ()
                   ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Register ``run(args) -> exit code`` as the CLI verb ``path`` (one or two words)."""
+    """Register ``run(args) -> exit code`` as the CLI verb ``path`` (one or two words). A verb whose
+    ``--resume RUN_DIR`` continues an interrupted run names the options it takes from it (``resumed``): they
+    are set before the command starts (its seed, input size, bad-image policy and records included)."""
 
     def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        VERBS[path] = Verb(path, help, configure, run)
+        VERBS[path] = Verb(path, help, configure, run, resumed)
         return run
 
     return decorate
@@ -212,6 +216,10 @@ def run_command(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir, handler, status, error = None, None, "failed", None
     try:
+        verb = VERBS[args.command]
+        if verb.resumed and getattr(args, "resume", None):
+            take_run_options(args, verb.path, verb.resumed)
+            check_data_dir_read(args)  # the run's own data decides whether --data-dir is read
         device = resolve_device(args.device)
         dist = from_environment(device)  # several processes under torchrun: rank 0 makes the run directory
         args.torch_device = dist.device(device)
@@ -229,7 +237,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         args.dist = dist
         reset_skipped()
         with bad_images_default(getattr(args, "bad_images", None)), img_size_default(getattr(args, "img_size", None)):
-            code = VERBS[args.command].run(args)
+            code = verb.run(args)
         if dist.is_main:
             report_skipped(args.run_dir)
         status = "ok" if code == 0 else "failed"

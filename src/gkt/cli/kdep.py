@@ -7,8 +7,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gkt.cli import GROUP_HELP, record_config, register_verb
-from gkt.cli.config import add_config_option, take_run_options
+from gkt.cli import GROUP_HELP, register_verb
+from gkt.cli.config import add_config_option
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, write_csv, write_json
@@ -69,13 +69,13 @@ def _configure_pretrain(p: argparse.ArgumentParser) -> None:
 
 
 # Options a resumed pre-training run takes from the interrupted run (everything but --epochs and --output).
-RESUMED = ("teacher", "student_arch", "data", "classes", "img_size", "fraction", "objective", "loss_w", "pts_temperature",
-           "pts_power", "kd_temperature", "teacher_layer", "student_layer", "lr", "weight_decay", "optimizer",
-           "batch_size", "augment", "seed")
+RESUMED = ("teacher", "student_arch", "data", "classes", "img_size", "fraction", "objective", "loss_w",
+           "pts_temperature", "pts_power", "kd_temperature", "teacher_layer", "student_layer", "lr", "weight_decay",
+           "optimizer", "batch_size", "augment", "seed", "bad_images")
 
 
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
-               _configure_pretrain)
+               _configure_pretrain, resumed=RESUMED)
 def kdep_pretrain(args: argparse.Namespace) -> int:
     from gkt.data.datasets import DEFAULT_DECODE_SIZE
     from gkt.data.spec import DataSpec, load_split
@@ -84,10 +84,7 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
     from gkt.kdep.pretrain import build_student, load_pretrain_state, load_teacher, pretrain
     from gkt.models import save_checkpoint
 
-    resume = None
-    if args.resume:
-        resume = load_pretrain_state(take_run_options(args, "kdep pretrain", RESUMED))
-        record_config(args)  # the options the run goes on with (so this run can be resumed or rerun too)
+    resume = load_pretrain_state(args.resume) if args.resume else None  # its options are the run's (register_verb)
     if not args.student_arch:
         raise GktError("give --student-arch ARCH (or --resume RUN_DIR)")
     spec = DataSpec.parse(args.data).with_classes(args.classes)

@@ -8,8 +8,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from gkt.cli import record_config, register_verb
-from gkt.cli.config import add_config_option, resolved_config, take_run_options
+from gkt.cli import register_verb
+from gkt.cli.config import add_config_option, resolved_config
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.errors import GktError
 from gkt.core.io import write_json
@@ -20,7 +20,7 @@ from gkt.reporting.transfer import plot_history
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
 RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size", "temperature", "method_arg",
-           "weight_decay", "augment", "unlabelled", "student_mode", "seed")
+           "weight_decay", "augment", "unlabelled", "student_mode", "seed", "img_size", "bad_images")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -98,34 +98,24 @@ def _parse_method_args(items: list[str]) -> dict[str, str]:
     return parsed
 
 
-def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The interrupted run's options (only --epochs may change, to extend the run) and its training state."""
-    from gkt.transfer import load_state
-
-    return load_state(take_run_options(args, "transfer", (*RESUMED, "class_map")))
-
-
 def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-@register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure)
+@register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure,
+               resumed=(*RESUMED, "class_map"))
 def transfer(args: argparse.Namespace) -> int:
-    from gkt.data.spec import check_data_dir, load_split
+    from gkt.data.spec import load_split
     from gkt.data.subsets import stratified_subset
     from gkt.engine.loop import Runtime
     from gkt.models import DataInfo, load_model
-    from gkt.transfer import TransferConfig, create_method, decoded_for, run_transfer
+    from gkt.transfer import TransferConfig, create_method, decoded_for, load_state, run_transfer
 
     create_method(args.method)  # unknown names fail before anything is loaded
     if args.resume and args.multi:
         raise GktError("--resume continues a single-teacher run; rerun a multi-teacher command to continue it "
                        "(its finished transfer runs are reused from the cache)")
-    resume = _resume_options(args) if args.resume else None
-    if resume is not None:  # the run's own data decides whether --data-dir is read
-        check_data_dir(args.data_dir, [args.data])
-        if getattr(args, "dist", DistContext()).is_main:
-            record_config(args)  # the options the run goes on with (so this run can be resumed or rerun too)
+    resume = load_state(args.resume) if args.resume else None  # its options are the run's (register_verb)
     teachers = args.teacher or []
     if args.student is None or not teachers:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")

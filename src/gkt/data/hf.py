@@ -258,9 +258,9 @@ def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_f
     """The ``hf:`` data spec of :func:`gkt.data.load_split` (``data_dir`` does not apply). A split whose rows
     are all unlabelled (-1, as hub test splits often are) is passed over for the next candidate unless the
     spec names it."""
+    path, options = parse_hf_path(path or "")
     if not path:
         raise GktError("data spec hf: needs a directory or dataset name, e.g. hf:./my_dataset or hf:ORG/NAME")
-    path, options = parse_hf_path(path)
     splits = _load_dict(path)
     for key in ("train", "val", "test"):
         if key in options and options[key] not in splits:
