@@ -118,3 +118,5 @@ def test_crossdomain_cli_end_to_end(blob_fmnist_dir: Path, tmp_path: Path, capsy
         assert {r["teacher"] for r in csv.DictReader(f)} == {f"{teacher}@edges"}
     assert main(["report", str(run), "--out", str(tmp_path)]) == 0
     assert "fig10_crossdomain_delta_transf_vs_delta_acc.png" in (run / "report.md").read_text()
+    assert main([*args[:args.index("--data-dir")], "--data", "fmnist@invert", *args[args.index("--data-dir"):]]) == 2
+    assert "give the original data, without @invert; the teachers' shifted domain is --domain" in capsys.readouterr().err

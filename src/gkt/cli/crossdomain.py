@@ -50,7 +50,13 @@ def crossdomain(args: argparse.Namespace) -> int:
     cfg = DomainFinetune()
     cfg = replace(cfg, fraction=args.ft_fraction,
                   recipe=replace(cfg.recipe, epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.ft_batch_size))
-    shifted = f"{args.data}@{args.domain}"
+    from gkt.data.spec import DataSpec
+
+    original = DataSpec.parse(args.data)
+    if original.domain is not None:
+        raise GktError(f"--data {args.data}: give the original data, without @{original.domain}; the teachers' shifted "
+                       "domain is --domain")
+    shifted = str(replace(original, domain=args.domain))
     rows, labels = [], {}
     for spec in args.teachers:
         teacher, record = domain_teacher(spec, shifted, cfg, args.torch_device, args.data_dir, args.zoo_dir)

@@ -35,6 +35,7 @@ def _values(text: str) -> list[Any]:
 
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
+    from gkt.data.spec import SYNTAX as DATA_SYNTAX
     from gkt.transfer.trainer import TRANSFER_FRACTION, Runtime
 
     p.add_argument("--students", nargs="+", help="student model specs (zoo:NAME, timm:..., file:...); "
@@ -49,7 +50,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
                         "repeatable")
     p.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
-    p.add_argument("--data", default="fmnist")
+    p.add_argument("--data", default="fmnist", help=f"data spec {DATA_SYNTAX} (default: fmnist)")
     p.add_argument("--fraction", type=float, default=TRANSFER_FRACTION, help="stratified share of train as transfer set")
     p.add_argument("--class-map", metavar="FILE", help="JSON/YAML {data_class: model_class_or_list} aligning every "
                    "student and teacher to the data's classes (default: match class names)")
