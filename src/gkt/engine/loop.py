@@ -157,7 +157,8 @@ class TrainLoop:
         self.steps_per_epoch = len(dataset) // config.batch_size
         if self.steps_per_epoch == 0:
             raise GktError(f"{dataset.name}: {len(dataset)} samples is fewer than one batch of {config.batch_size}; "
-                           "lower --batch-size or raise --fraction")
+                           f"lower --batch-size to {len(dataset)} or less, or give more data (a larger --fraction, "
+                           "if it is below 1)")
         runtime.dist.shard_batch(config.batch_size)  # the global batch must split evenly over the ranks
         if config.schedule not in ("cosine", "constant"):
             raise GktError(f"unknown learning-rate schedule {config.schedule!r}; use cosine or constant")

@@ -243,7 +243,8 @@ class TransferTrainer(TrainLoop):
         runtime = runtime or Runtime()
         if len(transfer_set) < config.batch_size:
             raise GktError(f"{transfer_set.name}: {len(transfer_set)} samples is fewer than one batch of "
-                           f"{config.batch_size}; lower --batch-size or raise --fraction")
+                           f"{config.batch_size}; lower --batch-size to {len(transfer_set)} or less, or give more data "
+                           "(a larger --fraction, if it is below 1)")
         runtime.dist.shard_batch(config.batch_size)  # before any model is moved or any output cached
         self.task: TransferTask = TransferTask(student, as_teachers(teacher), method, config, device, transfer_set,
                                                runtime)
