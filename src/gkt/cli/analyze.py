@@ -157,10 +157,13 @@ def analyze_verb(args: argparse.Namespace) -> int:
     from gkt.models import DataInfo, load_models
 
     start = time.perf_counter()
+    specs = resolve_specs(args.models, args.student, args.zoo_dir)
+    if len(specs) < 2:  # before any data or weights are read
+        raise GktError(f"complementary knowledge needs at least 2 models, got only {specs[0] if specs else 'none'}; "
+                       "give two or more with --models")
     dataset = load_split(args.data, args.split, data_dir=args.data_dir, seed=args.seed)
     if args.fraction < 1:
         dataset = stratified_subset(dataset, fraction=args.fraction, seed=args.seed)
-    specs = resolve_specs(args.models, args.student, args.zoo_dir)
     info = DataInfo.from_dataset(dataset)
     models = load_models(specs, info, args.zoo_dir, class_map=args.class_map or "auto")
     student = models[specs.index(args.student)].name if args.student else None
