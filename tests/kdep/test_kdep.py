@@ -248,6 +248,28 @@ def test_the_split_teacher_cache_is_keyed_by_content_and_remade_when_damaged() -
     assert len(list(path.parent.glob("*.json"))) == 2  # other images: another teacher
 
 
+def _new_run(runs: Path, *argv: str) -> tuple[int, Path | None]:
+    """``gkt ARGV``'s exit code and the run directory it made under ``runs``."""
+    before = set(runs.glob("kdep-pretrain-*"))
+    code = main(list(argv))
+    return code, next(iter(set(runs.glob("kdep-pretrain-*")) - before), None)
+
+
+def _interrupt_before_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> object:
+    """Ctrl-C as training reaches ``epoch`` (counted from 0); returns the real ``train_epoch`` to restore."""
+    from gkt.engine.loop import TrainLoop
+
+    original = TrainLoop.train_epoch
+
+    def interrupted(self: TrainLoop) -> dict[str, float]:
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(TrainLoop, "train_epoch", interrupted)
+    return original
+
+
 def test_cli_pretrain_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:
     from gkt.engine.loop import TrainLoop
@@ -262,38 +284,27 @@ def test_cli_pretrain_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: p
             "zoo-arch:cnn?channels=[4,10]", "--data", "digits", "--classes", "0-4", "--fraction", "0.3",
             "--epochs", "3", "--batch-size", "32", "--augment", "flip", "--seed", "5", *common]
 
-    def run(*argv: str) -> tuple[int, Path]:
-        before = set(runs.glob("kdep-pretrain-*"))
-        code = main(list(argv))
-        return code, next(iter(set(runs.glob("kdep-pretrain-*")) - before), None)
-
-    code, full = run(*args)
+    code, full = _new_run(runs, *args)
     assert code == 0
-    original = TrainLoop.train_epoch
-
-    def interrupted(self: TrainLoop) -> dict[str, float]:
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(TrainLoop, "train_epoch", interrupted)
-    code, broken = run(*args)
+    original = _interrupt_before_epoch(monkeypatch, 2)
+    code, broken = _new_run(runs, *args)
     assert code == 130 and not (broken / "student.safetensors").exists() and (broken / "state.pt").is_file()
     monkeypatch.setattr(TrainLoop, "train_epoch", original)
-    assert run("kdep", "pretrain", "--resume", str(broken), "--seed", "6", *common)[0] == 2  # a conflicting option
+    resume = ["kdep", "pretrain", "--resume", str(broken)]
+    assert _new_run(runs, *resume, "--seed", "6", *common)[0] == 2  # a conflicting option
     assert "the run used 5" in capsys.readouterr().err
-    assert run("kdep", "pretrain", "--resume", str(broken), "--epochs", "1", *common)[0] == 2  # cannot shorten it
+    assert _new_run(runs, *resume, "--epochs", "1", *common)[0] == 2  # cannot shorten it
     assert "has done 2 epochs" in capsys.readouterr().err
     kept = {f: f.read_bytes() for f in tmp_path.glob("teacher.*")}
     for f in kept:
         f.unlink()
     save_checkpoint(build_student("zoo-arch:cnn?channels=[4,8]", class_subset(digits, range(5)), seed=4),
                     tmp_path / "teacher")  # the teacher's spec now names other weights
-    assert run("kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
+    assert _new_run(runs, "kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
     assert "the teacher changed" in capsys.readouterr().err
     for f, raw in kept.items():
         f.write_bytes(raw)
-    code, resumed = run("kdep", "pretrain", "--resume", str(broken), *common)
+    code, resumed = _new_run(runs, "kdep", "pretrain", "--resume", str(broken), *common)
     assert code == 0 and "resuming" in capsys.readouterr().out
     a = load_model(f"file:{full / 'student'}").net.state_dict()
     b = load_model(f"file:{resumed / 'student'}").net.state_dict()
@@ -302,7 +313,7 @@ def test_cli_pretrain_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: p
     assert done["losses"] == json.loads((full / "pretrain.json").read_text())["losses"] and len(done["losses"]) == 3
     assert done["resumed_from"] == str(broken)
     (broken / "state.pt").write_bytes(b"damaged")
-    assert run("kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
+    assert _new_run(runs, "kdep", "pretrain", "--resume", str(broken), *common)[0] == 2
     assert "checksum" in capsys.readouterr().err
 
 
@@ -326,27 +337,15 @@ def test_pretrain_with_an_unreadable_image_resumes_to_the_same_weights(tmp_path:
             "zoo-arch:cnn?channels=[4,10]", "--data", f"folder:{tmp_path / 'data'}", "--fraction", "1", "--epochs",
             "3", "--batch-size", "8", "--seed", "5", *augment, *common]
 
-    def run(*argv: str) -> tuple[int, Path]:
-        before = set(runs.glob("kdep-pretrain-*"))
-        code = main(list(argv))
-        return code, next(iter(set(runs.glob("kdep-pretrain-*")) - before), None)
-
     monkeypatch.setenv("GKT_HOME", str(tmp_path / "home-full"))  # each run finds the broken image itself
-    code, full = run(*args)
+    code, full = _new_run(runs, *args)
     assert code == 0
-    original = TrainLoop.train_epoch
-
-    def interrupted(self: TrainLoop) -> dict[str, float]:
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self)
-
     monkeypatch.setenv("GKT_HOME", str(tmp_path / "home-resumed"))
-    monkeypatch.setattr(TrainLoop, "train_epoch", interrupted)
-    code, broken = run(*args)
+    original = _interrupt_before_epoch(monkeypatch, 1)
+    code, broken = _new_run(runs, *args)
     assert code == 130
     monkeypatch.setattr(TrainLoop, "train_epoch", original)
-    code, resumed = run("kdep", "pretrain", "--resume", str(broken), *common[:-2])  # --bad-images: the run's own
+    code, resumed = _new_run(runs, "kdep", "pretrain", "--resume", str(broken), *common[:-2])  # its --bad-images
     assert code == 0
     a = load_model(f"file:{full / 'student'}").net.state_dict()
     b = load_model(f"file:{resumed / 'student'}").net.state_dict()
@@ -362,8 +361,8 @@ def test_pretrain_and_finetune_keep_an_rgb_folder_rgb(tmp_path: Path) -> None:
 
     for split in ("train", "val"):
         write_jpeg_folder(tmp_path / "data" / split, {"a": 6, "b": 6})
-    common = ["--out", str(tmp_path / "runs"), "--threads", "1", "--device", "cpu", "--data", f"folder:{tmp_path / 'data'}",
-              "--epochs", "1", "--batch-size", "4"]
+    common = ["--out", str(tmp_path / "runs"), "--threads", "1", "--device", "cpu", "--data",
+              f"folder:{tmp_path / 'data'}", "--epochs", "1", "--batch-size", "4"]
     assert main(["kdep", "pretrain", "--student-arch", "zoo-arch:cnn?channels=[4,8]", "--objective", "supervised",
                  "--img-size", "20", "--fraction", "1", "--output", str(tmp_path / "student"), *common]) == 0
     student = load_model(f"file:{tmp_path / 'student'}")

@@ -38,10 +38,10 @@ from gkt.data.subsets import carve_split
 
 log = logging.getLogger(__name__)
 
-# Which of a dataset's splits serves each gkt split, in order of preference (val is carved from train
-# when none is shipped; test falls back to the validation split, as for image folders).
-SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"),
-               "test": ("test", "validation", "val", "valid")}
+# Which of a dataset's splits serves as val and test, in order of preference (train is the split named
+# train unless ?train= says otherwise; val is carved from it when none is shipped; test falls back to the
+# validation split, as for image folders).
+SPLIT_NAMES = {"val": ("validation", "val", "valid"), "test": ("test", "validation", "val", "valid")}
 
 # The options of an ``hf:`` spec (``hf:PATH?label=fine_label&test=validation``): option -> what it sets.
 HF_OPTIONS = {"image": "the image column (an Image feature)", "label": "the label column (a ClassLabel feature)",
@@ -256,8 +256,8 @@ def hf_split(split: str, *, path: str | None, data_dir: str | None = None, val_f
              seed: int = 0, image_size: int = DEFAULT_DECODE_SIZE, channels: int = 3,
              bad_images: BadImagePolicy | None = None) -> EncodedImageDataset:
     """The ``hf:`` data spec of :func:`gkt.data.load_split` (``data_dir`` does not apply). A split whose rows
-    are all unlabelled (-1, as hub test splits often are) is passed over for the next candidate unless the
-    spec names it."""
+    are all unlabelled (-1 or null, as hub test splits often are) is passed over for the next candidate
+    unless the spec names it."""
     path, options = parse_hf_path(path or "")
     if not path:
         raise GktError("data spec hf: needs a directory or dataset name, e.g. hf:./my_dataset or hf:ORG/NAME")

@@ -50,34 +50,6 @@ SYNTAX = ("BASE[CLASSES]@DOMAIN, e.g. fmnist, fmnist[5-9], digits[1,3], fmnist[0
 ClassList = tuple[int | str, ...]  # class indices and/or class names, ranges expanded
 
 
-def _class_list_entries(text: str, where: str) -> list[tuple[str, bool]]:
-    """The comma-separated entries of a class list as ``(text, quoted)``; a quoted entry (``"..."`` or
-    ``'...'``) may hold commas (ImageNet's names do: ``"tench, Tinca tinca"``)."""
-    entries: list[tuple[str, bool]] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i].isspace():
-            i += 1
-        if i < n and text[i] in "\"'":
-            end = text.find(text[i], i + 1)
-            if end < 0:
-                raise GktError(f"{where}unclosed quote in the class list {text!r}")
-            entries.append((text[i + 1:end], True))
-            i = end + 1
-            while i < n and text[i].isspace():
-                i += 1
-            if i < n and text[i] != ",":
-                raise GktError(f"{where}text after a quoted class name in {text!r}; separate entries with commas")
-        else:
-            end = text.find(",", i)
-            end = n if end < 0 else end
-            entries.append((text[i:end].strip(), False))
-            i = end
-        if i >= n:
-            return entries
-        i += 1  # the comma
-
-
 def _names_a_path(rest: str) -> bool:
     """Whether ``rest`` (a spec after ``KIND:``), without its class list and ``?options``, is an existing path
     (then an ``@`` in it is part of the path, not a domain)."""
