@@ -83,6 +83,8 @@ def test_quoted_class_names_hold_commas_and_brackets(tmp_path: Path) -> None:
     names = ("tench, Tinca tinca", "cock[erel]", 'say "hi"', "Kid's \"toy\"", "12", 4, "b-2", "5\" screen")
     spec = DataSpec("folder", "/data", "invert", names)
     assert DataSpec.parse(str(spec)) == spec
+    with pytest.raises(GktError, match="unclosed quote in the class list"):
+        DataSpec.parse('folder:/data["open,dog]')
     for bad, message in (('"open, ended', "unclosed quote"), ('"a" b', "text after a quoted class name")):
         with pytest.raises(GktError, match=message):
             parse_class_list(bad)

@@ -176,6 +176,9 @@ class DataSpec:
         classes = None
         if base.endswith("]"):
             opening = _class_list_start(base)
+            if opening < 0 and base.rfind("[") > 0:  # every [ sits after an odd quote
+                raise GktError(f"data spec {spec!r}: unclosed quote in the class list; close each quoted name, "
+                               'e.g. ["tench, Tinca tinca",goldfish]')
             if opening <= 0:
                 raise GktError(f"data spec {spec!r}: a class list needs a data set before it ({SYNTAX})")
             base, classes = base[:opening], parse_class_list(base[opening + 1:-1], spec)
