@@ -12,6 +12,7 @@ import csv
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from gkt.reporting.study import findings_markdown
 from gkt.reporting.tables import format_table
 
 # Tables shown first, in this order, when a run directory has them (others follow alphabetically).
-PREFERRED_TABLES = ("success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
+PREFERRED_TABLES = ("candidates.csv", "teachers.csv", "certification_classes.csv", "success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
                     "best_settings.csv", "pairs.csv", "zoo.csv", "metrics.csv", "benchmark.csv")
 # Figures shown right after the findings (paper Figs. 4a, 4b, 7; an analysis's ρ_pos heatmap and gains chart).
 KEY_FIGURES = ("fig4a_success_rate.png", "fig4b_delta_vs_acc.png", "fig7_gain_vs_loss.png", "rho_pos_heatmap.png",
@@ -33,7 +34,7 @@ OPEN_TABLE_ROWS = 12  # longer tables, and tables not in PREFERRED_TABLES, start
 
 # Compact views of known tables: (header, column, scale); a column's 95% interval is shown beside it when
 # the table has ``<stem>_lo_<unit>`` / ``<stem>_hi_<unit>`` columns.
-COMPACT: dict[str, tuple[tuple[str, str, float], ...]] = {
+COMPACT: dict[str, tuple[tuple[str, str, float | None], ...]] = {
     "success_table.csv": (("method", "method", 1), ("pairs", "pairs", 1), ("Δtransf > 0 (% of pairs)", "success_%", 1),
                           ("mean Δtransf (pp)", "mean_delta_transf_pp", 1), ("worst Δtransf (pp)", "min_delta_transf_pp", 1),
                           ("mean gain (pp)", "mean_gain_pp", 1), ("mean loss (pp)", "mean_loss_pp", 1),
@@ -51,6 +52,15 @@ COMPACT: dict[str, tuple[tuple[str, str, float], ...]] = {
     "overview.csv": (("student", "student", 1), ("acc %", "acc", 100), ("best teacher", "best_teacher", 1),
                      ("ρ_pos %", "rho_pos", 100), ("Δacc (pp)", "delta_acc", 100),
                      ("all teachers ρ_pos %", "any_teacher_rho_pos", 100)),
+    "candidates.csv": (("stage", "stage", 1), ("teachers", "teachers", 1), ("method", "method", 1),
+                       ("lr", "lr", None), ("epochs", "epochs", 1), ("selection acc %", "selection_acc", 100),
+                       ("Δacc vs original (pp)", "selection_delta", 100), ("chosen", "chosen", 1),
+                       ("error", "error", 1)),
+    "teachers.csv": (("teacher", "spec", 1), ("acc %", "acc", 100), ("ρ_pos %", "rho_pos", 100),
+                     ("ρ_neg %", "rho_neg", 100), ("random ρ_pos %", "random_rho_pos", 100), ("kept", "kept", 1)),
+    "certification_classes.csv": (("class", "class", 1), ("images", "images", 1), ("acc before %", "acc_before", 100),
+                                  ("acc after %", "acc_after", 100), ("turned right", "turned_right", 1),
+                                  ("turned wrong", "turned_wrong", 1), ("Δacc (pp)", "delta_acc", 100)),
 }
 SORT_KEYS = {"pairs.csv": ("method", "delta_transf")}
 
@@ -87,7 +97,7 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
     for r in rows:
         row = {}
         for header, key, scale in columns:
-            cell = _number(r[key], scale)
+            cell = r[key] if scale is None else _number(r[key], scale)
             head, _, unit = key.rpartition("_")
             lo, hi = r.get(f"{head}_lo_{unit}"), r.get(f"{head}_hi_{unit}")
             if head and lo not in (None, "") and hi not in (None, ""):
@@ -185,6 +195,8 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     md = [f"# {title}\n"]
     body = [f"<h1>{html.escape(title)}</h1>"]
     status = config.get("status")
+    if status == "running" and config.get("pid") == os.getpid():
+        status = None  # the run writes its own report as it ends
     if status not in (None, "ok"):  # a run that did not finish: its tables are partial
         note = (f"This run is not complete (status: {status}{', ' + str(config['error']) if config.get('error') else ''}"
                 "): its tables and figures are partial.")
