@@ -2,7 +2,9 @@
 
 Act 1: the zoo models the demo uses (trained once, then cached) → analysis → a transfer study over all
 ordered pairs. Act 2: the same recipes trained for one epoch (students with headroom) → all ordered pairs
-beside two controls (own frozen copy, plain cross-entropy fine-tuning).
+beside two controls (own frozen copy, plain cross-entropy fine-tuning). Act 3: ``gkt improve`` makes one
+student with headroom better from the converged models, label-free, certified on held-out images — and
+refuses a zoo of random-init teachers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ DEMO_SEEDS = (2,)
 # The demo's jobs run on one torch thread per worker unless --threads says otherwise: the same numbers on any
 # machine (with the zoo's one-thread builds), and the fastest split of a small CPU.
 DEMO_THREADS = 1
+# Act 3's student: this zoo recipe's one-epoch model (far from converged), improved from the converged models.
+IMPROVE_STUDENT = "mlp-14px"
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -42,6 +46,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="act 1's transfer epochs (default: the transfer default)")
     p.add_argument("--headroom-epochs", type=int, default=HEADROOM_TRANSFER_EPOCHS,
                    help=f"act 2's transfer epochs (default: {HEADROOM_TRANSFER_EPOCHS})")
+    p.add_argument("--improve-student", default=IMPROVE_STUDENT,
+                   help=f"act 3: the zoo recipe whose one-epoch model gkt improve makes better, label-free, from "
+                        f"the converged --models (default: {IMPROVE_STUDENT})")
     p.add_argument("--workers", type=int, default=2, help="parallel processes for builds and studies (default: 2)")
 
 
@@ -82,24 +89,26 @@ def demo(args: argparse.Namespace) -> int:
     names = [m.removeprefix("zoo:") for m in args.models]
     if len(names) < 2 or any(not m.startswith("zoo:") for m in args.models):
         raise GktError(f"--models takes at least two zoo models (zoo:NAME), got {args.models}")
+    if args.improve_student not in names:
+        raise GktError(f"--improve-student {args.improve_student} is not among --models ({', '.join(names)})")
     pairs = len(names) * (len(names) - 1)
     start = time.perf_counter()
-    print(f"== gkt demo 1/5: the zoo's {len(names)} demo models, full recipes and {HEADROOM_EPOCHS}-epoch budget "
+    print(f"== gkt demo 1/6: the zoo's {len(names)} demo models, full recipes and {HEADROOM_EPOCHS}-epoch budget "
           f"({args.workers} parallel builds; cached after the first run) ==", flush=True)
     headroom = build_headroom_models(names, zoo_dir=args.zoo_dir, data_dir=args.data_dir, device=args.torch_device,
                                      workers=args.workers)
     run_step(["zoo", "build", "--only", *names, "--workers", str(args.workers)], args, args.run_dir / "zoo")
     zoo_seconds = time.perf_counter() - start
-    print("\n== gkt demo 2/5: where are the gains? (complementary knowledge on the test split) ==", flush=True)
+    print("\n== gkt demo 2/6: where are the gains? (complementary knowledge on the test split) ==", flush=True)
     run_step(["analyze", "--models", *args.models, "--student", args.models[-1]], args, args.run_dir / "analysis")
-    print(f"\n== gkt demo 3/5: act 1 — converged zoo models: {len(args.methods)} methods x {pairs} ordered pairs x "
+    print(f"\n== gkt demo 3/6: act 1 — converged zoo models: {len(args.methods)} methods x {pairs} ordered pairs x "
           f"{len(args.seeds)} seed(s) ==", flush=True)
     study = ["study", "--students", *args.models, "--methods", *args.methods, "--seeds", *map(str, args.seeds),
              "--workers", str(args.workers)]
     if args.epochs is not None:
         study += ["--epochs", str(args.epochs)]
     code = run_step(study, args, args.run_dir / "study")
-    print(f"\n== gkt demo 4/5: act 2 — students with headroom ({HEADROOM_EPOCHS}-epoch recipes), "
+    print(f"\n== gkt demo 4/6: act 2 — students with headroom ({HEADROOM_EPOCHS}-epoch recipes), "
           f"{args.headroom_epochs} transfer epoch(s): {len(args.headroom_methods)} methods x {pairs} pairs + 2 controls "
           f"x {len(names)} students x {len(args.headroom_seeds)} seed(s) ==", flush=True)
     settings = {"data": "fmnist", "data_dir": args.data_dir, "zoo_dir": args.zoo_dir,
@@ -108,15 +117,47 @@ def demo(args: argparse.Namespace) -> int:
                         workers=args.workers, threads=args.threads or DEMO_THREADS)
     counts = act2["counts"]
     print(f"{counts.total} jobs: {counts.skipped} already done, {counts.done} ran, {len(counts.failed)} failed")
-    print("\n== gkt demo 5/5: reports ==", flush=True)
+    student = headroom[f"{args.improve_student}@{HEADROOM_EPOCHS}ep"]
+    print(f"\n== gkt demo 5/6: act 3 — gkt improve: make {args.improve_student}@{HEADROOM_EPOCHS}ep better with the "
+          "converged models, label-free, certified on held-out images; then with random-init teachers ==", flush=True)
+    improve = ["improve", "--student", student, "--unlabelled", "--workers", str(args.workers)]
+    run_step([*improve, "--zoo", *args.models], args, args.run_dir / "improve")
+    randoms = random_zoo(args, args.run_dir / "improve-random-zoo")
+    print(f"\n-- once more, with a zoo of {len(randoms)} random-init teachers (it must refuse) --", flush=True)
+    run_step([*improve, "--zoo", *randoms], args, args.run_dir / "improve-random")
+    print("\n== gkt demo 6/6: reports ==", flush=True)
     parts = {"analysis": "complementary knowledge of the demo's models", "study": "act 1, converged zoo models",
              "headroom": "act 2, students with headroom"}
     reports = [write_report(args.run_dir / part, f"gkt demo — {title}")[0] for part, title in parts.items()]
+    reports += [args.run_dir / part / "report.html" for part in ("improve", "improve-random")]
     for title, part in (("Act 1: converged zoo models", "study"), ("Act 2: students with headroom", "headroom")):
         print(f"\n--- {title} ---")
         print_findings(args.run_dir / part)
+    print(f"\n--- Act 3: gkt improve on {args.improve_student}@{HEADROOM_EPOCHS}ep, label-free ---")
+    for part, zoo in (("improve", "the converged models"), ("improve-random", "random-init teachers")):
+        decision = json.loads((args.run_dir / part / "decision.json").read_text())
+        print(f"- from {zoo}: {decision['summary']}")
     total = time.perf_counter() - start
     print(f"\ndemo finished in {total:.0f}s (zoo step {zoo_seconds:.0f}s)")
     for path in reports:
         print(f"report: {path}")
     return code if counts.ok else 1
+
+
+def random_zoo(args: argparse.Namespace, where: Path) -> list[str]:
+    """Random-init (seeded) copies of the demo models' architectures, saved as ``file:`` checkpoints: teachers
+    that know nothing."""
+    from gkt.analysis.complementary import random_teachers
+    from gkt.data.spec import load_split
+    from gkt.models import DataInfo, load_model
+    from gkt.models.checkpoint import save_checkpoint
+
+    info = DataInfo.from_dataset(load_split("fmnist", "test", data_dir=args.data_dir))
+    models = [load_model(spec, info, args.zoo_dir) for spec in args.models]
+    specs = []
+    for i, model in enumerate(random_teachers(models, seed=args.seed + 1)):  # not the analysis's random baseline
+        path = where / f"random{i}-{model.arch.name}"
+        if not path.with_suffix(".json").is_file():
+            save_checkpoint(model, path)
+        specs.append(f"file:{path}")
+    return specs

@@ -8,7 +8,7 @@ The job, in five steps (each a piece gkt already has, joined here):
    ``unlabelled``). The three never overlap, and the data's test split is not touched.
 2. **Teachers.** The zoo is ranked for the student by complementary knowledge on the selection split (ρ_pos:
    the share of images the teacher gets right and the student wrong, paper §3); a teacher whose ρ_pos does not
-   exceed a random-init teacher's beyond noise (2 standard errors) is dropped.
+   exceed every random-init teacher's (one per architecture) beyond noise (2 standard errors) is dropped.
 3. **Search** within ``budget`` transfers, each a job of the one grid runner (results store, resume after a
    kill, ``workers``/Ray): stage 1 the learning rate (the top teacher at every rate of ``lrs``, ≥ 30× around the
    default; with labels, plain cross-entropy fine-tuning at the same rates as the control a teacher must
@@ -60,6 +60,7 @@ IMPROVE_FORMAT = "gkt-improve/1"  # in every candidate job: a change of what a j
 CONTROL = "ce"  # plain cross-entropy fine-tuning on the labels: the control a teacher must beat
 CANDIDATES_DIR = "candidates"  # in the run directory holding the results store: one folder per candidate
 STORE_POINTER = "store.json"  # in a resumed run's directory: where its results store and candidates are
+RANDOM_SAMPLES = 1000  # the random-init teachers' seeded stratified sample of the selection split (s.e. ≤ 0.5 pp)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class TeacherRank:
     acc: float
     rho_pos: float  # right where the student is wrong
     rho_neg: float  # wrong where the student is right
-    random_rho_pos: float  # the random-init teachers' mean ρ_pos for this student
+    random_rho_pos: float  # the best ρ_pos of the random-init teachers (one per architecture) for this student
     kept: bool
     reason: str
 
@@ -200,21 +201,22 @@ class TeacherRank:
 def rank_teachers(student: Classifier, teachers: Sequence[Classifier], specs: Sequence[str], selection: ImageDataset,
                   device: torch.device, config: ImproveConfig, workers: int | None = None) -> list[TeacherRank]:
     """The zoo ranked by ρ_pos for ``student`` on ``selection`` (one forward pass per model, stored), each
-    kept when its ρ_pos exceeds the random-init teachers' by more than 2 standard errors."""
+    kept when its ρ_pos exceeds every random-init teacher's (one per architecture of the student and the zoo)
+    by more than 2 standard errors."""
     names = [f"teacher{i}" for i in range(len(teachers))]
     models = [_renamed(student, "student"), *(_renamed(t, n) for t, n in zip(teachers, names))]
     analysis = analyze(models, selection, device, seed=config.seed, semantic=False, precision=config.precision,
-                       workers=workers)
+                       workers=workers, random_baseline_samples=RANDOM_SAMPLES)
     view = analysis.gains("student")
-    baseline = analysis.random_per_student()
-    random_rho = float(baseline[0]) if baseline is not None else 0.0
-    n = analysis.num_samples
+    # the reference: the best of the random-init teachers (one per architecture) for this student
+    random_rho = float(analysis.random.rho_pos[:, 0].max()) if analysis.random is not None else 0.0
+    n, n_random = analysis.num_samples, analysis.random.samples if analysis.random is not None else 1
     rows = []
     for row in view.rows:
         spec = specs[names.index(row.teacher)]
-        noise = 2 * math.sqrt(max(row.rho_pos * (1 - row.rho_pos), 1e-12) / n)
+        noise = 2 * math.sqrt(row.rho_pos * (1 - row.rho_pos) / n + random_rho * (1 - random_rho) / n_random)
         kept = row.rho_pos - noise > random_rho
-        reason = (f"ρ_pos {100 * row.rho_pos:.2f}% vs a random teacher's {100 * random_rho:.2f}% "
+        reason = (f"ρ_pos {100 * row.rho_pos:.2f}% vs the best random-init teacher's {100 * random_rho:.2f}% "
                   f"(2 s.e. {100 * noise:.2f} pp): " + ("holds knowledge the student lacks" if kept else
                                                            "no more than a random teacher; dropped"))
         rows.append(TeacherRank(spec, row.acc_teacher, row.rho_pos, row.rho_neg, random_rho, kept, reason))

@@ -28,7 +28,7 @@ def findings(decision: DecisionLike, classes: list[dict[str, Any]]) -> list[str]
     if decision.ranking:
         random = decision.ranking[0]["random_rho_pos"]
         text = (f"Teachers, ranked by the knowledge they hold for the student on the selection split (ρ_pos: right "
-                f"where the student is wrong; a random-init teacher: {100 * random:.2f}%): ")
+                f"where the student is wrong; the best random-init teacher: {100 * random:.2f}%): ")
         text += "; ".join(f"{r['spec']} {100 * r['rho_pos']:.2f}% (acc {100 * r['acc']:.2f}%)" for r in kept) or "none"
         if dropped:
             text += " — dropped as no better than a random teacher: " + ", ".join(
