@@ -196,6 +196,12 @@ TABLES: dict[str, Table] = {
         "capacity-check/results.csv",
         [("student", "`{student}` ({student_acc:.2f})"), ("`kl` mean Δtransf", "{kl_mean_pp:+.3f}"),
          ("`kl-dp` mean Δtransf", "{kl_dp_mean_pp:+.3f}")]),
+    "improve-demo": Table("improve/demo.csv", [
+        ("zoo", "{zoo}"), ("teachers kept", "{teachers_kept}"), ("candidates", "{candidates}"),
+        ("chosen on the selection split", "{chosen}||–"), ("selection Δ (pp)", "{selection_delta_pp:+.2f}"),
+        ("turned right / wrong", "{turned_right} / {turned_wrong}||–"),
+        ("certified Δacc [95% lower bound] (pp)", "{delta_acc_pp:+.2f} [{lower_bound_pp:+.2f}]"),
+        ("p", "{p_value:.2g}"), ("decision", "**{decision}**"), ("s", "{seconds:.0f}")]),
     "speed": Table("speed/results.csv", [("benchmark", "{benchmark}"), ("case", "{case}"), ("measured", "{measured}")]),
 }
 

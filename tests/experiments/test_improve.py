@@ -238,3 +238,25 @@ def test_resume_after_kill_gives_the_same_decision(zoo: dict[str, str], tmp_path
     assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
     scores = [(c["teachers"], c["lr"], c["epochs"], c["selection_acc"]) for c in resumed["candidates"]]
     assert scores == [(c["teachers"], c["lr"], c["epochs"], c["selection_acc"]) for c in whole["candidates"]]
+
+
+def test_hub_models_over_a_folder(offline_hubs, tmp_path: Path) -> None:  # noqa: ANN001
+    """timm and transformers models from the hubs' caches, an image folder named by WordNet ids: the whole
+    path runs (ranking, the control's transfers, selection, certification or a refusal); an accepted timm
+    model is also written in timm's format."""
+    from gkt.experiments.improve import _write_model
+    from gkt.models import DataInfo, load_model
+
+    data = f"folder:{offline_hubs.folder.parent}"
+    student = "timm:test_resnet.r160_in1k"
+    assert main(["improve", "--student", student, "--zoo", "timm:test_efficientnet.r160_in1k",
+                 "hf:gkt-tests/tiny-vit", "--data", data, "--batch-size", "8", "--lrs", "0.01", "--budget", "2",
+                 "--threads", "2", "--out", str(tmp_path / "runs")]) == 0
+    decision = _decision(tmp_path / "runs")
+    assert decision["splits"]["selection"] + decision["splits"]["certification"] == 30
+    assert {r["spec"] for r in decision["ranking"]} == {"timm:test_efficientnet.r160_in1k", "hf:gkt-tests/tiny-vit"}
+    assert decision["candidates"] and all(c["error"] is None for c in decision["candidates"])
+    info = DataInfo.from_dataset(load_split(data, "test"))
+    model = load_model(student, info, class_map="auto")
+    spec, export = _write_model(model, tmp_path / "accepted", lambda _: None)
+    assert spec.startswith("file:") and export["format"] == "timm" and Path(export["path"], "config.json").is_file()

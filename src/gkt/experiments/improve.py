@@ -369,14 +369,14 @@ class Search:
             say(f"stage 2/3 — teachers: each other kept teacher, and all {len(teachers)} one after another, "
                 f"at lr {best.lr:g}")
             self.run(2, stage2, "improve stage 2")
-        stage3 = []
-        for pool in (False, True):
+        stage3, which = [], []
+        for pool, name in ((False, "the best transfer"), (True, "the best control")):
             top = self.best(control=pool)
             if top is not None and cfg.longer_epochs != top.epochs:
                 stage3.append(self.candidate(3, top.teachers, top.method, top.lr, cfg.longer_epochs))
+                which.append(name)
         if stage3 and self.left > 0:
-            say(f"stage 3/3 — epochs: the best transfer{' and the best control' if len(stage3) > 1 else ''} "
-                f"for {cfg.longer_epochs} epochs")
+            say(f"stage 3/3 — epochs: {' and '.join(which)} for {cfg.longer_epochs} epochs")
             self.run(3, stage3, "improve stage 3")
 
 
