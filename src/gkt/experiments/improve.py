@@ -472,6 +472,10 @@ def improve(student: str, zoo: Sequence[str], *, data: str = ImproveConfig.data,
 
     splits = load_splits(config.data, config.data_dir, config.held_out, config.val_fraction, config.selection_share, config.fraction,
                          config.seed)
+    if len(splits.transfer) < config.batch_size:
+        raise GktError(f"{splits.transfer.name}: {len(splits.transfer)} transfer images is fewer than one batch of "
+                       f"{config.batch_size}; lower --batch-size to {len(splits.transfer)} or less, or give more data "
+                       "(a larger --fraction, if it is below 1)")
     say(f"splits: {len(splits.transfer)} transfer images ({'labels unused' if unlabelled else 'labelled'}), "
         f"{len(splits.selection)} selection and {len(splits.certification)} certification images from "
         f"{splits.val_source}")
