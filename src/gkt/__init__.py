@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # The Python API, imported on first use (importing torch takes seconds): ``gkt.improve(student=..., zoo=[...])``.
-_API = {"improve": "gkt.experiments.improve"}
+_API = {"improve": "gkt.experiments.improve", "mutual": "gkt.experiments.mutual"}
 __all__ = ["__version__", "main", *_API]
 
 

@@ -244,7 +244,7 @@ def test_hub_models_over_a_folder(offline_hubs, tmp_path: Path) -> None:  # noqa
     """timm and transformers models from the hubs' caches, an image folder named by WordNet ids: the whole
     path runs (ranking, the control's transfers, selection, certification or a refusal); an accepted timm
     model is also written in timm's format."""
-    from gkt.experiments.improve import _write_model
+    from gkt.experiments.improve import write_model
     from gkt.models import DataInfo, load_model
 
     data = f"folder:{offline_hubs.folder.parent}"
@@ -258,5 +258,5 @@ def test_hub_models_over_a_folder(offline_hubs, tmp_path: Path) -> None:  # noqa
     assert decision["candidates"] and all(c["error"] is None for c in decision["candidates"])
     info = DataInfo.from_dataset(load_split(data, "test"))
     model = load_model(student, info, class_map="auto")
-    spec, export = _write_model(model, tmp_path / "accepted", lambda _: None)
+    spec, export = write_model(model, tmp_path / "accepted", lambda _: None)
     assert spec.startswith("file:") and export["format"] == "timm" and Path(export["path"], "config.json").is_file()

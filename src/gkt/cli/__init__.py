@@ -39,7 +39,7 @@ from gkt.models.specs import MAX_IMG_SIZE, img_size_default
 log = logging.getLogger("gkt")
 
 # Modules whose import registers verbs, in the order they appear in --help.
-VERB_MODULES = ("gkt.cli.improve", "gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.export", "gkt.cli.report", "gkt.cli.demo")
+VERB_MODULES = ("gkt.cli.improve", "gkt.cli.mutual", "gkt.cli.zoo", "gkt.cli.analyze", "gkt.cli.transfer", "gkt.cli.study", "gkt.cli.kdep", "gkt.cli.adapt", "gkt.cli.crossdomain", "gkt.cli.export", "gkt.cli.report", "gkt.cli.demo")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 # Verbs that read image data (folders, hf: datasets): they take --bad-images.
-IMAGE_VERBS = ("improve", "analyze", "transfer", "study", "adapt", "crossdomain", "kdep pretrain", "kdep finetune",
+IMAGE_VERBS = ("improve", "mutual", "analyze", "transfer", "study", "adapt", "crossdomain", "kdep pretrain", "kdep finetune",
                "kdep benchmark")
 
 

@@ -46,13 +46,21 @@ from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
 from gkt.data.subsets import stratified_indices, stratified_subset
 from gkt.engine.loop import Runtime
-from gkt.engine.metrics import correctness
 from gkt.engine.predictions import dataset_identity, get_many
-from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsStore, failed_rows, job_key, run_study
+from gkt.experiments.grid import (
+    STORE_NAME,
+    LocalBackend,
+    RayBackend,
+    ResultsStore,
+    failed_rows,
+    job_key,
+    run_study,
+)
 from gkt.models import Classifier, DataInfo, load_model
 from gkt.models.checkpoint import load_checkpoint, save_checkpoint
 from gkt.models.export import EXPORT_FORMATS, export_model, without_class_map
 from gkt.transfer import TransferConfig, decoded_for, run_transfer
+from gkt.transfer.mutual import MUTUAL_METHODS, MutualConfig, run_mutual
 
 log = logging.getLogger(__name__)
 
@@ -132,24 +140,30 @@ class Splits:
                 "certification": len(self.certification), "held_out_from": self.val_source}
 
 
+def held_out_split(data: str, data_dir: str | None, held_out: str, val_fraction: float, seed: int
+                   ) -> tuple[ImageDataset, ImageDataset, str]:
+    """``(train, held-out, where the held-out split came from)``, never overlapping: the data's test split
+    (``held_out="test"``: a folder's test/ or val/, hf's test or validation split) or its val split (shipped,
+    else carved from train, which is then the rest)."""
+    if held_out == "test":
+        train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
+        val = load_split(data, "test", data_dir=data_dir)
+        return train, val, f"{data}'s test split ({val.name})"
+    try:  # a val split the data ships: train stays whole
+        val = load_split(data, "val", data_dir=data_dir, val_fraction=0)
+        return load_split(data, "train", data_dir=data_dir, val_fraction=0), val, f"the val split {data} ships ({val.name})"
+    except GktError:  # none shipped: carve it from train (train is then the rest; never overlapping)
+        val = load_split(data, "val", data_dir=data_dir, val_fraction=val_fraction, seed=seed)
+        train = load_split(data, "train", data_dir=data_dir, val_fraction=val_fraction, seed=seed)
+        return train, val, (f"a stratified {val_fraction:g} of {data}'s train split (seed {seed}), carved as val: "
+                            "only held out for models that did not train on it")
+
+
 @functools.lru_cache(maxsize=4)
 def load_splits(data: str, data_dir: str | None, held_out: str, val_fraction: float, selection_share: float,
                 fraction: float, seed: int) -> Splits:
     """The improve splits of ``data`` (cached per process: every candidate job of a worker shares them)."""
-    if held_out == "test":  # the data's own held-out split (a folder's test/ or val/, hf's test or validation)
-        train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
-        val = load_split(data, "test", data_dir=data_dir)
-        source = f"{data}'s test split ({val.name})"
-    else:
-        try:  # a val split the data ships: train stays whole
-            val = load_split(data, "val", data_dir=data_dir, val_fraction=0)
-            train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
-            source = f"the val split {data} ships ({val.name})"
-        except GktError:  # none shipped: carve it from train (train is then the rest; never overlapping)
-            val = load_split(data, "val", data_dir=data_dir, val_fraction=val_fraction, seed=seed)
-            train = load_split(data, "train", data_dir=data_dir, val_fraction=val_fraction, seed=seed)
-            source = (f"a stratified {val_fraction:g} of {data}'s train split (seed {seed}), carved as val: "
-                      "only held out for models that did not train on it")
+    train, val, source = held_out_split(data, data_dir, held_out, val_fraction, seed)
     chosen = stratified_indices(val.labels, fraction=selection_share, seed=seed)
     rest = torch.ones(len(val), dtype=torch.bool)
     rest[chosen] = False
@@ -254,7 +268,15 @@ class CandidateJob:
                                   unlabelled=config.unlabelled and job["method"] != CONTROL)
         runtime = Runtime(precision=config.precision, evaluate_every_epoch=False)
         model, metrics = student, {}
-        for teacher in teachers or [student]:  # the control: cross-entropy, with the student as its own teacher
+        if job["method"] in MUTUAL_METHODS:  # the student and its teacher learn from each other at once
+            transfer_set, selection = decoded_for([student, *teachers], splits.transfer, splits.selection)
+            seed_everything(job["seed"])
+            mutual = MutualConfig(epochs=job["epochs"], lr=job["lr"], batch_size=config.batch_size,
+                                  unlabelled=MUTUAL_METHODS[job["method"]], seed=job["seed"])
+            outcome = run_mutual([student, *teachers], transfer_set, selection, mutual, device, runtime)
+            model, metrics = outcome.models[0], outcome.rows[0]
+            teachers = []
+        for teacher in teachers or ([] if metrics else [student]):  # the control: cross-entropy, with the student as its own teacher
             transfer_set, selection = decoded_for([model, teacher], splits.transfer, splits.selection)
             seed_everything(job["seed"])
             outcome = run_transfer(model.clone().requires_grad_(True), teacher, transfer_set, selection, settings,
@@ -288,6 +310,8 @@ class Candidate:
     @property
     def label(self) -> str:
         who = " then ".join(self.teachers) if self.teachers else "no teacher (cross-entropy on the labels)"
+        if self.method in MUTUAL_METHODS:
+            return f"{self.method} with {who} (both learning at once), lr {self.lr:g}, {self.epochs} epoch(s)"
         return f"{self.method} from {who}, lr {self.lr:g}, {self.epochs} epoch(s)"
 
     def row(self, chosen: bool) -> dict[str, Any]:
@@ -344,6 +368,10 @@ class Search:
         self.candidates += scored
         return scored
 
+    @property
+    def mutual_method(self) -> str:
+        return "mutual-unsup" if self.config.unlabelled else "mutual"
+
     def best(self, control: bool | None = None) -> Candidate | None:
         """The best scored candidate (ties: the earliest), among the controls or the transfers, or all."""
         pool = [c for c in self.candidates if c.selection_acc is not None
@@ -363,12 +391,14 @@ class Search:
                 + f"; budget {cfg.budget})")
             self.run(1, stage1, "improve stage 1")
         best = self.best(control=False)
-        if best is not None and len(teachers) > 1:
-            stage2 = [self.candidate(2, [t], method, best.lr, cfg.epochs) for t in teachers[1:]]
-            stage2.append(self.candidate(2, teachers, method, best.lr, cfg.epochs))
-            say(f"stage 2/3 — teachers: each other kept teacher, and all {len(teachers)} one after another, "
-                f"at lr {best.lr:g}")
-            self.run(2, stage2, "improve stage 2")
+        if best is not None:
+            others = [self.candidate(2, [t], method, best.lr, cfg.epochs) for t in teachers[1:]]
+            together = [self.candidate(2, teachers, method, best.lr, cfg.epochs)] if len(teachers) > 1 else []
+            mutual = self.candidate(2, teachers[:1], self.mutual_method, best.lr, cfg.epochs)
+            say("stage 2/3 — teachers: " + (f"each other kept teacher, all {len(teachers)} one after another, and "
+                                             if len(teachers) > 1 else "") +
+                f"the top teacher learning from the student at once (mutual), at lr {best.lr:g}")
+            self.run(2, [*others, *together, mutual], "improve stage 2")
         stage3, which = [], []
         for pool, name in ((False, "the best transfer"), (True, "the best control")):
             top = self.best(control=pool)
@@ -536,7 +566,7 @@ def improve(student: str, zoo: Sequence[str], *, data: str = ImproveConfig.data,
     model_spec, export = None, None
     if accepted:
         chosen_model.provenance["improve"]["certificate"] = certificate.to_dict()
-        model_spec, export = _write_model(chosen_model, run_dir, say)
+        model_spec, export = write_model(chosen_model, run_dir, say)
     seconds["total"] = time.perf_counter() - start
     seconds["transfers"] = sum(_job_seconds(store, c) for c in search.candidates)
     decision = Decision(
@@ -602,9 +632,11 @@ def _job_seconds(store: ResultsStore, candidate: Candidate) -> float:
     return sum(r.seconds or 0.0 for r in store.rows("done") if r.key == key)
 
 
-def _write_model(model: Classifier, run_dir: Path, say: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
-    """The improved model as a ``file:`` checkpoint, and in the student's own library format where it has one."""
-    path = save_checkpoint(model, run_dir / "model")
+def write_model(model: Classifier, run_dir: Path, say: Callable[[str], None], name: str = "model"
+                ) -> tuple[str, dict[str, Any] | None]:
+    """An improved model as ``file:RUN_DIR/NAME``, and in its own library's format where it has one
+    (``RUN_DIR/export`` for ``model``, else ``RUN_DIR/NAME-export``)."""
+    path = save_checkpoint(model, run_dir / name)
     spec = f"file:{path.with_suffix('')}"
     export = None
     library = EXPORT_FORMATS.get(model.arch.source if model.arch.source != "class_map"
@@ -612,7 +644,7 @@ def _write_model(model: Classifier, run_dir: Path, say: Callable[[str], None]) -
     if library is not None:
         try:
             without_class_map(model)
-            fmt, where = export_model(model, run_dir / "export")
+            fmt, where = export_model(model, run_dir / ("export" if name == "model" else f"{name}-export"))
             export = {"format": fmt, "path": str(where)}
         except GktError as exc:
             export = {"format": library, "path": None, "note": str(exc)}

@@ -17,6 +17,7 @@ from gkt.data.datasets import ImageDataset
 from gkt.data.spec import load_split
 from gkt.data.subsets import stratified_subset
 from gkt.models import Classifier, DataInfo, load_model
+from gkt.transfer.mutual import MUTUAL_METHODS
 
 JobConfig = dict[str, Any]
 
@@ -96,10 +97,41 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     transfer_set, test_set = decoded_for([student, teacher], transfer_set, test_set)
     settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
+    if config["method"] in MUTUAL_METHODS:
+        return _mutual_job(student, teacher, transfer_set, test_set, config, settings)
     outcome = run_transfer(student, teacher, transfer_set, test_set, TransferConfig(**settings),
                            resolve_device(config.get("device", "auto")),
                            runtime=Runtime(precision=config.get("precision", "fp32"), evaluate_every_epoch=False))
     return {**_scalar_metrics(outcome.final), "test_samples": len(test_set), "student_params": student.num_parameters(),
+            "student_family": student.provenance.get("family", student.arch.name),
+            "teacher_family": teacher.provenance.get("family", teacher.arch.name)}
+
+
+def _mutual_job(student: Classifier, teacher: Classifier, transfer_set: ImageDataset, test_set: ImageDataset,
+                config: JobConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """A study's ``mutual`` / ``mutual-unsup`` job: student and teacher learn from each other at once
+    (:mod:`gkt.transfer.mutual`); the student's metrics as a transfer's, the teacher's change beside them."""
+    from gkt.engine.loop import Runtime
+    from gkt.transfer import TransferConfig
+    from gkt.transfer.mutual import MutualConfig, run_mutual
+
+    defaults = TransferConfig()
+    mutual = MutualConfig(epochs=settings.get("epochs", defaults.epochs), lr=settings.get("lr", MutualConfig.lr),
+                          batch_size=settings.get("batch_size", defaults.batch_size),
+                          temperature=settings.get("temperature", defaults.temperature),
+                          unlabelled=MUTUAL_METHODS[config["method"]], seed=config.get("seed", 0),
+                          **{k: (float(v) if k == "ce" else str(v)) for k, v in settings.get("method_args", {}).items()
+                             if k in ("rule", "ce")})
+    outcome = run_mutual([student, teacher], transfer_set, test_set, mutual,
+                         resolve_device(config.get("device", "auto")),
+                         Runtime(precision=config.get("precision", "fp32"), evaluate_every_epoch=False))
+    mine, theirs = outcome.rows
+    return {"status": "ok", "student": student.name, "teacher": teacher.name, "method": config["method"],
+            "acc_teacher": theirs["acc_before"], "acc_student_before": mine["acc_before"], "acc": mine["acc"],
+            "delta_transf": mine["delta_transf"], "knowledge_gain": mine["knowledge_gain"],
+            "knowledge_loss": mine["knowledge_loss"], "teacher_delta_transf": theirs["delta_transf"],
+            "seconds": round(outcome.seconds, 1), "test_samples": len(test_set),
+            "student_params": student.num_parameters(),
             "student_family": student.provenance.get("family", student.arch.name),
             "teacher_family": teacher.provenance.get("family", teacher.arch.name)}
 

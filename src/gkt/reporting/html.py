@@ -22,7 +22,7 @@ from gkt.reporting.study import findings_markdown
 from gkt.reporting.tables import format_table
 
 # Tables shown first, in this order, when a run directory has them (others follow alphabetically).
-PREFERRED_TABLES = ("candidates.csv", "teachers.csv", "certification_classes.csv", "success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
+PREFERRED_TABLES = ("models.csv", "candidates.csv", "teachers.csv", "certification_classes.csv", "success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
                     "best_settings.csv", "pairs.csv", "zoo.csv", "metrics.csv", "benchmark.csv")
 # Figures shown right after the findings (paper Figs. 4a, 4b, 7; an analysis's ρ_pos heatmap and gains chart).
 KEY_FIGURES = ("fig4a_success_rate.png", "fig4b_delta_vs_acc.png", "fig7_gain_vs_loss.png", "rho_pos_heatmap.png",
