@@ -149,6 +149,7 @@ def test_accepts_a_gain_uses_certification_once_and_api_equals_cli(zoo: dict[str
     ranking = {r["spec"]: r for r in decision["ranking"]}
     assert ranking[zoo["teacher"]]["kept"] and not ranking[zoo["harmful"]]["kept"]
     assert all(c["teachers"] != zoo["harmful"] for c in decision["candidates"])
+    assert any(c["method"] == "mutual-unsup" for c in decision["candidates"])  # stage 2 tries Bi-KD too
     assert decision["model"] and Path(decision["model"].removeprefix("file:") + ".safetensors").is_file()
     assert _files(zoo["student"]) == before  # the student's own file is never written
     run = Path(decision["run_dir"])
