@@ -62,6 +62,7 @@ def findings(decision: DecisionLike, classes: list[dict[str, Any]]) -> list[str]
         out.append(text + " (all classes in certification_classes.csv).")
     s = decision.seconds
     if s:
-        out.append(f"Time: {s.get('total', 0):.0f} s in all — {s.get('transfers', 0):.0f} s in the candidate transfers, "
-                   f"{s.get('ranking', 0):.1f} s ranking the teachers, {s.get('certification', 0):.1f} s certifying.")
+        out.append(f"Time: {s.get('total', 0):.0f} s in all: {s.get('search', 0):.0f} s searching (the candidate "
+                   f"transfers took {s.get('transfers', 0):.0f} s, summed over the workers), {s.get('ranking', 0):.1f} s "
+                   f"ranking the teachers, {s.get('certification', 0):.1f} s certifying.")
     return out
