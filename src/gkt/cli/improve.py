@@ -69,6 +69,10 @@ def improve(args: argparse.Namespace) -> int:
     from gkt.experiments.improve import improve as run_improve
     from gkt.reporting.html import write_report
 
+    if getattr(args, "dist", None) is not None and args.dist.enabled:
+        raise GktError(f"gkt {args.command} runs in one process (its jobs spread over --workers"
+                       + (" or Ray" if args.command == "improve" else "") + "); start it without torchrun")
+
     if not args.student or not args.zoo:
         raise GktError("give --student SPEC and --zoo SPEC [SPEC ...] (or --resume RUN_DIR)")
     if args.workers < 1:

@@ -52,6 +52,10 @@ def mutual(args: argparse.Namespace) -> int:
     from gkt.experiments.mutual import mutual as run_mutual
     from gkt.reporting.html import write_report
 
+    if getattr(args, "dist", None) is not None and args.dist.enabled:
+        raise GktError(f"gkt {args.command} runs in one process (its jobs spread over --workers"
+                       + (" or Ray" if args.command == "improve" else "") + "); start it without torchrun")
+
     if not args.models:
         raise GktError("give --models SPEC SPEC [SPEC ...]: two or more models that teach each other")
     run_mutual(

@@ -147,6 +147,11 @@ class LocalBackend:
         self.gpus = list(gpus)
 
     @contextmanager
+    def held(self) -> Iterator[None]:
+        """Nothing to hold between sessions (see :meth:`RayBackend.held`)."""
+        yield
+
+    @contextmanager
     def session(self, fn: JobFn) -> Iterator[Session]:
         if self.workers == 1:
             _init_worker(self.threads)
@@ -198,7 +203,21 @@ class RayBackend:
         self.resources = ray_resources(num_cpus_per_job, device_type, num_gpus_per_job)
 
     @contextmanager
-    def session(self, fn: JobFn) -> Iterator[Session]:
+    def held(self) -> Iterator[None]:
+        """Ray started once for several :meth:`session` calls (e.g. the stages of an improve search)."""
+        ray = self._ray()
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address, num_cpus=None if self.address else self.local_cpus,
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        try:
+            yield
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    @staticmethod
+    def _ray() -> Any:
         try:
             import ray
             from ray._private import ray_constants
@@ -212,19 +231,17 @@ class RayBackend:
         # Ray reads that variable once, when it is first imported, so the flag is also set on the module.
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"].lower() in ("1", "true")
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.address, num_cpus=None if self.address else self.local_cpus,
-                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        return ray
+
+    @contextmanager
+    def session(self, fn: JobFn) -> Iterator[Session]:
+        ray = self._ray()
         threads = self.threads
 
         def remote_job(config: JobConfig) -> Outcome:
             _init_worker(threads)
             return run_one(fn, config)
 
-        try:
+        with self.held():
             capacity = ray_capacity(ray.cluster_resources(), self.resources)
             yield _RaySession(ray, ray.remote(**self.resources)(remote_job), capacity)
-        finally:
-            if started_here:
-                ray.shutdown()

@@ -544,7 +544,8 @@ def improve(student: str, zoo: Sequence[str], *, data: str = ImproveConfig.data,
         say("no teacher holds more knowledge for this student than a random one, and without labels there is no "
             "other candidate: nothing to search")
     else:
-        search.search(say)
+        with backend.held():  # Ray, say, starts once for the three stages
+            search.search(say)
     seconds["search"] = time.perf_counter() - t0
     best = search.best()
     if search.failures and best is None:
