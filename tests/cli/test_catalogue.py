@@ -329,6 +329,55 @@ CASES = [
 ]
 
 
+
+# Issue 29 (hardening): resource bombs, non-finite models, environment variables, odd paths.
+
+
+def _edited_model(w: World, tmp: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> str:
+    """A copy of the teacher whose weights ``edit`` changes in place (saved as a valid checkpoint)."""
+    from gkt.models import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(w.teacher.removeprefix("file:"))
+    with torch.no_grad():
+        edit(dict(model.net.named_parameters()))
+    save_checkpoint(model, tmp / "edited" / "model")
+    return f"file:{tmp / 'edited' / 'model'}"
+
+
+def _set_first(value: float) -> Callable[[dict[str, torch.Tensor]], None]:
+    return lambda params: next(iter(params.values())).view(-1)[0].fill_(value)
+
+
+def _huge(params: dict[str, torch.Tensor]) -> None:
+    for p in params.values():  # finite weights whose products overflow float32: infinite logits
+        p.fill_(3e38)
+
+
+def _as(role: str, edit: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[World, Path], list[str]]:
+    def prepare(w: World, tmp: Path) -> list[str]:
+        spec = _edited_model(w, tmp, edit)
+        if role == "analyze":
+            return w.analyze(w.student, spec)
+        argv = w.transfer()
+        argv[argv.index(f"--{role}") + 1] = spec
+        return argv
+    return prepare
+
+
+CASES += [
+    # non-finite models
+    Case("NaN in a model's weights (analyze)", _as("analyze", _set_first(float("nan"))), 2,
+         r"model file:\S+edited/model: its weights hold 1 NaN or infinite value\(s\) \(in body\.1\.weight\)"),
+    Case("+inf in a teacher's weights", _as("teacher", _set_first(float("inf"))), 2,
+         r"model file:\S+edited/model: its weights hold 1 NaN or infinite"),
+    Case("NaN in a student's weights", _as("student", _set_first(float("nan"))), 2,
+         r"model file:\S+edited/model: its weights hold 1 NaN or infinite"),
+    Case("a model whose outputs are infinite (analyze)", _as("analyze", _huge), 2,
+         r"model file:\S+edited/model: \d+ of its \d+ outputs on the first batch are NaN or infinite"),
+    Case("a teacher whose outputs are infinite", _as("teacher", _huge), 2,
+         r"model file:\S+edited/model: \d+ of its \d+ outputs on the first batch are NaN or infinite"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

@@ -31,7 +31,7 @@ from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.models.checkpoint import load_checkpoint, load_weights
 from gkt.models.class_map import ClassMapLike, apply_class_map
-from gkt.models.classifier import Classifier, check_label_space
+from gkt.models.classifier import Classifier, check_finite_weights, check_label_space
 from gkt.models.preprocess import Preprocess
 
 PixelStats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -224,7 +224,8 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
         if data is None:
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")
         model = apply_class_map(model, data.class_names, class_map, data.all_class_names)
-    model.name = display_name(spec)
+    model.name, model.spec = display_name(spec), spec
+    check_finite_weights(model)
     size = os.environ.get(IMG_SIZE_ENV)
     if size is not None and model.preprocess.input_size != int(size) and "img_size" not in parsed.options:
         raise GktError(f"{spec}: --img-size {size} does not apply: a {parsed.source}: model keeps the input size "
