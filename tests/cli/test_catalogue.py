@@ -378,6 +378,48 @@ CASES += [
          r"model file:\S+edited/model: \d+ of its \d+ outputs on the first batch are NaN or infinite"),
 ]
 
+
+BILLION_LAUGHS = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi"))
+
+
+def _config_text(text: str) -> Callable[[World, Path], list[str]]:
+    def prepare(w: World, tmp: Path) -> list[str]:
+        (tmp / "c.yaml").write_text(text)
+        return w.analyze(extra=("--config", str(tmp / "c.yaml")))
+    return prepare
+
+
+def _class_map_bytes(content: bytes) -> Callable[[World, Path], list[str]]:
+    def prepare(w: World, tmp: Path) -> list[str]:
+        (tmp / "map.json").write_bytes(content)
+        return w.transfer("--class-map", str(tmp / "map.json"))
+    return prepare
+
+
+def _little_memory(w: World, tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    mp.setattr("gkt.core.limits.available_memory", lambda device=None: 8 * 2**30)
+
+
+CASES += [
+    # resource bombs
+    Case("class range fmnist[0-99999999]", lambda w, t: w.analyze(extra=("--data", "fmnist[0-99999999]")), 2,
+         r"class range '0-99999999': 100,000,000 classes, more than the 100,000 gkt accepts; .*check the range"),
+    Case("YAML aliases (billion laughs) in an accepted --config key",
+         _config_text('a: &a ["lol", "lol"]\n' + BILLION_LAUGHS + "models: [*i]\n"), 2,
+         r"--config \S+c\.yaml: line 2: YAML aliases \(\*name\) are not accepted"),
+    Case("?img_size=4096: a batch larger than the memory left", lambda w, t: w.analyze(
+        w.student, "timm:test_resnet?img_size=4096"), 2,
+         r"a batch of 40 inputs of 1×4096×4096 needs about 40\.0 GB of memory but 8\.0 GB is free on cpu; "
+         r"lower --batch-size to 8 or less", _little_memory),
+    # odd text inputs
+    Case("--config a directory", lambda w, t: w.analyze(extra=("--config", str(t))), 2,
+         r"--config \S+: is a directory; give a file"),
+    Case("--class-map a directory", lambda w, t: w.transfer("--class-map", str(t)), 2,
+         r"class map \S+: is a directory; give a file"),
+    Case("--class-map binary garbage", _class_map_bytes(bytes(range(128, 256)) * 4), 2,
+         r"class map \S+map\.json: not UTF-8 text \(byte 0 is 0x80\); give a text file"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

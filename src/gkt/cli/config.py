@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, read_json
+from gkt.core.limits import load_yaml, read_text_input
 
 CONFIG_OPTION = "config"
 
@@ -134,10 +135,9 @@ def validate_config(parser: argparse.ArgumentParser, command: str, values: dict[
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path`` (a clear error for a missing file, bad YAML or a non-mapping)."""
     path = Path(path)
-    if not path.is_file():
-        raise GktError(f"--config {path}: no such file")
+    text = read_text_input(path, "--config")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_yaml(text, f"--config {path}")
     except yaml.YAMLError as exc:
         raise GktError(f"--config {path}: not valid YAML ({exc})") from None
     if values is None:

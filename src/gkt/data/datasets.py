@@ -17,6 +17,7 @@ from torch.utils.data import Dataset as TorchDataset
 from gkt.core.errors import GktError
 from gkt.core.hashing import hash_order, stable_hash
 from gkt.core.io import FileStamp, file_stamp
+from gkt.core.limits import check_batch_memory
 from gkt.core.runtime import available_cpus, threads_beside
 from gkt.data.decode import (
     BadImagePolicy,
@@ -435,6 +436,8 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
     check_shared_memory(workers, max(map(len, chunks), default=0) * math.prod(dataset.image_shape))
+    check_batch_memory(max(map(len, chunks), default=0), dataset.image_shape, bytes_per_value=2 * workers + 1,
+                       what=f"decoding {dataset.name}: {2 * workers + 1} batch(es) in flight, each")
     with threads_beside(workers):  # the consumer's torch threads leave the decoding workers their CPUs
         for images, labels, idx, bad in loader:
             if bad:

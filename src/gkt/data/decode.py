@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
+from gkt.core.limits import MAX_IMAGE_PIXELS
 from gkt.core.io import cache_home, read_json, write_json
 
 # torchvision 0.29 marks its image codecs as deprecated in favour of TorchCodec (a separate install) and
@@ -114,12 +116,35 @@ def _decode_with_pil(encoded: torch.Tensor, channels: int, first_error: BaseExce
     return array[None] if array.ndim == 2 else array.permute(2, 0, 1).contiguous()
 
 
+def check_image_header(encoded: torch.Tensor) -> None:
+    """Read an encoded image's dimensions from its header (nothing is decoded) and raise
+    :class:`UnreadableImage` when it holds more than :data:`~gkt.core.limits.MAX_IMAGE_PIXELS` pixels: a few
+    megabytes of compressed file can claim gigabytes of pixels (a decompression bomb)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(encoded.numpy().tobytes())) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:  # PIL's own refusal (over twice its limit)
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise UnreadableImage(f"its header claims {int(claimed[1]) if claimed else 'too many':,} pixels, more than "
+                              f"the {MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)") from None
+    except Exception:  # noqa: BLE001 — a header PIL cannot read: the decoders below say what is wrong
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UnreadableImage(f"its header claims {width}×{height} = {width * height:,} pixels, more than the "
+                              f"{MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)")
+
+
 def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:
     """Encoded bytes (``uint8 [n]``) to the full-size image ``uint8 [channels, H, W]`` (an animated GIF: its
-    first frame). Raises :class:`UnreadableImage`."""
+    first frame), its header checked first (:func:`check_image_header`). Raises :class:`UnreadableImage`."""
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_image as tv_decode
 
+    check_image_header(encoded)
     try:
         image = tv_decode(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
     except RuntimeError as exc:  # a format torchvision does not read (BMP, TIFF, ...), or a broken file

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.limits import read_text_input
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.models.checkpoint import load_checkpoint, load_weights
@@ -256,14 +257,18 @@ def read_class_names(value: str) -> tuple[str, ...]:
 
         return tuple(_IMAGENET_CATEGORIES)
     path = Path(value)
-    if not path.is_file():
+    if not Path(value).exists() and not Path(value).is_symlink():
         raise GktError(f"classes={value}: no such file (a JSON list or one class name per line, or imagenet1k)")
+    text = read_text_input(path, "classes=")
     if path.suffix == ".json":
-        names = json.loads(path.read_text())
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise GktError(f"classes={path}: not valid JSON ({exc}); give a JSON list of class names") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise GktError(f"{path}: expected a JSON list of class names")
         return tuple(names)
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def resolve_class_names(options: dict[str, Any], data: DataInfo | None, what: str,

@@ -1,0 +1,84 @@
+"""Issue 29's cases that need more than one catalogue row: an image folder holding a decompression bomb
+(refused naming it, or left out under ``--bad-images skip``), and text inputs given as pipes."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import write_model
+
+from gkt.cli import main
+from gkt.core.io import read_json
+from gkt.core.limits import MAX_IMAGE_PIXELS, read_text_input
+from gkt.data.decode import UnreadableImage, check_image_header
+from tests.cli.test_image_data_cli import CLASSES, rgb_model
+from tests.data.test_decode import write_jpeg_folder
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width``×``height`` RGB pixels in its header (a few bytes of pixel data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_header_check_refuses_before_decoding() -> None:
+    import torch
+
+    for width, height in ((60000, 60000), (MAX_IMAGE_PIXELS // 1000 + 1, 1000)):
+        encoded = torch.frombuffer(bytearray(png_header_only(width, height)), dtype=torch.uint8)
+        with pytest.raises(UnreadableImage, match=r"header claims .* pixels, more than the 89,478,485 gkt decodes"):
+            check_image_header(encoded)
+
+
+def test_a_decompression_bomb_in_a_folder_is_named_or_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "imgs"
+    write_jpeg_folder(root / "train", {c: 2 for c in CLASSES})
+    write_jpeg_folder(root / "val", {c: 3 for c in CLASSES})
+    (root / "val" / "dog" / "bomb.png").write_bytes(png_header_only(60000, 60000))
+    a, b = rgb_model(tmp_path / "a", 0), rgb_model(tmp_path / "b", 1)
+    args = ["analyze", "--models", a, b, "--data", f"folder:{root}", "--split", "test", "--no-semantic",
+            "--no-figures", "--no-random-baseline", "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert re.search(r"bomb\.png: unreadable image \(its header claims (60000×60000 = )?3,600,000,000 pixels", err)
+    assert "--bad-images skip" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    assert main(args + ["--bad-images", "skip"]) == 0
+    assert "skipped 1 unreadable image(s)" in capsys.readouterr().out
+    run = sorted((tmp_path / "runs").glob("analyze-*"))[-1]
+    assert read_json(run / "summary.json")["samples"] == 9
+
+
+def _pipe(tmp_path: Path, text: str, times: int = 1) -> Path:
+    """A named pipe that a writer thread fills with ``text`` ``times`` times (as a shell's ``<(…)``)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        for _ in range(times):
+            with open(fifo, "w") as f:
+                f.write(text)
+    threading.Thread(target=write, daemon=True).start()
+    return fifo
+
+
+def test_a_pipe_is_read_once_and_remembered(tmp_path: Path) -> None:
+    fifo = _pipe(tmp_path, "models: [a, b]\n")
+    assert read_text_input(fifo, "--config") == "models: [a, b]\n"
+    assert read_text_input(fifo, "--config") == "models: [a, b]\n"  # a second read does not wait for a writer
+
+
+def test_config_given_as_a_pipe(tmp_path: Path, tiny_fmnist_dir: Path) -> None:
+    a, b = write_model(tmp_path / "a", 1), write_model(tmp_path / "b", 2)
+    fifo = _pipe(tmp_path, f"models: [{a}, {b}]\nno_figures: true\nno_semantic: true\nno_random_baseline: true\n")
+    assert main(["analyze", "--config", str(fifo), "--data-dir", str(tiny_fmnist_dir), "--threads", "1",
+                 "--out", str(tmp_path / "runs")]) == 0
