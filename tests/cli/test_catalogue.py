@@ -420,6 +420,26 @@ CASES += [
          r"class map \S+map\.json: not UTF-8 text \(byte 0 is 0x80\); give a text file"),
 ]
 
+
+def _env(name: str, value: str) -> Callable[[World, Path, pytest.MonkeyPatch], None]:
+    return lambda w, t, mp: mp.setenv(name, value.replace("TMP", str(t)))
+
+
+CASES += [
+    # environment variables, parsed as their flags are
+    Case("GKT_BAD_IMAGES=bogus", lambda w, t: w.transfer(), 2,
+         r"\$GKT_BAD_IMAGES='bogus': bad-image policy 'bogus': use one of fail, skip; it takes what --bad-images "
+         r"takes \(fail or skip\): fix it, or unset it", _env("GKT_BAD_IMAGES", "bogus")),
+    Case("GKT_IMG_SIZE=abc", lambda w, t: w.analyze(), 2,
+         r"\$GKT_IMG_SIZE='abc': invalid int value: 'abc'; it takes what --img-size takes", _env("GKT_IMG_SIZE", "abc")),
+    Case("GKT_IMG_SIZE=5000", lambda w, t: w.analyze(), 2,
+         r"\$GKT_IMG_SIZE='5000': 5000 px: give an input size from 1 to 4096", _env("GKT_IMG_SIZE", "5000")),
+    Case("GKT_DATA=/nope", lambda w, t: _without_data_dir(w.analyze()), 2,
+         r"\$GKT_DATA='\S+nope': no such directory .*it takes what --data-dir takes", _env("GKT_DATA", "TMP/nope")),
+    Case("GKT_MIN_FREE_MB=-5", lambda w, t: w.transfer(), 2,
+         r"\$GKT_MIN_FREE_MB='-5': -5 is no number of megabytes from 0 up", _env("GKT_MIN_FREE_MB", "-5")),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

@@ -82,3 +82,20 @@ def test_config_given_as_a_pipe(tmp_path: Path, tiny_fmnist_dir: Path) -> None:
     fifo = _pipe(tmp_path, f"models: [{a}, {b}]\nno_figures: true\nno_semantic: true\nno_random_baseline: true\n")
     assert main(["analyze", "--config", str(fifo), "--data-dir", str(tiny_fmnist_dir), "--threads", "1",
                  "--out", str(tmp_path / "runs")]) == 0
+
+
+def test_an_empty_variable_counts_as_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tiny_fmnist_dir: Path) -> None:
+    """``GKT_HOME=`` (set, empty) is the default home, not the current directory; so for every GKT_*."""
+    from gkt.core.io import cache_home
+
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    for name in ("GKT_HOME", "GKT_DATA", "GKT_IMG_SIZE", "GKT_BAD_IMAGES", "GKT_MIN_FREE_MB"):
+        monkeypatch.setenv(name, "")
+    assert cache_home() == tmp_path / "user" / ".cache" / "gkt"
+    monkeypatch.chdir(tmp_path)
+    a, b = write_model(tmp_path / "a", 1), write_model(tmp_path / "b", 2)
+    assert main(["analyze", "--models", a, b, "--data-dir", str(tiny_fmnist_dir), "--no-figures", "--no-semantic",
+                 "--no-random-baseline", "--threads", "1", "--out", str(tmp_path / "runs")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors", "b.json", "b.safetensors",
+                                                          "fmnist", "runs", "user"]

@@ -20,6 +20,7 @@ import torch
 from gkt import __version__
 from gkt.cli.config import GIVEN, parse_args, resolved_config, take_run_options, write_config
 from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
+from gkt.core.env import check_environment
 from gkt.core.errors import GktError, storage_error
 from gkt.core.io import write_json
 from gkt.core.registry import Registry
@@ -34,7 +35,7 @@ from gkt.data.decode import (
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.data.spec import check_data_dir
 from gkt.engine.distributed import from_environment, shutdown
-from gkt.models.specs import MAX_IMG_SIZE, img_size_default
+from gkt.models.specs import img_size_default, parse_img_size
 
 log = logging.getLogger("gkt")
 
@@ -105,14 +106,11 @@ def check_data_dir_read(args: argparse.Namespace) -> None:
 
 
 def img_size(text: str) -> int:
-    """``--img-size``: an integer from 1 to :data:`~gkt.models.specs.MAX_IMG_SIZE`."""
+    """``--img-size``: an integer from 1 to :data:`~gkt.models.specs.MAX_IMG_SIZE` (as ``$GKT_IMG_SIZE``)."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 1 <= value <= MAX_IMG_SIZE:
-        raise argparse.ArgumentTypeError(f"{value} px: give an input size from 1 to {MAX_IMG_SIZE}")
-    return value
+        return parse_img_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +203,10 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     it), 1 an unexpected error (one line plus the path of a log holding its traceback), 130 interrupted
     (Ctrl-C), 143 terminated (SIGTERM).
     A run directory of a command that did not finish is removed or marked (:mod:`gkt.cli.rundir`)."""
+    try:
+        check_environment()  # before the parser: its help texts show defaults the variables set
+    except GktError as exc:
+        return _fail(str(exc))
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

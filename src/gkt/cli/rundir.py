@@ -8,6 +8,7 @@ a failed ``final.json``) it is kept and marked with a ``FAILED`` file (the error
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.io import cache_home, new_run_dir, read_json, write_json
 
@@ -28,11 +30,18 @@ BOOKKEEPING = frozenset({"config.json", "config.yaml", "log.txt", "resolved_conf
 FAILED_MARK = "FAILED"
 
 
+def _megabytes(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text} is no number of megabytes from 0 up")
+    return value
+
+
+register_env("GKT_MIN_FREE_MB", f"the free space a command needs, in megabytes (default {MIN_FREE_MB})", _megabytes)
+
+
 def _min_free_mb() -> float:
-    try:
-        return float(os.environ.get("GKT_MIN_FREE_MB", MIN_FREE_MB))
-    except ValueError:
-        raise GktError(f"$GKT_MIN_FREE_MB must be a number of megabytes, got {os.environ['GKT_MIN_FREE_MB']!r}") from None
+    return env("GKT_MIN_FREE_MB", MIN_FREE_MB)
 
 
 def _check_free_space(path: Path, what: str, fix: str) -> None:

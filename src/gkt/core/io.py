@@ -12,12 +12,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
+from gkt.core.limits import check_path
+
+
+def _home_path(text: str) -> Path:
+    check_path(text, "$GKT_HOME")
+    return Path(text).expanduser()
+
+
+register_env("GKT_HOME", "a writable directory for gkt's caches (default ~/.cache/gkt)", _home_path)
 
 
 def cache_home() -> Path:
-    """Root of gkt's on-disk caches: ``$GKT_HOME`` or ``~/.cache/gkt``."""
-    return Path(os.environ.get("GKT_HOME", Path.home() / ".cache" / "gkt")).expanduser()
+    """Root of gkt's on-disk caches: ``$GKT_HOME`` (empty: unset) or ``~/.cache/gkt``."""
+    return env("GKT_HOME") or Path.home() / ".cache" / "gkt"
 
 
 def _read_umask() -> int:

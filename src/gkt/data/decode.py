@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.limits import MAX_IMAGE_PIXELS
@@ -45,12 +46,23 @@ class UnreadableImage(Exception):
     """An image that cannot be decoded; the message says why."""
 
 
+def _policy(value: str) -> BadImagePolicy:
+    if value not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad-image policy {value!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
+    return value  # type: ignore[return-value]
+
+
+register_env(BAD_IMAGES_ENV, f"what --bad-images takes ({' or '.join(BAD_IMAGE_POLICIES)})", _policy)
+
+
 def bad_image_policy(policy: str | None = None) -> BadImagePolicy:
     """``policy``, else ``$GKT_BAD_IMAGES``, else ``fail``."""
-    value = policy or os.environ.get(BAD_IMAGES_ENV) or "fail"
-    if value not in BAD_IMAGE_POLICIES:
-        raise GktError(f"bad-image policy {value!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
-    return value  # type: ignore[return-value]
+    if policy:
+        try:
+            return _policy(policy)
+        except ValueError as exc:
+            raise GktError(str(exc)) from None
+    return env(BAD_IMAGES_ENV) or "fail"
 
 
 @contextlib.contextmanager

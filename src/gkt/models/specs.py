@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 
 from torch import nn
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.limits import read_text_input
 from gkt.core.registry import Registry
@@ -181,6 +182,20 @@ def _usage() -> str:
 IMG_SIZE_ENV = "GKT_IMG_SIZE"
 
 
+def parse_img_size(text: str) -> int:
+    """An input size (``--img-size``, ``$GKT_IMG_SIZE``): an integer from 1 to :data:`MAX_IMG_SIZE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"invalid int value: {text!r}") from None
+    if not 1 <= value <= MAX_IMG_SIZE:
+        raise ValueError(f"{value} px: give an input size from 1 to {MAX_IMG_SIZE}")
+    return value
+
+
+register_env(IMG_SIZE_ENV, f"what --img-size takes (an integer from 1 to {MAX_IMG_SIZE})", parse_img_size)
+
+
 @contextlib.contextmanager
 def img_size_default(size: int | None) -> Iterator[None]:
     """Within the block, :func:`load_model` sizes every model's input to ``size`` px (``None``: as it is)."""
@@ -201,7 +216,7 @@ def img_size_default(size: int | None) -> Iterator[None]:
 def _with_img_size(parsed: ModelSpec) -> ModelSpec:
     """``parsed`` with the command's input size (:data:`IMG_SIZE_ENV`) as its ``img_size`` option, for
     sources that take options and specs that do not set it."""
-    size = os.environ.get(IMG_SIZE_ENV)
+    size = env(IMG_SIZE_ENV)
     if size is None or "img_size" in parsed.options or not SPEC_SOURCES[parsed.source].options:
         return parsed
     return ModelSpec(parsed.source, parsed.target, parsed.weights, {**parsed.options, "img_size": int(size)})
@@ -227,7 +242,7 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
         model = apply_class_map(model, data.class_names, class_map, data.all_class_names)
     model.name, model.spec = display_name(spec), spec
     check_finite_weights(model)
-    size = os.environ.get(IMG_SIZE_ENV)
+    size = env(IMG_SIZE_ENV)
     if size is not None and model.preprocess.input_size != int(size) and "img_size" not in parsed.options:
         raise GktError(f"{spec}: --img-size {size} does not apply: a {parsed.source}: model keeps the input size "
                        f"it was trained at ({model.preprocess.input_size} px); drop --img-size, or set "
