@@ -440,6 +440,59 @@ CASES += [
          r"\$GKT_MIN_FREE_MB='-5': -5 is no number of megabytes from 0 up", _env("GKT_MIN_FREE_MB", "-5")),
 ]
 
+
+def _study_jobs(jobs: object) -> Callable[[World, Path], list[str]]:
+    """A study run directory whose jobs.json holds ``jobs`` (and an empty results store)."""
+    def prepare(w: World, tmp: Path) -> list[str]:
+        run = tmp / "study"
+        run.mkdir()
+        (run / "jobs.json").write_text(json.dumps(jobs))
+        (run / "results.sqlite").write_bytes(b"")
+        return ["study", "--resume", str(run), "--threads", "1"]
+    return prepare
+
+
+def _hf_dir_with_labels(labels: int) -> Callable[[World, Path], list[str]]:
+    """A saved transformers ViT with a 10-class head whose config.json lists ``labels`` labels."""
+    def prepare(w: World, tmp: Path) -> list[str]:
+        import transformers
+        from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+        from gkt.data.fmnist import FASHION_MNIST_CLASSES as names
+
+        transformers.utils.logging.disable_progress_bar()  # saving shows one on stderr
+        config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=8, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=8, id2label=dict(enumerate(names)))
+        ViTForImageClassification(config).save_pretrained(tmp / "hf")
+        ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(tmp / "hf")
+        saved = json.loads((tmp / "hf" / "config.json").read_text())
+        saved["id2label"] = {str(i): names[i] for i in range(labels)}
+        saved["label2id"] = {names[i]: i for i in range(labels)}
+        (tmp / "hf" / "config.json").write_text(json.dumps(saved))
+        return w.analyze(w.student, f"hf:{tmp / 'hf'}")
+    return prepare
+
+
+JOB = {"student": "zoo:linear", "teacher": "zoo:mlp", "method": "kl-dp", "seed": 0, "data": "fmnist"}
+
+CASES += [
+    # other crashes
+    Case("--seed 99999999999999999999", lambda w, t: w.transfer("--seed", "99999999999999999999"), 2,
+         r"--seed: input should be less than or equal to 4294967295, got 99999999999999999999"),
+    Case("study --seeds -1", lambda w, t: ["study", "--students", w.student, "--seeds", "-1"], 2,
+         r"--seeds: input should be greater than or equal to 0, got -1"),
+    Case("timm ViT at a size its patch size does not divide",
+         lambda w, t: w.analyze(w.student, "timm:test_vit?img_size=30"), 2,
+         r"timm:test_vit cannot take 30x30 px input \(Input height \(30\) should be divisible by patch size"),
+    Case("hf: config with 5 labels for a 10-class head", _hf_dir_with_labels(5), 2,
+         r"hf:\S+: its weights do not fit the network its config\.json describes \(id2label lists 5 labels but the "
+         r"head classifier\.weight has 10 outputs\)"),
+    Case("study jobs.json: a job without a teacher", _study_jobs([JOB, {k: v for k, v in JOB.items() if k != "teacher"}]),
+         2, r"jobs\.json: job 2 of 2 lacks a valid teacher; the file is damaged"),
+    Case("study jobs.json: a seed that is text", _study_jobs([{**JOB, "seed": "0"}]), 2,
+         r"jobs\.json: job 1 of 1 lacks a valid seed"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():
@@ -588,3 +641,12 @@ def test_interrupted_run_keeps_its_state_marked_and_resumes(world: World, tmp_pa
     resumed = next(r for r in out.iterdir() if r != run)
     assert json.loads((resumed / "config.json").read_text())["status"] == "ok"
     assert json.loads((resumed / "final.json").read_text())["status"] == "ok"
+
+
+def test_two_models_without_disagreements_are_analysed(world: World, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Zero flips (two copies of one model): the summary says so instead of failing on undefined statistics."""
+    twin = f"file:{world.copy_model(world.student, tmp_path / 'twin')[0].with_suffix('')}"
+    assert main([*world.analyze(world.student, twin)[:-3], "--threads", "1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "- no flips: no model gets any sample right that another gets wrong" in out and "nan" not in out

@@ -37,6 +37,8 @@ OPTION_RULES: dict[str, Any] = {
     **dict.fromkeys(("lr", "ft_lr", "temperature", "kd_temperature", "pts_temperature"), Field(gt=0)),
     **dict.fromkeys(("fraction", "ft_fraction"), Field(gt=0, le=1)),
     **dict.fromkeys(("weight_decay", "l2", "loss_w", "pts_power", "loader_workers"), Field(ge=0)),
+    # NumPy, torch and the run's hashes take seeds from 0 to 2**32 - 1
+    **dict.fromkeys(("seed", "seeds", "headroom_seeds"), Field(ge=0, le=2**32 - 1)),
 }
 
 

@@ -238,6 +238,26 @@ def hf_model_dir(target: str) -> Path:
                        "check the name and revision, or download it where a network exists") from exc
 
 
+def _mismatch(path: Path) -> str:
+    """What differs between a transformers directory's config and its weights: the number of labels and the
+    outputs of its classifier head, where both can be read."""
+    from safetensors import safe_open
+
+    try:
+        labels = len(json.loads((path / "config.json").read_text()).get("id2label") or {})
+        heads = {}
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as f:
+                heads |= {k: f.get_slice(k).get_shape() for k in f.keys()  # noqa: SIM118 (safe_open has no iter)
+                          if k.endswith("weight") and ("classifier" in k or "head" in k)}
+        head, shape = next((k, s) for k, s in reversed(heads.items()) if len(s) == 2)
+    except (OSError, ValueError, StopIteration, AttributeError):
+        return "a layer's size differs"
+    if labels and shape[0] != labels:
+        return f"id2label lists {labels} labels but the head {head} has {shape[0]} outputs"
+    return "a layer's size differs"
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
@@ -267,6 +287,9 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
         processor = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise GktError(f"{what}: cannot load it as an image classifier with its image processor ({exc})") from exc
+    except RuntimeError as exc:  # weights of other sizes than the config's layers (transformers' size mismatch)
+        raise GktError(f"{what}: its weights do not fit the network its config.json describes ({_mismatch(path)}); "
+                       "make config.json (id2label / num_labels and the layer sizes) match the weights") from exc
     config = model.config
     names = tuple(config.id2label[i] for i in range(config.num_labels))
     channels = int(getattr(config, "num_channels", 3))

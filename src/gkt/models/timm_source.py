@@ -29,6 +29,7 @@ from torch import nn
 from gkt.core.errors import GktError
 from gkt.models.architectures import TimmNet
 from gkt.models.classifier import ArchSpec, Classifier, register_source
+from gkt.models.sources import check_input_size
 from gkt.models.specs import (
     DataInfo,
     ModelSpec,
@@ -208,6 +209,8 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     provenance = {"pretrained": name, "pretrained_cfg": {k: cfg[k] for k in
                                                          ("hf_hub_id", "input_size", "crop_pct", "interpolation",
                                                           "mean", "std") if k in cfg}}
+    if img_size is not None:  # a size the user chose: one the network can take
+        check_input_size(model, channels, size, f"timm:{name}")
     return Classifier(TimmNet(model), arch, pre, names, provenance=provenance)
 
 
@@ -250,6 +253,7 @@ def load_timm(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None
     options = allowed_options(options, TIMM_OPTIONS, f"timm:{spec.target}")
     arch = ArchSpec("timm", spec.target, len(names), in_chans, img_size, options)
     model = Classifier.create(arch, make_preprocess(img_size, in_chans, mean, std, spec, **pre_options), names)
+    check_input_size(model.net, in_chans, img_size, f"timm:{spec.target}")
     if cfg:
         model.provenance["pretrained_cfg"] = {k: cfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean",
                                                                   "std") if k in cfg}
