@@ -452,19 +452,27 @@ def _study_jobs(jobs: object) -> Callable[[World, Path], list[str]]:
     return prepare
 
 
+def _hf_dir(path: Path) -> Path:
+    """A tiny saved transformers ViT for Fashion-MNIST (a 10-class head)."""
+    import transformers
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from gkt.data.fmnist import FASHION_MNIST_CLASSES as names
+
+    transformers.utils.logging.disable_progress_bar()  # saving shows one on stderr
+    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=8, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=8, id2label=dict(enumerate(names)))
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(path)
+    return path
+
+
 def _hf_dir_with_labels(labels: int) -> Callable[[World, Path], list[str]]:
     """A saved transformers ViT with a 10-class head whose config.json lists ``labels`` labels."""
     def prepare(w: World, tmp: Path) -> list[str]:
-        import transformers
-        from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
         from gkt.data.fmnist import FASHION_MNIST_CLASSES as names
 
-        transformers.utils.logging.disable_progress_bar()  # saving shows one on stderr
-        config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=8, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=8, id2label=dict(enumerate(names)))
-        ViTForImageClassification(config).save_pretrained(tmp / "hf")
-        ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(tmp / "hf")
+        _hf_dir(tmp / "hf")
         saved = json.loads((tmp / "hf" / "config.json").read_text())
         saved["id2label"] = {str(i): names[i] for i in range(labels)}
         saved["label2id"] = {names[i]: i for i in range(labels)}
@@ -491,6 +499,46 @@ CASES += [
          2, r"jobs\.json: job 2 of 2 lacks a valid teacher; the file is damaged"),
     Case("study jobs.json: a seed that is text", _study_jobs([{**JOB, "seed": "0"}]), 2,
          r"jobs\.json: job 1 of 1 lacks a valid seed"),
+]
+
+
+def _export_to(to: Callable[[Path], str]) -> Callable[[World, Path], list[str]]:
+    return lambda w, t: ["export", f"hf:{_hf_dir(t / 'hf')}", "--to", to(t)]
+
+
+def _read_only_export(w: World, tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def read_only(model: object, out: Path) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(out / "config.json"))
+    mp.setitem(__import__("gkt.models.export").models.export.WRITERS, "transformers", (read_only, None))
+
+
+def _long_path(w: World, tmp: Path) -> list[str]:
+    return w.analyze(w.student, "file:" + "/".join([str(tmp), *["d" * 200] * 25, "model"]))
+
+
+def _a_file(t: Path) -> str:
+    (t / "existing").write_text("mine")
+    return str(t / "existing")
+
+
+CASES += [
+    # odd paths and files
+    Case("a 5000-character model path", _long_path, 2,
+         r"\(50\d\d characters\): the path is too long \(file systems take names of up to 255 bytes"),
+    Case("export --to an existing file", _export_to(_a_file), 2,
+         r"--to \S+existing: exists and is not a directory; gkt never overwrites"),
+    Case("export --to under /proc", _export_to(lambda t: "/proc/gkt-export"), 2,
+         r"--to /proc/gkt-export: cannot write the export there \(.*\); choose a writable --to"),
+    Case("export --to on a read-only disk", _export_to(lambda t: str(t / "export")), 2,
+         r"--to \S+export: cannot write the export there \(\S+config\.json: Read-only file system\); choose a "
+         r"writable --to", _read_only_export),
+    Case("report ''", lambda w, t: ["report", ""], 2, r"RUN_DIR is empty; give a directory a gkt command wrote"),
+    Case("report on a data folder", lambda w, t: ["report", str(w.data)], 2,
+         r"RUN_DIR \S+fmnist: not a gkt run directory \(no config\.json written by gkt\)"),
+    Case("report on a file", lambda w, t: ["report", str(w.run / "config.json")], 2,
+         r"RUN_DIR \S+config\.json: not a directory"),
 ]
 
 def assert_nothing_valid_left(out: Path) -> None:

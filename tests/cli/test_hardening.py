@@ -99,3 +99,22 @@ def test_an_empty_variable_counts_as_unset(tmp_path: Path, monkeypatch: pytest.M
                  "--no-random-baseline", "--threads", "1", "--out", str(tmp_path / "runs")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors", "b.json", "b.safetensors",
                                                           "fmnist", "runs", "user"]
+
+
+def test_report_skips_a_fifo_in_a_run_directory(tmp_path: Path) -> None:
+    """A named pipe among a run's files is not opened (reading it would wait for a writer forever)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"command": "analyze", "status": "ok"}')
+    (run / "pairs.csv").write_text("a,b\n1,2\n")
+    os.mkfifo(run / "stuck.csv")
+    assert main(["report", str(run), "--out", str(tmp_path / "runs")]) == 0
+    assert "stuck.csv" not in (run / "report.md").read_text()
+
+
+def test_out_with_a_name_longer_than_the_file_system_takes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / ("o" * 300)
+    assert main(["zoo", "list", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"gkt: error: --out \S+ \(\d+ characters\): a name in it is 300 bytes long, more than the 255 "
+                        r"its file system allows; give a shorter path\n", err), err

@@ -20,6 +20,7 @@ from pathlib import Path
 from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.io import cache_home, new_run_dir, read_json, write_json
+from gkt.core.limits import check_path
 
 # Free space a location gkt writes to must have before a command starts (override: $GKT_MIN_FREE_MB).
 MIN_FREE_MB = 100
@@ -74,6 +75,8 @@ def open_run_dir(out: str, command: str) -> Path:
     """A fresh run directory under ``out``, after checking that ``out`` and the cache home
     (``$GKT_HOME``, where models, predictions and transfer runs are cached) are writable and have room."""
     home = cache_home()
+    check_path(out, "--out")
+    check_path(out + "/" + command.replace(" ", "-") + "-YYYYmmdd-HHMMSS-NN", "--out")  # room for a run directory
     home_fix = "set GKT_HOME to a writable directory with free space"
     _check_free_space(home, f"$GKT_HOME {home}", home_fix)
     _check_free_space(Path(out), f"--out {out}", "point --out elsewhere")

@@ -17,6 +17,7 @@ from typing import Any
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, read_json
+from gkt.core.limits import check_path
 from gkt.reporting.study import findings_markdown
 from gkt.reporting.tables import format_table
 
@@ -99,12 +100,12 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def _collect(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, str]]]], list[Path], str]:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    csvs = sorted(run_dir.rglob("*.csv"), key=lambda p: (p.name not in PREFERRED_TABLES,
+    csvs = sorted((p for p in run_dir.rglob("*.csv") if p.is_file()), key=lambda p: (p.name not in PREFERRED_TABLES,
                                                          PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES
                                                          else 0, str(p)))
     tables = [(str(p.relative_to(run_dir)), _read_csv(p)) for p in csvs if p.name not in HIDDEN_TABLES]
     tables = [(name, rows) for name, rows in tables if not _single_setting(name, rows)]
-    figures = sorted(run_dir.rglob("*.png"), key=lambda p: (p.name not in KEY_FIGURES,
+    figures = sorted((p for p in run_dir.rglob("*.png") if p.is_file()), key=lambda p: (p.name not in KEY_FIGURES,
                                                             KEY_FIGURES.index(p.name) if p.name in KEY_FIGURES else 0,
                                                             str(p)))
     summary = (run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else ""
@@ -169,6 +170,29 @@ def run_status(run_dir: str | Path) -> str | None:
     except (OSError, ValueError):
         return None
     return config.get("status") if isinstance(config, dict) else None
+
+
+RUN_DIR_HINT = "give a directory a gkt command wrote (it prints 'run directory: ...')"
+
+
+def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a gkt run directory; anything else (an empty path, a data folder, a file) is
+    refused before anything in it is read or written."""
+    text = str(run_dir)
+    if not text.strip():
+        raise GktError(f"RUN_DIR is empty; {RUN_DIR_HINT}")
+    check_path(text, "RUN_DIR")
+    path = Path(text)
+    if not path.is_dir():
+        raise GktError(f"RUN_DIR {text}: {'not a directory' if path.exists() else 'no such directory'}; {RUN_DIR_HINT}")
+    config_path = path / "config.json"
+    try:
+        config = read_json(config_path) if config_path.is_file() else None
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("command"), str):
+        raise GktError(f"RUN_DIR {text}: not a gkt run directory (no config.json written by gkt); {RUN_DIR_HINT}")
+    return config
 
 
 def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
