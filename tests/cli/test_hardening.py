@@ -118,3 +118,31 @@ def test_out_with_a_name_longer_than_the_file_system_takes(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert re.fullmatch(r"gkt: error: --out \S+ \(\d+ characters\): a name in it is 300 bytes long, more than the 255 "
                         r"its file system allows; give a shorter path\n", err), err
+
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def test_a_class_name_with_html_is_escaped_in_every_report_format(tmp_path: Path) -> None:
+    classes = [EVIL, "dog", "owl`|x"]
+    root = tmp_path / "imgs"
+    write_jpeg_folder(root / "train", {c: 2 for c in classes})
+    write_jpeg_folder(root / "val", {c: 3 for c in classes})
+    a, b = rgb_model(tmp_path / "a", 0, classes), rgb_model(tmp_path / "b", 1, classes)
+    assert main(["analyze", "--models", a, b, "--data", f"folder:{root}", "--split", "test", "--no-semantic",
+                 "--no-figures", "--no-random-baseline", "--out", str(tmp_path / "runs"), "--device", "cpu"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert EVIL in (run / "pair_classes.csv").read_text()  # the data keep the name as it is
+    assert main(["report", str(run), "--out", str(tmp_path / "reports")]) == 0
+    md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
+    assert EVIL not in md and "\\<img src=x onerror=alert(1)\\>" in md and "owl\\`\\|x" in md
+    assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_markdown_and_plain_text_escaping() -> None:
+    from gkt.reporting.tables import format_table, markdown_fence, markdown_text
+
+    assert markdown_text("[x](javascript:alert(1)) <b>&") == "[x]\\(javascript:alert(1)) \\<b\\>\\&"
+    assert markdown_text("two\nlines") == "two lines"
+    assert format_table([{"name": "\x1b[2Jcleared"}]).splitlines()[-1] == "\\x1b[2Jcleared"
+    assert markdown_fence('{"a": "```"}') == '````json\n{"a": "```"}\n````'

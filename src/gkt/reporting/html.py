@@ -12,6 +12,7 @@ import csv
 import html
 import json
 import math
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, read_json
 from gkt.core.limits import check_path
 from gkt.reporting.study import findings_markdown
-from gkt.reporting.tables import format_table
+from gkt.reporting.tables import format_table, markdown_fence, markdown_text
 
 # Tables shown first, in this order, when a run directory has them (others follow alphabetically).
 PREFERRED_TABLES = ("success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
@@ -206,13 +207,13 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
         raise GktError(f"{run_dir} has no tables or figures to report")
     title = title or f"gkt {config.get('command', 'run')} — {run_dir.name}"
     sentences, claims = _findings(run_dir)
-    md = [f"# {title}\n"]
+    md = [f"# {markdown_text(title)}\n"]
     body = [f"<h1>{html.escape(title)}</h1>"]
     status = config.get("status")
     if status not in (None, "ok"):  # a run that did not finish: its tables are partial
         note = (f"This run is not complete (status: {status}{', ' + str(config['error']) if config.get('error') else ''}"
                 "): its tables and figures are partial.")
-        md.append(f"> **{note}**\n")
+        md.append(f"> **{markdown_text(note)}**\n")
         body.append(f"<p class='warning'><b>{html.escape(note)}</b></p>")
     if sentences or claims:
         md.append(findings_markdown(sentences, claims))
@@ -234,7 +235,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     for name, rows in tables:
         shown = compact_rows(name, rows[:MAX_TABLE_ROWS] if Path(name).name not in SORT_KEYS else rows)[:MAX_TABLE_ROWS]
         more = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows; all in {name})" if len(rows) > MAX_TABLE_ROWS else ""
-        md += [f"\n## {name}{more}\n", format_table(shown, markdown=True) if shown else "(empty)"]
+        md += [f"\n## {markdown_text(name + more)}\n", format_table(shown, markdown=True) if shown else "(empty)"]
         if shown:
             is_open = " open" if len(rows) <= OPEN_TABLE_ROWS and Path(name).name in PREFERRED_TABLES else ""
             body.append(f"<details{is_open}><summary>{html.escape(name)} — {len(rows)} rows{html.escape(more)}</summary>"
@@ -242,12 +243,12 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     others = [f for f in figures if f.name not in KEY_FIGURES]
     for fig in figures:
         rel = str(fig.relative_to(run_dir))
-        md.append(f"\n## {rel}\n\n![{rel}]({rel})")
+        md.append(f"\n## {markdown_text(rel)}\n\n![{markdown_text(rel)}](<{quote(rel)}>)")
     if others:
         body.append(f"<details><summary>More figures ({len(others)})</summary><div class='figures'>"
                     + "".join(_image(f, run_dir) for f in others) + "</div></details>")
     settings = {k: v for k, v in config.items() if v not in (None, [], {})}
-    md.append("\n## Configuration\n\n```json\n" + json.dumps(settings, indent=2, default=str) + "\n```\n")
+    md.append("\n## Configuration\n\n" + markdown_fence(json.dumps(settings, indent=2, default=str)) + "\n")
     body.append(f"<details><summary>Configuration</summary><pre>{html.escape(json.dumps(settings, indent=2, default=str))}"
                 "</pre></details>")
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
