@@ -698,3 +698,18 @@ def test_two_models_without_disagreements_are_analysed(world: World, tmp_path: P
     assert main([*world.analyze(world.student, twin)[:-3], "--threads", "1", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "- no flips: no model gets any sample right that another gets wrong" in out and "nan" not in out
+
+
+def test_a_damaged_cached_state_names_the_folder_to_delete(world: World, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    third = write_model(tmp_path / "third", 3, hidden=12)
+    argv = [*world.transfer("--teacher", third, "--multi", "soup"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    entry = sorted((Path(os.environ["GKT_HOME"]) / "transfer-runs").glob("*/final.json"))[0].parent
+    (entry / "final.json").unlink()  # an unfinished cached run ...
+    (entry / "state.pt").write_bytes((entry / "state.pt").read_bytes()[:300])  # ... whose state is damaged
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"delete {entry} (gkt's cache of this unfinished transfer) and run the command again" in err
+    assert "start it again" not in err and "Traceback" not in err

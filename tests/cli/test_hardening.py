@@ -146,3 +146,77 @@ def test_markdown_and_plain_text_escaping() -> None:
     assert markdown_text("two\nlines") == "two lines"
     assert format_table([{"name": "\x1b[2Jcleared"}]).splitlines()[-1] == "\\x1b[2Jcleared"
     assert markdown_fence('{"a": "```"}') == '````json\n{"a": "```"}\n````'
+
+
+@pytest.fixture
+def own_hubs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Empty Hugging Face and torch homes of this test, offline: ``(hf_home, torch_home)``."""
+    import huggingface_hub.constants as hf_constants
+
+    hf_home, torch_home = tmp_path / "hf", tmp_path / "torch"
+    for key, value in {"HF_HOME": hf_home, "HF_HUB_CACHE": hf_home / "hub", "TORCH_HOME": torch_home,
+                       "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return hf_home, torch_home
+
+
+def _evil_pickle(path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"weight": torch.zeros(1), "payload": os.system}, path)
+
+
+def _export_fails(spec: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> str:
+    assert main(["export", spec, "--to", str(tmp_path / "export"), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and not (tmp_path / "export").exists()
+    assert "weights_only" not in err and "must be in" not in err and "put the weights" not in err
+    return err
+
+
+def test_a_pickle_in_the_hugging_face_cache_is_named_not_relayed(tmp_path: Path, own_hubs: tuple[Path, Path],
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from tests.hubs import TIMM_MODELS, save_timm_snapshot
+
+    snapshot = save_timm_snapshot(own_hubs[0], TIMM_MODELS[0], 0)
+    (snapshot / "model.safetensors").unlink(missing_ok=True)
+    _evil_pickle(snapshot / "pytorch_model.bin")
+    err = _export_fails(f"timm:{TIMM_MODELS[0]}", tmp_path, capsys)
+    assert "its weights file in the Hugging Face cache ($HF_HOME/hub) holds Python objects besides tensors" in err
+    assert "delete that model's folder from the cache" in err
+
+
+def test_a_pickle_at_the_torch_hub_cache_path_is_named_not_relayed(tmp_path: Path, own_hubs: tuple[Path, Path],
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    import torchvision
+
+    from tests.hubs import TORCHVISION_MODEL
+
+    arch, weights = TORCHVISION_MODEL
+    url = torchvision.models.get_model_weights(arch)[weights].url
+    _evil_pickle(own_hubs[1] / "hub" / "checkpoints" / Path(url).name)
+    err = _export_fails(f"torchvision:{arch}?weights={weights}", tmp_path, capsys)
+    assert f"{Path(url).name} holds Python objects besides tensors (a pickle), which gkt never loads" in err
+    assert "delete it" in err
+
+
+@pytest.mark.parametrize(("where", "label"), [("hf/datasets/x.arrow", r"\$HF_DATASETS_CACHE \(or \$HF_HOME\)"),
+                                              ("hf/hub/models--a--b/x", r"\$HF_HUB_CACHE \(or \$HF_HOME\)"),
+                                              ("hf/token", r"\$HF_HOME"), ("torch/hub/x.pth", r"\$TORCH_HOME"),
+                                              ("gkt/predictions/x", r"\$GKT_HOME")])
+def test_a_read_only_location_is_named_by_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       where: str, label: str) -> None:
+    import errno
+
+    from gkt.core.errors import storage_error
+
+    for name, sub in (("HF_HOME", "hf"), ("TORCH_HOME", "torch"), ("GKT_HOME", "gkt")):
+        monkeypatch.setenv(name, str(tmp_path / sub))
+    for name in ("HF_DATASETS_CACHE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    error = storage_error(OSError(errno.EROFS, "Read-only file system", str(tmp_path / where)))
+    assert re.fullmatch(rf"\S+: Read-only file system; choose a writable {label}", str(error)), str(error)

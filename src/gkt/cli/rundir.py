@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gkt.core.env import env, register_env
-from gkt.core.errors import GktError
+from gkt.core.errors import GktError, register_location
 from gkt.core.io import cache_home, new_run_dir, read_json, write_json
 from gkt.core.limits import check_path
 
@@ -76,6 +76,7 @@ def open_run_dir(out: str, command: str) -> Path:
     (``$GKT_HOME``, where models, predictions and transfer runs are cached) are writable and have room."""
     home = cache_home()
     check_path(out, "--out")
+    register_location("--out", out)
     check_path(out + "/" + command.replace(" ", "-") + "-YYYYmmdd-HHMMSS-NN", "--out")  # room for a run directory
     home_fix = "set GKT_HOME to a writable directory with free space"
     _check_free_space(home, f"$GKT_HOME {home}", home_fix)

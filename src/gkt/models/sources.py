@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkt.core.errors import GktError
+from gkt.core.errors import GktError, refused_pickle
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.features import capture
 from gkt.models.specs import (
@@ -381,7 +381,14 @@ def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Cl
         state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
                                                    weights_only=True)
     except Exception as exc:  # noqa: BLE001 — network, pickle and file errors of many types
+        if refused_pickle(exc):  # never relay torch's advice to load it unsafely
+            raise GktError(f"{what}: {cached} holds Python objects besides tensors (a pickle), which gkt never "
+                           "loads; it is not the official weights file: delete it (torch downloads the official "
+                           "one, its hash checked, where a network exists)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if cached.is_file():
+            raise GktError(f"{what}: cannot load {cached} ({first}); the file in the torch hub cache is damaged: "
+                           "delete it (torch downloads it again where a network exists)") from exc
         raise GktError(f"{what}: cannot load {cached} ({first}); offline, put the weights file there "
                        "(torch hub cache, $TORCH_HOME/hub/checkpoints)") from exc
     try:

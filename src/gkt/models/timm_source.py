@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from gkt.core.errors import GktError
+from gkt.core.errors import GktError, refused_pickle
 from gkt.models.architectures import TimmNet
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.sources import check_input_size
@@ -187,6 +187,11 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     except GktError:
         raise
     except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
+        if refused_pickle(exc):  # never relay torch's advice to load it unsafely
+            raise GktError(f"timm:{name}: its weights file in the Hugging Face cache ($HF_HOME/hub) holds Python "
+                           "objects besides tensors (a pickle), which gkt never loads; delete that model's folder "
+                           "from the cache and get its safetensors weights (timm downloads them where a network "
+                           "exists)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"timm:{name}: cannot load its pretrained weights ({first}). Offline, they must be in the "
                        "Hugging Face cache ($HF_HOME/hub); with a network, timm downloads them") from exc
