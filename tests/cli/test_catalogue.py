@@ -541,6 +541,36 @@ CASES += [
          r"RUN_DIR \S+config\.json: not a directory"),
 ]
 
+
+def _nan_state(path: Path, state: dict) -> None:
+    first = next(iter(state["student"]))
+    state["student"][first] = torch.full_like(state["student"][first], float("nan"))
+    torch.save(state, path)
+
+
+def _deep_sidecar(w: World, tmp: Path) -> list[str]:
+    _, sidecar = w.copy_model(w.teacher, tmp / "m")
+    sidecar.write_text("[" * 100_000 + "]" * 100_000)
+    return w.analyze(w.student, f"file:{tmp / 'm' / 'model'}")
+
+
+CASES += [
+    # found beside the issue's cases: the same families
+    Case("--lr inf", lambda w, t: w.transfer("--lr", "inf"), 2, r"--lr: input should be a finite number, got inf"),
+    Case("--temperature 1e400", lambda w, t: w.transfer("--temperature", "1e400"), 2,
+         r"--temperature: input should be a finite number"),
+    Case("--epochs 99999999999999999999", lambda w, t: w.transfer("--epochs", "99999999999999999999"), 2,
+         r"--epochs: input should be less than or equal to 2147483647"),
+    Case("--threads 99999999999", lambda w, t: w.transfer("--threads", "99999999999"), 2,
+         r"--threads: input should be less than or equal to 1024"),
+    Case("--config nested 100000 deep", _config_text("models: " + "[" * 100_000 + "]" * 100_000 + "\n"), 2,
+         r"--config \S+c\.yaml: nested too deeply to parse"),
+    Case("sidecar nested 100000 deep", _deep_sidecar, 2, r"model\.json: not valid JSON \(nested too deeply to parse\)"),
+    Case("state.pt: NaN weights", _resume_with_state(_nan_state), 2,
+         r"state\.pt: the saved training state holds NaN or infinite values \(in state\.student\.\S+\); the run "
+         r"cannot be resumed: start it again"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

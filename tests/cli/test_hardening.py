@@ -220,3 +220,11 @@ def test_a_read_only_location_is_named_by_its_variable(tmp_path: Path, monkeypat
         monkeypatch.delenv(name, raising=False)
     error = storage_error(OSError(errno.EROFS, "Read-only file system", str(tmp_path / where)))
     assert re.fullmatch(rf"\S+: Read-only file system; choose a writable {label}", str(error)), str(error)
+
+
+def test_an_unknown_gkt_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("GKT_HOEM", str(tmp_path))
+    main(["zoo", "list", "--zoo-dir", str(tmp_path / "zoo"), "--out", str(tmp_path / "runs")])
+    assert "gkt: warning: $GKT_HOEM is set but gkt reads no such variable (it reads GKT_BAD_IMAGES" in \
+        capsys.readouterr().err

@@ -20,7 +20,7 @@ import torch
 from gkt import __version__
 from gkt.cli.config import GIVEN, parse_args, resolved_config, take_run_options, write_config
 from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
-from gkt.core.env import check_environment
+from gkt.core.env import ENV_VARS, check_environment, unknown_variables
 from gkt.core.errors import GktError, storage_error
 from gkt.core.io import write_json
 from gkt.core.registry import Registry
@@ -163,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unexpected(exc: Exception, argv: Sequence[str], run_dir: Path | None) -> tuple[str, str, int]:
+    """``(error, message, exit code)`` of an exception that is no GktError: a user's storage problem (code 2),
+    else a bug (code 1: one line, the traceback in a log file)."""
+    user_error = storage_error(exc)
+    if user_error is not None:
+        return str(user_error), str(user_error), 2
+    log_path = write_traceback(argv, run_dir)
+    error = f"unexpected {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    where = f"the traceback is in {log_path}; please report it with that file" if log_path else \
+        "no traceback log could be written; please report it"
+    return error, f"{error} (a bug in gkt: {where})", 1
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"gkt: error: {message}", file=sys.stderr)
     return code
@@ -207,6 +220,9 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         check_environment()  # before the parser: its help texts show defaults the variables set
     except GktError as exc:
         return _fail(str(exc))
+    for name in unknown_variables():  # never ignored without a word
+        print(f"gkt: warning: ${name} is set but gkt reads no such variable (it reads "
+              f"{', '.join(sorted(ENV_VARS))}); it has no effect", file=sys.stderr)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -214,6 +230,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         check_data_dir_read(args)
     except GktError as exc:
         return _fail(str(exc))
+    except Exception as exc:  # before any run directory: still one line, the traceback in a log
+        return _fail(*_unexpected(exc, argv, None)[1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir, handler, status, error = None, None, "failed", None
@@ -254,15 +272,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         print(f"gkt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as exc:
-        user_error = storage_error(exc)
-        if user_error is not None:
-            error = str(user_error)
-            return _fail(error)
-        log_path = write_traceback(argv, run_dir)
-        error = f"unexpected {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-        where = f"the traceback is in {log_path}; please report it with that file" if log_path else \
-            "no traceback log could be written; please report it"
-        return _fail(f"{error} (a bug in gkt: {where})", 1)
+        error, message, code = _unexpected(exc, argv, run_dir)
+        return _fail(message, code)
     finally:
         shutdown(completed=status == "ok")
         if handler is not None:

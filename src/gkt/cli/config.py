@@ -19,6 +19,9 @@ from gkt.core.limits import load_yaml, read_text_input
 
 CONFIG_OPTION = "config"
 
+# Threads or processes one option may ask for.
+MAX_PARALLEL = 1024
+
 
 # Namespace entry naming the options the user gave (command line or --config file), e.g. for --resume.
 GIVEN = "given_options"
@@ -40,6 +43,12 @@ OPTION_RULES: dict[str, Any] = {
     # NumPy, torch and the run's hashes take seeds from 0 to 2**32 - 1
     **dict.fromkeys(("seed", "seeds", "headroom_seeds"), Field(ge=0, le=2**32 - 1)),
 }
+
+# Options counting the threads or processes a command starts: a typo must not start a million of them.
+PARALLEL_OPTIONS = ("threads", "workers", "loader_workers")
+
+# The largest value of any integer option (what torch's and the C libraries' int arguments hold).
+MAX_INT = 2**31 - 1
 
 
 SCALARS: dict[Any, type] = {None: str, str: str, int: int, float: float}
@@ -77,8 +86,12 @@ def _field_type(action: argparse.Action) -> Any:
         scalar = Annotated[Any, BeforeValidator(lambda v, t=action.type: t(v) if isinstance(v, str) else v)]
     if action.choices is not None:
         scalar = Literal[tuple(action.choices)]
+    if scalar is int:  # every integer option within what the libraries' C ints hold
+        scalar = Annotated[int, Field(le=MAX_INT)]
     if action.dest in OPTION_RULES:
         scalar = Annotated[scalar, OPTION_RULES[action.dest]]
+    if action.dest in PARALLEL_OPTIONS:
+        scalar = Annotated[scalar, Field(le=MAX_PARALLEL)]
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
     return Annotated[list[scalar], BeforeValidator(_as_list)] if many else scalar
 
@@ -94,7 +107,8 @@ def config_model(parser: argparse.ArgumentParser, name: str) -> type[BaseModel]:
         else:
             fields[action.dest] = (Optional[kind], action.default)  # noqa: UP045 (kind may be a typing form)
     return create_model(f"{name.title().replace(' ', '')}Config",
-                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True), **fields)
+                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False),
+                        **fields)
 
 
 def _key_map(parser: argparse.ArgumentParser) -> dict[str, str]:

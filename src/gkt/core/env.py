@@ -51,6 +51,16 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 120 else f"{text[:60]}…{text[-40:]}")
 
 
+# GKT_* variables that are not gkt's settings (the ./run script's own).
+NOT_SETTINGS = frozenset({"GKT_UV_VENV"})
+
+
+def unknown_variables() -> list[str]:
+    """``GKT_*`` variables set in the environment that gkt does not read (a typo, or an old name)."""
+    return sorted(k for k, v in os.environ.items()
+                  if k.startswith("GKT_") and k not in ENV_VARS and k not in NOT_SETTINGS and v)
+
+
 def check_environment() -> None:
     """Parse every registered ``GKT_*`` variable that is set (the first bad one is a :class:`GktError`)."""
     for name in ENV_VARS:

@@ -82,8 +82,17 @@ def file_stamp(st: os.stat_result) -> FileStamp:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads``, with input nested too deeply to parse (a RecursionError) as a ValueError like any other
+    malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    return parse_json(Path(path).read_text())
 
 
 def new_run_dir(root: str | os.PathLike, command: str) -> Path:

@@ -125,7 +125,10 @@ def load_yaml(text: str, what: str) -> Any:
                                "expand without bound); write the values out")
             return super().compose_node(parent, index)
 
-    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise GktError(f"{what}: nested too deeply to parse; write it flat") from None
 
 
 def available_memory(device: Any = None) -> int | None:

@@ -3,6 +3,7 @@ checksum, read back for ``--resume`` only when intact and of the expected kind."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,4 +52,21 @@ def load_training_state(run_dir: str | Path, state_format: str, what: str, fix: 
                        f"cannot be resumed: {fix}") from None
     if not isinstance(state, dict) or state.get("format") != state_format:
         raise GktError(f"{path}: not the state of a gkt {what}; the run cannot be resumed: {fix}")
+    bad = next((key for key, tensor in _tensors(state) if tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())), None)
+    if bad is not None:  # weights or optimizer moments that diverged: resuming would only carry the NaN on
+        raise GktError(f"{path}: the saved training state holds NaN or infinite values (in {bad}); the run cannot be "
+                       f"resumed: {fix}")
     return state
+
+
+def _tensors(value: Any, key: str = "state") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a nested state (dicts, lists), with the path of keys to it."""
+    if isinstance(value, torch.Tensor):
+        yield key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _tensors(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{key}[{i}]")

@@ -17,7 +17,6 @@ unchanged, its checkpoints round-trip, and caches keyed on architecture and weig
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections import Counter
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.io import parse_json
 from gkt.core.limits import load_yaml, read_text_input
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 
@@ -80,7 +80,7 @@ def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
         if path.suffix in (".yaml", ".yml"):
             mapping = load_yaml(text, f"class map {path}")
         else:
-            mapping = json.loads(text)
+            mapping = parse_json(text)
     except GktError:
         raise
     except Exception as exc:  # yaml and json raise their own error types

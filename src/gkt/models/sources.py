@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import math
 import re
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError, refused_pickle
+from gkt.core.io import parse_json
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.features import capture
 from gkt.models.specs import (
@@ -158,7 +158,7 @@ def refuse_remote_code(config: dict[str, Any], what: str) -> None:
 
 def hf_config_dict(config: Any) -> dict[str, Any]:
     """A ``transformers`` config as plain JSON (only what differs from the defaults, plus the model type)."""
-    d = json.loads(config.to_json_string(use_diff=True))
+    d = parse_json(config.to_json_string(use_diff=True))
     return {"model_type": config.model_type, **{k: v for k, v in d.items() if k not in IGNORED_HF_CONFIG_KEYS}}
 
 
@@ -244,7 +244,7 @@ def _mismatch(path: Path) -> str:
     from safetensors import safe_open
 
     try:
-        labels = len(json.loads((path / "config.json").read_text()).get("id2label") or {})
+        labels = len(parse_json((path / "config.json").read_text()).get("id2label") or {})
         heads = {}
         for file in sorted(path.glob("*.safetensors")):
             with safe_open(str(file), framework="pt") as f:
@@ -260,8 +260,8 @@ def _mismatch(path: Path) -> str:
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = parse_json(path.read_text())
+    except (OSError, ValueError) as exc:
         raise GktError(f"{what}: cannot read {path.name} ({exc})") from exc
     if not isinstance(config, dict):
         raise GktError(f"{what}: {path.name} is not a JSON object")

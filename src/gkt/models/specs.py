@@ -28,6 +28,7 @@ from torch import nn
 
 from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
+from gkt.core.io import parse_json
 from gkt.core.limits import read_text_input
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
@@ -83,7 +84,7 @@ class DataInfo:
 
 def _parse_value(text: str) -> Any:
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError:
         return text
 
@@ -277,7 +278,7 @@ def read_class_names(value: str) -> tuple[str, ...]:
     text = read_text_input(path, "classes=")
     if path.suffix == ".json":
         try:
-            names = json.loads(text)
+            names = parse_json(text)
         except ValueError as exc:
             raise GktError(f"classes={path}: not valid JSON ({exc}); give a JSON list of class names") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from gkt.core.errors import GktError, refused_pickle
+from gkt.core.io import parse_json
 from gkt.models.architectures import TimmNet
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.sources import check_input_size
@@ -99,7 +100,7 @@ def read_timm_config(spec: ModelSpec, options: dict[str, Any]) -> tuple[dict[str
     if path is None:
         return {}, {}
     try:
-        config = json.loads(Path(path).read_text())
+        config = parse_json(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise GktError(f"pretrained_cfg {path}: cannot read it as JSON ({exc})") from exc
     if not isinstance(config, dict):

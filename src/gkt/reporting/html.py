@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path, read_json
+from gkt.core.io import atomic_path, parse_json, read_json
 from gkt.core.limits import check_path
 from gkt.reporting.study import findings_markdown
 from gkt.reporting.tables import format_table, markdown_fence, markdown_text
@@ -100,7 +100,7 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def _collect(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, str]]]], list[Path], str]:
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    config = parse_json((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     csvs = sorted((p for p in run_dir.rglob("*.csv") if p.is_file()), key=lambda p: (p.name not in PREFERRED_TABLES,
                                                          PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES
                                                          else 0, str(p)))
@@ -121,7 +121,7 @@ def _single_setting(name: str, rows: list[dict[str, str]]) -> bool:
 def _findings(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
     """A study's generated sentences and claims, or an analysis's best teacher per student."""
     if (run_dir / "findings.json").is_file():
-        found = json.loads((run_dir / "findings.json").read_text())
+        found = parse_json((run_dir / "findings.json").read_text())
         return found["sentences"], found["claims"]
     if (run_dir / "overview.csv").is_file():
         sentences = [f"{r['student']} ({_number(r['acc'], 100)}% test accuracy): the teacher with the most "
