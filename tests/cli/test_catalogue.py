@@ -735,7 +735,7 @@ def test_a_damaged_cached_state_names_the_folder_to_delete(world: World, tmp_pat
     third = write_model(tmp_path / "third", 3, hidden=12)
     argv = [*world.transfer("--teacher", third, "--multi", "soup"), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
-    entry = sorted((Path(os.environ["GKT_HOME"]) / "transfer-runs").glob("*/final.json"))[0].parent
+    entry = min((Path(os.environ["GKT_HOME"]) / "transfer-runs").glob("*/final.json")).parent
     (entry / "final.json").unlink()  # an unfinished cached run ...
     (entry / "state.pt").write_bytes((entry / "state.pt").read_bytes()[:300])  # ... whose state is damaged
     capsys.readouterr()

@@ -230,7 +230,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         check_data_dir_read(args)
     except GktError as exc:
         return _fail(str(exc))
-    except Exception as exc:  # before any run directory: still one line, the traceback in a log
+    except Exception as exc:  # noqa: BLE001 — before any run directory: one line, the traceback in a log
         return _fail(*_unexpected(exc, argv, None)[1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

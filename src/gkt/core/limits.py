@@ -126,7 +126,7 @@ def load_yaml(text: str, what: str) -> Any:
             return super().compose_node(parent, index)
 
     try:
-        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=NoAliasLoader)
     except RecursionError:
         raise GktError(f"{what}: nested too deeply to parse; write it flat") from None
 

@@ -25,8 +25,8 @@ import torch
 from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
-from gkt.core.limits import MAX_IMAGE_PIXELS
 from gkt.core.io import cache_home, read_json, write_json
+from gkt.core.limits import MAX_IMAGE_PIXELS
 
 # torchvision 0.29 marks its image codecs as deprecated in favour of TorchCodec (a separate install) and
 # warns on every call; they remain the fast decoders this data path is built on.

@@ -20,8 +20,8 @@ import torch
 
 from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
-from gkt.core.limits import check_path
 from gkt.core.io import atomic_path, cache_home, file_stamp
+from gkt.core.limits import check_path
 from gkt.data.datasets import TensorImageDataset
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ import csv
 import html
 import json
 import math
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, parse_json, read_json

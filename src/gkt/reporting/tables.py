@@ -7,7 +7,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-
 # Characters that start Markdown markup able to run or fetch something in a viewer (inline HTML, autolinks,
 # code spans) or break a table, and control characters (a terminal runs escape sequences).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`<>&|])")
