@@ -403,7 +403,8 @@ def _little_memory(w: World, tmp: Path, mp: pytest.MonkeyPatch) -> None:
 CASES += [
     # resource bombs
     Case("class range fmnist[0-99999999]", lambda w, t: w.analyze(extra=("--data", "fmnist[0-99999999]")), 2,
-         r"class range '0-99999999': 100,000,000 classes, more than the 100,000 gkt accepts; .*check the range"),
+         r"class range '0-99999999': 100,000,000 classes, more than the 100,000 gkt accepts; "
+         r".*check the range"),
     Case("YAML aliases (billion laughs) in an accepted --config key",
          _config_text('a: &a ["lol", "lol"]\n' + BILLION_LAUGHS + "models: [*i]\n"), 2,
          r"--config \S+c\.yaml: line 2: YAML aliases \(\*name\) are not accepted"),
@@ -428,14 +429,16 @@ def _env(name: str, value: str) -> Callable[[World, Path, pytest.MonkeyPatch], N
 CASES += [
     # environment variables, parsed as their flags are
     Case("GKT_BAD_IMAGES=bogus", lambda w, t: w.transfer(), 2,
-         r"\$GKT_BAD_IMAGES='bogus': bad-image policy 'bogus': use one of fail, skip; it takes what --bad-images "
-         r"takes \(fail or skip\): fix it, or unset it", _env("GKT_BAD_IMAGES", "bogus")),
+         r"\$GKT_BAD_IMAGES='bogus': bad-image policy 'bogus': use one of fail, skip; it takes what "
+         r"--bad-images takes \(fail or skip\): fix it, or unset it", _env("GKT_BAD_IMAGES", "bogus")),
     Case("GKT_IMG_SIZE=abc", lambda w, t: w.analyze(), 2,
-         r"\$GKT_IMG_SIZE='abc': invalid int value: 'abc'; it takes what --img-size takes", _env("GKT_IMG_SIZE", "abc")),
+         r"\$GKT_IMG_SIZE='abc': invalid int value: 'abc'; it takes what --img-size takes",
+         _env("GKT_IMG_SIZE", "abc")),
     Case("GKT_IMG_SIZE=5000", lambda w, t: w.analyze(), 2,
          r"\$GKT_IMG_SIZE='5000': 5000 px: give an input size from 1 to 4096", _env("GKT_IMG_SIZE", "5000")),
     Case("GKT_DATA=/nope", lambda w, t: _without_data_dir(w.analyze()), 2,
-         r"\$GKT_DATA='\S+nope': no such directory .*it takes what --data-dir takes", _env("GKT_DATA", "TMP/nope")),
+         r"\$GKT_DATA='\S+nope': no such directory .*it takes what --data-dir takes",
+         _env("GKT_DATA", "TMP/nope")),
     Case("GKT_MIN_FREE_MB=-5", lambda w, t: w.transfer(), 2,
          r"\$GKT_MIN_FREE_MB='-5': -5 is no number of megabytes from 0 up", _env("GKT_MIN_FREE_MB", "-5")),
 ]
@@ -463,7 +466,8 @@ def _hf_dir(path: Path) -> Path:
     config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=8, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=8, id2label=dict(enumerate(names)))
     ViTForImageClassification(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(path)
+    processor = ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5])
+    processor.save_pretrained(path)
     return path
 
 
@@ -493,10 +497,11 @@ CASES += [
          lambda w, t: w.analyze(w.student, "timm:test_vit?img_size=30"), 2,
          r"timm:test_vit cannot take 30x30 px input \(Input height \(30\) should be divisible by patch size"),
     Case("hf: config with 5 labels for a 10-class head", _hf_dir_with_labels(5), 2,
-         r"hf:\S+: its weights do not fit the network its config\.json describes \(id2label lists 5 labels but the "
-         r"head classifier\.weight has 10 outputs\)"),
-    Case("study jobs.json: a job without a teacher", _study_jobs([JOB, {k: v for k, v in JOB.items() if k != "teacher"}]),
-         2, r"jobs\.json: job 2 of 2 lacks a valid teacher; the file is damaged"),
+         r"hf:\S+: its weights do not fit the network its config\.json describes \(id2label lists 5 labels "
+         r"but the head classifier\.weight has 10 outputs\)"),
+    Case("study jobs.json: a job without a teacher",
+         _study_jobs([JOB, {k: v for k, v in JOB.items() if k != "teacher"}]), 2,
+         r"jobs\.json: job 2 of 2 lacks a valid teacher; the file is damaged"),
     Case("study jobs.json: a seed that is text", _study_jobs([{**JOB, "seed": "0"}]), 2,
          r"jobs\.json: job 1 of 1 lacks a valid seed"),
 ]
@@ -532,9 +537,10 @@ CASES += [
     Case("export --to under /proc", _export_to(lambda t: "/proc/gkt-export"), 2,
          r"--to /proc/gkt-export: cannot write the export there \(.*\); choose a writable --to"),
     Case("export --to on a read-only disk", _export_to(lambda t: str(t / "export")), 2,
-         r"--to \S+export: cannot write the export there \(\S+config\.json: Read-only file system\); choose a "
-         r"writable --to", _read_only_export),
-    Case("report ''", lambda w, t: ["report", ""], 2, r"RUN_DIR is empty; give a directory a gkt command wrote"),
+         r"--to \S+export: cannot write the export there \(\S+config\.json: Read-only file system\); "
+         r"choose a writable --to", _read_only_export),
+    Case("report ''", lambda w, t: ["report", ""], 2,
+         r"RUN_DIR is empty; give a directory a gkt command wrote"),
     Case("report on a data folder", lambda w, t: ["report", str(w.data)], 2,
          r"RUN_DIR \S+fmnist: not a gkt run directory \(no config\.json written by gkt\)"),
     Case("report on a file", lambda w, t: ["report", str(w.run / "config.json")], 2,
@@ -556,7 +562,8 @@ def _deep_sidecar(w: World, tmp: Path) -> list[str]:
 
 CASES += [
     # found beside the issue's cases: the same families
-    Case("--lr inf", lambda w, t: w.transfer("--lr", "inf"), 2, r"--lr: input should be a finite number, got inf"),
+    Case("--lr inf", lambda w, t: w.transfer("--lr", "inf"), 2,
+         r"--lr: input should be a finite number, got inf"),
     Case("--temperature 1e400", lambda w, t: w.transfer("--temperature", "1e400"), 2,
          r"--temperature: input should be a finite number"),
     Case("--epochs 99999999999999999999", lambda w, t: w.transfer("--epochs", "99999999999999999999"), 2,
@@ -565,10 +572,11 @@ CASES += [
          r"--threads: input should be less than or equal to 1024"),
     Case("--config nested 100000 deep", _config_text("models: " + "[" * 100_000 + "]" * 100_000 + "\n"), 2,
          r"--config \S+c\.yaml: nested too deeply to parse"),
-    Case("sidecar nested 100000 deep", _deep_sidecar, 2, r"model\.json: not valid JSON \(nested too deeply to parse\)"),
+    Case("sidecar nested 100000 deep", _deep_sidecar, 2,
+         r"model\.json: not valid JSON \(nested too deeply to parse\)"),
     Case("state.pt: NaN weights", _resume_with_state(_nan_state), 2,
-         r"state\.pt: the saved training state holds NaN or infinite values \(in state\.student\.\S+\); the run "
-         r"cannot be resumed: start it again"),
+         r"state\.pt: the saved training state holds NaN or infinite values \(in state\.student\.\S+\); "
+         r"the run cannot be resumed: start it again"),
 ]
 
 def assert_nothing_valid_left(out: Path) -> None:
@@ -723,9 +731,10 @@ def test_interrupted_run_keeps_its_state_marked_and_resumes(world: World, tmp_pa
 
 def test_two_models_without_disagreements_are_analysed(world: World, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
-    """Zero flips (two copies of one model): the summary says so instead of failing on undefined statistics."""
+    """Zero flips (two copies of one model): the summary says so instead of failing on undefined stats."""
     twin = f"file:{world.copy_model(world.student, tmp_path / 'twin')[0].with_suffix('')}"
-    assert main([*world.analyze(world.student, twin)[:-3], "--threads", "1", "--out", str(tmp_path / "out")]) == 0
+    argv = [*world.analyze(world.student, twin)[:-3], "--threads", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "- no flips: no model gets any sample right that another gets wrong" in out and "nan" not in out
 

@@ -34,11 +34,12 @@ def test_header_check_refuses_before_decoding() -> None:
 
     for width, height in ((60000, 60000), (MAX_IMAGE_PIXELS // 1000 + 1, 1000)):
         encoded = torch.frombuffer(bytearray(png_header_only(width, height)), dtype=torch.uint8)
-        with pytest.raises(UnreadableImage, match=r"header claims .* pixels, more than the 89,478,485 gkt decodes"):
+        with pytest.raises(UnreadableImage, match=r"header claims .* pixels, more than the 89,478,485 gkt"):
             check_image_header(encoded)
 
 
-def test_a_decompression_bomb_in_a_folder_is_named_or_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_decompression_bomb_in_a_folder_is_named_or_skipped(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "imgs"
     write_jpeg_folder(root / "train", {c: 2 for c in CLASSES})
     write_jpeg_folder(root / "val", {c: 3 for c in CLASSES})
@@ -49,7 +50,8 @@ def test_a_decompression_bomb_in_a_folder_is_named_or_skipped(tmp_path: Path, ca
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert re.search(r"bomb\.png: unreadable image \(its header claims (60000×60000 = )?3,600,000,000 pixels", err)
+    assert re.search(r"bomb\.png: unreadable image \(its header claims (60000×60000 = )?3,600,000,000 pixels",
+                     err)
     assert "--bad-images skip" in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
     assert main(args + ["--bad-images", "skip"]) == 0
@@ -79,7 +81,8 @@ def test_a_pipe_is_read_once_and_remembered(tmp_path: Path) -> None:
 
 def test_config_given_as_a_pipe(tmp_path: Path, tiny_fmnist_dir: Path) -> None:
     a, b = write_model(tmp_path / "a", 1), write_model(tmp_path / "b", 2)
-    fifo = _pipe(tmp_path, f"models: [{a}, {b}]\nno_figures: true\nno_semantic: true\nno_random_baseline: true\n")
+    fifo = _pipe(tmp_path, f"models: [{a}, {b}]\nno_figures: true\nno_semantic: true\n"
+                           "no_random_baseline: true\n")
     assert main(["analyze", "--config", str(fifo), "--data-dir", str(tiny_fmnist_dir), "--threads", "1",
                  "--out", str(tmp_path / "runs")]) == 0
 
@@ -95,10 +98,11 @@ def test_an_empty_variable_counts_as_unset(tmp_path: Path, monkeypatch: pytest.M
     assert cache_home() == tmp_path / "user" / ".cache" / "gkt"
     monkeypatch.chdir(tmp_path)
     a, b = write_model(tmp_path / "a", 1), write_model(tmp_path / "b", 2)
-    assert main(["analyze", "--models", a, b, "--data-dir", str(tiny_fmnist_dir), "--no-figures", "--no-semantic",
-                 "--no-random-baseline", "--threads", "1", "--out", str(tmp_path / "runs")]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors", "b.json", "b.safetensors",
-                                                          "fmnist", "runs", "user"]
+    assert main(["analyze", "--models", a, b, "--data-dir", str(tiny_fmnist_dir), "--no-figures",
+                 "--no-semantic", "--no-random-baseline", "--threads", "1",
+                 "--out", str(tmp_path / "runs")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.json", "a.safetensors", "b.json", "b.safetensors", "fmnist", "runs", "user"]
 
 
 def test_report_skips_a_fifo_in_a_run_directory(tmp_path: Path) -> None:
@@ -112,12 +116,13 @@ def test_report_skips_a_fifo_in_a_run_directory(tmp_path: Path) -> None:
     assert "stuck.csv" not in (run / "report.md").read_text()
 
 
-def test_out_with_a_name_longer_than_the_file_system_takes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_out_with_a_name_longer_than_the_file_system_takes(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / ("o" * 300)
     assert main(["zoo", "list", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert re.fullmatch(r"gkt: error: --out \S+ \(\d+ characters\): a name in it is 300 bytes long, more than the 255 "
-                        r"its file system allows; give a shorter path\n", err), err
+    assert re.fullmatch(r"gkt: error: --out \S+ \(\d+ characters\): a name in it is 300 bytes long, more "
+                        r"than the 255 its file system allows; give a shorter path\n", err), err
 
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -130,7 +135,8 @@ def test_a_class_name_with_html_is_escaped_in_every_report_format(tmp_path: Path
     write_jpeg_folder(root / "val", {c: 3 for c in classes})
     a, b = rgb_model(tmp_path / "a", 0, classes), rgb_model(tmp_path / "b", 1, classes)
     assert main(["analyze", "--models", a, b, "--data", f"folder:{root}", "--split", "test", "--no-semantic",
-                 "--no-figures", "--no-random-baseline", "--out", str(tmp_path / "runs"), "--device", "cpu"]) == 0
+                 "--no-figures", "--no-random-baseline", "--out", str(tmp_path / "runs"),
+                 "--device", "cpu"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert EVIL in (run / "pair_classes.csv").read_text()  # the data keep the name as it is
     assert main(["report", str(run), "--out", str(tmp_path / "reports")]) == 0
@@ -173,7 +179,8 @@ def _evil_pickle(path: Path) -> None:
 def _export_fails(spec: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> str:
     assert main(["export", spec, "--to", str(tmp_path / "export"), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and not (tmp_path / "export").exists()
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "export").exists()
     assert "weights_only" not in err and "must be in" not in err and "put the weights" not in err
     return err
 
@@ -186,11 +193,12 @@ def test_a_pickle_in_the_hugging_face_cache_is_named_not_relayed(tmp_path: Path,
     (snapshot / "model.safetensors").unlink(missing_ok=True)
     _evil_pickle(snapshot / "pytorch_model.bin")
     err = _export_fails(f"timm:{TIMM_MODELS[0]}", tmp_path, capsys)
-    assert "its weights file in the Hugging Face cache ($HF_HOME/hub) holds Python objects besides tensors" in err
+    assert "its weights file in the Hugging Face cache ($HF_HOME/hub) holds Python objects" in err
     assert "delete that model's folder from the cache" in err
 
 
-def test_a_pickle_at_the_torch_hub_cache_path_is_named_not_relayed(tmp_path: Path, own_hubs: tuple[Path, Path],
+def test_a_pickle_at_the_torch_hub_cache_path_is_named_not_relayed(tmp_path: Path,
+                                                                    own_hubs: tuple[Path, Path],
                                                                     capsys: pytest.CaptureFixture) -> None:
     import torchvision
 
@@ -204,10 +212,10 @@ def test_a_pickle_at_the_torch_hub_cache_path_is_named_not_relayed(tmp_path: Pat
     assert "delete it" in err
 
 
-@pytest.mark.parametrize(("where", "label"), [("hf/datasets/x.arrow", r"\$HF_DATASETS_CACHE \(or \$HF_HOME\)"),
-                                              ("hf/hub/models--a--b/x", r"\$HF_HUB_CACHE \(or \$HF_HOME\)"),
-                                              ("hf/token", r"\$HF_HOME"), ("torch/hub/x.pth", r"\$TORCH_HOME"),
-                                              ("gkt/predictions/x", r"\$GKT_HOME")])
+@pytest.mark.parametrize(("where", "label"), [
+    ("hf/datasets/x.arrow", r"\$HF_DATASETS_CACHE \(or \$HF_HOME\)"),
+    ("hf/hub/models--a--b/x", r"\$HF_HUB_CACHE \(or \$HF_HOME\)"),
+    ("hf/token", r"\$HF_HOME"), ("torch/hub/x.pth", r"\$TORCH_HOME"), ("gkt/predictions/x", r"\$GKT_HOME")])
 def test_a_read_only_location_is_named_by_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        where: str, label: str) -> None:
     import errno

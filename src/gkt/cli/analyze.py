@@ -142,9 +142,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     mm = ent["miller_madow"]
     print(f"- entropy of the per-class flip distribution (uniform = ln {summary['classes']} = {ent['uniform_ln_c']:.3f}): "
           f"weaker teachers {_num(ent['weaker_teachers_mean'])}, stronger teachers "
-          f"{_num(ent['stronger_teachers_mean'])}; Spearman vs Δacc {_num(ent['spearman_vs_delta_acc'], '+.2f')} "
+          f"{_num(ent['stronger_teachers_mean'])}; Spearman vs Δacc "
+          f"{_num(ent['spearman_vs_delta_acc'], '+.2f')} "
           f"(within student {_num(ent['within_student_spearman_vs_delta_acc'], '+.2f')}); "
-          f"Miller–Madow corrected: {_num(mm['weaker_teachers_mean'])} vs {_num(mm['stronger_teachers_mean'])}, "
+          f"Miller–Madow corrected: {_num(mm['weaker_teachers_mean'])} vs "
+          f"{_num(mm['stronger_teachers_mean'])}, "
           f"Spearman {_num(mm['spearman_vs_delta_acc'], '+.2f')}")
     conc = "; ".join(f"top {v['top_classes']} class(es) hold {_pct(v['share_of_flips_in_top_classes'])} of flips, "
                      f"{x} of flips sit in {_num(v['classes_holding_mean'], '.2f')} classes"

@@ -107,7 +107,8 @@ def config_model(parser: argparse.ArgumentParser, name: str) -> type[BaseModel]:
         else:
             fields[action.dest] = (Optional[kind], action.default)  # noqa: UP045 (kind may be a typing form)
     return create_model(f"{name.title().replace(' ', '')}Config",
-                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False),
+                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True,
+                                              allow_inf_nan=False),
                         **fields)
 
 

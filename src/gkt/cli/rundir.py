@@ -38,7 +38,8 @@ def _megabytes(text: str) -> float:
     return value
 
 
-register_env("GKT_MIN_FREE_MB", f"the free space a command needs, in megabytes (default {MIN_FREE_MB})", _megabytes)
+register_env("GKT_MIN_FREE_MB", f"the free space a command needs, in megabytes (default {MIN_FREE_MB})",
+             _megabytes)
 
 
 def _min_free_mb() -> float:
@@ -77,7 +78,7 @@ def open_run_dir(out: str, command: str) -> Path:
     home = cache_home()
     check_path(out, "--out")
     register_location("--out", out)
-    check_path(out + "/" + command.replace(" ", "-") + "-YYYYmmdd-HHMMSS-NN", "--out")  # room for a run directory
+    check_path(f"{out}/{command.replace(' ', '-')}-YYYYmmdd-HHMMSS-NN", "--out")  # room for a run directory
     home_fix = "set GKT_HOME to a writable directory with free space"
     _check_free_space(home, f"$GKT_HOME {home}", home_fix)
     _check_free_space(Path(out), f"--out {out}", "point --out elsewhere")

@@ -175,8 +175,9 @@ def resumed_study(old: Path, args: argparse.Namespace) -> tuple[list[dict[str, A
         wrong = [key for key, kind in JOB_KEYS.items() if not isinstance(job.get(key), kind)
                  or isinstance(job.get(key), bool)]
         if wrong:
-            raise GktError(f"{old / 'jobs.json'}: job {i + 1} of {len(jobs)} lacks a valid {', '.join(wrong)}; the file "
-                           "is damaged: restore it, or start a new study instead of --resume")
+            raise GktError(f"{old / 'jobs.json'}: job {i + 1} of {len(jobs)} lacks a valid "
+                           f"{', '.join(wrong)}; the file is damaged: restore it, or start a new study "
+                           "instead of --resume")
     return jobs, store_path
 
 

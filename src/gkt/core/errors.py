@@ -69,8 +69,8 @@ def storage_error(exc: BaseException) -> GktError | None:
         if isinstance(seen, OSError) and seen.errno == errno.ENAMETOOLONG:  # any path a user gave
             where = str(seen.filename or "a path")
             where = where if len(where) <= 120 else f"{where[:60]}…{where[-40:]} ({len(where)} characters)"
-            return GktError(f"{where}: the path is too long (file systems take names of up to 255 bytes and paths of up "
-                            "to 4095); give a shorter one")
+            return GktError(f"{where}: the path is too long (file systems take names of up to 255 bytes "
+                            "and paths of up to 4095); give a shorter one")
         if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
             where = f"{seen.filename}: " if seen.filename else ""
             fix = STORAGE_ERRNOS[seen.errno]

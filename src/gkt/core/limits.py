@@ -18,13 +18,13 @@ from gkt.core.errors import GktError
 
 # Entries a class list may expand to (ImageNet-21k has 21,841 classes).
 MAX_LISTED_CLASSES = 100_000
-# Pixels an image may have before it is decoded (PIL's own decompression-bomb threshold: ~89 M, 268 MB as RGB).
+# Pixels an image may have before it is decoded (PIL's decompression-bomb threshold: ~89 M, 268 MB as RGB).
 MAX_IMAGE_PIXELS = 89_478_485
 # Bytes of a text input a user names (--config, a class map, a class-name list).
 MAX_TEXT_BYTES = 16 * 2**20
-# What one batch costs in memory, as a multiple of its float32 input tensor (the decoded and resized copies and
-# the first activations, e.g. a 64-channel stem at half resolution): a batch that cannot fit is refused before
-# it starts instead of being killed by the system.
+# What one batch costs in memory, as a multiple of its float32 input tensor (the decoded and resized copies
+# and the first activations, e.g. a 64-channel stem at half resolution): a batch that cannot fit is refused
+# before it starts instead of being killed by the system.
 BATCH_MEMORY_FACTOR = 16
 # Batches smaller than this are not checked against the memory left (reading it costs a system call).
 BATCH_MEMORY_UNCHECKED = 2**30
@@ -56,11 +56,11 @@ def check_path(path: str | os.PathLike, what: str) -> None:
         name_max, path_max = 255, 4096
     longest = max((len(os.fsencode(part)) for part in Path(text).parts), default=0)
     if longest > name_max:
-        raise GktError(f"{_label(what, text)}: a name in it is {longest} bytes long, more than the {name_max} its "
-                       "file system allows; give a shorter path")
+        raise GktError(f"{_label(what, text)}: a name in it is {longest} bytes long, more than the "
+                       f"{name_max} its file system allows; give a shorter path")
     if len(os.fsencode(text)) >= path_max:
-        raise GktError(f"{_label(what, text)}: the path is {len(os.fsencode(text))} bytes long, more than the "
-                       f"{path_max - 1} the system allows; give a shorter path")
+        raise GktError(f"{_label(what, text)}: the path is {len(os.fsencode(text))} bytes long, more than "
+                       f"the {path_max - 1} the system allows; give a shorter path")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -121,8 +121,8 @@ def load_yaml(text: str, what: str) -> Any:
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 mark = self.peek_event().start_mark
-                raise GktError(f"{what}: line {mark.line + 1}: YAML aliases (*name) are not accepted (they can "
-                               "expand without bound); write the values out")
+                raise GktError(f"{what}: line {mark.line + 1}: YAML aliases (*name) are not accepted (they "
+                               "can expand without bound); write the values out")
             return super().compose_node(parent, index)
 
     try:
@@ -162,6 +162,7 @@ def check_batch_memory(batch_size: int, shape: tuple[int, ...], device: Any = No
     fits = free // per_input
     size = "×".join(map(str, shape))
     lower = f"lower --batch-size to {fits} or less" if fits else "no --batch-size is small enough"
-    raise GktError(f"{what} of {batch_size} inputs of {size} needs about {batch_size * per_input / 2**30:.1f} GB "
-                   f"of memory but {free / 2**30:.1f} GB is free on {device or 'this machine'}; {lower}, or lower "
-                   "the input size (--img-size, or a model spec's ?img_size=N)")
+    need = batch_size * per_input / 2**30
+    raise GktError(f"{what} of {batch_size} inputs of {size} needs about {need:.1f} GB of memory but "
+                   f"{free / 2**30:.1f} GB is free on {device or 'this machine'}; {lower}, or lower the "
+                   "input size (--img-size, or a model spec's ?img_size=N)")

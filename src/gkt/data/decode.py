@@ -141,13 +141,14 @@ def check_image_header(encoded: torch.Tensor) -> None:
                 width, height = img.size
     except Image.DecompressionBombError as exc:  # PIL's own refusal (over twice its limit)
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
-        raise UnreadableImage(f"its header claims {int(claimed[1]) if claimed else 'too many':,} pixels, more than "
-                              f"the {MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)") from None
+        pixels = f"{int(claimed[1]):,}" if claimed else "too many"
+        raise UnreadableImage(f"its header claims {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} gkt "
+                              "decodes (a decompression bomb?)") from None
     except Exception:  # noqa: BLE001 — a header PIL cannot read: the decoders below say what is wrong
         return
     if width * height > MAX_IMAGE_PIXELS:
-        raise UnreadableImage(f"its header claims {width}×{height} = {width * height:,} pixels, more than the "
-                              f"{MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)")
+        raise UnreadableImage(f"its header claims {width}×{height} = {width * height:,} pixels, more than "
+                              f"the {MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)")
 
 
 def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:

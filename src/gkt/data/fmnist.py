@@ -152,14 +152,16 @@ def _fashion_mnist_dir(text: str | os.PathLike) -> Path:
     says what is wrong."""
     check_path(text, "the Fashion-MNIST directory")
     if not Path(text).is_dir():
-        raise ValueError("no such directory (give the directory holding the four Fashion-MNIST IDX .gz files)")
+        raise ValueError("no such directory (give the directory holding the four Fashion-MNIST IDX .gz "
+                         "files)")
     missing = [f.name for f in FASHION_MNIST_FILES.values() if not (Path(text) / f.name).is_file()]
     if missing:
         raise ValueError(f"it lacks {', '.join(missing)}")
     return Path(text)
 
 
-register_env("GKT_DATA", "what --data-dir takes (the directory of the Fashion-MNIST files)", _fashion_mnist_dir)
+register_env("GKT_DATA", "what --data-dir takes (the directory of the Fashion-MNIST files)",
+             _fashion_mnist_dir)
 
 
 def _fashion_mnist_dir_candidates(data_dir: str | os.PathLike | None) -> list[Path]:

@@ -121,8 +121,8 @@ def parse_class_list(text: str, spec: str | None = None) -> ClassList:
             lo, hi = (int(v) for v in part.split("-"))
             if lo > hi:
                 raise GktError(f"{where}class range {part!r} runs backwards; write it low-high, e.g. 5-9")
-            check_size(f"{where}class range {part!r}", len(entries) + hi - lo + 1, MAX_LISTED_CLASSES, "classes",
-                       "a data set has far fewer classes: check the range")
+            check_size(f"{where}class range {part!r}", len(entries) + hi - lo + 1, MAX_LISTED_CLASSES,
+                       "classes", "a data set has far fewer classes: check the range")
             entries += range(lo, hi + 1)
         else:
             entries.append(part)

@@ -30,7 +30,7 @@ def save_training_state(run_dir: Path, state: dict[str, Any]) -> None:
 def load_training_state(run_dir: str | Path, state_format: str, what: str, fix: str = "start it again"
                         ) -> dict[str, Any]:
     """The last epoch's training state in ``run_dir`` (a ``what``, e.g. "transfer run"), when intact and of
-    ``state_format``; ``fix`` ends the error of a damaged one (a run gkt keeps in its cache names its folder)."""
+    ``state_format``; ``fix`` ends the error of a damaged one (for a run gkt caches: its folder to delete)."""
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         raise GktError(f"{run_dir}: no {STATE_FILE} (a {what} writes it after each finished epoch)")
@@ -55,8 +55,8 @@ def load_training_state(run_dir: str | Path, state_format: str, what: str, fix: 
     bad = next((key for key, tensor in _tensors(state) if tensor.is_floating_point()
                 and not bool(torch.isfinite(tensor).all())), None)
     if bad is not None:  # weights or optimizer moments that diverged: resuming would only carry the NaN on
-        raise GktError(f"{path}: the saved training state holds NaN or infinite values (in {bad}); the run cannot be "
-                       f"resumed: {fix}")
+        raise GktError(f"{path}: the saved training state holds NaN or infinite values (in {bad}); the run "
+                       f"cannot be resumed: {fix}")
     return state
 
 

@@ -110,8 +110,9 @@ class TransferRuns:
         resume = load_state(run_dir, fix) if (run_dir / "state.pt").is_file() else None
         config = TransferConfig(**{**job["config"], "augment": tuple(job["config"]["augment"])})
         try:
-            outcome = run_transfer(student, teachers[0] if len(teachers) == 1 else teachers, self.setup.transfer_set,
-                                   self.setup.test_set, config, self.setup.device, run_dir, resume=resume)
+            outcome = run_transfer(student, teachers[0] if len(teachers) == 1 else teachers,
+                                   self.setup.transfer_set, self.setup.test_set, config, self.setup.device,
+                                   run_dir, resume=resume)
         except GktError as exc:  # a cached state that does not fit (the loop cannot know it is a cache)
             if resume is None or "saved training state" not in str(exc):
                 raise

@@ -90,14 +90,14 @@ class Classifier(nn.Module):
         return self.check_outputs(self.net(self.normalize(images) if prepared is None else prepared))
 
     def check_outputs(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits``, after checking (on this model's first batch only: one host sync) that they are finite: a
-        model whose outputs are NaN or infinite is refused instead of being scored by the argmax of NaN."""
+        """``logits``, after checking (on this model's first batch only: one host sync) that they are finite:
+        a model whose outputs are NaN or infinite is refused instead of being scored by the argmax of NaN."""
         if not self.outputs_checked and not torch.compiler.is_compiling():
             if not bool(torch.isfinite(logits.detach()).all()):
                 bad = (~torch.isfinite(logits.detach())).sum().item()
-                raise GktError(f"model {self.spec or self.name}: {bad} of its {logits.numel()} outputs on the first batch are NaN or "
-                               "infinite; the model is broken (damaged weights or a numerically unstable network): "
-                               "give another model")
+                raise GktError(f"model {self.spec or self.name}: {bad} of its {logits.numel()} outputs on "
+                               "the first batch are NaN or infinite; the model is broken (damaged weights "
+                               "or a numerically unstable network): give another model")
             self.outputs_checked = True
         return logits
 
@@ -145,9 +145,10 @@ def check_finite_weights(model: Classifier) -> None:
         if tensor.is_floating_point() or tensor.is_complex():
             finite = torch.isfinite(tensor)
             if not bool(finite.all()):
-                raise GktError(f"model {model.spec or model.name}: its weights hold {(~finite).sum().item()} NaN or infinite value(s) "
-                               f"(in {key}); the checkpoint is damaged or diverged: restore or retrain it, or give "
-                               "another model")
+                count = (~finite).sum().item()
+                raise GktError(f"model {model.spec or model.name}: its weights hold {count} NaN or infinite "
+                               f"value(s) (in {key}); the checkpoint is damaged or diverged: restore or "
+                               "retrain it, or give another model")
 
 
 def check_label_space(model: Classifier, class_names: Sequence[str], what: str = "the data") -> None:

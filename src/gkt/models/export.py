@@ -120,7 +120,8 @@ def export_model(model: Classifier, out: str | Path, what: str = "--to") -> tupl
     out = Path(out)
     check_path(out, what)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise GktError(f"{what} {out}: exists and is not a directory; gkt never overwrites (give a new directory)")
+        raise GktError(f"{what} {out}: exists and is not a directory; gkt never overwrites (give a new "
+                       "directory)")
     if out.exists() and any(out.iterdir()):
         raise GktError(f"{what} {out}: exists and is not empty; gkt never overwrites (give a new directory)")
     write, load = WRITERS[fmt]
@@ -140,8 +141,8 @@ def export_model(model: Classifier, out: str | Path, what: str = "--to") -> tupl
     except OSError as exc:  # a read-only, full or pseudo file system (/proc): the fix is another --to
         stored = storage_error(exc)
         reason = exc.strerror or str(exc) if stored is None else str(stored).split("; ")[0]
-        raise GktError(f"{what} {out}: cannot write the export there ({reason}); choose a writable {what} with free "
-                       "space") from None
+        raise GktError(f"{what} {out}: cannot write the export there ({reason}); choose a writable {what} "
+                       "with free space") from None
     except Exception as exc:
         stored = storage_error(exc)  # a full disk reported by safetensors / torch
         if stored is None:

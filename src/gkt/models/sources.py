@@ -248,8 +248,9 @@ def _mismatch(path: Path) -> str:
         heads = {}
         for file in sorted(path.glob("*.safetensors")):
             with safe_open(str(file), framework="pt") as f:
-                heads |= {k: f.get_slice(k).get_shape() for k in f.keys()  # noqa: SIM118 (safe_open has no iter)
-                          if k.endswith("weight") and ("classifier" in k or "head" in k)}
+                names = [k for k in f.keys()  # noqa: SIM118 (safe_open is not iterable)
+                         if k.endswith("weight") and ("classifier" in k or "head" in k)]
+                heads |= {k: f.get_slice(k).get_shape() for k in names}
         head, shape = next((k, s) for k, s in reversed(heads.items()) if len(s) == 2)
     except (OSError, ValueError, StopIteration, AttributeError):
         return "a layer's size differs"
@@ -287,9 +288,10 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
         processor = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise GktError(f"{what}: cannot load it as an image classifier with its image processor ({exc})") from exc
-    except RuntimeError as exc:  # weights of other sizes than the config's layers (transformers' size mismatch)
-        raise GktError(f"{what}: its weights do not fit the network its config.json describes ({_mismatch(path)}); "
-                       "make config.json (id2label / num_labels and the layer sizes) match the weights") from exc
+    except RuntimeError as exc:  # weights of other sizes than the config's layers (a size mismatch)
+        raise GktError(f"{what}: its weights do not fit the network its config.json describes "
+                       f"({_mismatch(path)}); make config.json (id2label / num_labels and the layer sizes) "
+                       "match the weights") from exc
     config = model.config
     names = tuple(config.id2label[i] for i in range(config.num_labels))
     channels = int(getattr(config, "num_channels", 3))
@@ -382,13 +384,13 @@ def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Cl
                                                    weights_only=True)
     except Exception as exc:  # noqa: BLE001 — network, pickle and file errors of many types
         if refused_pickle(exc):  # never relay torch's advice to load it unsafely
-            raise GktError(f"{what}: {cached} holds Python objects besides tensors (a pickle), which gkt never "
-                           "loads; it is not the official weights file: delete it (torch downloads the official "
-                           "one, its hash checked, where a network exists)") from None
+            raise GktError(f"{what}: {cached} holds Python objects besides tensors (a pickle), which gkt "
+                           "never loads; it is not the official weights file: delete it (torch downloads the "
+                           "official one, its hash checked, where a network exists)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if cached.is_file():
-            raise GktError(f"{what}: cannot load {cached} ({first}); the file in the torch hub cache is damaged: "
-                           "delete it (torch downloads it again where a network exists)") from exc
+            raise GktError(f"{what}: cannot load {cached} ({first}); the file in the torch hub cache is "
+                           "damaged: delete it (torch downloads it again where a network exists)") from exc
         raise GktError(f"{what}: cannot load {cached} ({first}); offline, put the weights file there "
                        "(torch hub cache, $TORCH_HOME/hub/checkpoints)") from exc
     try:

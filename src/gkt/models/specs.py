@@ -280,7 +280,8 @@ def read_class_names(value: str) -> tuple[str, ...]:
         try:
             names = parse_json(text)
         except ValueError as exc:
-            raise GktError(f"classes={path}: not valid JSON ({exc}); give a JSON list of class names") from None
+            raise GktError(f"classes={path}: not valid JSON ({exc}); give a JSON list of class names") \
+                from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise GktError(f"{path}: expected a JSON list of class names")
         return tuple(names)

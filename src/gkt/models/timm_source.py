@@ -189,10 +189,10 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
         raise
     except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
         if refused_pickle(exc):  # never relay torch's advice to load it unsafely
-            raise GktError(f"timm:{name}: its weights file in the Hugging Face cache ($HF_HOME/hub) holds Python "
-                           "objects besides tensors (a pickle), which gkt never loads; delete that model's folder "
-                           "from the cache and get its safetensors weights (timm downloads them where a network "
-                           "exists)") from None
+            raise GktError(f"timm:{name}: its weights file in the Hugging Face cache ($HF_HOME/hub) holds "
+                           "Python objects besides tensors (a pickle), which gkt never loads; delete that "
+                           "model's folder from the cache and get its safetensors weights (timm downloads "
+                           "them where a network exists)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"timm:{name}: cannot load its pretrained weights ({first}). Offline, they must be in the "
                        "Hugging Face cache ($HF_HOME/hub); with a network, timm downloads them") from exc

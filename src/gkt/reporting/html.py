@@ -101,14 +101,14 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def _collect(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, str]]]], list[Path], str]:
     config = parse_json((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    csvs = sorted((p for p in run_dir.rglob("*.csv") if p.is_file()), key=lambda p: (p.name not in PREFERRED_TABLES,
-                                                         PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES
-                                                         else 0, str(p)))
+    csvs = sorted((p for p in run_dir.rglob("*.csv") if p.is_file()),  # never a pipe: reading it would hang
+                  key=lambda p: (p.name not in PREFERRED_TABLES,
+                                 PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES else 0, str(p)))
     tables = [(str(p.relative_to(run_dir)), _read_csv(p)) for p in csvs if p.name not in HIDDEN_TABLES]
     tables = [(name, rows) for name, rows in tables if not _single_setting(name, rows)]
-    figures = sorted((p for p in run_dir.rglob("*.png") if p.is_file()), key=lambda p: (p.name not in KEY_FIGURES,
-                                                            KEY_FIGURES.index(p.name) if p.name in KEY_FIGURES else 0,
-                                                            str(p)))
+    figures = sorted((p for p in run_dir.rglob("*.png") if p.is_file()),
+                     key=lambda p: (p.name not in KEY_FIGURES,
+                                    KEY_FIGURES.index(p.name) if p.name in KEY_FIGURES else 0, str(p)))
     summary = (run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else ""
     return config, tables, figures, summary
 
@@ -185,14 +185,16 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
     check_path(text, "RUN_DIR")
     path = Path(text)
     if not path.is_dir():
-        raise GktError(f"RUN_DIR {text}: {'not a directory' if path.exists() else 'no such directory'}; {RUN_DIR_HINT}")
+        problem = "not a directory" if path.exists() else "no such directory"
+        raise GktError(f"RUN_DIR {text}: {problem}; {RUN_DIR_HINT}")
     config_path = path / "config.json"
     try:
         config = read_json(config_path) if config_path.is_file() else None
     except (OSError, ValueError):
         config = None
     if not isinstance(config, dict) or not isinstance(config.get("command"), str):
-        raise GktError(f"RUN_DIR {text}: not a gkt run directory (no config.json written by gkt); {RUN_DIR_HINT}")
+        raise GktError(f"RUN_DIR {text}: not a gkt run directory (no config.json written by gkt); "
+                       f"{RUN_DIR_HINT}")
     return config
 
 
@@ -235,7 +237,8 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     for name, rows in tables:
         shown = compact_rows(name, rows[:MAX_TABLE_ROWS] if Path(name).name not in SORT_KEYS else rows)[:MAX_TABLE_ROWS]
         more = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows; all in {name})" if len(rows) > MAX_TABLE_ROWS else ""
-        md += [f"\n## {markdown_text(name + more)}\n", format_table(shown, markdown=True) if shown else "(empty)"]
+        md += [f"\n## {markdown_text(name + more)}\n",
+               format_table(shown, markdown=True) if shown else "(empty)"]
         if shown:
             is_open = " open" if len(rows) <= OPEN_TABLE_ROWS and Path(name).name in PREFERRED_TABLES else ""
             body.append(f"<details{is_open}><summary>{html.escape(name)} — {len(rows)} rows{html.escape(more)}</summary>"

@@ -19,7 +19,8 @@ def load_state(run_dir: str | Path, fix: str = "start it again") -> dict[str, An
     of a damaged one."""
     state = load_training_state(run_dir, STATE_FORMAT, "transfer run", fix)
     if "history" not in state:
-        raise GktError(f"{run_dir}: its state.pt is not a gkt transfer state; the run cannot be resumed: {fix}")
+        raise GktError(f"{run_dir}: its state.pt is not a gkt transfer state; the run cannot be resumed: "
+                       f"{fix}")
     return state
 
 
