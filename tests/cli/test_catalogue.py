@@ -579,6 +579,23 @@ CASES += [
          r"the run cannot be resumed: start it again"),
 ]
 
+
+def _fifo(t: Path) -> str:
+    os.mkfifo(t / "pipe.yaml")
+    return str(t / "pipe.yaml")
+
+
+CASES += [
+    Case("--zoo-dir ''", lambda w, t: w.transfer("--zoo-dir", ""), 2,
+         r"--zoo-dir: an empty value names nothing; give one, or leave the option out"),
+    Case("--data-dir ''", lambda w, t: w.analyze(extra=("--data-dir", "")), 2,
+         r"--data-dir: an empty value names nothing"),
+    Case("--class-map ' '", lambda w, t: w.transfer("--class-map", " "), 2,
+         r"--class-map: an empty value names nothing"),
+    Case("--config a named pipe nobody writes to", lambda w, t: w.analyze(extra=("--config", _fifo(t))), 2,
+         r"--config \S+pipe\.yaml: a pipe nothing was written to"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

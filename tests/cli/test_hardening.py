@@ -236,3 +236,23 @@ def test_an_unknown_gkt_variable_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     main(["zoo", "list", "--zoo-dir", str(tmp_path / "zoo"), "--out", str(tmp_path / "runs")])
     assert "gkt: warning: $GKT_HOEM is set but gkt reads no such variable (it reads GKT_BAD_IMAGES" in \
         capsys.readouterr().err
+
+
+def test_out_empty_is_refused_not_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["zoo", "list", "--out", ""]) == 2
+    assert "--out: an empty value names nothing" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_a_pipe_among_a_folder_s_images_is_never_opened(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "imgs"
+    write_jpeg_folder(root / "train", {c: 2 for c in CLASSES})
+    write_jpeg_folder(root / "val", {c: 3 for c in CLASSES})
+    os.mkfifo(root / "val" / "dog" / "stuck.jpg")
+    a, b = rgb_model(tmp_path / "a", 0), rgb_model(tmp_path / "b", 1)
+    args = ["analyze", "--models", a, b, "--data", f"folder:{root}", "--split", "test", "--no-semantic",
+            "--no-figures", "--no-random-baseline", "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    assert main(args) == 2
+    assert "stuck.jpg: unreadable image (not a regular file (a pipe or a device))" in capsys.readouterr().err
+    assert main([*args, "--bad-images", "skip"]) == 0

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, read_json
@@ -75,6 +76,12 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, (list, tuple)) or value is None else [value]
 
 
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("blank", "an empty value names nothing; give one, or leave the option out")
+    return value
+
+
 def _field_type(action: argparse.Action) -> Any:
     """The pydantic type of one argparse action."""
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
@@ -86,6 +93,8 @@ def _field_type(action: argparse.Action) -> Any:
         scalar = Annotated[Any, BeforeValidator(lambda v, t=action.type: t(v) if isinstance(v, str) else v)]
     if action.choices is not None:
         scalar = Literal[tuple(action.choices)]
+    if scalar is str and action.option_strings:  # `--out ''` would be the current directory, `--data-dir ''` none
+        scalar = Annotated[str, BeforeValidator(_not_blank)]
     if scalar is int:  # every integer option within what the libraries' C ints hold
         scalar = Annotated[int, Field(le=MAX_INT)]
     if action.dest in OPTION_RULES:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import math
 import os
+import select
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +99,16 @@ def read_text_input(path: str | os.PathLike, what: str, limit: int = MAX_TEXT_BY
             raise GktError(f"{label}: not a regular file or a pipe; give a file")
         if path.is_fifo() and os.fspath(path) in _PIPES_READ:  # a pipe gives its text once: keep it
             return _PIPES_READ[os.fspath(path)]
-        with open(path, "rb") as f:
-            raw = f.read(limit + 1)
+        if path.is_fifo():
+            raw = _read_pipe(path, limit + 1)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(limit + 1)
     except OSError as exc:
         raise path_error(exc, what, path) from None
     check_size(f"{label}", len(raw), limit, "bytes or more", "give a smaller file")
+    if not raw and path.is_fifo():
+        raise GktError(f"{label}: a pipe nothing was written to; give a file, or a pipe with a writer (<(…))")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -110,6 +117,33 @@ def read_text_input(path: str | os.PathLike, what: str, limit: int = MAX_TEXT_BY
     if path.is_fifo():
         _PIPES_READ[os.fspath(path)] = text
     return text
+
+
+def _read_pipe(path: Path, size: int, wait_for_writer: float = 2.0) -> bytes:
+    """Up to ``size`` bytes of a pipe, until its writer closes it. A named pipe nobody writes to would block
+    an ordinary open forever: it is opened without waiting, and given up after ``wait_for_writer`` seconds
+    without a writer (``<(…)`` has one from the start)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    deadline, chunks, total, writer = time.monotonic() + wait_for_writer, [], 0, False
+    try:
+        while total < size:
+            try:
+                chunk = os.read(fd, min(1 << 20, size - total))
+            except BlockingIOError:  # a writer that has not written yet: wait for it
+                writer = True
+                select.select([fd], [], [])
+                continue
+            if chunk:
+                writer = True
+                chunks.append(chunk)
+                total += len(chunk)
+            elif writer or time.monotonic() > deadline:
+                break  # closed by its writer, or none came
+            else:
+                time.sleep(0.02)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def load_yaml(text: str, what: str) -> Any:

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import math
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -320,7 +321,10 @@ def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result | str]]:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
                 try:
-                    found.append((path, path.stat()))
+                    st = path.stat()
+                    # a pipe or device would block or never end when read: unreadable, never opened
+                    found.append((path, st if stat.S_ISREG(st.st_mode) else
+                                  "not a regular file (a pipe or a device)"))
                 except OSError as exc:
                     found.append((path, "a link to a missing file" if path.is_symlink() else
                                   f"cannot be read: {exc.strerror}"))
