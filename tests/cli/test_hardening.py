@@ -245,7 +245,8 @@ def test_out_empty_is_refused_not_the_current_directory(tmp_path: Path, monkeypa
     assert "--out: an empty value names nothing" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
-def test_a_pipe_among_a_folder_s_images_is_never_opened(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_pipe_among_a_folder_s_images_is_never_opened(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "imgs"
     write_jpeg_folder(root / "train", {c: 2 for c in CLASSES})
     write_jpeg_folder(root / "val", {c: 3 for c in CLASSES})

@@ -93,7 +93,7 @@ def _field_type(action: argparse.Action) -> Any:
         scalar = Annotated[Any, BeforeValidator(lambda v, t=action.type: t(v) if isinstance(v, str) else v)]
     if action.choices is not None:
         scalar = Literal[tuple(action.choices)]
-    if scalar is str and action.option_strings:  # `--out ''` would be the current directory, `--data-dir ''` none
+    if scalar is str and action.option_strings:  # `--out ''` would be the current directory
         scalar = Annotated[str, BeforeValidator(_not_blank)]
     if scalar is int:  # every integer option within what the libraries' C ints hold
         scalar = Annotated[int, Field(le=MAX_INT)]
