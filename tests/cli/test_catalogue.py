@@ -596,6 +596,14 @@ CASES += [
          r"--config \S+pipe\.yaml: a pipe nothing was written to"),
 ]
 
+
+CASES += [
+    Case("study: a grid of 480,008 jobs", lambda w, t: ["study", "--students", w.student, w.teacher,
+                                                        "--seeds", *map(str, range(60001))], 2,
+         r"a grid of 2 student x 2 teacher x 2 method x 60001 seed: 480,008 jobs, more than the 100,000 gkt "
+         r"accepts; give fewer values"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

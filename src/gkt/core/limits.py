@@ -22,6 +22,8 @@ from gkt.core.errors import GktError
 MAX_LISTED_CLASSES = 100_000
 # Pixels an image may have before it is decoded (PIL's decompression-bomb threshold: ~89 M, 268 MB as RGB).
 MAX_IMAGE_PIXELS = 89_478_485
+# Jobs one study may expand to (students x teachers x methods x seeds x grid values).
+MAX_JOBS = 100_000
 # Bytes of a text input a user names (--config, a class map, a class-name list).
 MAX_TEXT_BYTES = 16 * 2**20
 # What one batch costs in memory, as a multiple of its float32 input tensor (the decoded and resized copies
