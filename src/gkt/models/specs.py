@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -85,7 +84,7 @@ class DataInfo:
 def _parse_value(text: str) -> Any:
     try:
         return parse_json(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON (or nested too deeply): the text itself
         return text
 
 

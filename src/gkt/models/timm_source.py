@@ -19,7 +19,6 @@ Options: ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``in_
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def read_timm_config(spec: ModelSpec, options: dict[str, Any]) -> tuple[dict[str
         return {}, {}
     try:
         config = parse_json(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # unreadable, not JSON (UTF-8) or nested too deeply
         raise GktError(f"pretrained_cfg {path}: cannot read it as JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise GktError(f"pretrained_cfg {path}: expected a JSON object")
