@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError, refused_pickle
-from gkt.core.io import parse_json
+from gkt.core.hashing import file_sha256
+from gkt.core.io import file_stamp, parse_json
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.features import capture
 from gkt.models.specs import (
@@ -359,6 +360,27 @@ def crop_fraction(crop: int, resize: int) -> float:
     return p
 
 
+_VERIFIED_HUB_FILES: set[tuple[str, int, int, int]] = set()  # (path, size, mtime, ctime) verified
+
+
+def verify_torch_hub_file(path: Path, what: str) -> None:
+    """A file in the torch hub cache is the one its name describes: its SHA-256 begins with the hash in its
+    name (``resnet18-f37072fd.pth``), as torch.hub checks on download; else it is refused unopened."""
+    import torch.hub
+
+    stamp = (str(path), *file_stamp(path.stat()))
+    if stamp in _VERIFIED_HUB_FILES:
+        return
+    prefix = torch.hub.HASH_REGEX.search(path.name)
+    if prefix is None or not prefix[1]:
+        return  # a name without a hash: nothing to check it against
+    if not file_sha256(path).startswith(prefix[1]):
+        raise GktError(f"{what}: {path} is not the official weights file: its SHA-256 does not begin with "
+                       f"{prefix[1]} as its name says (damaged or replaced); delete it (torch downloads the "
+                       "official one, its hash checked, where a network exists)")
+    _VERIFIED_HUB_FILES.add(stamp)
+
+
 def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
     """``torchvision:ARCH?weights=ENUM``: the weights from the torch hub cache (torch.hub's own code path;
     ``weights_only=True``), their categories and eval transform."""
@@ -379,6 +401,8 @@ def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Cl
     arch = ArchSpec("torchvision", spec.target, len(names), 3, int(pre["size"]), options)
     model = Classifier.create(arch, make_preprocess(channels=3, spec=spec, **pre), names)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file():  # torch checks the hash its name carries only when it downloads the file
+        verify_torch_hub_file(cached, what)
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
                                                    weights_only=True)
