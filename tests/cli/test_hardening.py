@@ -257,3 +257,24 @@ def test_a_pipe_among_a_folder_s_images_is_never_opened(tmp_path: Path,
     assert main(args) == 2
     assert "stuck.jpg: unreadable image (not a regular file (a pipe or a device))" in capsys.readouterr().err
     assert main([*args, "--bad-images", "skip"]) == 0
+
+
+def test_only_the_first_frame_of_an_animated_image_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision decodes every frame of a GIF (thousands of frames: gigabytes); PIL decodes the first."""
+    import io
+
+    import numpy as np
+    import torch
+    import torchvision.io
+    from PIL import Image
+
+    from gkt.data.decode import decode_image
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).convert("P") for _ in range(50)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    monkeypatch.setattr(torchvision.io, "decode_image", lambda *a, **k: pytest.fail("decoded every frame"))
+    image = decode_image(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 3)
+    assert image.shape == (3, 30, 40)
+    assert image.equal(torch.from_numpy(np.array(frames[0].convert("RGB"))).permute(2, 0, 1))

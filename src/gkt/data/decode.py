@@ -128,10 +128,11 @@ def _decode_with_pil(encoded: torch.Tensor, channels: int, first_error: BaseExce
     return array[None] if array.ndim == 2 else array.permute(2, 0, 1).contiguous()
 
 
-def check_image_header(encoded: torch.Tensor) -> None:
+def check_image_header(encoded: torch.Tensor) -> bool:
     """Read an encoded image's dimensions from its header (nothing is decoded) and raise
     :class:`UnreadableImage` when it holds more than :data:`~gkt.core.limits.MAX_IMAGE_PIXELS` pixels: a few
-    megabytes of compressed file can claim gigabytes of pixels (a decompression bomb)."""
+    megabytes of compressed file can claim gigabytes of pixels (a decompression bomb). Returns whether it is
+    animated (several frames: only the first is decoded, or thousands of frames would be)."""
     from PIL import Image
 
     try:
@@ -139,16 +140,18 @@ def check_image_header(encoded: torch.Tensor) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(encoded.numpy().tobytes())) as img:
                 width, height = img.size
+                animated = bool(getattr(img, "is_animated", False))
     except Image.DecompressionBombError as exc:  # PIL's own refusal (over twice its limit)
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(claimed[1]):,}" if claimed else "too many"
         raise UnreadableImage(f"its header claims {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} gkt "
                               "decodes (a decompression bomb?)") from None
     except Exception:  # noqa: BLE001 — a header PIL cannot read: the decoders below say what is wrong
-        return
+        return False
     if width * height > MAX_IMAGE_PIXELS:
         raise UnreadableImage(f"its header claims {width}×{height} = {width * height:,} pixels, more than "
                               f"the {MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)")
+    return animated
 
 
 def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:
@@ -157,7 +160,8 @@ def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_image as tv_decode
 
-    check_image_header(encoded)
+    if check_image_header(encoded):  # torchvision would decode every frame: PIL decodes the first
+        return _decode_with_pil(encoded, channels, RuntimeError("Unsupported: animated"))
     try:
         image = tv_decode(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
     except RuntimeError as exc:  # a format torchvision does not read (BMP, TIFF, ...), or a broken file
