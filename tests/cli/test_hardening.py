@@ -271,7 +271,8 @@ def test_only_the_first_frame_of_an_animated_image_is_decoded(monkeypatch: pytes
     from gkt.data.decode import decode_image
 
     rng = np.random.default_rng(0)
-    frames = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).convert("P") for _ in range(50)]
+    frames = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).convert("P")
+              for _ in range(50)]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     monkeypatch.setattr(torchvision.io, "decode_image", lambda *a, **k: pytest.fail("decoded every frame"))
