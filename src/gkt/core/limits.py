@@ -184,16 +184,22 @@ def available_memory(device: Any = None) -> int | None:
         return None
 
 
+_BATCHES_CHECKED: set[tuple[Any, ...]] = set()
+
+
 def check_batch_memory(batch_size: int, shape: tuple[int, ...], device: Any = None,
                        bytes_per_value: int = 4 * BATCH_MEMORY_FACTOR, what: str = "a batch") -> None:
     """Refuse a batch of ``batch_size`` inputs of ``shape`` (channels, height, width) that cannot fit in the
     memory left (``bytes_per_value`` per value: by default :data:`BATCH_MEMORY_FACTOR` float32 copies), saying
     which options lower it. Batches under :data:`BATCH_MEMORY_UNCHECKED` bytes are not checked (no cost)."""
     per_input = bytes_per_value * math.prod(shape)
-    if batch_size * per_input < BATCH_MEMORY_UNCHECKED:
+    key = (batch_size, tuple(shape), str(device), bytes_per_value)
+    if batch_size * per_input < BATCH_MEMORY_UNCHECKED or key in _BATCHES_CHECKED:
         return
     free = available_memory(device)
     if free is None or batch_size * per_input <= free:
+        # once per batch shape: later, memory the first batches used is held by allocator caches, not lost
+        _BATCHES_CHECKED.add(key)
         return
     fits = free // per_input
     size = "×".join(map(str, shape))
