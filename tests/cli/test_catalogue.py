@@ -329,6 +329,281 @@ CASES = [
 ]
 
 
+
+# Issue 29 (hardening): resource bombs, non-finite models, environment variables, odd paths.
+
+
+def _edited_model(w: World, tmp: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> str:
+    """A copy of the teacher whose weights ``edit`` changes in place (saved as a valid checkpoint)."""
+    from gkt.models import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(w.teacher.removeprefix("file:"))
+    with torch.no_grad():
+        edit(dict(model.net.named_parameters()))
+    save_checkpoint(model, tmp / "edited" / "model")
+    return f"file:{tmp / 'edited' / 'model'}"
+
+
+def _set_first(value: float) -> Callable[[dict[str, torch.Tensor]], None]:
+    return lambda params: next(iter(params.values())).view(-1)[0].fill_(value)
+
+
+def _huge(params: dict[str, torch.Tensor]) -> None:
+    for p in params.values():  # finite weights whose products overflow float32: infinite logits
+        p.fill_(3e38)
+
+
+def _as(role: str, edit: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[World, Path], list[str]]:
+    def prepare(w: World, tmp: Path) -> list[str]:
+        spec = _edited_model(w, tmp, edit)
+        if role == "analyze":
+            return w.analyze(w.student, spec)
+        argv = w.transfer()
+        argv[argv.index(f"--{role}") + 1] = spec
+        return argv
+    return prepare
+
+
+CASES += [
+    # non-finite models
+    Case("NaN in a model's weights (analyze)", _as("analyze", _set_first(float("nan"))), 2,
+         r"model file:\S+edited/model: its weights hold 1 NaN or infinite value\(s\) \(in body\.1\.weight\)"),
+    Case("+inf in a teacher's weights", _as("teacher", _set_first(float("inf"))), 2,
+         r"model file:\S+edited/model: its weights hold 1 NaN or infinite"),
+    Case("NaN in a student's weights", _as("student", _set_first(float("nan"))), 2,
+         r"model file:\S+edited/model: its weights hold 1 NaN or infinite"),
+    Case("a model whose outputs are infinite (analyze)", _as("analyze", _huge), 2,
+         r"model file:\S+edited/model: \d+ of its \d+ outputs on the first batch are NaN or infinite"),
+    Case("a teacher whose outputs are infinite", _as("teacher", _huge), 2,
+         r"model file:\S+edited/model: \d+ of its \d+ outputs on the first batch are NaN or infinite"),
+]
+
+
+BILLION_LAUGHS = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi"))
+
+
+def _config_text(text: str) -> Callable[[World, Path], list[str]]:
+    def prepare(w: World, tmp: Path) -> list[str]:
+        (tmp / "c.yaml").write_text(text)
+        return w.analyze(extra=("--config", str(tmp / "c.yaml")))
+    return prepare
+
+
+def _class_map_bytes(content: bytes) -> Callable[[World, Path], list[str]]:
+    def prepare(w: World, tmp: Path) -> list[str]:
+        (tmp / "map.json").write_bytes(content)
+        return w.transfer("--class-map", str(tmp / "map.json"))
+    return prepare
+
+
+def _little_memory(w: World, tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    mp.setattr("gkt.core.limits.available_memory", lambda device=None: 8 * 2**30)
+
+
+CASES += [
+    # resource bombs
+    Case("class range fmnist[0-99999999]", lambda w, t: w.analyze(extra=("--data", "fmnist[0-99999999]")), 2,
+         r"class range '0-99999999': 100,000,000 classes, more than the 100,000 gkt accepts; "
+         r".*check the range"),
+    Case("YAML aliases (billion laughs) in an accepted --config key",
+         _config_text('a: &a ["lol", "lol"]\n' + BILLION_LAUGHS + "models: [*i]\n"), 2,
+         r"--config \S+c\.yaml: line 2: YAML aliases \(\*name\) are not accepted"),
+    Case("?img_size=4096: a batch larger than the memory left", lambda w, t: w.analyze(
+        w.student, "timm:test_resnet?img_size=4096"), 2,
+         r"a batch of 40 inputs of 1×4096×4096 needs about 40\.0 GB of memory but 8\.0 GB is free on cpu; "
+         r"lower --batch-size to 8 or less", _little_memory),
+    # odd text inputs
+    Case("--config a directory", lambda w, t: w.analyze(extra=("--config", str(t))), 2,
+         r"--config \S+: is a directory; give a file"),
+    Case("--class-map a directory", lambda w, t: w.transfer("--class-map", str(t)), 2,
+         r"class map \S+: is a directory; give a file"),
+    Case("--class-map binary garbage", _class_map_bytes(bytes(range(128, 256)) * 4), 2,
+         r"class map \S+map\.json: not UTF-8 text \(byte 0 is 0x80\); give a text file"),
+]
+
+
+def _env(name: str, value: str) -> Callable[[World, Path, pytest.MonkeyPatch], None]:
+    return lambda w, t, mp: mp.setenv(name, value.replace("TMP", str(t)))
+
+
+CASES += [
+    # environment variables, parsed as their flags are
+    Case("GKT_BAD_IMAGES=bogus", lambda w, t: w.transfer(), 2,
+         r"\$GKT_BAD_IMAGES='bogus': bad-image policy 'bogus': use one of fail, skip; it takes what "
+         r"--bad-images takes \(fail or skip\): fix it, or unset it", _env("GKT_BAD_IMAGES", "bogus")),
+    Case("GKT_IMG_SIZE=abc", lambda w, t: w.analyze(), 2,
+         r"\$GKT_IMG_SIZE='abc': invalid int value: 'abc'; it takes what --img-size takes",
+         _env("GKT_IMG_SIZE", "abc")),
+    Case("GKT_IMG_SIZE=5000", lambda w, t: w.analyze(), 2,
+         r"\$GKT_IMG_SIZE='5000': 5000 px: give an input size from 1 to 4096", _env("GKT_IMG_SIZE", "5000")),
+    Case("GKT_DATA=/nope", lambda w, t: _without_data_dir(w.analyze()), 2,
+         r"\$GKT_DATA='\S+nope': no such directory .*it takes what --data-dir takes",
+         _env("GKT_DATA", "TMP/nope")),
+    Case("GKT_MIN_FREE_MB=-5", lambda w, t: w.transfer(), 2,
+         r"\$GKT_MIN_FREE_MB='-5': -5 is no number of megabytes from 0 up", _env("GKT_MIN_FREE_MB", "-5")),
+]
+
+
+def _study_jobs(jobs: object) -> Callable[[World, Path], list[str]]:
+    """A study run directory whose jobs.json holds ``jobs`` (and an empty results store)."""
+    def prepare(w: World, tmp: Path) -> list[str]:
+        run = tmp / "study"
+        run.mkdir()
+        (run / "jobs.json").write_text(json.dumps(jobs))
+        (run / "results.sqlite").write_bytes(b"")
+        return ["study", "--resume", str(run), "--threads", "1"]
+    return prepare
+
+
+def _hf_dir(path: Path) -> Path:
+    """A tiny saved transformers ViT for Fashion-MNIST (a 10-class head)."""
+    import transformers
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from gkt.data.fmnist import FASHION_MNIST_CLASSES as names
+
+    transformers.utils.logging.disable_progress_bar()  # saving shows one on stderr
+    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=8, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=8, id2label=dict(enumerate(names)))
+    ViTForImageClassification(config).save_pretrained(path)
+    processor = ViTImageProcessor(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5])
+    processor.save_pretrained(path)
+    return path
+
+
+def _hf_dir_with_labels(labels: int) -> Callable[[World, Path], list[str]]:
+    """A saved transformers ViT with a 10-class head whose config.json lists ``labels`` labels."""
+    def prepare(w: World, tmp: Path) -> list[str]:
+        from gkt.data.fmnist import FASHION_MNIST_CLASSES as names
+
+        _hf_dir(tmp / "hf")
+        saved = json.loads((tmp / "hf" / "config.json").read_text())
+        saved["id2label"] = {str(i): names[i] for i in range(labels)}
+        saved["label2id"] = {names[i]: i for i in range(labels)}
+        (tmp / "hf" / "config.json").write_text(json.dumps(saved))
+        return w.analyze(w.student, f"hf:{tmp / 'hf'}")
+    return prepare
+
+
+JOB = {"student": "zoo:linear", "teacher": "zoo:mlp", "method": "kl-dp", "seed": 0, "data": "fmnist"}
+
+CASES += [
+    # other crashes
+    Case("--seed 99999999999999999999", lambda w, t: w.transfer("--seed", "99999999999999999999"), 2,
+         r"--seed: input should be less than or equal to 4294967295, got 99999999999999999999"),
+    Case("study --seeds -1", lambda w, t: ["study", "--students", w.student, "--seeds", "-1"], 2,
+         r"--seeds: input should be greater than or equal to 0, got -1"),
+    Case("timm ViT at a size its patch size does not divide",
+         lambda w, t: w.analyze(w.student, "timm:test_vit?img_size=30"), 2,
+         r"timm:test_vit cannot take 30x30 px input \(Input height \(30\) should be divisible by patch size"),
+    Case("hf: config with 5 labels for a 10-class head", _hf_dir_with_labels(5), 2,
+         r"hf:\S+: its weights do not fit the network its config\.json describes \(id2label lists 5 labels "
+         r"but the head classifier\.weight has 10 outputs\)"),
+    Case("study jobs.json: a job without a teacher",
+         _study_jobs([JOB, {k: v for k, v in JOB.items() if k != "teacher"}]), 2,
+         r"jobs\.json: job 2 of 2 lacks a valid teacher; the file is damaged"),
+    Case("study jobs.json: a seed that is text", _study_jobs([{**JOB, "seed": "0"}]), 2,
+         r"jobs\.json: job 1 of 1 lacks a valid seed"),
+]
+
+
+def _export_to(to: Callable[[Path], str]) -> Callable[[World, Path], list[str]]:
+    return lambda w, t: ["export", f"hf:{_hf_dir(t / 'hf')}", "--to", to(t)]
+
+
+def _read_only_export(w: World, tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def read_only(model: object, out: Path) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(out / "config.json"))
+    mp.setitem(__import__("gkt.models.export").models.export.WRITERS, "transformers", (read_only, None))
+
+
+def _long_path(w: World, tmp: Path) -> list[str]:
+    return w.analyze(w.student, "file:" + "/".join([str(tmp), *["d" * 200] * 25, "model"]))
+
+
+def _a_file(t: Path) -> str:
+    (t / "existing").write_text("mine")
+    return str(t / "existing")
+
+
+CASES += [
+    # odd paths and files
+    Case("a 5000-character model path", _long_path, 2,
+         r"\(50\d\d characters\): the path is too long \(file systems take names of up to 255 bytes"),
+    Case("export --to an existing file", _export_to(_a_file), 2,
+         r"--to \S+existing: exists and is not a directory; gkt never overwrites"),
+    Case("export --to under /proc", _export_to(lambda t: "/proc/gkt-export"), 2,
+         r"--to /proc/gkt-export: cannot write the export there \(.*\); choose a writable --to"),
+    Case("export --to on a read-only disk", _export_to(lambda t: str(t / "export")), 2,
+         r"--to \S+export: cannot write the export there \(\S+config\.json: Read-only file system\); "
+         r"choose a writable --to", _read_only_export),
+    Case("report ''", lambda w, t: ["report", ""], 2,
+         r"RUN_DIR is empty; give a directory a gkt command wrote"),
+    Case("report on a data folder", lambda w, t: ["report", str(w.data)], 2,
+         r"RUN_DIR \S+fmnist: not a gkt run directory \(no config\.json written by gkt\)"),
+    Case("report on a file", lambda w, t: ["report", str(w.run / "config.json")], 2,
+         r"RUN_DIR \S+config\.json: not a directory"),
+]
+
+
+def _nan_state(path: Path, state: dict) -> None:
+    first = next(iter(state["student"]))
+    state["student"][first] = torch.full_like(state["student"][first], float("nan"))
+    torch.save(state, path)
+
+
+def _deep_sidecar(w: World, tmp: Path) -> list[str]:
+    _, sidecar = w.copy_model(w.teacher, tmp / "m")
+    sidecar.write_text("[" * 100_000 + "]" * 100_000)
+    return w.analyze(w.student, f"file:{tmp / 'm' / 'model'}")
+
+
+CASES += [
+    # found beside the issue's cases: the same families
+    Case("--lr inf", lambda w, t: w.transfer("--lr", "inf"), 2,
+         r"--lr: input should be a finite number, got inf"),
+    Case("--temperature 1e400", lambda w, t: w.transfer("--temperature", "1e400"), 2,
+         r"--temperature: input should be a finite number"),
+    Case("--epochs 99999999999999999999", lambda w, t: w.transfer("--epochs", "99999999999999999999"), 2,
+         r"--epochs: input should be less than or equal to 2147483647"),
+    Case("--threads 99999999999", lambda w, t: w.transfer("--threads", "99999999999"), 2,
+         r"--threads: input should be less than or equal to 1024"),
+    Case("--config nested 100000 deep", _config_text("models: " + "[" * 100_000 + "]" * 100_000 + "\n"), 2,
+         r"--config \S+c\.yaml: nested too deeply to parse"),
+    Case("sidecar nested 100000 deep", _deep_sidecar, 2,
+         r"model\.json: not valid JSON \(nested too deeply to parse\)"),
+    Case("state.pt: NaN weights", _resume_with_state(_nan_state), 2,
+         r"state\.pt: the saved training state holds NaN or infinite values \(in state\.student\.\S+\); "
+         r"the run cannot be resumed: start it again"),
+]
+
+
+def _fifo(t: Path) -> str:
+    os.mkfifo(t / "pipe.yaml")
+    return str(t / "pipe.yaml")
+
+
+CASES += [
+    Case("--zoo-dir ''", lambda w, t: w.transfer("--zoo-dir", ""), 2,
+         r"--zoo-dir: an empty value names nothing; give one, or leave the option out"),
+    Case("--data-dir ''", lambda w, t: w.analyze(extra=("--data-dir", "")), 2,
+         r"--data-dir: an empty value names nothing"),
+    Case("--class-map ' '", lambda w, t: w.transfer("--class-map", " "), 2,
+         r"--class-map: an empty value names nothing"),
+    Case("--config a named pipe nobody writes to", lambda w, t: w.analyze(extra=("--config", _fifo(t))), 2,
+         r"--config \S+pipe\.yaml: a pipe nothing was written to"),
+]
+
+
+CASES += [
+    Case("study: a grid of 480,008 jobs", lambda w, t: ["study", "--students", w.student, w.teacher,
+                                                        "--seeds", *map(str, range(60001))], 2,
+         r"a grid of 2 student x 2 teacher x 2 method x 60001 seed: 480,008 jobs, more than the 100,000 gkt "
+         r"accepts; give fewer values"),
+]
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():
@@ -477,3 +752,28 @@ def test_interrupted_run_keeps_its_state_marked_and_resumes(world: World, tmp_pa
     resumed = next(r for r in out.iterdir() if r != run)
     assert json.loads((resumed / "config.json").read_text())["status"] == "ok"
     assert json.loads((resumed / "final.json").read_text())["status"] == "ok"
+
+
+def test_two_models_without_disagreements_are_analysed(world: World, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Zero flips (two copies of one model): the summary says so instead of failing on undefined stats."""
+    twin = f"file:{world.copy_model(world.student, tmp_path / 'twin')[0].with_suffix('')}"
+    argv = [*world.analyze(world.student, twin)[:-3], "--threads", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "- no flips: no model gets any sample right that another gets wrong" in out and "nan" not in out
+
+
+def test_a_damaged_cached_state_names_the_folder_to_delete(world: World, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    third = write_model(tmp_path / "third", 3, hidden=12)
+    argv = [*world.transfer("--teacher", third, "--multi", "soup"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    entry = min((Path(os.environ["GKT_HOME"]) / "transfer-runs").glob("*/final.json")).parent
+    (entry / "final.json").unlink()  # an unfinished cached run ...
+    (entry / "state.pt").write_bytes((entry / "state.pt").read_bytes()[:300])  # ... whose state is damaged
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"delete {entry} (gkt's cache of this unfinished transfer) and run the command again" in err
+    assert "start it again" not in err and "Traceback" not in err

@@ -20,6 +20,7 @@ import torch
 from gkt import __version__
 from gkt.cli.config import GIVEN, parse_args, resolved_config, take_run_options, write_config
 from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
+from gkt.core.env import ENV_VARS, check_environment, unknown_variables
 from gkt.core.errors import GktError, storage_error
 from gkt.core.io import write_json
 from gkt.core.registry import Registry
@@ -34,7 +35,7 @@ from gkt.data.decode import (
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.data.spec import check_data_dir
 from gkt.engine.distributed import from_environment, shutdown
-from gkt.models.specs import MAX_IMG_SIZE, img_size_default
+from gkt.models.specs import img_size_default, parse_img_size
 
 log = logging.getLogger("gkt")
 
@@ -105,14 +106,11 @@ def check_data_dir_read(args: argparse.Namespace) -> None:
 
 
 def img_size(text: str) -> int:
-    """``--img-size``: an integer from 1 to :data:`~gkt.models.specs.MAX_IMG_SIZE`."""
+    """``--img-size``: an integer from 1 to :data:`~gkt.models.specs.MAX_IMG_SIZE` (as ``$GKT_IMG_SIZE``)."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 1 <= value <= MAX_IMG_SIZE:
-        raise argparse.ArgumentTypeError(f"{value} px: give an input size from 1 to {MAX_IMG_SIZE}")
-    return value
+        return parse_img_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_bad_images_option(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unexpected(exc: Exception, argv: Sequence[str], run_dir: Path | None) -> tuple[str, str, int]:
+    """``(error, message, exit code)`` of an exception that is no GktError: a user's storage problem (code 2),
+    else a bug (code 1: one line, the traceback in a log file)."""
+    user_error = storage_error(exc)
+    if user_error is not None:
+        return str(user_error), str(user_error), 2
+    log_path = write_traceback(argv, run_dir)
+    error = f"unexpected {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    where = f"the traceback is in {log_path}; please report it with that file" if log_path else \
+        "no traceback log could be written; please report it"
+    return error, f"{error} (a bug in gkt: {where})", 1
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"gkt: error: {message}", file=sys.stderr)
     return code
@@ -205,6 +216,13 @@ def run_command(argv: Sequence[str] | None = None) -> int:
     it), 1 an unexpected error (one line plus the path of a log holding its traceback), 130 interrupted
     (Ctrl-C), 143 terminated (SIGTERM).
     A run directory of a command that did not finish is removed or marked (:mod:`gkt.cli.rundir`)."""
+    try:
+        check_environment()  # before the parser: its help texts show defaults the variables set
+    except GktError as exc:
+        return _fail(str(exc))
+    for name in unknown_variables():  # never ignored without a word
+        print(f"gkt: warning: ${name} is set but gkt reads no such variable (it reads "
+              f"{', '.join(sorted(ENV_VARS))}); it has no effect", file=sys.stderr)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -212,6 +230,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         check_data_dir_read(args)
     except GktError as exc:
         return _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 — before any run directory: one line, the traceback in a log
+        return _fail(*_unexpected(exc, argv, None)[1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir, handler, status, error = None, None, "failed", None
@@ -252,15 +272,8 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         print(f"gkt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as exc:
-        user_error = storage_error(exc)
-        if user_error is not None:
-            error = str(user_error)
-            return _fail(error)
-        log_path = write_traceback(argv, run_dir)
-        error = f"unexpected {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-        where = f"the traceback is in {log_path}; please report it with that file" if log_path else \
-            "no traceback log could be written; please report it"
-        return _fail(f"{error} (a bug in gkt: {where})", 1)
+        error, message, code = _unexpected(exc, argv, run_dir)
+        return _fail(message, code)
     finally:
         shutdown(completed=status == "ok")
         if handler is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,8 +91,13 @@ def write_results(analysis: Analysis, run_dir: Path, student: str | None) -> Non
     write_json(run_dir / "summary.json", analysis.summary())
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.2f}%"
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None, spec: str = ".3f") -> str:
+    """A statistic that is undefined without flips (NaN, or missing) as ``n/a``."""
+    return "n/a" if v is None or math.isnan(v) else format(v, spec)
 
 
 def print_gains(analysis: Analysis, student: str) -> None:
@@ -128,20 +134,28 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"baseline: min {rb['pair_over_random_min']:.1f}×, median {rb['pair_over_random_median']:.1f}×, "
               f"{_pct(rb['share_pairs_above_5x_random'])} of pairs above 5×, "
               f"{_pct(rb['share_pairs_above_every_random_teacher'])} above every random teacher")
+    if not pos.get("max"):  # no model gets right what another gets wrong: no flips to describe
+        print("- no flips: no model gets any sample right that another gets wrong, so the flip statistics "
+              "(entropy, concentration, semantic similarity) are undefined")
+        return
     ent = summary["entropy"]
     mm = ent["miller_madow"]
     print(f"- entropy of the per-class flip distribution (uniform = ln {summary['classes']} = {ent['uniform_ln_c']:.3f}): "
-          f"weaker teachers {ent['weaker_teachers_mean']:.3f}, stronger teachers {ent['stronger_teachers_mean']:.3f}; "
-          f"Spearman vs Δacc {ent['spearman_vs_delta_acc']:+.2f} (within student {ent['within_student_spearman_vs_delta_acc']:+.2f}); "
-          f"Miller–Madow corrected: {mm['weaker_teachers_mean']:.3f} vs {mm['stronger_teachers_mean']:.3f}, "
-          f"Spearman {mm['spearman_vs_delta_acc']:+.2f}")
+          f"weaker teachers {_num(ent['weaker_teachers_mean'])}, stronger teachers "
+          f"{_num(ent['stronger_teachers_mean'])}; Spearman vs Δacc "
+          f"{_num(ent['spearman_vs_delta_acc'], '+.2f')} "
+          f"(within student {_num(ent['within_student_spearman_vs_delta_acc'], '+.2f')}); "
+          f"Miller–Madow corrected: {_num(mm['weaker_teachers_mean'])} vs "
+          f"{_num(mm['stronger_teachers_mean'])}, "
+          f"Spearman {_num(mm['spearman_vs_delta_acc'], '+.2f')}")
     conc = "; ".join(f"top {v['top_classes']} class(es) hold {_pct(v['share_of_flips_in_top_classes'])} of flips, "
-                     f"{x} of flips sit in {v['classes_holding_mean']:.2f} classes"
+                     f"{x} of flips sit in {_num(v['classes_holding_mean'], '.2f')} classes"
                      for x, v in summary["concentration"].items() if x in ("20%", "50%"))
     print(f"- concentration: {conc}")
     sem = summary["semantic"]
     if sem["available"]:
-        rel = ", ".join(f"top-{x} {100 * v['mean']:+.1f}%" for x, v in sem["relative_similarity_top_x"].items())
+        rel = ", ".join(f"top-{x} " + ("n/a" if "mean" not in v else f"{100 * v['mean']:+.1f}%")
+                        for x, v in sem["relative_similarity_top_x"].items())
         print(f"- semantic similarity of the classes holding the top-X% of flips vs the mean class similarity "
               f"({sem['mean_class_similarity']:.3f}): {rel}")
     else:

@@ -12,11 +12,16 @@ from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, read_json
+from gkt.core.limits import load_yaml, read_text_input
 
 CONFIG_OPTION = "config"
+
+# Threads or processes one option may ask for.
+MAX_PARALLEL = 1024
 
 
 # Namespace entry naming the options the user gave (command line or --config file), e.g. for --resume.
@@ -36,7 +41,15 @@ OPTION_RULES: dict[str, Any] = {
     **dict.fromkeys(("lr", "ft_lr", "temperature", "kd_temperature", "pts_temperature"), Field(gt=0)),
     **dict.fromkeys(("fraction", "ft_fraction"), Field(gt=0, le=1)),
     **dict.fromkeys(("weight_decay", "l2", "loss_w", "pts_power", "loader_workers"), Field(ge=0)),
+    # NumPy, torch and the run's hashes take seeds from 0 to 2**32 - 1
+    **dict.fromkeys(("seed", "seeds", "headroom_seeds"), Field(ge=0, le=2**32 - 1)),
 }
+
+# Options counting the threads or processes a command starts: a typo must not start a million of them.
+PARALLEL_OPTIONS = ("threads", "workers", "loader_workers")
+
+# The largest value of any integer option (what torch's and the C libraries' int arguments hold).
+MAX_INT = 2**31 - 1
 
 
 SCALARS: dict[Any, type] = {None: str, str: str, int: int, float: float}
@@ -63,6 +76,12 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, (list, tuple)) or value is None else [value]
 
 
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("blank", "an empty value names nothing; give one, or leave the option out")
+    return value
+
+
 def _field_type(action: argparse.Action) -> Any:
     """The pydantic type of one argparse action."""
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
@@ -74,8 +93,14 @@ def _field_type(action: argparse.Action) -> Any:
         scalar = Annotated[Any, BeforeValidator(lambda v, t=action.type: t(v) if isinstance(v, str) else v)]
     if action.choices is not None:
         scalar = Literal[tuple(action.choices)]
+    if scalar is str and action.option_strings:  # `--out ''` would be the current directory
+        scalar = Annotated[str, BeforeValidator(_not_blank)]
+    if scalar is int:  # every integer option within what the libraries' C ints hold
+        scalar = Annotated[int, Field(le=MAX_INT)]
     if action.dest in OPTION_RULES:
         scalar = Annotated[scalar, OPTION_RULES[action.dest]]
+    if action.dest in PARALLEL_OPTIONS:
+        scalar = Annotated[scalar, Field(le=MAX_PARALLEL)]
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
     return Annotated[list[scalar], BeforeValidator(_as_list)] if many else scalar
 
@@ -91,7 +116,9 @@ def config_model(parser: argparse.ArgumentParser, name: str) -> type[BaseModel]:
         else:
             fields[action.dest] = (Optional[kind], action.default)  # noqa: UP045 (kind may be a typing form)
     return create_model(f"{name.title().replace(' ', '')}Config",
-                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True), **fields)
+                        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True,
+                                              allow_inf_nan=False),
+                        **fields)
 
 
 def _key_map(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -134,10 +161,9 @@ def validate_config(parser: argparse.ArgumentParser, command: str, values: dict[
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path`` (a clear error for a missing file, bad YAML or a non-mapping)."""
     path = Path(path)
-    if not path.is_file():
-        raise GktError(f"--config {path}: no such file")
+    text = read_text_input(path, "--config")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_yaml(text, f"--config {path}")
     except yaml.YAMLError as exc:
         raise GktError(f"--config {path}: not valid YAML ({exc})") from None
     if values is None:

@@ -20,7 +20,7 @@ def export(args: argparse.Namespace) -> int:
     from gkt.models.export import export_model
 
     model = load_model(args.model)
-    fmt, out = export_model(model, args.to or args.run_dir / "model")
+    fmt, out = export_model(model, args.to or args.run_dir / "model", "--to" if args.to else "--out")
     loader = (f"timm.create_model('local-dir:{out}', pretrained=True) or "
               f"transformers.AutoModelForImageClassification.from_pretrained('{out}')" if fmt == "timm" else
               f"transformers.AutoModelForImageClassification.from_pretrained('{out}') and "

@@ -13,8 +13,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 @register_verb("report", "write report.html and report.md for a run directory", _configure)
 def report(args: argparse.Namespace) -> int:
-    from gkt.reporting.html import run_status, write_report
+    from gkt.reporting.html import check_run_dir, run_status, write_report
 
+    check_run_dir(args.run)  # a directory a gkt command wrote: never a data folder or the current directory
     html_path, md_path = write_report(args.run)
     status = run_status(args.run)
     if status not in (None, "ok"):

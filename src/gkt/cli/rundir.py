@@ -8,6 +8,7 @@ a failed ``final.json``) it is kept and marked with a ``FAILED`` file (the error
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -16,8 +17,10 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from gkt.core.errors import GktError
+from gkt.core.env import env, register_env
+from gkt.core.errors import GktError, register_location
 from gkt.core.io import cache_home, new_run_dir, read_json, write_json
+from gkt.core.limits import check_path
 
 # Free space a location gkt writes to must have before a command starts (override: $GKT_MIN_FREE_MB).
 MIN_FREE_MB = 100
@@ -28,11 +31,19 @@ BOOKKEEPING = frozenset({"config.json", "config.yaml", "log.txt", "resolved_conf
 FAILED_MARK = "FAILED"
 
 
+def _megabytes(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text} is no number of megabytes from 0 up")
+    return value
+
+
+register_env("GKT_MIN_FREE_MB", f"the free space a command needs, in megabytes (default {MIN_FREE_MB})",
+             _megabytes)
+
+
 def _min_free_mb() -> float:
-    try:
-        return float(os.environ.get("GKT_MIN_FREE_MB", MIN_FREE_MB))
-    except ValueError:
-        raise GktError(f"$GKT_MIN_FREE_MB must be a number of megabytes, got {os.environ['GKT_MIN_FREE_MB']!r}") from None
+    return env("GKT_MIN_FREE_MB", MIN_FREE_MB)
 
 
 def _check_free_space(path: Path, what: str, fix: str) -> None:
@@ -65,6 +76,9 @@ def open_run_dir(out: str, command: str) -> Path:
     """A fresh run directory under ``out``, after checking that ``out`` and the cache home
     (``$GKT_HOME``, where models, predictions and transfer runs are cached) are writable and have room."""
     home = cache_home()
+    check_path(out, "--out")
+    register_location("--out", out)
+    check_path(f"{out}/{command.replace(' ', '-')}-YYYYmmdd-HHMMSS-NN", "--out")  # room for a run directory
     home_fix = "set GKT_HOME to a writable directory with free space"
     _check_free_space(home, f"$GKT_HOME {home}", home_fix)
     _check_free_space(Path(out), f"--out {out}", "point --out elsewhere")

@@ -148,6 +148,11 @@ JOB_OPTIONS = ("students", "teachers", "methods", "seeds", "epochs", "lr", "grid
 STORE_POINTER = "store.json"  # in a resumed study's run directory: where its results store is
 
 
+# What every job of a study's jobs.json holds (study_jobs writes them), with its type.
+JOB_KEYS: dict[str, type | tuple[type, ...]] = {"student": str, "teacher": str, "method": str, "seed": int,
+                                                "data": str}
+
+
 def resumed_study(old: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
     """The jobs and results store of the study in ``old`` (a study's run directory, or one that resumed it);
     options that would change the jobs are refused (the study's own jobs are what a resume runs)."""
@@ -164,8 +169,15 @@ def resumed_study(old: Path, args: argparse.Namespace) -> tuple[list[dict[str, A
                        "study instead of --resume") from None
     if jobs is None or not store_path.is_file():
         raise GktError(f"{old}: no {STORE_NAME} and jobs.json to resume (is it a study's run directory?)")
-    if not isinstance(jobs, list) or not all(isinstance(j, dict) and "student" in j for j in jobs):
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
         raise GktError(f"{old}: its jobs.json is damaged (not a list of jobs); start a new study instead of --resume")
+    for i, job in enumerate(jobs):
+        wrong = [key for key, kind in JOB_KEYS.items() if not isinstance(job.get(key), kind)
+                 or isinstance(job.get(key), bool)]
+        if wrong:
+            raise GktError(f"{old / 'jobs.json'}: job {i + 1} of {len(jobs)} lacks a valid "
+                           f"{', '.join(wrong)}; the file is damaged: restore it, or start a new study "
+                           "instead of --resume")
     return jobs, store_path
 
 

@@ -12,12 +12,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
+from gkt.core.limits import check_path
+
+
+def _home_path(text: str) -> Path:
+    check_path(text, "$GKT_HOME")
+    return Path(text).expanduser()
+
+
+register_env("GKT_HOME", "a writable directory for gkt's caches (default ~/.cache/gkt)", _home_path)
 
 
 def cache_home() -> Path:
-    """Root of gkt's on-disk caches: ``$GKT_HOME`` or ``~/.cache/gkt``."""
-    return Path(os.environ.get("GKT_HOME", Path.home() / ".cache" / "gkt")).expanduser()
+    """Root of gkt's on-disk caches: ``$GKT_HOME`` (empty: unset) or ``~/.cache/gkt``."""
+    return env("GKT_HOME") or Path.home() / ".cache" / "gkt"
 
 
 def _read_umask() -> int:
@@ -72,8 +82,17 @@ def file_stamp(st: os.stat_result) -> FileStamp:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads``, with input nested too deeply to parse (a RecursionError) as a ValueError like any other
+    malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    return parse_json(Path(path).read_text())
 
 
 def new_run_dir(root: str | os.PathLike, command: str) -> Path:

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import math
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset as TorchDataset
 from gkt.core.errors import GktError
 from gkt.core.hashing import hash_order, stable_hash
 from gkt.core.io import FileStamp, file_stamp
+from gkt.core.limits import check_batch_memory
 from gkt.core.runtime import available_cpus, threads_beside
 from gkt.data.decode import (
     BadImagePolicy,
@@ -319,7 +321,10 @@ def _list_class_dir(class_dir: Path) -> list[tuple[Path, os.stat_result | str]]:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
                 try:
-                    found.append((path, path.stat()))
+                    st = path.stat()
+                    # a pipe or device would block or never end when read: unreadable, never opened
+                    found.append((path, st if stat.S_ISREG(st.st_mode) else
+                                  "not a regular file (a pipe or a device)"))
                 except OSError as exc:
                     found.append((path, "a link to a missing file" if path.is_symlink() else
                                   f"cannot be read: {exc.strerror}"))
@@ -435,6 +440,8 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
                         num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
     check_shared_memory(workers, max(map(len, chunks), default=0) * math.prod(dataset.image_shape))
+    check_batch_memory(max(map(len, chunks), default=0), dataset.image_shape, bytes_per_value=2 * workers + 1,
+                       what=f"decoding {dataset.name}: {2 * workers + 1} batch(es) in flight, each")
     with threads_beside(workers):  # the consumer's torch threads leave the decoding workers their CPUs
         for images, labels, idx, bad in loader:
             if bad:

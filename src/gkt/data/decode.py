@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,9 +22,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import cache_home, read_json, write_json
+from gkt.core.limits import MAX_IMAGE_PIXELS
 
 # torchvision 0.29 marks its image codecs as deprecated in favour of TorchCodec (a separate install) and
 # warns on every call; they remain the fast decoders this data path is built on.
@@ -43,12 +46,23 @@ class UnreadableImage(Exception):
     """An image that cannot be decoded; the message says why."""
 
 
+def _policy(value: str) -> BadImagePolicy:
+    if value not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad-image policy {value!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
+    return value  # type: ignore[return-value]
+
+
+register_env(BAD_IMAGES_ENV, f"what --bad-images takes ({' or '.join(BAD_IMAGE_POLICIES)})", _policy)
+
+
 def bad_image_policy(policy: str | None = None) -> BadImagePolicy:
     """``policy``, else ``$GKT_BAD_IMAGES``, else ``fail``."""
-    value = policy or os.environ.get(BAD_IMAGES_ENV) or "fail"
-    if value not in BAD_IMAGE_POLICIES:
-        raise GktError(f"bad-image policy {value!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
-    return value  # type: ignore[return-value]
+    if policy:
+        try:
+            return _policy(policy)
+        except ValueError as exc:
+            raise GktError(str(exc)) from None
+    return env(BAD_IMAGES_ENV) or "fail"
 
 
 @contextlib.contextmanager
@@ -114,12 +128,40 @@ def _decode_with_pil(encoded: torch.Tensor, channels: int, first_error: BaseExce
     return array[None] if array.ndim == 2 else array.permute(2, 0, 1).contiguous()
 
 
+def check_image_header(encoded: torch.Tensor) -> bool:
+    """Read an encoded image's dimensions from its header (nothing is decoded) and raise
+    :class:`UnreadableImage` when it holds more than :data:`~gkt.core.limits.MAX_IMAGE_PIXELS` pixels: a few
+    megabytes of compressed file can claim gigabytes of pixels (a decompression bomb). Returns whether it is
+    animated (several frames: only the first is decoded, or thousands of frames would be)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(encoded.numpy().tobytes())) as img:
+                width, height = img.size
+                animated = bool(getattr(img, "is_animated", False))
+    except Image.DecompressionBombError as exc:  # PIL's own refusal (over twice its limit)
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(claimed[1]):,}" if claimed else "too many"
+        raise UnreadableImage(f"its header claims {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} gkt "
+                              "decodes (a decompression bomb?)") from None
+    except Exception:  # noqa: BLE001 — a header PIL cannot read: the decoders below say what is wrong
+        return False
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UnreadableImage(f"its header claims {width}×{height} = {width * height:,} pixels, more than "
+                              f"the {MAX_IMAGE_PIXELS:,} gkt decodes (a decompression bomb?)")
+    return animated
+
+
 def decode_image(encoded: torch.Tensor, channels: int) -> torch.Tensor:
     """Encoded bytes (``uint8 [n]``) to the full-size image ``uint8 [channels, H, W]`` (an animated GIF: its
-    first frame). Raises :class:`UnreadableImage`."""
+    first frame), its header checked first (:func:`check_image_header`). Raises :class:`UnreadableImage`."""
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_image as tv_decode
 
+    if check_image_header(encoded):  # torchvision would decode every frame: PIL decodes the first
+        return _decode_with_pil(encoded, channels, RuntimeError("Unsupported: animated"))
     try:
         image = tv_decode(encoded, mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
     except RuntimeError as exc:  # a format torchvision does not read (BMP, TIFF, ...), or a broken file

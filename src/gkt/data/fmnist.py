@@ -18,8 +18,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, cache_home, file_stamp
+from gkt.core.limits import check_path
 from gkt.data.datasets import TensorImageDataset
 
 log = logging.getLogger(__name__)
@@ -145,12 +147,27 @@ def check_official(path: Path, payload: bytes, images: np.ndarray, spec: IdxFile
         log.debug("cannot remember the check of %s (%s)", path, exc)
 
 
+def _fashion_mnist_dir(text: str | os.PathLike) -> Path:
+    """A directory a user named (``--data-dir``, ``$GKT_DATA``) checked to hold the four files; a ValueError
+    says what is wrong."""
+    check_path(text, "the Fashion-MNIST directory")
+    if not Path(text).is_dir():
+        raise ValueError("no such directory (give the directory holding the four Fashion-MNIST IDX .gz "
+                         "files)")
+    missing = [f.name for f in FASHION_MNIST_FILES.values() if not (Path(text) / f.name).is_file()]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    return Path(text)
+
+
+register_env("GKT_DATA", "what --data-dir takes (the directory of the Fashion-MNIST files)",
+             _fashion_mnist_dir)
+
+
 def _fashion_mnist_dir_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
     candidates = []
     if data_dir:
         candidates.append(Path(data_dir))
-    if os.environ.get("GKT_DATA"):
-        candidates.append(Path(os.environ["GKT_DATA"]))
     candidates += [DEBIAN_FASHION_MNIST_DIR, cache_home() / "data" / "fashion-mnist"]
     return candidates
 
@@ -192,6 +209,9 @@ def locate_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bo
         if missing:
             raise GktError(f"--data-dir {data_dir} lacks {', '.join(missing)}")
         return Path(data_dir)
+    named = env("GKT_DATA")  # so is $GKT_DATA (checked as --data-dir is)
+    if named is not None:
+        return named
     candidates = _fashion_mnist_dir_candidates(data_dir)
     for directory in candidates:
         if _has_all_files(directory):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from gkt.core.errors import GktError
+from gkt.core.limits import MAX_LISTED_CLASSES, check_size
 from gkt.core.registry import Registry
 from gkt.data.datasets import DEFAULT_DECODE_SIZE, ImageDataset, load_image_folder
 from gkt.data.decode import BadImagePolicy
@@ -120,6 +121,8 @@ def parse_class_list(text: str, spec: str | None = None) -> ClassList:
             lo, hi = (int(v) for v in part.split("-"))
             if lo > hi:
                 raise GktError(f"{where}class range {part!r} runs backwards; write it low-high, e.g. 5-9")
+            check_size(f"{where}class range {part!r}", len(entries) + hi - lo + 1, MAX_LISTED_CLASSES,
+                       "classes", "a data set has far fewer classes: check the range")
             entries += range(lo, hi + 1)
         else:
             entries.append(part)

@@ -235,6 +235,10 @@ def _stored(path: Path, model: Classifier, dataset: ImageDataset) -> Predictions
     except GktError as exc:
         log.warning("%s; recomputing", exc)
         return None
+    outputs = stored.logits if stored.logits is not None else stored.topk_logits
+    if outputs is not None and not bool(torch.isfinite(outputs.float()).all()):  # stored by an older gkt
+        log.warning("%s: stored predictions of %s hold NaN or infinite logits; recomputing", path, model.name)
+        return None
     if torch.equal(stored.labels, dataset.labels) and stored.num_classes == model.num_classes:
         log.debug("predictions of %s on %s: stored (%s)", model.name, dataset.name, path)
         return replace(stored, from_store=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gkt.core.errors import GktError
+from gkt.core.limits import MAX_JOBS, check_size
 from gkt.experiments.backends import (
     JobConfig,
     JobFn,
@@ -48,8 +50,12 @@ def local_backend(workers: int, threads: int | None, device: Any) -> LocalBacken
 
 def expand_grid(base: JobConfig, axes: dict[str, Sequence[Any]], skip: Callable[[JobConfig], bool] | None = None
                 ) -> list[JobConfig]:
-    """The cartesian product of ``axes`` on top of ``base`` (axes order = iteration order)."""
+    """The cartesian product of ``axes`` on top of ``base`` (axes order = iteration order); its size is
+    checked before anything is expanded (:data:`~gkt.core.limits.MAX_JOBS`)."""
     names = list(axes)
+    sizes = " x ".join(f"{len(axes[n])} {n}" for n in names)
+    check_size(f"a grid of {sizes}", math.prod(len(axes[n]) for n in names), MAX_JOBS, "jobs",
+               "give fewer values (--students, --teachers, --methods, --seeds, --grid)")
     jobs = []
     for values in itertools.product(*(axes[n] for n in names)):
         job = {**base, **dict(zip(names, values))}

@@ -105,10 +105,18 @@ class TransferRuns:
         if not (run_dir / "final.json").is_file():  # a kill after saving the student, before final.json
             for leftover in ("student.safetensors", "student.json"):
                 (run_dir / leftover).unlink(missing_ok=True)
-        resume = load_state(run_dir) if (run_dir / "state.pt").is_file() else None
+        fix = (f"delete {run_dir} (gkt's cache of this unfinished transfer) and run the command again: that "
+               "transfer then starts from its first epoch")
+        resume = load_state(run_dir, fix) if (run_dir / "state.pt").is_file() else None
         config = TransferConfig(**{**job["config"], "augment": tuple(job["config"]["augment"])})
-        outcome = run_transfer(student, teachers[0] if len(teachers) == 1 else teachers, self.setup.transfer_set,
-                               self.setup.test_set, config, self.setup.device, run_dir, resume=resume)
+        try:
+            outcome = run_transfer(student, teachers[0] if len(teachers) == 1 else teachers,
+                                   self.setup.transfer_set, self.setup.test_set, config, self.setup.device,
+                                   run_dir, resume=resume)
+        except GktError as exc:  # a cached state that does not fit (the loop cannot know it is a cache)
+            if resume is None or "saved training state" not in str(exc):
+                raise
+            raise GktError(str(exc).replace("start it again", fix)) from None
         return {k: v for k, v in outcome.final.items() if isinstance(v, (int, float, str, bool))}
 
     def finished(self, job: dict[str, Any]) -> TransferOutcome | None:

@@ -3,7 +3,6 @@ provenance). Nothing is ever unpickled."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -16,7 +15,7 @@ from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.core.hashing import tensor_hash
-from gkt.core.io import atomic_path, write_json
+from gkt.core.io import atomic_path, parse_json, write_json
 from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.preprocess import Preprocess
 
@@ -76,7 +75,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         raise GktError(f"{sidecar_path}: checkpoint sidecar not found (a gkt checkpoint is NAME.safetensors "
                        "+ NAME.json)")
     try:
-        meta = json.loads(sidecar_path.read_text())
+        meta = parse_json(sidecar_path.read_text())
     except (ValueError, OSError) as exc:  # bad JSON, or bytes that are not even text
         raise GktError(f"{sidecar_path}: not valid JSON ({exc}); the checkpoint is damaged") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -17,7 +17,6 @@ unchanged, its checkpoints round-trip, and caches keyed on architecture and weig
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections import Counter
@@ -29,6 +28,8 @@ import torch
 from torch import nn
 
 from gkt.core.errors import GktError
+from gkt.core.io import parse_json
+from gkt.core.limits import load_yaml, read_text_input
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,14 @@ def build_class_mapped_net(name: str, num_classes: int, in_chans: int, img_size:
 def read_class_map(path: str | os.PathLike) -> dict[str, Any]:
     """``{target_class: source_class_or_list}`` from a JSON or YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise GktError(f"class map {path}: no such file")
-    text = path.read_text()
+    text = read_text_input(path, "class map")
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            mapping = yaml.safe_load(text)
+            mapping = load_yaml(text, f"class map {path}")
         else:
-            mapping = json.loads(text)
+            mapping = parse_json(text)
+    except GktError:
+        raise
     except Exception as exc:  # yaml and json raise their own error types
         raise GktError(f"class map {path}: cannot parse it ({exc})") from exc
     if not isinstance(mapping, dict):

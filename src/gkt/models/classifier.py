@@ -69,6 +69,8 @@ class Classifier(nn.Module):
         self.name = name or arch.describe()
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std).view(1, -1, 1, 1), persistent=False)
+        self.spec: str | None = None  # the spec it was loaded from (load_model), named in its errors
+        self.outputs_checked = False  # the first batch's logits are checked to be finite (check_outputs)
 
     @classmethod
     def create(cls, arch: ArchSpec, preprocess: Preprocess, class_names: Sequence[str], **kw: Any) -> Classifier:
@@ -85,7 +87,19 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of raw ``images``; ``prepared``: the batch already normalised for this model's preprocessing
         (e.g. shared by the models of a pass with the same :class:`Preprocess`), used instead."""
-        return self.net(self.normalize(images) if prepared is None else prepared)
+        return self.check_outputs(self.net(self.normalize(images) if prepared is None else prepared))
+
+    def check_outputs(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits``, after checking (on this model's first batch only: one host sync) that they are finite:
+        a model whose outputs are NaN or infinite is refused instead of being scored by the argmax of NaN."""
+        if not self.outputs_checked and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(logits.detach()).all()):
+                bad = (~torch.isfinite(logits.detach())).sum().item()
+                raise GktError(f"model {self.spec or self.name}: {bad} of its {logits.numel()} outputs on "
+                               "the first batch are NaN or infinite; the model is broken (damaged weights "
+                               "or a numerically unstable network): give another model")
+            self.outputs_checked = True
+        return logits
 
     def prepare_view(self, images: torch.Tensor) -> torch.Tensor:
         """The normalised input from a batch already resized and cropped to this model's input (its view of a
@@ -106,7 +120,7 @@ class Classifier(nn.Module):
 
     def forward_view(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of a batch that is this model's view of a decode plan (see :meth:`prepare_view`)."""
-        return self.net(self.prepare_view(images))
+        return self.check_outputs(self.net(self.prepare_view(images)))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate, globally pooled features (before the last activation where the net exposes it)."""
@@ -123,6 +137,20 @@ class Classifier(nn.Module):
 
     def clone(self) -> Classifier:
         return copy.deepcopy(self)
+
+
+def check_finite_weights(model: Classifier) -> None:
+    """Refuse a model whose weights hold NaN or infinite values, naming the model and a tensor (buffers may
+    hold -inf on purpose, e.g. attention masks: a NaN running statistic shows in the outputs, checked on the
+    first batch)."""
+    for key, tensor in model.net.named_parameters():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                count = (~finite).sum().item()
+                raise GktError(f"model {model.spec or model.name}: its weights hold {count} NaN or infinite "
+                               f"value(s) (in {key}); the checkpoint is damaged or diverged: restore or "
+                               "retrain it, or give another model")
 
 
 def check_label_space(model: Classifier, class_names: Sequence[str], what: str = "the data") -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from gkt.core.errors import GktError
+from gkt.core.errors import GktError, storage_error
+from gkt.core.limits import check_path
 from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.heads import head_keys
 
@@ -108,29 +109,45 @@ def _load_transformers(out: Path) -> torch.nn.Module:
 WRITERS = {"timm": (_write_timm, _load_timm), "transformers": (_write_transformers, _load_transformers)}
 
 
-def export_model(model: Classifier, out: str | Path) -> tuple[str, Path]:
-    """Write ``model`` to the new directory ``out`` in its library's format; returns ``(format, out)``."""
+def export_model(model: Classifier, out: str | Path, what: str = "--to") -> tuple[str, Path]:
+    """Write ``model`` to the new directory ``out`` (``what`` names it in errors) in its library's format;
+    returns ``(format, out)``. Nothing is left at ``out`` when it fails."""
     plain = without_class_map(model)
     fmt = EXPORT_FORMATS.get(plain.arch.source)
     if fmt is None:
         raise GktError(f"{model.name}: a {plain.arch.source} network has no library format to export to; gkt exports "
                        "timm and transformers models (its own checkpoint is a file: spec already)")
     out = Path(out)
+    check_path(out, what)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise GktError(f"{what} {out}: exists and is not a directory; gkt never overwrites (give a new "
+                       "directory)")
     if out.exists() and any(out.iterdir()):
-        raise GktError(f"{out} exists and is not empty; gkt never overwrites (choose another directory)")
+        raise GktError(f"{what} {out}: exists and is not empty; gkt never overwrites (give a new directory)")
     write, load = WRITERS[fmt]
     partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
-        write(plain.cpu().eval(), partial)
-        check_export(plain, load(partial).eval(), partial)
-    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
+        partial.mkdir(parents=True)
+        try:
+            write(plain.cpu().eval(), partial)
+            check_export(plain, load(partial).eval(), partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    except OSError as exc:  # a read-only, full or pseudo file system (/proc): the fix is another --to
+        stored = storage_error(exc)
+        reason = exc.strerror or str(exc) if stored is None else str(stored).split("; ")[0]
+        raise GktError(f"{what} {out}: cannot write the export there ({reason}); choose a writable {what} "
+                       "with free space") from None
+    except Exception as exc:
+        stored = storage_error(exc)  # a full disk reported by safetensors / torch
+        if stored is None:
+            raise
+        raise GktError(f"{what} {out}: {stored}".replace("--out / $GKT_HOME", what)) from None
     return fmt, out
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from gkt.core.limits import check_batch_memory
 from gkt.data.views import View
 
 # Luminance weights (ITU-R BT.601) for turning RGB batches into one channel.
@@ -104,6 +105,7 @@ def prepare(images: torch.Tensor, preprocess: Preprocess, mean: torch.Tensor, st
     and the same batch as float ``x / 255`` give identical inputs: what a model sees in evaluation (raw
     ``uint8`` tensors) is what it saw in training (float batches after augmentation)."""
     p = preprocess
+    check_batch_memory(images.shape[0], (p.channels, p.view.resize, p.view.resize), images.device)
     if at_input:
         x = to_unit_float(adapt_layout(images, p.channels)).to(mean.dtype)
     else:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import math
 import re
 from pathlib import Path
@@ -39,7 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gkt.core.errors import GktError
+from gkt.core.errors import GktError, refused_pickle
+from gkt.core.hashing import file_sha256
+from gkt.core.io import file_stamp, parse_json
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.features import capture
 from gkt.models.specs import (
@@ -158,7 +159,7 @@ def refuse_remote_code(config: dict[str, Any], what: str) -> None:
 
 def hf_config_dict(config: Any) -> dict[str, Any]:
     """A ``transformers`` config as plain JSON (only what differs from the defaults, plus the model type)."""
-    d = json.loads(config.to_json_string(use_diff=True))
+    d = parse_json(config.to_json_string(use_diff=True))
     return {"model_type": config.model_type, **{k: v for k, v in d.items() if k not in IGNORED_HF_CONFIG_KEYS}}
 
 
@@ -238,10 +239,31 @@ def hf_model_dir(target: str) -> Path:
                        "check the name and revision, or download it where a network exists") from exc
 
 
+def _mismatch(path: Path) -> str:
+    """What differs between a transformers directory's config and its weights: the number of labels and the
+    outputs of its classifier head, where both can be read."""
+    from safetensors import safe_open
+
+    try:
+        labels = len(parse_json((path / "config.json").read_text()).get("id2label") or {})
+        heads = {}
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as f:
+                names = [k for k in f.keys()  # noqa: SIM118 (safe_open is not iterable)
+                         if k.endswith("weight") and ("classifier" in k or "head" in k)]
+                heads |= {k: f.get_slice(k).get_shape() for k in names}
+        head, shape = next((k, s) for k, s in reversed(heads.items()) if len(s) == 2)
+    except (OSError, ValueError, StopIteration, AttributeError):
+        return "a layer's size differs"
+    if labels and shape[0] != labels:
+        return f"id2label lists {labels} labels but the head {head} has {shape[0]} outputs"
+    return "a layer's size differs"
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = parse_json(path.read_text())
+    except (OSError, ValueError) as exc:
         raise GktError(f"{what}: cannot read {path.name} ({exc})") from exc
     if not isinstance(config, dict):
         raise GktError(f"{what}: {path.name} is not a JSON object")
@@ -267,6 +289,10 @@ def load_hf(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None) 
         processor = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise GktError(f"{what}: cannot load it as an image classifier with its image processor ({exc})") from exc
+    except RuntimeError as exc:  # weights of other sizes than the config's layers (a size mismatch)
+        raise GktError(f"{what}: its weights do not fit the network its config.json describes "
+                       f"({_mismatch(path)}); make config.json (id2label / num_labels and the layer sizes) "
+                       "match the weights") from exc
     config = model.config
     names = tuple(config.id2label[i] for i in range(config.num_labels))
     channels = int(getattr(config, "num_channels", 3))
@@ -334,6 +360,27 @@ def crop_fraction(crop: int, resize: int) -> float:
     return p
 
 
+_VERIFIED_HUB_FILES: set[tuple[str, int, int, int]] = set()  # (path, size, mtime, ctime) verified
+
+
+def verify_torch_hub_file(path: Path, what: str) -> None:
+    """A file in the torch hub cache is the one its name describes: its SHA-256 begins with the hash in its
+    name (``resnet18-f37072fd.pth``), as torch.hub checks on download; else it is refused unopened."""
+    import torch.hub
+
+    stamp = (str(path), *file_stamp(path.stat()))
+    if stamp in _VERIFIED_HUB_FILES:
+        return
+    prefix = torch.hub.HASH_REGEX.search(path.name)
+    if prefix is None or not prefix[1]:
+        return  # a name without a hash: nothing to check it against
+    if not file_sha256(path).startswith(prefix[1]):
+        raise GktError(f"{what}: {path} is not the official weights file: its SHA-256 does not begin with "
+                       f"{prefix[1]} as its name says (damaged or replaced); delete it (torch downloads the "
+                       "official one, its hash checked, where a network exists)")
+    _VERIFIED_HUB_FILES.add(stamp)
+
+
 def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Classifier:
     """``torchvision:ARCH?weights=ENUM``: the weights from the torch hub cache (torch.hub's own code path;
     ``weights_only=True``), their categories and eval transform."""
@@ -354,11 +401,20 @@ def _load_torchvision_pretrained(spec: ModelSpec, options: dict[str, Any]) -> Cl
     arch = ArchSpec("torchvision", spec.target, len(names), 3, int(pre["size"]), options)
     model = Classifier.create(arch, make_preprocess(channels=3, spec=spec, **pre), names)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file():  # torch checks the hash its name carries only when it downloads the file
+        verify_torch_hub_file(cached, what)
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True,
                                                    weights_only=True)
     except Exception as exc:  # noqa: BLE001 — network, pickle and file errors of many types
+        if refused_pickle(exc):  # never relay torch's advice to load it unsafely
+            raise GktError(f"{what}: {cached} holds Python objects besides tensors (a pickle), which gkt "
+                           "never loads; it is not the official weights file: delete it (torch downloads the "
+                           "official one, its hash checked, where a network exists)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if cached.is_file():
+            raise GktError(f"{what}: cannot load {cached} ({first}); the file in the torch hub cache is "
+                           "damaged: delete it (torch downloads it again where a network exists)") from exc
         raise GktError(f"{what}: cannot load {cached} ({first}); offline, put the weights file there "
                        "(torch hub cache, $TORCH_HOME/hub/checkpoints)") from exc
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -26,12 +25,15 @@ from urllib.parse import parse_qsl
 
 from torch import nn
 
+from gkt.core.env import env, register_env
 from gkt.core.errors import GktError
+from gkt.core.io import parse_json
+from gkt.core.limits import read_text_input
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset
 from gkt.models.checkpoint import load_checkpoint, load_weights
 from gkt.models.class_map import ClassMapLike, apply_class_map
-from gkt.models.classifier import Classifier, check_label_space
+from gkt.models.classifier import Classifier, check_finite_weights, check_label_space
 from gkt.models.preprocess import Preprocess
 
 PixelStats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -81,8 +83,8 @@ class DataInfo:
 
 def _parse_value(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse_json(text)
+    except ValueError:  # not JSON (or nested too deeply): the text itself
         return text
 
 
@@ -180,6 +182,20 @@ def _usage() -> str:
 IMG_SIZE_ENV = "GKT_IMG_SIZE"
 
 
+def parse_img_size(text: str) -> int:
+    """An input size (``--img-size``, ``$GKT_IMG_SIZE``): an integer from 1 to :data:`MAX_IMG_SIZE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"invalid int value: {text!r}") from None
+    if not 1 <= value <= MAX_IMG_SIZE:
+        raise ValueError(f"{value} px: give an input size from 1 to {MAX_IMG_SIZE}")
+    return value
+
+
+register_env(IMG_SIZE_ENV, f"what --img-size takes (an integer from 1 to {MAX_IMG_SIZE})", parse_img_size)
+
+
 @contextlib.contextmanager
 def img_size_default(size: int | None) -> Iterator[None]:
     """Within the block, :func:`load_model` sizes every model's input to ``size`` px (``None``: as it is)."""
@@ -200,7 +216,7 @@ def img_size_default(size: int | None) -> Iterator[None]:
 def _with_img_size(parsed: ModelSpec) -> ModelSpec:
     """``parsed`` with the command's input size (:data:`IMG_SIZE_ENV`) as its ``img_size`` option, for
     sources that take options and specs that do not set it."""
-    size = os.environ.get(IMG_SIZE_ENV)
+    size = env(IMG_SIZE_ENV)
     if size is None or "img_size" in parsed.options or not SPEC_SOURCES[parsed.source].options:
         return parsed
     return ModelSpec(parsed.source, parsed.target, parsed.weights, {**parsed.options, "img_size": int(size)})
@@ -224,8 +240,9 @@ def load_model(spec: str, data: DataInfo | None = None, zoo_dir: str | Path | No
         if data is None:
             raise GktError(f"{spec}: a class map aligns a model to a dataset's classes; give the dataset")
         model = apply_class_map(model, data.class_names, class_map, data.all_class_names)
-    model.name = display_name(spec)
-    size = os.environ.get(IMG_SIZE_ENV)
+    model.name, model.spec = display_name(spec), spec
+    check_finite_weights(model)
+    size = env(IMG_SIZE_ENV)
     if size is not None and model.preprocess.input_size != int(size) and "img_size" not in parsed.options:
         raise GktError(f"{spec}: --img-size {size} does not apply: a {parsed.source}: model keeps the input size "
                        f"it was trained at ({model.preprocess.input_size} px); drop --img-size, or set "
@@ -255,14 +272,19 @@ def read_class_names(value: str) -> tuple[str, ...]:
 
         return tuple(_IMAGENET_CATEGORIES)
     path = Path(value)
-    if not path.is_file():
+    if not Path(value).exists() and not Path(value).is_symlink():
         raise GktError(f"classes={value}: no such file (a JSON list or one class name per line, or imagenet1k)")
+    text = read_text_input(path, "classes=")
     if path.suffix == ".json":
-        names = json.loads(path.read_text())
+        try:
+            names = parse_json(text)
+        except ValueError as exc:
+            raise GktError(f"classes={path}: not valid JSON ({exc}); give a JSON list of class names") \
+                from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise GktError(f"{path}: expected a JSON list of class names")
         return tuple(names)
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def resolve_class_names(options: dict[str, Any], data: DataInfo | None, what: str,

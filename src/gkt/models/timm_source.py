@@ -19,16 +19,17 @@ Options: ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``in_
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from gkt.core.errors import GktError
+from gkt.core.errors import GktError, refused_pickle
+from gkt.core.io import parse_json
 from gkt.models.architectures import TimmNet
 from gkt.models.classifier import ArchSpec, Classifier, register_source
+from gkt.models.sources import check_input_size
 from gkt.models.specs import (
     DataInfo,
     ModelSpec,
@@ -98,8 +99,8 @@ def read_timm_config(spec: ModelSpec, options: dict[str, Any]) -> tuple[dict[str
     if path is None:
         return {}, {}
     try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = parse_json(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # unreadable, not JSON (UTF-8) or nested too deeply
         raise GktError(f"pretrained_cfg {path}: cannot read it as JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise GktError(f"pretrained_cfg {path}: expected a JSON object")
@@ -186,6 +187,11 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     except GktError:
         raise
     except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
+        if refused_pickle(exc):  # never relay torch's advice to load it unsafely
+            raise GktError(f"timm:{name}: its weights file in the Hugging Face cache ($HF_HOME/hub) holds "
+                           "Python objects besides tensors (a pickle), which gkt never loads; delete that "
+                           "model's folder from the cache and get its safetensors weights (timm downloads "
+                           "them where a network exists)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GktError(f"timm:{name}: cannot load its pretrained weights ({first}). Offline, they must be in the "
                        "Hugging Face cache ($HF_HOME/hub); with a network, timm downloads them") from exc
@@ -208,6 +214,8 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     provenance = {"pretrained": name, "pretrained_cfg": {k: cfg[k] for k in
                                                          ("hf_hub_id", "input_size", "crop_pct", "interpolation",
                                                           "mean", "std") if k in cfg}}
+    if img_size is not None:  # a size the user chose: one the network can take
+        check_input_size(model, channels, size, f"timm:{name}")
     return Classifier(TimmNet(model), arch, pre, names, provenance=provenance)
 
 
@@ -250,6 +258,7 @@ def load_timm(spec: ModelSpec, data: DataInfo | None, zoo_dir: str | Path | None
     options = allowed_options(options, TIMM_OPTIONS, f"timm:{spec.target}")
     arch = ArchSpec("timm", spec.target, len(names), in_chans, img_size, options)
     model = Classifier.create(arch, make_preprocess(img_size, in_chans, mean, std, spec, **pre_options), names)
+    check_input_size(model.net, in_chans, img_size, f"timm:{spec.target}")
     if cfg:
         model.provenance["pretrained_cfg"] = {k: cfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean",
                                                                   "std") if k in cfg}

@@ -15,11 +15,13 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path, read_json
+from gkt.core.io import atomic_path, parse_json, read_json
+from gkt.core.limits import check_path
 from gkt.reporting.study import findings_markdown
-from gkt.reporting.tables import format_table
+from gkt.reporting.tables import format_table, markdown_fence, markdown_text
 
 # Tables shown first, in this order, when a run directory has them (others follow alphabetically).
 PREFERRED_TABLES = ("models.csv", "candidates.csv", "teachers.csv", "certification_classes.csv", "success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
@@ -108,15 +110,15 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def _collect(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, str]]]], list[Path], str]:
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    csvs = sorted(run_dir.rglob("*.csv"), key=lambda p: (p.name not in PREFERRED_TABLES,
-                                                         PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES
-                                                         else 0, str(p)))
+    config = parse_json((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    csvs = sorted((p for p in run_dir.rglob("*.csv") if p.is_file()),  # never a pipe: reading it would hang
+                  key=lambda p: (p.name not in PREFERRED_TABLES,
+                                 PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES else 0, str(p)))
     tables = [(str(p.relative_to(run_dir)), _read_csv(p)) for p in csvs if p.name not in HIDDEN_TABLES]
     tables = [(name, rows) for name, rows in tables if not _single_setting(name, rows)]
-    figures = sorted(run_dir.rglob("*.png"), key=lambda p: (p.name not in KEY_FIGURES,
-                                                            KEY_FIGURES.index(p.name) if p.name in KEY_FIGURES else 0,
-                                                            str(p)))
+    figures = sorted((p for p in run_dir.rglob("*.png") if p.is_file()),
+                     key=lambda p: (p.name not in KEY_FIGURES,
+                                    KEY_FIGURES.index(p.name) if p.name in KEY_FIGURES else 0, str(p)))
     summary = (run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else ""
     return config, tables, figures, summary
 
@@ -129,7 +131,7 @@ def _single_setting(name: str, rows: list[dict[str, str]]) -> bool:
 def _findings(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
     """A study's generated sentences and claims, or an analysis's best teacher per student."""
     if (run_dir / "findings.json").is_file():
-        found = json.loads((run_dir / "findings.json").read_text())
+        found = parse_json((run_dir / "findings.json").read_text())
         return found["sentences"], found["claims"]
     if (run_dir / "overview.csv").is_file():
         sentences = [f"{r['student']} ({_number(r['acc'], 100)}% test accuracy): the teacher with the most "
@@ -181,6 +183,31 @@ def run_status(run_dir: str | Path) -> str | None:
     return config.get("status") if isinstance(config, dict) else None
 
 
+RUN_DIR_HINT = "give a directory a gkt command wrote (it prints 'run directory: ...')"
+
+
+def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a gkt run directory; anything else (an empty path, a data folder, a file) is
+    refused before anything in it is read or written."""
+    text = str(run_dir)
+    if not text.strip():
+        raise GktError(f"RUN_DIR is empty; {RUN_DIR_HINT}")
+    check_path(text, "RUN_DIR")
+    path = Path(text)
+    if not path.is_dir():
+        problem = "not a directory" if path.exists() else "no such directory"
+        raise GktError(f"RUN_DIR {text}: {problem}; {RUN_DIR_HINT}")
+    config_path = path / "config.json"
+    try:
+        config = read_json(config_path) if config_path.is_file() else None
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("command"), str):
+        raise GktError(f"RUN_DIR {text}: not a gkt run directory (no config.json written by gkt); "
+                       f"{RUN_DIR_HINT}")
+    return config
+
+
 def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
     """``report.html`` (self-contained: figures inlined) and ``report.md`` for any gkt run directory;
     ``title`` defaults to the command and the directory's name."""
@@ -192,7 +219,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
         raise GktError(f"{run_dir} has no tables or figures to report")
     title = title or f"gkt {config.get('command', 'run')} — {run_dir.name}"
     sentences, claims = _findings(run_dir)
-    md = [f"# {title}\n"]
+    md = [f"# {markdown_text(title)}\n"]
     body = [f"<h1>{html.escape(title)}</h1>"]
     status = config.get("status")
     if status == "running" and config.get("pid") == os.getpid():
@@ -200,7 +227,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     if status not in (None, "ok"):  # a run that did not finish: its tables are partial
         note = (f"This run is not complete (status: {status}{', ' + str(config['error']) if config.get('error') else ''}"
                 "): its tables and figures are partial.")
-        md.append(f"> **{note}**\n")
+        md.append(f"> **{markdown_text(note)}**\n")
         body.append(f"<p class='warning'><b>{html.escape(note)}</b></p>")
     if sentences or claims:
         md.append(findings_markdown(sentences, claims))
@@ -222,7 +249,8 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     for name, rows in tables:
         shown = compact_rows(name, rows[:MAX_TABLE_ROWS] if Path(name).name not in SORT_KEYS else rows)[:MAX_TABLE_ROWS]
         more = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows; all in {name})" if len(rows) > MAX_TABLE_ROWS else ""
-        md += [f"\n## {name}{more}\n", format_table(shown, markdown=True) if shown else "(empty)"]
+        md += [f"\n## {markdown_text(name + more)}\n",
+               format_table(shown, markdown=True) if shown else "(empty)"]
         if shown:
             is_open = " open" if len(rows) <= OPEN_TABLE_ROWS and Path(name).name in PREFERRED_TABLES else ""
             body.append(f"<details{is_open}><summary>{html.escape(name)} — {len(rows)} rows{html.escape(more)}</summary>"
@@ -230,12 +258,12 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     others = [f for f in figures if f.name not in KEY_FIGURES]
     for fig in figures:
         rel = str(fig.relative_to(run_dir))
-        md.append(f"\n## {rel}\n\n![{rel}]({rel})")
+        md.append(f"\n## {markdown_text(rel)}\n\n![{markdown_text(rel)}](<{quote(rel)}>)")
     if others:
         body.append(f"<details><summary>More figures ({len(others)})</summary><div class='figures'>"
                     + "".join(_image(f, run_dir) for f in others) + "</div></details>")
     settings = {k: v for k, v in config.items() if v not in (None, [], {})}
-    md.append("\n## Configuration\n\n```json\n" + json.dumps(settings, indent=2, default=str) + "\n```\n")
+    md.append("\n## Configuration\n\n" + markdown_fence(json.dumps(settings, indent=2, default=str)) + "\n")
     body.append(f"<details><summary>Configuration</summary><pre>{html.escape(json.dumps(settings, indent=2, default=str))}"
                 "</pre></details>")
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"

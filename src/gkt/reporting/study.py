@@ -17,7 +17,7 @@ from gkt.reporting.study_tables import (
     paper_claims,
     success_table,
 )
-from gkt.reporting.tables import format_table
+from gkt.reporting.tables import format_table, markdown_text
 
 # success_table.csv's columns in summary.md (the CSV keeps them all)
 SUMMARY_COLUMNS = ("method", "pairs", "success_%", "success_lo_%", "success_hi_%", "mean_delta_transf_pp",
@@ -27,7 +27,7 @@ SUMMARY_COLUMNS = ("method", "pairs", "success_%", "success_lo_%", "success_hi_%
 
 def findings_markdown(sentences: list[str], claims: list[dict[str, Any]]) -> str:
     """The ``Findings`` section: generated sentences, then the paper's claims with intervals and verdicts."""
-    text = "## Findings\n\n" + "".join(f"- {s}\n" for s in sentences)
+    text = "## Findings\n\n" + "".join(f"- {markdown_text(s)}\n" for s in sentences)
     if claims:
         text += ("\nThe paper's claims (§5.1) at this study's scale — *holds* / *fails* when the whole 95% interval "
                  "is on one side of the threshold, else *undecided at this scale*:\n\n"

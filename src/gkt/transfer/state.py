@@ -14,12 +14,13 @@ from gkt.models.classifier import Classifier
 STATE_FORMAT = "gkt-transfer-state/1"
 
 
-def load_state(run_dir: str | Path) -> dict[str, Any]:
-    """The last epoch's training state of a transfer run directory (for ``--resume``)."""
-    state = load_training_state(run_dir, STATE_FORMAT, "transfer run")
+def load_state(run_dir: str | Path, fix: str = "start it again") -> dict[str, Any]:
+    """The last epoch's training state of a transfer run directory (for ``--resume``); ``fix`` ends the error
+    of a damaged one."""
+    state = load_training_state(run_dir, STATE_FORMAT, "transfer run", fix)
     if "history" not in state:
-        raise GktError(f"{run_dir}: its state.pt is not a gkt transfer state; the run cannot be resumed: start it "
-                       "again")
+        raise GktError(f"{run_dir}: its state.pt is not a gkt transfer state; the run cannot be resumed: "
+                       f"{fix}")
     return state
 
 
