@@ -77,9 +77,10 @@ def transfers_alone(candidates: list[dict], student_spec: str, config: dict, zoo
     """Wall time of the candidates' transfers on the training loop alone (teachers' outputs cached as in
     improve: computed by the first transfer of each teacher, reused after)."""
     from gkt.core.runtime import seed_everything
-    from gkt.engine.loop import Runtime
+    from gkt.engine.loop import LoopConfig, Runtime, TrainLoop
     from gkt.experiments.improve import CONTROL, ImproveConfig, load_models, load_splits
     from gkt.transfer import TransferConfig, decoded_for
+    from gkt.transfer.mutual import MUTUAL_METHODS, MutualConfig, MutualTask
     from gkt.transfer.trainer import TransferTrainer
 
     cfg = ImproveConfig(**{**{k: v for k, v in config.items() if k != "method"}, "lrs": tuple(config["lrs"]),
@@ -96,6 +97,18 @@ def transfers_alone(candidates: list[dict], student_spec: str, config: dict, zoo
         settings = TransferConfig(method=c["method"], epochs=c["epochs"], lr=c["lr"], seed=cfg.seed,
                                   batch_size=cfg.batch_size, unlabelled=c["method"] != CONTROL)
         model = student
+        if c["method"] in MUTUAL_METHODS:  # both models train, one loop; no evaluation
+            transfer_set = decoded_for([student, *models], splits.transfer, splits.selection)[0]
+            seed_everything(cfg.seed)
+            mutual = MutualConfig(epochs=c["epochs"], lr=c["lr"], batch_size=cfg.batch_size,
+                                  unlabelled=MUTUAL_METHODS[c["method"]], seed=cfg.seed)
+            task = MutualTask([m.clone().requires_grad_(True) for m in (student, *models)], mutual, device,
+                              transfer_set, Runtime(evaluate_every_epoch=False))
+            TrainLoop(task, transfer_set, LoopConfig(mutual.epochs, mutual.batch_size, mutual.optimizer, mutual.lr,
+                                                     mutual.weight_decay, mutual.momentum, (), mutual.seed,
+                                                     schedule="constant"), device).run()
+            seconds += time.perf_counter() - start
+            continue
         for teacher in models or [student]:
             transfer_set = decoded_for([model, teacher], splits.transfer, splits.selection)[0]
             seed_everything(cfg.seed)
