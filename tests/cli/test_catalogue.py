@@ -604,6 +604,24 @@ CASES += [
          r"accepts; give fewer values"),
 ]
 
+
+def _finetune(w: World, output: str) -> list[str]:
+    return ["kdep", "finetune", "--model", w.student, "--data", "fmnist", "--data-dir", str(w.data),
+            "--epochs", "1", "--threads", "1", "--output", output]
+
+
+CASES += [
+    Case("kdep finetune --output onto an existing model",
+         lambda w, t: _finetune(w, w.teacher.removeprefix("file:")), 2,
+         r"--output \S+teacher: a model is there already \(teacher\.json\); gkt never overwrites one"),
+    Case("kdep finetune --output under /proc", lambda w, t: _finetune(w, "/proc/gkt/model"), 2,
+         r"--output /proc/gkt/model: cannot write there \(.*\); give a path in a writable folder"),
+    Case("export zoo:NAME --zoo-dir DIR reads DIR",
+         lambda w, t: ["export", "zoo:linear", "--zoo-dir", str(t / "zoo")], 2,
+         r"zoo model 'linear' is not built in \S+/zoo;"),
+]
+
+
 def assert_nothing_valid_left(out: Path) -> None:
     """Every run directory under ``out`` of a failed command is gone or visibly marked failed."""
     for run in out.iterdir() if out.exists() else ():

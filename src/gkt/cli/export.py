@@ -19,7 +19,7 @@ def export(args: argparse.Namespace) -> int:
     from gkt.models import load_model
     from gkt.models.export import export_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, zoo_dir=args.zoo_dir)
     fmt, out = export_model(model, args.to or args.run_dir / "model", "--to" if args.to else "--out")
     loader = (f"timm.create_model('local-dir:{out}', pretrained=True) or "
               f"transformers.AutoModelForImageClassification.from_pretrained('{out}')" if fmt == "timm" else

@@ -74,6 +74,23 @@ RESUMED = ("teacher", "student_arch", "data", "classes", "img_size", "fraction",
            "optimizer", "batch_size", "augment", "seed", "bad_images")
 
 
+def check_output(output: str | None) -> None:
+    """``--output``, checked before any training: a path the file system can hold, no model there already
+    (gkt never overwrites one) and a writable folder."""
+    if output is None:
+        return
+    from gkt.cli.rundir import check_writable
+    from gkt.core.limits import check_path
+    from gkt.models.checkpoint import checkpoint_paths
+
+    check_path(output, "--output")
+    weights, sidecar = checkpoint_paths(output)
+    if sidecar.exists():
+        raise GktError(f"--output {output}: a model is there already ({sidecar.name}); gkt never overwrites "
+                       "one: give another path")
+    check_writable(weights.parent, f"--output {output}", "give a path in a writable folder")
+
+
 @register_verb("kdep pretrain", "pre-train a randomly initialised student on a teacher's SVD-aligned features",
                _configure_pretrain, resumed=RESUMED)
 def kdep_pretrain(args: argparse.Namespace) -> int:
@@ -84,6 +101,7 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
     from gkt.kdep.pretrain import build_student, load_pretrain_state, load_teacher, pretrain
     from gkt.models import save_checkpoint
 
+    check_output(args.output)
     resume = load_pretrain_state(args.resume) if args.resume else None  # its options are the run's (register_verb)
     if not args.student_arch:
         raise GktError("give --student-arch ARCH (or --resume RUN_DIR)")
@@ -134,8 +152,9 @@ def kdep_finetune(args: argparse.Namespace) -> int:
     from gkt.models import load_model, save_checkpoint
     from gkt.models.preprocess import decode_size_for
 
+    check_output(args.output)
     spec = DataSpec.parse(args.data).with_classes(args.classes)
-    model = load_model(args.model)
+    model = load_model(args.model, zoo_dir=args.zoo_dir)
     pre = model.preprocess  # encoded images decoded for the model's own input
     images = {"val_fraction": 0.0, "image_size": decode_size_for([pre]), "channels": pre.channels}
     train = load_split(spec, "train", data_dir=args.data_dir, **images)

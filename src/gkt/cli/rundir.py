@@ -58,7 +58,7 @@ def _check_free_space(path: Path, what: str, fix: str) -> None:
                        f"(free space, or {fix}; $GKT_MIN_FREE_MB sets the threshold)")
 
 
-def _check_writable(directory: Path, what: str, fix: str) -> None:
+def check_writable(directory: Path, what: str, fix: str) -> None:
     """``directory`` exists (created if missing) and a file can be written into it."""
     blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -82,13 +82,13 @@ def open_run_dir(out: str, command: str) -> Path:
     home_fix = "set GKT_HOME to a writable directory with free space"
     _check_free_space(home, f"$GKT_HOME {home}", home_fix)
     _check_free_space(Path(out), f"--out {out}", "point --out elsewhere")
-    _check_writable(home, f"$GKT_HOME {home}", home_fix)
-    _check_writable(Path(out), f"--out {out}", "choose a writable --out")
+    check_writable(home, f"$GKT_HOME {home}", home_fix)
+    check_writable(Path(out), f"--out {out}", "choose a writable --out")
     try:
         run_dir = new_run_dir(out, command.replace(" ", "-"))
     except OSError as exc:
         raise GktError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable --out") from None
-    _check_writable(run_dir, f"--out {out}", "choose a writable --out")
+    check_writable(run_dir, f"--out {out}", "choose a writable --out")
     return run_dir
 
 
