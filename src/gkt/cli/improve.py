@@ -28,12 +28,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=d.data, help=f"data spec {SYNTAX} (default: {d.data})")
     p.add_argument("--unlabelled", action="store_true",
                    help="do not use the transfer set's labels (label-free KL+DP; no cross-entropy control); the "
-                        "selection and certification splits carved from val stay labelled")
+                        "selection and certification splits cut from the held-out split stay labelled")
     add_config_option(p, "--risk", d, help="the chance of accepting a model that is in truth no better: the "
                                            "certificate's one-sided test level")
     add_config_option(p, "--budget", d, help="candidate transfers at most, over the three search stages")
     add_config_option(p, "--lrs", d, metavar="LR", nargs="+",
-                      help="stage 1's learning rates (span at least 30x around the transfer default 3e-4)")
+                      help="stage 1's learning rates (the default spans 1000x around the transfer default 3e-4)")
     add_config_option(p, "--epochs", d, help="transfer epochs of stages 1 and 2")
     add_config_option(p, "--longer-epochs", d, help="stage 3: the best transfer (and control) trained this long")
     add_config_option(p, "--fraction", d, help="stratified share of the train split used as transfer set")
