@@ -17,13 +17,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transfer import plain_finetune_epoch, transfer_data, zoo_architecture  # noqa: E402
+from bench_transfer import interleaved_times, plain_finetune_epoch, transfer_data, zoo_architecture  # noqa: E402
 
 from gkt.core.runtime import resolve_device  # noqa: E402
 from gkt.engine.loop import LoopConfig, Runtime, TrainLoop  # noqa: E402
@@ -56,16 +55,7 @@ def main() -> None:
             epoch()
 
     variants = {"K plain fine-tuning steps (limit)": plain_k, "mutual step, frozen outputs cached": loop.train_epoch}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():  # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(variants, args.repeats, device)
     samples = (len(data) // args.batch_size) * args.batch_size
     rate = {name: samples / statistics.median(ts) for name, ts in times.items()}
     limit = rate["K plain fine-tuning steps (limit)"]

@@ -71,6 +71,23 @@ def plain_finetune_epoch(student: Classifier, data: TensorImageDataset, batch_si
     return epoch
 
 
+def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, device: torch.device
+                      ) -> dict[str, list[float]]:
+    """Seconds of each variant's call, ``repeats`` rounds interleaved (after one warm-up call each), so a
+    disturbance of a shared machine hits every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--students", nargs="+", default=["mlp", "mlp-deep", "cnn-14px"],
@@ -114,16 +131,7 @@ def measure(student: Classifier, teacher: Classifier, data: TensorImageDataset, 
                                                                             device, torch.bfloat16)
         variants["kl-dp, cached, bf16 autocast"] = TransferTrainer(
             student.clone(), teacher, config.build_method(), config, device, data, Runtime(precision="bf16")).train_epoch
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():  # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(variants, args.repeats, device)
     samples = (len(data) // args.batch_size) * args.batch_size
     rate = {name: samples / statistics.median(ts) for name, ts in times.items()}
     best = {name: samples / min(ts) for name, ts in times.items()}  # the least disturbed epoch (shared machines)
