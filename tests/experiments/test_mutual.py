@@ -82,3 +82,16 @@ def test_mutual_refuses_bad_input(three: list[str]) -> None:
         main(["mutual", "--models", *three[:2], "--rule", "worst"])
     assert exit_info.value.code == 2
     assert main(["mutual", "--models", *three[:2], "--ce", "1", "--unlabelled"]) == 2
+
+
+def test_hub_models_over_a_folder(offline_hubs, tmp_path: Path) -> None:  # noqa: ANN001
+    """timm and transformers models from the hubs' caches teach each other over an image folder named by WordNet
+    ids (aligned to their 1000 classes by name), each result certified or the original kept."""
+    specs = ["timm:test_resnet.r160_in1k", "hf:gkt-tests/tiny-vit"]
+    assert main(["mutual", "--models", *specs, "--data", f"folder:{offline_hubs.folder.parent}", "--batch-size", "8",
+                 "--threads", "2", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.glob("mutual-*")
+    final = json.loads((run / "final.json").read_text())
+    assert [e["spec"] for e in final["models"]] == specs and final["held_out_images"] == 30
+    for e in final["models"]:
+        assert e["model"] == e["spec"] or e["accepted"]
