@@ -24,13 +24,12 @@ The job, in five steps (each a piece gkt already has, joined here):
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,156 +40,29 @@ from gkt.analysis.complementary import analyze
 from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.io import new_run_dir, read_json, write_csv, write_json
-from gkt.core.runtime import resolve_device, seed_everything
+from gkt.core.runtime import resolve_device
 from gkt.data.datasets import ImageDataset
-from gkt.data.spec import load_split
-from gkt.data.subsets import stratified_indices, stratified_subset
-from gkt.engine.loop import Runtime
 from gkt.engine.predictions import dataset_identity, get_many
-from gkt.experiments.grid import (
-    STORE_NAME,
-    LocalBackend,
-    RayBackend,
-    ResultsStore,
-    failed_rows,
-    job_key,
-    run_study,
+from gkt.experiments.grid import STORE_NAME, LocalBackend, RayBackend, ResultsStore, job_key
+from gkt.experiments.improve_search import CONTROL, Candidate, Search
+from gkt.experiments.improve_setup import (  # noqa: F401  (the data side of improve, re-exported)
+    ImproveConfig,
+    Splits,
+    _cached_model,
+    held_out_split,
+    load_models,
+    load_splits,
 )
-from gkt.models import Classifier, DataInfo, load_model
+from gkt.models import Classifier
 from gkt.models.checkpoint import load_checkpoint, save_checkpoint
 from gkt.models.export import EXPORT_FORMATS, export_model, without_class_map
-from gkt.transfer import TransferConfig, decoded_for, run_transfer
-from gkt.transfer.mutual import MUTUAL_METHODS, MutualConfig, run_mutual
+from gkt.transfer import decoded_for
 
 log = logging.getLogger(__name__)
 
-IMPROVE_FORMAT = "gkt-improve/1"  # in every candidate job: a change of what a job computes changes its key
-CONTROL = "ce"  # plain cross-entropy fine-tuning on the labels: the control a teacher must beat
 CANDIDATES_DIR = "candidates"  # in the run directory holding the results store: one folder per candidate
 STORE_POINTER = "store.json"  # in a resumed run's directory: where its results store and candidates are
 RANDOM_SAMPLES = 1000  # the random-init teachers' seeded stratified sample of the selection split (s.e. ≤ 0.5 pp)
-
-
-@dataclass(frozen=True)
-class ImproveConfig:
-    """The options of ``gkt improve`` that shape its decision (the CLI's and :func:`improve`'s defaults)."""
-
-    data: str = "fmnist"
-    unlabelled: bool = False  # the transfer set's labels are not used (selection and certification stay labelled)
-    risk: float = 0.05  # the chance of accepting a model that is in truth no better
-    budget: int = 20  # candidate transfers at most (stage 1 + 2 + 3)
-    # stage 1's learning rates (SGD, momentum 0.9): 1000x around the transfer default 3e-4 — a student far from
-    # converged moves only at the high end, a converged one only at the low end
-    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    epochs: int = 1  # stages 1 and 2
-    longer_epochs: int = 3  # stage 3: the best candidates trained this long
-    fraction: float = 1.0  # stratified share of the train split as transfer set: all of it (the user's data)
-    max_teachers: int = 3  # the top-ranked kept teachers searched
-    held_out: str = "test"  # the labelled split cut into selection + certification: test (no model trained on
-    # it: a folder's test/ or val/, hf's test or validation split) or val (shipped, else carved from train)
-    selection_share: float = 0.5  # share of the held-out split for selection; the rest certifies
-    val_fraction: float = 0.1  # held_out="val": share of train carved as val when the data ships none
-    batch_size: int = 128
-    seed: int = 0
-    class_map: dict[str, Any] | None = None  # {data class: model class or list}, aligning every model
-    data_dir: str | None = None
-    zoo_dir: str | None = None
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        checks = [(0 < self.risk < 1, f"--risk must be in (0, 1), got {self.risk}"),
-                  (self.budget >= 1, f"--budget must be at least 1 transfer, got {self.budget}"),
-                  (bool(self.lrs) and all(math.isfinite(lr) and lr > 0 for lr in self.lrs),
-                   f"--lrs must be positive learning rates, got {list(self.lrs)}"),
-                  (self.epochs >= 1 and self.longer_epochs >= 1,
-                   f"--epochs and --longer-epochs must be at least 1, got {self.epochs}, {self.longer_epochs}"),
-                  (0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}"),
-                  (self.max_teachers >= 1, f"--max-teachers must be at least 1, got {self.max_teachers}"),
-                  (0 < self.selection_share < 1, f"--selection-share must be in (0, 1), got {self.selection_share}"),
-                  (self.held_out in ("test", "val"), f"--held-out must be test or val, got {self.held_out!r}"),
-                  (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
-                  (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")]
-        for ok, message in checks:
-            if not ok:
-                raise GktError(message)
-
-    @property
-    def method(self) -> str:
-        """The transfer method: KL+DP with labels, its label-free form without (paper §4.2, Eq. 4)."""
-        return "kl-dp-unsup" if self.unlabelled else "kl-dp"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "lrs": list(self.lrs), "method": self.method}
-
-
-# ---------------------------------------------------------------------------------------------- splits
-
-
-@dataclass(frozen=True)
-class Splits:
-    """The transfer set and the two labelled held-out splits, disjoint; ``val_source`` says where they came from."""
-
-    transfer: ImageDataset
-    selection: ImageDataset
-    certification: ImageDataset
-    val_source: str
-
-    def sizes(self) -> dict[str, Any]:
-        return {"transfer": len(self.transfer), "selection": len(self.selection),
-                "certification": len(self.certification), "held_out_from": self.val_source}
-
-
-def held_out_split(data: str, data_dir: str | None, held_out: str, val_fraction: float, seed: int
-                   ) -> tuple[ImageDataset, ImageDataset, str]:
-    """``(train, held-out, where the held-out split came from)``, never overlapping: the data's test split
-    (``held_out="test"``: a folder's test/ or val/, hf's test or validation split) or its val split (shipped,
-    else carved from train, which is then the rest)."""
-    if held_out == "test":
-        train = load_split(data, "train", data_dir=data_dir, val_fraction=0)
-        val = load_split(data, "test", data_dir=data_dir)
-        return train, val, f"{data}'s test split ({val.name})"
-    try:  # a val split the data ships: train stays whole
-        val = load_split(data, "val", data_dir=data_dir, val_fraction=0)
-        return load_split(data, "train", data_dir=data_dir, val_fraction=0), val, f"the val split {data} ships ({val.name})"
-    except GktError:  # none shipped: carve it from train (train is then the rest; never overlapping)
-        val = load_split(data, "val", data_dir=data_dir, val_fraction=val_fraction, seed=seed)
-        train = load_split(data, "train", data_dir=data_dir, val_fraction=val_fraction, seed=seed)
-        return train, val, (f"a stratified {val_fraction:g} of {data}'s train split (seed {seed}), carved as val: "
-                            "only held out for models that did not train on it")
-
-
-@functools.lru_cache(maxsize=4)
-def load_splits(data: str, data_dir: str | None, held_out: str, val_fraction: float, selection_share: float,
-                fraction: float, seed: int) -> Splits:
-    """The improve splits of ``data`` (cached per process: every candidate job of a worker shares them)."""
-    train, val, source = held_out_split(data, data_dir, held_out, val_fraction, seed)
-    chosen = stratified_indices(val.labels, fraction=selection_share, seed=seed)
-    rest = torch.ones(len(val), dtype=torch.bool)
-    rest[chosen] = False
-    selection = val.subset(chosen, f"selection={selection_share},seed={seed}")
-    certification = val.subset(rest.nonzero().flatten(), f"certification={1 - selection_share:.4g},seed={seed}")
-    if not len(selection) or not len(certification):
-        raise GktError(f"{data}: its held-out split ({len(val)} images) is too small to cut into a selection and a "
-                       "certification split; give more held-out data")
-    transfer = stratified_subset(train, fraction=fraction, seed=seed)
-    return Splits(transfer, selection, certification, source)
-
-
-def load_models(specs: Sequence[str], config: ImproveConfig) -> list[Classifier]:
-    """``specs`` aligned to the data's classes (``config.class_map``, else by name); fresh copies of models
-    cached per process."""
-    class_map = json.dumps(config.class_map, sort_keys=True) if config.class_map else None
-    return [_cached_model(spec, config.data, config.data_dir, config.held_out, config.val_fraction, config.selection_share,
-                          config.fraction, config.seed, config.zoo_dir, class_map).clone() for spec in specs]
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_model(spec: str, data: str, data_dir: str | None, held_out: str, val_fraction: float,
-                  selection_share: float, fraction: float, seed: int, zoo_dir: str | None, class_map: str | None
-                  ) -> Classifier:
-    splits = load_splits(data, data_dir, held_out, val_fraction, selection_share, fraction, seed)
-    return load_model(spec, DataInfo.from_dataset(splits.transfer), zoo_dir,
-                      class_map=json.loads(class_map) if class_map else "auto")
 
 
 # ---------------------------------------------------------------------------------------------- teachers
@@ -241,173 +113,6 @@ def _renamed(model: Classifier, name: str) -> Classifier:
     twin = model.clone()
     twin.name = name
     return twin
-
-
-# ---------------------------------------------------------------------------------------------- candidates
-
-
-class CandidateJob:
-    """The grid's job function of ``gkt improve``: one candidate transfer (one teacher, several one after
-    another, or the cross-entropy control), scored on the selection split; the result model is saved under
-    ``root/<job key>/model`` so the chosen one is certified and written without training it again."""
-
-    def __init__(self, root: Path, device: str = "auto"):
-        self.root, self.device = Path(root), device
-
-    def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
-        config = ImproveConfig(**job["improve"])
-        splits = load_splits(config.data, config.data_dir, config.held_out, config.val_fraction, config.selection_share,
-                             config.fraction, config.seed)
-        device = resolve_device(self.device)
-        student, *teachers = load_models([job["student"], *job["teachers"]], config)
-        if [m.identity() for m in (student, *teachers)] != [job["student_id"], *job["teacher_ids"]]:
-            raise GktError("a model spec of this candidate names other weights than when the search began; start "
-                           "a new gkt improve")
-        settings = TransferConfig(method=job["method"], epochs=job["epochs"], lr=job["lr"], seed=job["seed"],
-                                  batch_size=config.batch_size,
-                                  unlabelled=config.unlabelled and job["method"] != CONTROL)
-        runtime = Runtime(precision=config.precision, evaluate_every_epoch=False)
-        model, metrics = student, {}
-        if job["method"] in MUTUAL_METHODS:  # the student and its teacher learn from each other at once
-            transfer_set, selection = decoded_for([student, *teachers], splits.transfer, splits.selection)
-            seed_everything(job["seed"])
-            mutual = MutualConfig(epochs=job["epochs"], lr=job["lr"], batch_size=config.batch_size,
-                                  unlabelled=MUTUAL_METHODS[job["method"]], seed=job["seed"])
-            outcome = run_mutual([student, *teachers], transfer_set, selection, mutual, device, runtime)
-            model, metrics = outcome.models[0], outcome.rows[0]
-            teachers = []
-        for teacher in teachers or ([] if metrics else [student]):  # the control: cross-entropy, with the student as its own teacher
-            transfer_set, selection = decoded_for([model, teacher], splits.transfer, splits.selection)
-            seed_everything(job["seed"])
-            outcome = run_transfer(model.clone().requires_grad_(True), teacher, transfer_set, selection, settings,
-                                   device, runtime=runtime)
-            model, metrics = outcome.model, outcome.final
-        model.name = student.name
-        model.provenance = {"improve": {"student": job["student"], "teachers": job["teachers"],
-                                        "method": job["method"], "lr": job["lr"], "epochs": job["epochs"]},
-                            "student_provenance": student.provenance}
-        path = save_checkpoint(model, self.root / job_key(job) / "model", overwrite=True)
-        acc_before = float(job["selection_acc_before"])
-        return {"selection_acc": metrics["acc"], "selection_delta": metrics["acc"] - acc_before,
-                "checkpoint": f"file:{path.with_suffix('')}", "train_loss": metrics.get("train_loss")}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One candidate of the search: what it tried and how it scored on the selection split."""
-
-    stage: int
-    teachers: tuple[str, ...]  # empty: the cross-entropy control
-    method: str
-    lr: float
-    epochs: int
-    job: dict[str, Any] = field(repr=False, compare=False)
-    selection_acc: float | None = None
-    selection_delta: float | None = None
-    checkpoint: str | None = None
-    error: str | None = None
-
-    @property
-    def label(self) -> str:
-        who = " then ".join(self.teachers) if self.teachers else "no teacher (cross-entropy on the labels)"
-        if self.method in MUTUAL_METHODS:
-            return f"{self.method} with {who} (both learning at once), lr {self.lr:g}, {self.epochs} epoch(s)"
-        return f"{self.method} from {who}, lr {self.lr:g}, {self.epochs} epoch(s)"
-
-    def row(self, chosen: bool) -> dict[str, Any]:
-        return {"stage": self.stage, "teachers": " + ".join(self.teachers) or "-", "method": self.method,
-                "lr": self.lr, "epochs": self.epochs, "selection_acc": self.selection_acc,
-                "selection_delta": self.selection_delta, "chosen": chosen, "error": self.error}
-
-
-class Search:
-    """The staged search over candidates, each a grid job in one results store (so a rerun skips what is
-    done and a killed search resumes); ``budget`` caps the jobs over all stages."""
-
-    def __init__(self, student_spec: str, student: Classifier, ranked: Sequence[tuple[str, Classifier]],
-                 config: ImproveConfig, splits: Splits, acc_before: float, store: ResultsStore, root: Path,
-                 backend: LocalBackend | RayBackend, device: str, data_id: str):
-        self.student_spec, self.student, self.ranked, self.config = student_spec, student, list(ranked), config
-        self.acc_before, self.store, self.root, self.backend, self.device = acc_before, store, root, backend, device
-        self.data_id, self.student_id = data_id, student.identity()
-        self.ids = {spec: model.identity() for spec, model in self.ranked}
-        self.candidates: list[Candidate] = []
-        self.failures: list[str] = []
-
-    @property
-    def left(self) -> int:
-        return self.config.budget - len(self.candidates)
-
-    def candidate(self, stage: int, teachers: Sequence[str], method: str, lr: float, epochs: int) -> Candidate:
-        job = {"format": IMPROVE_FORMAT, "improve": {k: v for k, v in self.config.to_dict().items() if k != "method"},
-               "student": self.student_spec, "student_id": self.student_id, "teachers": list(teachers),
-               "teacher_ids": [self.ids[t] for t in teachers], "method": method, "lr": lr, "epochs": epochs,
-               "seed": self.config.seed, "data_id": self.data_id, "selection_acc_before": self.acc_before}
-        return Candidate(stage, tuple(teachers), method, lr, epochs, job)
-
-    def run(self, stage: int, wanted: Sequence[Candidate], desc: str) -> list[Candidate]:
-        """Run ``wanted`` (those the budget allows, skipping any already tried) and return them scored."""
-        tried = {job_key(c.job) for c in self.candidates}
-        fresh = [c for c in dict((job_key(c.job), c) for c in wanted).values() if job_key(c.job) not in tried]
-        fresh = fresh[:max(self.left, 0)]
-        if not fresh:
-            return []
-        counts = run_study(CandidateJob(self.root, self.device), [c.job for c in fresh], self.store, self.backend,
-                           retry_failed=True, desc=desc)
-        for row in failed_rows(self.store, counts.failed + counts.not_retried):
-            self.failures.append(str(row.metrics.get("error", "?")))
-        done = {r.key: r.metrics for r in self.store.rows("done")}
-        errors = {r.key: str(r.metrics.get("error", "?")) for r in self.store.rows("failed")}
-        scored = []
-        for c in fresh:
-            key = job_key(c.job)
-            metrics = done.get(key)
-            scored.append(replace(c, selection_acc=metrics["selection_acc"], selection_delta=metrics["selection_delta"],
-                                  checkpoint=metrics["checkpoint"]) if metrics is not None else
-                          replace(c, error=errors.get(key, "did not run")))
-        self.candidates += scored
-        return scored
-
-    @property
-    def mutual_method(self) -> str:
-        return "mutual-unsup" if self.config.unlabelled else "mutual"
-
-    def best(self, control: bool | None = None) -> Candidate | None:
-        """The best scored candidate (ties: the earliest), among the controls or the transfers, or all."""
-        pool = [c for c in self.candidates if c.selection_acc is not None
-                and (control is None or (c.method == CONTROL) == control)]
-        return max(pool, key=lambda c: c.selection_acc, default=None)
-
-    def search(self, say: Callable[[str], None]) -> None:
-        cfg, method = self.config, self.config.method
-        teachers = [spec for spec, _ in self.ranked]
-        stage1 = [self.candidate(1, teachers[:1], method, lr, cfg.epochs) for lr in cfg.lrs] if teachers else []
-        if not cfg.unlabelled:
-            stage1 += [self.candidate(1, [], CONTROL, lr, cfg.epochs) for lr in cfg.lrs]
-        if stage1:
-            say(f"stage 1/3 — learning rate: {len(stage1)} candidates "
-                f"({'the top teacher' if teachers else 'no teacher'} at lr {', '.join(f'{lr:g}' for lr in cfg.lrs)}"
-                + ("; cross-entropy fine-tuning at the same rates as the control" if not cfg.unlabelled else "")
-                + f"; budget {cfg.budget})")
-            self.run(1, stage1, "improve stage 1")
-        best = self.best(control=False)
-        if best is not None:
-            others = [self.candidate(2, [t], method, best.lr, cfg.epochs) for t in teachers[1:]]
-            together = [self.candidate(2, teachers, method, best.lr, cfg.epochs)] if len(teachers) > 1 else []
-            mutual = self.candidate(2, teachers[:1], self.mutual_method, best.lr, cfg.epochs)
-            say("stage 2/3 — teachers: " + (f"each other kept teacher, all {len(teachers)} one after another, and "
-                                             if len(teachers) > 1 else "") +
-                f"the top teacher learning from the student at once (mutual), at lr {best.lr:g}")
-            self.run(2, [*others, *together, mutual], "improve stage 2")
-        stage3, which = [], []
-        for pool, name in ((False, "the best transfer"), (True, "the best control")):
-            top = self.best(control=pool)
-            if top is not None and cfg.longer_epochs != top.epochs:
-                stage3.append(self.candidate(3, top.teachers, top.method, top.lr, cfg.longer_epochs))
-                which.append(name)
-        if stage3 and self.left > 0:
-            say(f"stage 3/3 — epochs: {' and '.join(which)} for {cfg.longer_epochs} epochs")
-            self.run(3, stage3, "improve stage 3")
 
 
 # ---------------------------------------------------------------------------------------------- certify
@@ -604,8 +309,6 @@ def _store_root(old: Path, run_dir: Path) -> Path:
 
 def _prune(root: Path, keep: str | None) -> None:
     """Once decided, the candidates' models but the chosen one are deleted (their scores stay in the store)."""
-    import shutil
-
     if not root.is_dir():
         return
     kept = Path(keep.removeprefix("file:")).parent.resolve() if keep else None
