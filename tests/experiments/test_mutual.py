@@ -95,3 +95,31 @@ def test_hub_models_over_a_folder(offline_hubs, tmp_path: Path) -> None:  # noqa
     assert [e["spec"] for e in final["models"]] == specs and final["held_out_images"] == 30
     for e in final["models"]:
         assert e["model"] == e["spec"] or e["accepted"]
+
+
+def test_two_gloo_processes_match_one(tmp_path: Path, tiny_fmnist_dir: Path) -> None:
+    """``torchrun --nproc_per_node=2 -m gkt mutual`` gives one process's results (each model in DDP)."""
+    import subprocess
+    import sys
+
+    from gkt.models import load_model
+    from tests.engine.test_distributed import write_model
+
+    models = [write_model(tmp_path / "a", 1, 16), write_model(tmp_path / "b", 2, 8)]
+    args = ["mutual", "--models", *models, "--data-dir", str(tiny_fmnist_dir), "--fraction", "1.0", "--batch-size",
+            "10", "--epochs", "2", "--lr", "0.05", "--threads", "1", "--device", "cpu", "--no-certify"]
+    finals = []
+    for name, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc_per_node=2"])):
+        done = subprocess.run([*launcher, "-m", "gkt", *args, "--out", str(tmp_path / name)], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        (run,) = (tmp_path / name).iterdir()  # rank 1 wrote no run directory
+        finals.append(json.loads((run / "final.json").read_text()))
+    one, two = finals
+    for a, b in zip(one["models"], two["models"]):
+        for key in ("acc_before", "acc_after", "delta_transf", "knowledge_gain", "knowledge_loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), key
+        wa, wb = (load_model(m["model"]).net.state_dict() for m in (a, b))
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

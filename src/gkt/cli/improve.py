@@ -70,8 +70,8 @@ def improve(args: argparse.Namespace) -> int:
     from gkt.reporting.html import write_report
 
     if getattr(args, "dist", None) is not None and args.dist.enabled:
-        raise GktError(f"gkt {args.command} runs in one process (its jobs spread over --workers"
-                       + (" or Ray" if args.command == "improve" else "") + "); start it without torchrun")
+        raise GktError("gkt improve runs in one process (its candidates spread over --workers or Ray); start it "
+                       "without torchrun")
 
     if not args.student or not args.zoo:
         raise GktError("give --student SPEC and --zoo SPEC [SPEC ...] (or --resume RUN_DIR)")

@@ -52,9 +52,6 @@ def mutual(args: argparse.Namespace) -> int:
     from gkt.experiments.mutual import mutual as run_mutual
     from gkt.reporting.html import write_report
 
-    if getattr(args, "dist", None) is not None and args.dist.enabled:
-        raise GktError(f"gkt {args.command} runs in one process (its jobs spread over --workers"
-                       + (" or Ray" if args.command == "improve" else "") + "); start it without torchrun")
 
     if not args.models:
         raise GktError("give --models SPEC SPEC [SPEC ...]: two or more models that teach each other")
@@ -63,7 +60,10 @@ def mutual(args: argparse.Namespace) -> int:
         risk=args.risk, epochs=args.epochs, lr=args.lr, fraction=args.fraction, batch_size=args.batch_size,
         temperature=args.temperature, augment=args.augment, held_out=args.held_out, val_fraction=args.val_fraction,
         seed=args.seed, class_map=args.class_map, data_dir=args.data_dir, zoo_dir=args.zoo_dir,
-        precision=args.precision, device=args.torch_device, run_dir=args.run_dir)
+        precision=args.precision, device=args.torch_device, run_dir=args.run_dir, dist=args.dist,
+        say=print if args.dist.is_main else lambda _: None)
+    if not args.dist.is_main:  # another rank of a torchrun job: trained its share, writes nothing
+        return 0
     html, _ = write_report(args.run_dir, f"gkt mutual — {', '.join(args.models)}")
     print(f"final: {args.run_dir / 'final.json'}\nreport: {html}\nrun directory: {args.run_dir}")
     return 0

@@ -23,6 +23,7 @@ from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_csv, write_json
 from gkt.core.runtime import resolve_device, seed_everything
 from gkt.data.subsets import stratified_subset
+from gkt.engine.distributed import DistContext
 from gkt.engine.loop import Runtime, predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
 from gkt.engine.predictions import get_many
@@ -49,10 +50,11 @@ def mutual(models: Sequence[str], *, data: str = ImproveConfig.data, unlabelled:
            seed: int = 0, class_map: str | Path | dict[str, Any] | None = None, data_dir: str | None = None,
            zoo_dir: str | None = None, precision: str = ImproveConfig.precision,
            device: str | torch.device = "auto", out: str | Path = "runs", run_dir: str | Path | None = None,
-           say: Callable[[str], None] = print) -> MutualResult:
+           say: Callable[[str], None] = print, dist: DistContext | None = None) -> MutualResult:
     """Train ``models`` as students of each other and certify each result (see the module docstring); the
     keyword arguments are ``gkt mutual``'s options. Writes ``final.json``, ``models.csv``, each certified
-    model as ``file:RUN_DIR/modelN`` (and in its library's format where it has one) and ``findings.json``."""
+    model as ``file:RUN_DIR/modelN`` (and in its library's format where it has one) and ``findings.json``.
+    Under ``torchrun`` (``dist``) every rank trains its share; rank 0 evaluates, certifies and writes."""
     from gkt.models.class_map import read_class_map
 
     start = time.perf_counter()
@@ -69,7 +71,10 @@ def mutual(models: Sequence[str], *, data: str = ImproveConfig.data, unlabelled:
     config = MutualConfig(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, rule=rule, ce=ce,
                           unlabelled=unlabelled, augment=tuple(augment), seed=seed)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(out, "mutual")
+    dist = dist or DistContext()
+    if run_dir is None:
+        run_dir = dist.broadcast(new_run_dir(out, "mutual") if dist.is_main else None)
+    run_dir = Path(run_dir)
     train, test, source = held_out_split(data, data_dir, held_out, val_fraction, seed)
     transfer = stratified_subset(train, fraction=fraction, seed=seed)
     if len(transfer) < batch_size:
@@ -84,7 +89,9 @@ def mutual(models: Sequence[str], *, data: str = ImproveConfig.data, unlabelled:
         f"{'certified' if certify else 'evaluated'} on {len(test)} held-out images from {source}")
     seed_everything(seed)
     outcome = run_mutual(loaded, transfer, None, config, torch_device,
-                         Runtime(precision=precision, evaluate_every_epoch=False))
+                         Runtime(precision=precision, evaluate_every_epoch=False, dist=dist))
+    if not dist.is_main:  # the same weights on every rank: rank 0 evaluates, certifies and writes
+        return MutualResult({}, run_dir, [])
     before = get_many(loaded, test, torch_device, precision=precision)
     labels = test.labels
     entries, written = [], []

@@ -120,8 +120,12 @@ class MutualTask(Task):
         self.cached: list[CachedOutputs] | None = None
         if runtime.cache_outputs and not config.augment:
             data_id = dataset_identity(transfer_set)
+            if not runtime.dist.is_main:
+                runtime.dist.barrier()  # rank 0 computes and stores the frozen outputs first
             get_many(self.frozen_models, transfer_set, device, data_id=data_id, workers=runtime.loader_workers)
             self.cached = [CachedOutputs(m, transfer_set, device, data_id=data_id) for m in self.frozen_models]
+            if runtime.dist.is_main:
+                runtime.dist.barrier()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for m in self.models for p in m.parameters()]
@@ -168,9 +172,12 @@ class MutualOutcome:
 def run_mutual(models: Sequence[Classifier], transfer_set: ImageDataset, test_set: ImageDataset | None,
                config: MutualConfig, device: torch.device, runtime: Runtime | None = None) -> MutualOutcome:
     """Train ``models`` (copies; the inputs are left as they are) mutually on ``transfer_set``; with
-    ``test_set``, each model's accuracy before and after, Δtransf and knowledge gain and loss on it."""
+    ``test_set``, each model's accuracy before and after, Δtransf and knowledge gain and loss on it. Under
+    ``torchrun`` (``runtime.dist``) every rank trains on its share of each batch (each model in DDP) and ends
+    with the same weights."""
     start = time.perf_counter()
     runtime = runtime or Runtime()
+    runtime.dist.shard_batch(config.batch_size)  # before any model is moved or any output cached
     trained = [m.clone().requires_grad_(True) for m in models]
     task = MutualTask(trained, config, device, transfer_set, runtime)
     loop_config = LoopConfig(config.epochs, config.batch_size, config.optimizer, config.lr, config.weight_decay,
