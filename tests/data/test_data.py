@@ -194,6 +194,12 @@ def test_image_folder_layout(tmp_path: Path) -> None:
     assert len(test) == 2 and test.class_names == ["cat", "dog"]
     images, labels, idx = next(iterate_batches(train, 4, workers=1))
     assert images.shape == (4, 3, 8, 8) and labels.tolist() == train.labels[idx].tolist()
+    # a shipped val/ leaves train whole whatever --val-fraction says; without one, val is carved from train
+    assert len(load_split("folder:" + str(tmp_path / "ds"), "train", image_size=8)) == 5
+    assert len(load_split("folder:" + str(tmp_path / "ds"), "val", image_size=8)) == 2
+    _write_folder(tmp_path / "bare" / "train", {"cat": 10, "dog": 10})
+    carved = [load_split("folder:" + str(tmp_path / "bare"), s, val_fraction=0.2, image_size=8) for s in ("train", "val")]
+    assert [len(d) for d in carved] == [16, 4]
 
 
 def test_image_folder_empty_class(tmp_path: Path) -> None:

@@ -279,4 +279,6 @@ def _folder_split(split: Split, *, path: str, val_fraction: float, seed: int, im
             return load_image_folder(shipped[name], image_size, channels, bad_images, train.class_names)
     if split == "test":
         raise GktError(f"{root}: no val/ or test/ folder to evaluate on")
+    if split == "train" and shipped["val"].is_dir():  # a shipped val/ leaves train whole (nothing is carved)
+        return train
     return carve_split(train, split, val_fraction, seed, f"{root}: no val/ folder; carve one with --val-fraction > 0")
