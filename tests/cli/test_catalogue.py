@@ -737,7 +737,7 @@ def test_unexpected_error_is_one_line_and_a_traceback_log(world: World, tmp_path
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("gkt.transfer.run_transfer", broken)
+    monkeypatch.setattr("gkt.experiments.transfer_run.run_transfer", broken)  # what gkt transfer calls
     out = tmp_path / "out"
     assert main([*world.transfer(), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-from dataclasses import asdict
 from typing import Any
 
 from gkt.cli import register_verb
@@ -16,7 +16,6 @@ from gkt.core.io import write_json
 from gkt.engine.distributed import DistContext
 from gkt.engine.tracking import Trackers
 from gkt.reporting.tables import format_table
-from gkt.reporting.transfer import plot_history
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
 RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size", "temperature", "method_arg",
@@ -105,17 +104,12 @@ def _fmt(value: float) -> str:
 @register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure,
                resumed=(*RESUMED, "class_map"))
 def transfer(args: argparse.Namespace) -> int:
-    from gkt.data.spec import load_split
-    from gkt.data.subsets import stratified_subset
-    from gkt.engine.loop import Runtime
-    from gkt.models import DataInfo, load_model
-    from gkt.transfer import TransferConfig, create_method, decoded_for, load_state, run_transfer
+    from gkt.transfer import TransferConfig, create_method
 
     create_method(args.method)  # unknown names fail before anything is loaded
     if args.resume and args.multi:
         raise GktError("--resume continues a single-teacher run; rerun a multi-teacher command to continue it "
                        "(its finished transfer runs are reused from the cache)")
-    resume = load_state(args.resume) if args.resume else None  # its options are the run's (register_verb)
     teachers = args.teacher or []
     if args.student is None or not teachers:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")
@@ -125,42 +119,27 @@ def transfer(args: argparse.Namespace) -> int:
                             seed=args.seed, unlabelled=args.unlabelled, student_mode=args.student_mode)
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
     dist = getattr(args, "dist", DistContext())
-    runtime = Runtime(cache_outputs=not args.no_cache, precision=args.precision, channels_last=args.channels_last,
-                      compile=args.compile, loader_workers=args.loader_workers, dist=dist)
     if args.multi or len(teachers) > 1:
         if dist.enabled:
             raise GktError("multi-teacher transfer runs in one process; start it without torchrun")
         with tracking(args, resolved_config(args)) as tracker:
             return _multi_transfer(args, config, teachers, tracker)
     (spec,) = teachers
-    train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
-    transfer_set = stratified_subset(train, fraction=args.fraction, seed=args.seed)
-    test_set = load_split(args.data, "test", data_dir=args.data_dir)
-    info = DataInfo.from_dataset(train)
-    student = load_model(args.student, info, args.zoo_dir, class_map=args.class_map or "auto")
-    teacher = load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto")
-    transfer_set, test_set = decoded_for([student, teacher], transfer_set, test_set)
-    if not dist.is_main:  # another rank of a torchrun job: train and evaluate its share, write nothing
-        run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, None, resume=resume,
-                     runtime=runtime)
-        return 0
-    write_json(args.run_dir / "resolved_config.json", {
-        **config.to_dict(), "student": args.student, "teacher": spec, "data": args.data,
-        "class_map": teacher.provenance.get("class_map"),
-        "transfer_set": {"name": transfer_set.name, "size": len(transfer_set), "fingerprint": transfer_set.fingerprint()},
-        "test_set": {"name": test_set.name, "size": len(test_set)}, "device": str(args.torch_device),
-        "runtime": {k: v for k, v in asdict(runtime).items() if k != "dist"} | {"processes": dist.world},
-        "resumed_from": args.resume})
-    print(f"transfer {spec} → {args.student} with {args.method} on {len(transfer_set)} samples "
-          f"({transfer_set.name}), {config.epochs} epochs, lr {config.lr:g}, device {args.torch_device}"
-          + (f" x {dist.world} processes" if dist.enabled else "")
-          + (f", resuming epoch {resume['epoch']} of {args.resume}" if resume else ""))
-    with tracking(args, resolved_config(args)) as tracker:
-        outcome = run_transfer(student, teacher, transfer_set, test_set, config, args.torch_device, args.run_dir,
-                               resume=resume, on_epoch=tracker.log_epoch, runtime=runtime)
+    from gkt.experiments.transfer_run import transfer as run_one
+
+    with tracking(args, resolved_config(args)) if dist.is_main else contextlib.nullcontext() as tracker:
+        outcome = run_one(
+            args.student, spec, data=args.data, method=args.method, method_args=config.method_args,
+            fraction=args.fraction, epochs=config.epochs, lr=args.lr, batch_size=args.batch_size,
+            temperature=args.temperature, weight_decay=args.weight_decay, augment=tuple(args.augment),
+            unlabelled=args.unlabelled, student_mode=args.student_mode, class_map=args.class_map, seed=args.seed,
+            data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.torch_device, precision=args.precision,
+            no_cache=args.no_cache, channels_last=args.channels_last, compile=args.compile,
+            loader_workers=args.loader_workers, run_dir=args.run_dir, resume=args.resume,
+            on_epoch=tracker.log_epoch if tracker is not None else None, dist=dist)
+        if tracker is None:
+            return 0
         tracker.log_metrics({f"final/{k}": v for k, v in outcome.final.items() if k != "config"}, config.epochs)
-    plot_history(outcome.history, args.run_dir / "plot.png", f"{spec} → {args.student} ({config.method})",
-                 outcome.final["acc_teacher"])
     columns = ["epoch", "train_loss", "acc", "delta_transf", "knowledge_gain", "knowledge_loss", "delta_rho_pos",
                "delta_rho_neg"]
     print(format_table([{c: (row.get(c, "-") if c in ("epoch", "train_loss") else _fmt(row[c])) for c in columns}
@@ -170,7 +149,7 @@ def transfer(args: argparse.Namespace) -> int:
                       if k.startswith("transfer_rate_"))
     print(f"\nteacher {_fmt(final['acc_teacher'])}%  student {_fmt(final['acc_student_before'])}% → "
           f"{_fmt(final['acc'])}%  Δtransf {100 * final['delta_transf']:+.2f}  gain {_fmt(final['knowledge_gain'])}  "
-          f"loss {_fmt(final['knowledge_loss'])} (points on {len(test_set)} test samples)")
+          f"loss {_fmt(final['knowledge_loss'])} (points on {final['test_samples']} test samples)")
     print(f"transfer rate of the teacher's positive flips, classes holding top-X%: {rates}")
     if final["partition_quality"]:
         pq = final["partition_quality"]

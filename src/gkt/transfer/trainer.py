@@ -337,7 +337,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             transfer_set_outputs(FROZEN_LOGITS, student, "student (transfer set)"), transfer_set.labels))
     base = {"student": student.name, "teacher": " + ".join(t.name for t in teachers), "method": config.method,
             "method_args": method.hparams(), "acc_teacher": correct_teacher.double().mean().item(),
-            "acc_student_before": correct_before.double().mean().item(),
+            "acc_student_before": correct_before.double().mean().item(), "test_samples": len(labels),
             "rho_pos_before": history[0]["rho_pos"], "rho_neg_before": history[0]["rho_neg"]}
     correct_after = None
 
