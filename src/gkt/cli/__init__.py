@@ -35,7 +35,7 @@ from gkt.data.decode import (
 from gkt.data.spec import SYNTAX as DATA_SYNTAX
 from gkt.data.spec import check_data_dir
 from gkt.engine.distributed import from_environment, shutdown
-from gkt.models.specs import img_size_default, parse_img_size
+from gkt.models.specs import SPEC_SOURCES, img_size_default, parse_img_size
 
 log = logging.getLogger("gkt")
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gkt", description="General knowledge transfer between any pretrained classifiers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="model specs: zoo:NAME | timm:ARCH[@WEIGHTS][?k=v&...] | file:PATH\n"
+        epilog="model specs: " + "\n             ".join(source.usage for source in SPEC_SOURCES.values()) + "\n"
                f"data specs:  {DATA_SYNTAX}\n"
                "             (BASE: fmnist | digits | folder:PATH with PATH/train/<class>/*.jpg, PATH/val/... |\n"
                "              hf:DIR saved by datasets' save_to_disk | hf:ORG/NAME[:CONFIG] from the datasets cache)")
