@@ -32,6 +32,11 @@ def test_timm_student_exports_to_timm_and_transformers_with_the_same_logits(offl
     assert in_timm.pretrained_cfg["label_names"] == list(IMAGENETTE)
     assert in_transformers.config.id2label == dict(enumerate(IMAGENETTE))
     assert in_timm.pretrained_cfg["crop_pct"] == student.preprocess.crop_pct
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {  # readable by others, as the umask says
+        p.name: 0o666 & ~umask for p in out.iterdir()}
     x = torch.rand(3, 3, 160, 160)
     with torch.no_grad():
         expected = student.net(x)

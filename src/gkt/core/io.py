@@ -56,6 +56,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def default_permissions(directory: str | os.PathLike) -> None:
+    """Give every file below ``directory`` the permissions a new file gets (``0o666`` less the umask): some
+    libraries write through private temporary files (mode ``0o600``), which others could not read."""
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

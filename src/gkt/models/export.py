@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gkt.core.errors import GktError, storage_error
+from gkt.core.io import default_permissions
 from gkt.core.limits import check_path
 from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.heads import head_keys
@@ -131,6 +132,7 @@ def export_model(model: Classifier, out: str | Path, what: str = "--to") -> tupl
         partial.mkdir(parents=True)
         try:
             write(plain.cpu().eval(), partial)
+            default_permissions(partial)  # timm writes model.safetensors 0600 through a temporary file
             check_export(plain, load(partial).eval(), partial)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
