@@ -16,8 +16,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gkt.cli import VERBS, build_parser, register_verb
+from gkt.cli import VERBS, build_parser, record_config, register_verb
+from gkt.cli.rundir import finish_run
 from gkt.core.errors import GktError
+from gkt.engine.distributed import DistContext
 
 # The cheapest six zoo models that still span the zoo's accuracy range: 30 ordered pairs.
 DEMO_MODELS = ("zoo:linear-7px", "zoo:linear", "zoo:mlp-14px", "zoo:mlp", "zoo:mlp-deep", "zoo:cnn-14px")
@@ -59,8 +61,11 @@ def run_step(argv: Sequence[str], parent: argparse.Namespace, run_dir: Path) -> 
     common += ["--threads", str(parent.threads or DEMO_THREADS)]
     args = build_parser().parse_args([*argv, *common])
     run_dir.mkdir(parents=True, exist_ok=True)
-    args.run_dir, args.torch_device = run_dir, parent.torch_device
-    return VERBS[args.command].run(args)
+    args.run_dir, args.torch_device, args.dist = run_dir, parent.torch_device, getattr(parent, "dist", DistContext())
+    record_config(args)  # a run directory like any command's: `gkt report` and --resume read its config.json
+    code = VERBS[args.command].run(args)
+    finish_run(run_dir, "ok" if code == 0 else "failed", None if code == 0 else f"exit code {code}")
+    return code
 
 
 def print_findings(run_dir: Path) -> None:

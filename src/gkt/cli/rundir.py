@@ -109,10 +109,14 @@ def write_traceback(argv: Sequence[str], run_dir: Path | None) -> Path | None:
 
 def finish_run(run_dir: Path, status: str, error: str | None = None) -> Path | None:
     """Record how the run ended: ``status`` (``ok``, ``failed``, ``interrupted``) in ``config.json``; a
-    run that did not end ``ok`` is removed when it holds only bookkeeping, else marked with ``FAILED``.
+    run that did not end ``ok`` is removed when it holds only bookkeeping, else marked with ``FAILED``; so is
+    a finished run that left nothing but bookkeeping and an empty log (its results went elsewhere).
     Returns the run directory when it is kept."""
     try:
-        if status != "ok" and {p.name for p in run_dir.iterdir()} <= BOOKKEEPING:
+        names = {p.name for p in run_dir.iterdir()}
+        log = run_dir / "log.txt"
+        wrote_nothing = status == "ok" and (not log.is_file() or log.stat().st_size == 0)
+        if names <= BOOKKEEPING and (status != "ok" or wrote_nothing):  # e.g. report, export: results elsewhere
             shutil.rmtree(run_dir)
             return None
         config = run_dir / "config.json"
