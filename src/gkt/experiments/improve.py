@@ -85,10 +85,11 @@ class TeacherRank:
 
 
 def rank_teachers(student: Classifier, teachers: Sequence[Classifier], specs: Sequence[str], selection: ImageDataset,
-                  device: torch.device, config: ImproveConfig, workers: int | None = None) -> list[TeacherRank]:
+                  device: torch.device, config: ImproveConfig, workers: int | None = None
+                  ) -> tuple[list[TeacherRank], float]:
     """The zoo ranked by ρ_pos for ``student`` on ``selection`` (one forward pass per model, stored), each
     kept when its ρ_pos exceeds every random-init teacher's (one per architecture of the student and the zoo)
-    by more than 2 standard errors."""
+    by more than 2 standard errors; and the student's accuracy on ``selection`` (from the same pass)."""
     names = [f"teacher{i}" for i in range(len(teachers))]
     models = [_renamed(student, "student"), *(_renamed(t, n) for t, n in zip(teachers, names))]
     analysis = analyze(models, selection, device, seed=config.seed, semantic=False, precision=config.precision,
@@ -106,7 +107,7 @@ def rank_teachers(student: Classifier, teachers: Sequence[Classifier], specs: Se
                   f"(2 s.e. {100 * noise:.2f} pp): " + ("holds knowledge the student lacks" if kept else
                                                            "no more than a random teacher; dropped"))
         rows.append(TeacherRank(spec, row.acc_teacher, row.rho_pos, row.rho_neg, random_rho, kept, reason))
-    return rows
+    return rows, view.acc_student
 
 
 def _renamed(model: Classifier, name: str) -> Classifier:
@@ -229,9 +230,8 @@ def improve(student: str, zoo: Sequence[str], *, data: str = ImproveConfig.data,
 
     t0 = time.perf_counter()
     workers_decode = None
-    ranking = rank_teachers(student_model, [m for _, m in pairs], [s for s, _ in pairs], splits.selection,
-                            torch_device, config, workers_decode)
-    acc_before = _selection_accuracy(student_model, splits.selection, torch_device, config.precision)
+    ranking, acc_before = rank_teachers(student_model, [m for _, m in pairs], [s for s, _ in pairs],
+                                        splits.selection, torch_device, config, workers_decode)
     seconds["ranking"] = time.perf_counter() - t0
     kept = [r for r in ranking if r.kept][:config.max_teachers]
     say(f"teachers for {student} (selection split, {len(splits.selection)} images; student {100 * acc_before:.2f}%):")
@@ -315,11 +315,6 @@ def _prune(root: Path, keep: str | None) -> None:
     for folder in root.iterdir():
         if folder.is_dir() and folder.resolve() != kept:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _selection_accuracy(model: Classifier, selection: ImageDataset, device: torch.device, precision: str) -> float:
-    dataset = decoded_for([model], selection, selection)[1]
-    return get_many([model], dataset, device, precision=precision)[0].accuracy
 
 
 def _load_candidate(candidate: Candidate, student: Classifier) -> Classifier:

@@ -83,6 +83,7 @@ class Splits:
     selection: ImageDataset
     certification: ImageDataset
     val_source: str
+    held_out: ImageDataset  # selection and certification together
 
     def sizes(self) -> dict[str, Any]:
         return {"transfer": len(self.transfer), "selection": len(self.selection),
@@ -122,7 +123,7 @@ def load_splits(data: str, data_dir: str | None, held_out: str, val_fraction: fl
         raise GktError(f"{data}: its held-out split ({len(val)} images) is too small to cut into a selection and a "
                        "certification split; give more held-out data")
     transfer = stratified_subset(train, fraction=fraction, seed=seed)
-    return Splits(transfer, selection, certification, source)
+    return Splits(transfer, selection, certification, source, val)
 
 
 def load_models(specs: Sequence[str], config: ImproveConfig) -> list[Classifier]:

@@ -22,12 +22,11 @@ from gkt.analysis.certify import certify as certificate_of
 from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_csv, write_json
 from gkt.core.runtime import resolve_device, seed_everything
-from gkt.data.subsets import stratified_subset
 from gkt.engine.distributed import DistContext
 from gkt.engine.loop import Runtime, predict_logits
 from gkt.engine.metrics import correctness, knowledge_gain_loss
 from gkt.engine.predictions import get_many
-from gkt.experiments.improve import ImproveConfig, held_out_split, load_models, write_model
+from gkt.experiments.improve import ImproveConfig, load_models, load_splits, write_model
 from gkt.transfer import decoded_for
 from gkt.transfer.mutual import MutualConfig, run_mutual
 
@@ -75,8 +74,8 @@ def mutual(models: Sequence[str], *, data: str = ImproveConfig.data, unlabelled:
     if run_dir is None:
         run_dir = dist.broadcast(new_run_dir(out, "mutual") if dist.is_main else None)
     run_dir = Path(run_dir)
-    train, test, source = held_out_split(data, data_dir, held_out, val_fraction, seed)
-    transfer = stratified_subset(train, fraction=fraction, seed=seed)
+    splits = load_splits(data, data_dir, held_out, val_fraction, data_cfg.selection_share, fraction, seed)
+    transfer, test, source = splits.transfer, splits.held_out, splits.val_source  # the models' data too (cached)
     if len(transfer) < batch_size:
         raise GktError(f"{transfer.name}: {len(transfer)} transfer images is fewer than one batch of {batch_size}; "
                        f"lower --batch-size to {len(transfer)} or less, or give more data")
