@@ -196,8 +196,9 @@ def test_cli_analyze(tiny_fmnist_dir: Path, tmp_path: Path, capsys: pytest.Captu
 def test_random_baseline_sample_joins_the_one_decode_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           broken: bool) -> None:
     from gkt.analysis.complementary import random_teachers
-    from gkt.data.datasets import EncodedImageDataset, load_image_folder
+    from gkt.data.datasets import EncodedImageDataset
     from gkt.data.decode import reset_skipped
+    from gkt.data.folder import load_image_folder
     from gkt.data.subsets import stratified_indices
     from gkt.engine.predictions import get_many
     from gkt.models.preprocess import decode_plan_for

@@ -87,7 +87,7 @@ def test_truncated_jpeg_fails_naming_it_or_is_skipped_and_counted(tmp_path: Path
 def test_truncated_jpeg_found_by_the_pass_itself(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """When no pixel statistics are decoded first, the analysis pass is where it is found."""
-    from gkt.data.datasets import FolderImageDataset
+    from gkt.data.folder import FolderImageDataset
 
     monkeypatch.setattr(FolderImageDataset, "pixel_stats", lambda self, max_samples=256: ((0.5,) * 3, (0.25,) * 3))
     root = tmp_path / "imgs"

@@ -13,7 +13,7 @@ from conftest import write_idx
 
 from gkt.core.errors import GktError
 from gkt.data import fmnist
-from gkt.data.datasets import iterate_batches, load_image_folder
+from gkt.data.datasets import iterate_batches
 from gkt.data.fmnist import (
     FASHION_MNIST_FILES,
     download_fashion_mnist,
@@ -21,6 +21,7 @@ from gkt.data.fmnist import (
     locate_fashion_mnist,
     read_idx,
 )
+from gkt.data.folder import load_image_folder
 from gkt.data.spec import DataSpec, load_split
 from gkt.data.subsets import stratified_indices, train_val_split
 from tests.data.test_decode import write_jpeg_folder
@@ -218,7 +219,7 @@ def test_decoders_are_imported_before_workers_fork(tmp_path: Path) -> None:
     """The parent imports torchvision's decoders before starting decode workers: forked workers inherit them
     instead of each importing torchvision again (seconds per pass)."""
     root = write_jpeg_folder(tmp_path / "val", {"a": 2, "b": 2})
-    script = (f"import sys\nfrom gkt.data.datasets import iterate_batches, load_image_folder\n"
+    script = (f"import sys\nfrom gkt.data.datasets import iterate_batches\nfrom gkt.data.folder import load_image_folder\n"
               f"ds = load_image_folder({str(root)!r}, image_size=8)\n"
               "assert 'torchvision.io' not in sys.modules\n"
               "assert sum(len(i) for _, _, i in iterate_batches(ds, 2, workers=1)) == 4\n"

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from gkt.core.errors import GktError
-from gkt.data.datasets import iterate_batches, load_image_folder
+from gkt.data.datasets import iterate_batches
 from gkt.data.decode import ImageIndex, decode_image, reset_skipped, skipped_images
+from gkt.data.folder import load_image_folder
 from gkt.data.spec import load_split
 from gkt.data.views import square_view
 from gkt.engine.predictions import dataset_identity

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gkt.data.datasets import iterate_batches, load_image_folder
+from gkt.data.datasets import iterate_batches
+from gkt.data.folder import load_image_folder
 from gkt.data.views import View, apply_views, view_of
 
 

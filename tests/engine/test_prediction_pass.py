@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gkt.data.datasets as datasets_module
-from gkt.data.datasets import load_image_folder
 from gkt.data.decode import reset_skipped
+from gkt.data.folder import load_image_folder
 from gkt.engine.outputs_cache import CachedOutputs
 from gkt.engine.predictions import get_many, predict_many
 from gkt.models.classifier import ArchSpec, Classifier

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from gkt.core.errors import GktError
-from gkt.data.datasets import iterate_batches, load_image_folder
+from gkt.data.datasets import iterate_batches
 from gkt.data.decode import reset_skipped, skipped_images
+from gkt.data.folder import load_image_folder
 from gkt.experiments.backends import ray_capacity
 from gkt.experiments.grid import (
     LocalBackend,

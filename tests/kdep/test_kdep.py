@@ -322,7 +322,7 @@ def test_pretrain_with_an_unreadable_image_resumes_to_the_same_weights(tmp_path:
                                                                        augment: list[str]) -> None:
     """Under --bad-images skip the unreadable image is left out from the epoch after it is found (without
     augmentation: from the start, by the teacher's pass), as a resumed run lists the folder."""
-    from gkt.data.datasets import load_image_folder
+    from gkt.data.folder import load_image_folder
     from gkt.engine.loop import TrainLoop
     from gkt.models import load_model
     from tests.data.test_decode import write_jpeg_folder

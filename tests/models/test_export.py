@@ -10,7 +10,7 @@ import torch
 
 from gkt.cli import main
 from gkt.core.errors import GktError
-from gkt.data.datasets import load_image_folder
+from gkt.data.folder import load_image_folder
 from gkt.models import DataInfo, load_model, save_checkpoint
 from gkt.models.export import export_model
 from tests.hubs import HF_MODEL, IMAGENETTE, TIMM_MODELS, HubCaches

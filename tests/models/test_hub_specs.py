@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gkt.core.errors import GktError
-from gkt.data.datasets import load_image_folder
+from gkt.data.folder import load_image_folder
 from gkt.models import DataInfo, load_model
 from gkt.models.specs import display_name
 from tests.hubs import HF_MODEL, IMAGENETTE, TIMM_MODELS, TORCHVISION_MODEL, HubCaches

@@ -134,12 +134,11 @@ def test_partition_quality() -> None:
     assert q["samples_to_teacher"] == pytest.approx(1 / 2)
 
 
-def test_a_transfer_decodes_the_test_set_into_each_models_own_view(tmp_path) -> None:
-    """Folder images: the transfer set decoded once at the size both models resize from, the test set into
-    each model's own eval view (as gkt analyze evaluates); in-memory data come back unchanged."""
+def test_a_transfer_decodes_its_data_into_each_models_own_view(tmp_path) -> None:
+    """Folder images: the transfer set and the test set decoded once per image into each model's own eval view
+    (as gkt analyze evaluates); in-memory data come back unchanged."""
     from gkt.data.spec import load_split
-    from gkt.data.views import square_view
-    from gkt.models.preprocess import decode_plan_for, decode_size_for
+    from gkt.models.preprocess import decode_plan_for
     from gkt.transfer import decoded_for
     from tests.hubs import IMAGENETTE, image_folder
 
@@ -150,7 +149,7 @@ def test_a_transfer_decodes_the_test_set_into_each_models_own_view(tmp_path) -> 
                               Preprocess(size, 3, (0.5,) * 3, (0.25,) * 3, crop_pct=0.875), list(IMAGENETTE))
             for size in (16, 24))
     transfer_set, test_set = decoded_for([a, b], train, test)
-    assert transfer_set.decode_plan == (square_view(decode_size_for([a.preprocess, b.preprocess])),)
+    assert transfer_set.decode_plan == decode_plan_for([a.preprocess, b.preprocess])
     assert test_set.decode_plan == decode_plan_for([a.preprocess, b.preprocess]) and len(test_set.decode_plan) == 2
     blobs = make_blobs()
     assert decoded_for([a, b], blobs, blobs) == (blobs, blobs)

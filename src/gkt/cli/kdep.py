@@ -19,14 +19,14 @@ GROUP_HELP["kdep"] = "KDEP: pre-train a new architecture from a teacher's featur
 
 def _add_recipe(p: argparse.ArgumentParser, recipe: Recipe) -> None:
     """Options of a training recipe, defaulting to ``recipe`` (the benchmark's)."""
-    from gkt.data.augment import AUGMENTATIONS
+    from gkt.data.augment import augment_help
 
     add_config_option(p, "--epochs", recipe, help="epochs")
     add_config_option(p, "--lr", recipe, help="peak learning rate, warm-up + cosine")
     add_config_option(p, "--weight-decay", recipe, help="weight decay")
     add_config_option(p, "--optimizer", recipe, choices=("sgd", "adamw"), help="optimizer (SGD with momentum 0.9)")
     add_config_option(p, "--batch-size", recipe, help="batch size")
-    add_config_option(p, "--augment", recipe, metavar="AUG", help=f"batch augmentations ({', '.join(AUGMENTATIONS)})")
+    add_config_option(p, "--augment", recipe, metavar="AUG", help=augment_help())
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:

@@ -11,7 +11,7 @@ from gkt.core.errors import GktError
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.cli.config import add_config_option
     from gkt.core.runtime import PRECISIONS
-    from gkt.data.augment import AUGMENTATIONS
+    from gkt.data.augment import augment_help
     from gkt.data.spec import SYNTAX
     from gkt.experiments.improve import ImproveConfig
     from gkt.transfer.mutual import MUTUAL_RULES, MutualConfig
@@ -37,7 +37,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--batch-size", m, help="batch size")
     add_config_option(p, "--temperature", m, help="softmax temperature T")
     add_config_option(p, "--augment", m, metavar="NAME",
-                      help=f"batch augmentations, seen by every model ({', '.join(AUGMENTATIONS)})")
+                      help=augment_help())
     add_config_option(p, "--held-out", d, choices=["test", "val"],
                       help="the labelled split that evaluates and certifies: the data's test split, or a val split "
                            "(shipped, else carved from train)")

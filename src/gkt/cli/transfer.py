@@ -24,7 +24,7 @@ RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size
 
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
-    from gkt.data.augment import AUGMENTATIONS
+    from gkt.data.augment import augment_help
     from gkt.data.spec import SYNTAX
     from gkt.engine.loop import Runtime
     from gkt.transfer import TRANSFER_FRACTION, TransferConfig, describe_methods
@@ -53,7 +53,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--temperature", d, help="softmax temperature T")
     add_config_option(p, "--weight-decay", d, help="SGD weight decay")
     add_config_option(p, "--augment", d, metavar="NAME",
-                      help=f"batch augmentations applied once, seen by every model ({', '.join(AUGMENTATIONS)})")
+                      help=augment_help())
     p.add_argument("--unlabelled", action="store_true",
                    help="treat the transfer set as unlabelled: only label-free methods are allowed")
     add_config_option(p, "--student-mode", d, choices=["train", "eval"],

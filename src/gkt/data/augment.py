@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from gkt.core.errors import GktError
 from gkt.core.registry import Registry
+from gkt.data.views import CROPS, RandomCrop
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -66,3 +68,26 @@ def compose(names: Sequence[str]) -> Callable[[torch.Tensor, torch.Generator], t
         return x
 
     return apply
+
+
+def split_augment(names: Sequence[str]) -> tuple[RandomCrop | None, tuple[str, ...]]:
+    """``--augment`` names as (the photo augmentation done while decoding, if any; the batch augmentations
+    applied after it, in order). Unknown names fail here, listing both kinds."""
+    crops = [n for n in names if n in CROPS]
+    unknown = [n for n in names if n not in CROPS and n not in AUGMENTATIONS]
+    if unknown:
+        raise GktError(f"unknown augmentation(s) {', '.join(map(repr, unknown))}; choose from "
+                       f"{', '.join([*CROPS.names(), *AUGMENTATIONS.names()])}")
+    if len(crops) > 1:
+        raise GktError(f"--augment names {len(crops)} photo augmentations ({', '.join(crops)}); give at most one")
+    return (CROPS[crops[0]] if crops else None), tuple(n for n in names if n not in CROPS)
+
+
+AUGMENT_HELP = ("augmentations, seen by every model in its own view: 'photo' (folder:/hf: data: a random-resized "
+                "crop and flip drawn while decoding, the same box for every model at its own size and interpolation; "
+                "the frozen models' outputs are stored per epoch and reused) and batch ones applied after it")
+
+
+def augment_help() -> str:
+    """The ``--augment`` help text of every verb, naming every augmentation."""
+    return f"{AUGMENT_HELP}: {', '.join(AUGMENTATIONS.names())}"

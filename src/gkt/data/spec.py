@@ -21,11 +21,12 @@ from typing import Literal
 from gkt.core.errors import GktError
 from gkt.core.limits import MAX_LISTED_CLASSES, check_size
 from gkt.core.registry import Registry
-from gkt.data.datasets import DEFAULT_DECODE_SIZE, ImageDataset, load_image_folder
+from gkt.data.datasets import DEFAULT_DECODE_SIZE, ImageDataset
 from gkt.data.decode import BadImagePolicy
 from gkt.data.digits import digits_split
 from gkt.data.domains import DOMAINS, apply_domain
 from gkt.data.fmnist import load_fashion_mnist
+from gkt.data.folder import load_image_folder
 from gkt.data.hf import hf_split
 from gkt.data.subsets import carve_split, class_subset
 

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from gkt.core.config import Recipe
 from gkt.core.errors import GktError
 from gkt.core.runtime import autocast, autocast_dtype
-from gkt.data.augment import compose
+from gkt.data.augment import compose, split_augment
 from gkt.data.datasets import ImageDataset, iterate_batches
+from gkt.data.views import View, per_view
 from gkt.engine.distributed import DistContext
 from gkt.models.classifier import Classifier
 from gkt.models.preprocess import to_unit_float
@@ -73,6 +74,7 @@ class LoopConfig:
     seed: int
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
+    crop_epochs: int = 0  # photo augmentation: epoch e uses the crops of epoch e mod this (0: its own)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, schedule: str = "cosine") -> LoopConfig:
@@ -105,10 +107,16 @@ class Runtime:
 class Batch:
     """One training batch as a task sees it (tensors on the training device unless noted)."""
 
-    x: torch.Tensor  # augmented images, float in [0, 1]
+    x: torch.Tensor  # augmented images, float in [0, 1] (a canvas of the views of ``plan``)
     labels: torch.Tensor  # [B]
     indices: torch.Tensor  # [B] positions in the training set (CPU)
     generator: torch.Generator  # the loop's seeded CPU generator
+    plan: tuple[View, ...] = ()  # the views ``x`` holds (the dataset's decode plan)
+
+    def input_for(self, model: Classifier) -> torch.Tensor:
+        """``model``'s normalised input: its own view of the batch where the plan holds it
+        (:meth:`Classifier.input_of`)."""
+        return model.input_of(self.x, self.plan)
 
 
 class Task:
@@ -130,6 +138,9 @@ class Task:
 
     def train(self) -> None:
         """Set the models' modes at the start of every epoch."""
+
+    def begin_epoch(self, dataset: ImageDataset) -> None:
+        """Called before each epoch with the data it reads (with photo augmentation: that epoch's crops)."""
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -162,6 +173,9 @@ class TrainLoop:
         runtime.dist.shard_batch(config.batch_size)  # the global batch must split evenly over the ranks
         if config.schedule not in ("cosine", "constant"):
             raise GktError(f"unknown learning-rate schedule {config.schedule!r}; use cosine or constant")
+        crop, batch_augment = split_augment(config.augment)
+        if crop is not None:  # photo augmentation: crops drawn while decoding, per epoch and image
+            dataset = dataset.with_crops(crop, config.seed)
         self.task, self.dataset, self.config, self.device, self.desc = task, dataset, config, device, desc
         torch.manual_seed(config.seed)  # dropout masks and a task's random parts follow the run's seed
         task.setup(self)
@@ -175,7 +189,8 @@ class TrainLoop:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         task.prepare(self)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.augment = compose(config.augment)
+        self.augment = compose(batch_augment)
+        self.batch_augment = bool(batch_augment)
         self.epoch = 0
         self.step = 0
         self.epoch_started = time.perf_counter()
@@ -193,6 +208,12 @@ class TrainLoop:
             wrapped = torch.compile(wrapped)
         return wrapped
 
+    def epoch_data(self, epoch: int) -> ImageDataset:
+        """The data epoch ``epoch`` reads: with photo augmentation, the crops of that epoch (of ``epoch mod
+        crop_epochs`` when the config fixes how many crop sets there are)."""
+        k = self.config.crop_epochs
+        return self.dataset.for_epoch(epoch % k if k else epoch)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.runtime.precision)
 
@@ -203,15 +224,21 @@ class TrainLoop:
         self.task.train()
         running: torch.Tensor | None = None  # per-loss sums, on the device: no host sync inside the loop
         dist, device = self.runtime.dist, self.device
-        batches = iterate_batches(self.dataset, self.config.batch_size, shuffle=True, generator=self.generator,
+        dataset = self.epoch_data(self.epoch)
+        self.task.begin_epoch(dataset)
+        plan = dataset.decode_plan
+        batches = iterate_batches(dataset, self.config.batch_size, shuffle=True, generator=self.generator,
                                   drop_last=True, shard=(dist.rank, dist.world), workers=self.runtime.loader_workers,
                                   pin_memory=device.type == "cuda")
         for images, labels, indices in tqdm(batches, total=self.steps_per_epoch,
                                             desc=f"{self.desc} {self.epoch + 1}/{self.config.epochs}", leave=False,
                                             disable=None if dist.is_main else True):
-            x = self.augment(to_unit_float(images.to(device, non_blocking=True)), self.generator)
+            x = to_unit_float(images.to(device, non_blocking=True))
+            if self.batch_augment:  # the same draws for every view of a canvas
+                x = per_view(lambda b: self.augment(b, self.generator), x, plan, self.generator)
             with self.autocast():
-                losses = self.task.losses(Batch(x, labels.to(device, non_blocking=True), indices, self.generator))
+                losses = self.task.losses(Batch(x, labels.to(device, non_blocking=True), indices, self.generator,
+                                                plan))
                 if len(losses) == 1:  # the common case, without a stack and a sum per step
                     total = next(iter(losses.values())).float()
                     parts = total.reshape(1)
@@ -296,7 +323,8 @@ class SupervisedTask(Task):
         self.model.train()
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"xe": F.cross_entropy(self.forward(batch.x), batch.labels, label_smoothing=self.label_smoothing)}
+        logits = self.forward(batch.x, batch.input_for(self.model))
+        return {"xe": F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.net.state_dict()}

@@ -122,9 +122,10 @@ class Classifier(nn.Module):
         """Logits of a batch that is this model's view of a decode plan (see :meth:`prepare_view`)."""
         return self.check_outputs(self.net(self.prepare_view(images)))
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate, globally pooled features (before the last activation where the net exposes it)."""
-        return self.net.forward_features(self.normalize(images))
+    def features(self, images: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
+        """Penultimate, globally pooled features (before the last activation where the net exposes it);
+        ``prepared`` as in :meth:`forward`."""
+        return self.net.forward_features(self.normalize(images) if prepared is None else prepared)
 
     def identity(self) -> str:
         """Content hash of what the model computes: weights, architecture, preprocessing and class names

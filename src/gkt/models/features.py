@@ -121,10 +121,11 @@ class FeatureTap:
             self.dim = int(self(_dummy_batch(model)).shape[1])
         model.train(was_training)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prepared: torch.Tensor | None = None) -> torch.Tensor:
+        """The tapped features of raw ``images`` (``prepared``: the model's normalised input, used instead)."""
         if self.module is None:
-            return self.model.features(images)
-        return global_pool(capture(lambda: self.model(images), self.module, self.take_output,
+            return self.model.features(images, prepared)
+        return global_pool(capture(lambda: self.model(images, prepared), self.module, self.take_output,
                                    f"layer {self.layer!r} of {self.model.name}"))
 
     def describe(self) -> str:

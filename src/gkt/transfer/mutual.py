@@ -137,16 +137,16 @@ class MutualTask(Task):
         for m in self.models:
             m.train()
 
-    def frozen(self, x: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
+    def frozen(self, batch: Batch) -> list[torch.Tensor]:
         if self.cached is not None:
-            return [c.rows(indices, self.device) for c in self.cached]
+            return [c.rows(batch.indices, self.device) for c in self.cached]
         with torch.no_grad():
-            return [m(x) for m in self.frozen_models]
+            return [m(batch.x, batch.input_for(m)) for m in self.frozen_models]
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = [forward(batch.x) for forward in self.forwards]
+        logits = [forward(batch.x, batch.input_for(m)) for forward, m in zip(self.forwards, self.models)]
         labels = None if self.config.unlabelled else batch.labels
-        kls = mutual_losses(logits, self.frozen(batch.x, batch.indices), labels, self.config.rule,
+        kls = mutual_losses(logits, self.frozen(batch), labels, self.config.rule,
                             self.config.temperature)
         out = {f"kl{i}": kl for i, kl in enumerate(kls)}
         if self.config.ce > 0:

@@ -24,7 +24,9 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.io import write_csv, write_json
+from gkt.data.augment import split_augment
 from gkt.data.datasets import ImageDataset
+from gkt.data.views import view_of
 from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict_logits
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
@@ -33,7 +35,7 @@ from gkt.engine.state import save_training_state
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
 from gkt.models.features import FeatureTap
-from gkt.models.preprocess import decode_plan_for, decode_size_for, to_unit_float
+from gkt.models.preprocess import decode_plan_for, to_unit_float
 from gkt.transfer.base import (
     FROZEN_LOGITS,
     STUDENT_FEATURES,
@@ -96,12 +98,12 @@ def freeze(model: Classifier) -> Classifier:
     return model.eval().requires_grad_(False)
 
 
-# How each declared need is produced from the augmented batch ``x``.
+# How each declared need is produced from the augmented batch ``x``, each model given its own view.
 TARGET_PRODUCERS: dict[str, Callable[[TransferTask, torch.Tensor], torch.Tensor]] = {
-    TEACHER_LOGITS: lambda task, x: task.teacher(x),
-    TEACHER_FEATURES: lambda task, x: task.teacher_tap(x),
-    TEACHERS_LOGITS: lambda task, x: torch.stack([teacher(x) for teacher in task.teachers], 1),
-    FROZEN_LOGITS: lambda task, x: task.frozen(x),
+    TEACHER_LOGITS: lambda task, x: task.teacher(x, task.input_of(task.teacher, x)),
+    TEACHER_FEATURES: lambda task, x: task.teacher_tap(x, task.input_of(task.teacher, x)),
+    TEACHERS_LOGITS: lambda task, x: torch.stack([t(x, task.input_of(t, x)) for t in task.teachers], 1),
+    FROZEN_LOGITS: lambda task, x: task.frozen(x, task.input_of(task.frozen, x)),
 }
 
 
@@ -137,13 +139,33 @@ class TransferTask(Task):
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
         self.teacher_tap = FeatureTap(self.teacher, "features") if TEACHER_FEATURES in method.needs else None
         self.student_tap = FeatureTap(self.student, "features") if STUDENT_FEATURES in method.needs else None
-        self.cached = self._cache_targets(runtime) if runtime.cache_outputs and not config.augment else {}
+        crop, batch_augment = split_augment(config.augment)
+        self.runtime, self.plan = runtime, transfer_set.decode_plan
+        # Outputs are stored when the input pipeline is deterministic: no augmentation, or only photo
+        # augmentation, whose crops are fixed per epoch and row (stored per epoch, in begin_epoch).
+        self.cache_per_epoch = runtime.cache_outputs and crop is not None and not batch_augment
+        self.cached = self._cache_targets(runtime, transfer_set) \
+            if runtime.cache_outputs and not config.augment else {}
         self.prepared = self._prepare_fixed_targets()
-        self.example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
+        example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
+        self.example = view_of(example, self.plan, student.preprocess.view) if len(self.plan) > 1 else None
+        self.example = example if self.example is None else self.example  # the student's view, for setup
         self.student_forward: Callable[[torch.Tensor], torch.Tensor] = self.student
         self.method_forward: Callable[[Step], dict] = method
 
-    def _cache_targets(self, runtime: Runtime) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    def input_of(self, model: Classifier, x: torch.Tensor) -> torch.Tensor:
+        """``model``'s normalised input from a batch of the transfer set: its own view of the decode plan
+        (exactly its library's transform, or that transform's crop size and interpolation on the step's crop)."""
+        return model.input_of(x, self.plan)
+
+    def begin_epoch(self, dataset: ImageDataset) -> None:
+        """With photo augmentation: the frozen models' outputs on this epoch's crops, from the output store
+        (computed once per teacher, data, seed and epoch, then read by every run and study job)."""
+        if self.cache_per_epoch:
+            self.cached = self._cache_targets(self.runtime, dataset)
+            self.prepared = self._prepare_fixed_targets()
+
+    def _cache_targets(self, runtime: Runtime, dataset: ImageDataset) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Cached-output readers for the declared needs that have one (rank 0 computes, then the rest read)."""
         sources = {TEACHER_LOGITS: self.teachers[:1], TEACHERS_LOGITS: self.teachers,
                    FROZEN_LOGITS: [self.frozen] if self.frozen is not None else []}
@@ -155,9 +177,9 @@ class TransferTask(Task):
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
         frozen = list({id(m): m for models in wanted.values() for m in models}.values())
-        get_many(frozen, self.transfer_set, self.device, workers=runtime.loader_workers)  # one decode pass
-        data_id = dataset_identity(self.transfer_set)
-        readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
+        get_many(frozen, dataset, self.device, workers=runtime.loader_workers)  # one decode pass
+        data_id = dataset_identity(dataset)
+        readers = {need: [CachedOutputs(m, dataset, self.device, labels_allowed=labels_allowed,
                                         data_id=data_id) for m in models] for need, models in wanted.items()}
         if dist.is_main:
             dist.barrier()
@@ -186,6 +208,7 @@ class TransferTask(Task):
         return [*self.student.parameters(), *self.method.parameters()]
 
     def setup(self, loop: TrainLoop) -> None:
+        self.plan = loop.dataset.decode_plan
         self.method.setup(self.student, self.teacher, len(self.transfer_set),
                           to_unit_float(self.example.to(self.device)))
         self.method.to(self.device)
@@ -216,9 +239,10 @@ class TransferTask(Task):
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         x, labels = batch.x, batch.labels if self.method.uses_labels else None
-        step = Step(self.student_forward(x), self.step_targets(x, batch.indices, labels), batch.indices,
-                    batch.generator, labels=labels,
-                    student_features=self.student_tap(x) if self.student_tap is not None else None)
+        student_input = self.input_of(self.student, x)
+        step = Step(self.student_forward(x, student_input), self.step_targets(x, batch.indices, labels),
+                    batch.indices, batch.generator, labels=labels,
+                    student_features=self.student_tap(x, student_input) if self.student_tap is not None else None)
         return self.method_forward(step)
 
     def after_step(self, step: int) -> None:
@@ -266,12 +290,13 @@ class TransferOutcome:
 
 def decoded_for(models: Sequence[Classifier], transfer_set: ImageDataset,
                 test_set: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    """Encoded images as a transfer between ``models`` reads them: the transfer set decoded once per image at
-    the size every model resizes from (training), the test set into each model's own eval view (exactly its
-    library's transform, as ``gkt analyze`` evaluates). In-memory datasets come back as they are."""
-    preprocesses = [m.preprocess for m in models]
-    return (transfer_set.at_decode_size(decode_size_for(preprocesses)),
-            test_set.at_decode_plan(decode_plan_for(preprocesses)))
+    """Encoded images as a transfer between ``models`` reads them: each image decoded once into every model's
+    own eval view (exactly its library's transform, as ``gkt analyze`` evaluates), for training and test
+    alike. Teachers and the frozen student compute their targets on their own view, the student trains on its
+    own; with photo augmentation (``--augment photo``) every view takes the same random crop. In-memory
+    datasets come back as they are."""
+    plan = decode_plan_for(m.preprocess for m in models)
+    return transfer_set.at_decode_plan(plan), test_set.at_decode_plan(plan)
 
 
 def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier], transfer_set: ImageDataset,
