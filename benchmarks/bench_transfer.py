@@ -9,6 +9,12 @@ they are installed, else random images of the same shape. Every variant runs ``-
 interleaved, and reports the median samples/s and the best epoch's (the least disturbed one on a shared
 machine); the ratios are measured in this one run. Each student is measured in turn; the last line gives
 every student's cached KL+DP ÷ plain fine-tuning (medians).
+
+``--augment``: the same with photo augmentation (``--augment photo``: a random-resized crop and flip drawn
+while decoding) on the same images stored as an image folder (PNG files, decoded every epoch, as photos are):
+plain fine-tuning with that augmentation against KL+DP reading the frozen models' stored outputs on the
+epoch's crops (FKD-style; built once per epoch of crops, ``--augment-epochs`` sets of them, its time printed
+apart) and KL+DP running the teacher and the frozen student on every step (teacher online).
 """
 
 from __future__ import annotations
@@ -19,21 +25,23 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from gkt.core.errors import GktError
 from gkt.core.runtime import resolve_device
-from gkt.data.datasets import TensorImageDataset, iterate_batches
+from gkt.data.datasets import ImageDataset, TensorImageDataset, iterate_batches
 from gkt.data.fmnist import FASHION_MNIST_CLASSES
+from gkt.data.folder import load_image_folder
 from gkt.data.spec import load_split
 from gkt.data.subsets import stratified_subset
-from gkt.engine.loop import Runtime, make_optimizer
+from gkt.engine.loop import LoopConfig, Runtime, SupervisedTask, TrainLoop, make_optimizer
 from gkt.models import Classifier
 from gkt.models.preprocess import to_unit_float
 from gkt.models.zoo import get_entry
-from gkt.transfer import TransferConfig
+from gkt.transfer import TransferConfig, decoded_for
 from gkt.transfer.trainer import TransferTrainer
 
 
@@ -98,8 +106,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--loader-workers", type=int, default=None, help="--augment: decoding processes (default: gkt's)")
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CPU: only where it is faster)")
     p.add_argument("--no-uncached", action="store_true", help="skip the (slow) outputs-computed-per-step variant")
+    p.add_argument("--augment", action="store_true",
+                   help="photo augmentation on an image folder of the same images (see the module docstring)")
+    p.add_argument("--augment-epochs", type=int, default=1,
+                   help="--augment: sets of crops whose stored outputs the cached variant reads (epoch e uses e mod N)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +120,13 @@ def main() -> None:
     data = transfer_data(args.samples)
     os.environ["GKT_HOME"] = tempfile.mkdtemp(prefix="gkt-bench-")  # random models' outputs stay out of the cache
     teacher = zoo_architecture(args.teacher, 2).to(device)
+    if args.augment:
+        folder = as_image_folder(data, Path(os.environ["GKT_HOME"]) / "images")
+        ratios = {name: measure_augmented(zoo_architecture(name, 1).to(device), teacher, folder, device, args)
+                  for name in args.students}
+        print("cached kl-dp with photo augmentation ÷ plain fine-tuning with it (medians): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        return
     ratios = {name: measure(zoo_architecture(name, 1).to(device), teacher, data, device, args)
               for name in args.students}
     print("cached kl-dp ÷ plain fine-tuning (medians): " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
@@ -145,6 +165,54 @@ def measure(student: Classifier, teacher: Classifier, data: TensorImageDataset, 
         print(f"  {name:36s} {r:9.0f} samples/s (±{100 * spread:.0f}%)   ÷ limit = {r / limit:.2f}   "
               f"best epoch {best[name]:9.0f} samples/s ÷ best limit = {best[name] / best_limit:.2f}")
     return rate["kl-dp, outputs cached"] / limit
+
+
+def as_image_folder(data: TensorImageDataset, root: Path) -> ImageDataset:
+    """``data`` written as PNG files in the ImageNet layout, loaded as a folder (decoded every epoch)."""
+    from PIL import Image
+
+    names = [f"{k:02d}-{name.replace('/', '-')}" for k, name in enumerate(data.class_names)]  # sorted as the labels
+    for i, (image, label) in enumerate(zip(data.images, data.labels.tolist())):
+        (root / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(root / names[label] / f"{i}.png")
+    return load_image_folder(root, image_size=data.image_shape[-1], channels=data.image_shape[0])
+
+
+def measure_augmented(student: Classifier, teacher: Classifier, folder: ImageDataset, device: torch.device,
+                      args: argparse.Namespace) -> float:
+    """``--augment``: plain fine-tuning with photo augmentation (the limit), KL+DP reading the stored outputs of
+    the frozen models on each epoch's crops, and KL+DP computing them every step; returns cached ÷ limit."""
+    config = TransferConfig(method="kl-dp", epochs=10 ** 6, batch_size=args.batch_size, augment=("photo",),
+                            augment_epochs=args.augment_epochs)
+    data, _ = decoded_for([student, teacher], folder, folder)
+    runtime = Runtime(loader_workers=args.loader_workers)
+    plain = TrainLoop(SupervisedTask(student.clone()), data.at_decode_plan((student.preprocess.view,)),
+                      LoopConfig(config.epochs, args.batch_size, "sgd", 3e-4, 1e-3, 0.9, ("photo",), 0,
+                                 crop_epochs=args.augment_epochs), device, runtime)
+    cached = TransferTrainer(student.clone(), teacher, config.build_method(), config, device, data, runtime)
+    start = time.perf_counter()
+    for epoch in range(args.augment_epochs):  # the stored outputs of every set of crops, built once
+        cached.task.begin_epoch(cached.epoch_data(epoch))
+    cache_build = time.perf_counter() - start
+    variants: dict[str, Callable[[], object]] = {"plain fine-tuning + photo (limit)": plain.train_epoch,
+                                                 "kl-dp + photo, outputs cached": cached.train_epoch}
+    if not args.no_uncached:
+        variants["kl-dp + photo, teacher online"] = TransferTrainer(
+            student.clone(), teacher, config.build_method(), config, device, data,
+            Runtime(cache_outputs=False, loader_workers=args.loader_workers)).train_epoch
+    times = interleaved_times(variants, args.repeats, device)
+    samples = (len(data) // args.batch_size) * args.batch_size
+    rate = {name: samples / statistics.median(ts) for name, ts in times.items()}
+    limit = rate["plain fine-tuning + photo (limit)"]
+    print(f"student {student.name} ({student.num_parameters():,} params), teacher {teacher.name} "
+          f"({teacher.num_parameters():,} params), {samples} images/epoch decoded from PNG files with photo "
+          f"augmentation, batch {args.batch_size}, device {device}, {torch.get_num_threads()} thread(s), "
+          f"median of {args.repeats} epochs")
+    print(f"one-off: frozen outputs on {args.augment_epochs} epoch(s) of crops stored in {cache_build:.2f}s")
+    for name, r in rate.items():
+        spread = (max(times[name]) - min(times[name])) / 2 / statistics.median(times[name])
+        print(f"  {name:36s} {r:9.0f} samples/s (±{100 * spread:.0f}%)   ÷ limit = {r / limit:.2f}")
+    return rate["kl-dp + photo, outputs cached"] / limit
 
 
 if __name__ == "__main__":

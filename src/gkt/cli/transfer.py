@@ -19,7 +19,7 @@ from gkt.reporting.tables import format_table
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
 RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size", "temperature", "method_arg",
-           "weight_decay", "augment", "unlabelled", "student_mode", "seed", "img_size", "bad_images")
+           "weight_decay", "augment", "augment_epochs", "unlabelled", "student_mode", "seed", "img_size", "bad_images")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -54,6 +54,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--weight-decay", d, help="SGD weight decay")
     add_config_option(p, "--augment", d, metavar="NAME",
                       help=augment_help())
+    add_config_option(p, "--augment-epochs", d, metavar="N",
+                      help="with --augment photo: N epochs of crops, epoch e reusing those of e mod N, so the frozen "
+                           "models' stored outputs cover N passes (0: new crops every epoch)")
     p.add_argument("--unlabelled", action="store_true",
                    help="treat the transfer set as unlabelled: only label-free methods are allowed")
     add_config_option(p, "--student-mode", d, choices=["train", "eval"],
@@ -116,7 +119,8 @@ def transfer(args: argparse.Namespace) -> int:
     config = TransferConfig(method=args.method, method_args=_parse_method_args(args.method_arg),
                             epochs=args.epochs or TransferConfig.epochs, lr=args.lr, weight_decay=args.weight_decay,
                             batch_size=args.batch_size, temperature=args.temperature, augment=tuple(args.augment),
-                            seed=args.seed, unlabelled=args.unlabelled, student_mode=args.student_mode)
+                            augment_epochs=args.augment_epochs, seed=args.seed, unlabelled=args.unlabelled,
+                            student_mode=args.student_mode)
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
     dist = getattr(args, "dist", DistContext())
     if args.multi or len(teachers) > 1:
@@ -132,7 +136,7 @@ def transfer(args: argparse.Namespace) -> int:
             args.student, spec, data=args.data, method=args.method, method_args=config.method_args,
             fraction=args.fraction, epochs=config.epochs, lr=args.lr, batch_size=args.batch_size,
             temperature=args.temperature, weight_decay=args.weight_decay, augment=tuple(args.augment),
-            unlabelled=args.unlabelled, student_mode=args.student_mode, class_map=args.class_map, seed=args.seed,
+            augment_epochs=args.augment_epochs, unlabelled=args.unlabelled, student_mode=args.student_mode, class_map=args.class_map, seed=args.seed,
             data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.torch_device, precision=args.precision,
             no_cache=args.no_cache, channels_last=args.channels_last, compile=args.compile,
             loader_workers=args.loader_workers, run_dir=args.run_dir, resume=args.resume,

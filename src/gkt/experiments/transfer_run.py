@@ -36,6 +36,7 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
              method_args: dict[str, Any] | None = None, fraction: float = TRANSFER_FRACTION, epochs: int = _D.epochs,
              lr: float = _D.lr, batch_size: int = _D.batch_size, temperature: float = _D.temperature,
              weight_decay: float = _D.weight_decay, augment: tuple[str, ...] | list[str] = _D.augment,
+             augment_epochs: int = _D.augment_epochs,
              unlabelled: bool = False, student_mode: str = _D.student_mode,
              class_map: str | Path | dict[str, Any] | None = None, seed: int = 0, data_dir: str | None = None,
              zoo_dir: str | None = None, device: str | torch.device = "auto", precision: str = Runtime.precision,
@@ -56,7 +57,8 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     state = load_state(resume) if resume else None
     config = TransferConfig(method=method, method_args=dict(method_args or {}), epochs=epochs, lr=lr,
                             weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
-                            augment=tuple(augment), seed=seed, unlabelled=unlabelled, student_mode=student_mode)
+                            augment=tuple(augment), augment_epochs=augment_epochs, seed=seed, unlabelled=unlabelled,
+                            student_mode=student_mode)
     config.build_method()  # bad method arguments / labels on unlabelled data fail before anything is loaded
     runtime = Runtime(cache_outputs=not no_cache, precision=precision, channels_last=channels_last, compile=compile,
                       loader_workers=loader_workers, dist=dist)

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
 TRANSFER_FRACTION = 0.1  # the default transfer set: this stratified share of the train split (as in the paper)
+CACHEABLE_NEEDS = {TEACHER_LOGITS, TEACHERS_LOGITS, FROZEN_LOGITS}  # frozen outputs the store can hold
 PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
 
@@ -72,18 +73,22 @@ class TransferConfig:
     batch_size: int = 128
     temperature: float = 1.0
     augment: tuple[str, ...] = ()
+    augment_epochs: int = 0  # photo augmentation: how many epochs of crops (and stored outputs); 0: one per epoch
     seed: int = 0
     unlabelled: bool = False  # the transfer set's labels must not be used
     student_mode: str = "train"  # "eval": the student's dropout off and BatchNorm statistics frozen while it learns
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Fields added later are left out at their defaults, so the identities of earlier runs still hold."""
+        return {k: v for k, v in asdict(self).items() if k != "augment_epochs" or v}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransferConfig:
         return cls(**{**d, "augment": tuple(d.get("augment", ()))})
 
     def build_method(self) -> TransferMethod:
+        if self.augment_epochs < 0:
+            raise GktError(f"augment_epochs must be 0 (one set of crops per epoch) or more, got {self.augment_epochs}")
         if self.student_mode not in ("train", "eval"):
             raise GktError(f"student_mode must be 'train' or 'eval', got {self.student_mode!r}")
         method = create_method(self.method, {"temperature": self.temperature, **self.method_args})
@@ -140,7 +145,7 @@ class TransferTask(Task):
         self.teacher_tap = FeatureTap(self.teacher, "features") if TEACHER_FEATURES in method.needs else None
         self.student_tap = FeatureTap(self.student, "features") if STUDENT_FEATURES in method.needs else None
         crop, batch_augment = split_augment(config.augment)
-        self.runtime, self.plan = runtime, transfer_set.decode_plan
+        self.runtime, self.plan, self.frozen_plan = runtime, transfer_set.decode_plan, transfer_set.decode_plan
         # Outputs are stored when the input pipeline is deterministic: no augmentation, or only photo
         # augmentation, whose crops are fixed per epoch and row (stored per epoch, in begin_epoch).
         self.cache_per_epoch = runtime.cache_outputs and crop is not None and not batch_augment
@@ -161,14 +166,23 @@ class TransferTask(Task):
     def begin_epoch(self, dataset: ImageDataset) -> None:
         """With photo augmentation: the frozen models' outputs on this epoch's crops, from the output store
         (computed once per teacher, data, seed and epoch, then read by every run and study job)."""
-        if self.cache_per_epoch:
-            self.cached = self._cache_targets(self.runtime, dataset)
+        if self.cache_per_epoch:  # the frozen models' views of the epoch's crops (the loop may decode fewer)
+            self.cached = self._cache_targets(self.runtime, dataset.at_decode_plan(self.frozen_plan))
             self.prepared = self._prepare_fixed_targets()
+
+    def training_data(self, transfer_set: ImageDataset) -> ImageDataset:
+        """What the loop decodes: only the student's view when every frozen model's output is read from the
+        store (the other views would be decoded for nothing), else every model's view."""
+        frozen_needs = [n for n in self.method.needs if n in TARGET_PRODUCERS]
+        stored = all(n in self.cached for n in frozen_needs) or \
+            (self.cache_per_epoch and all(n in CACHEABLE_NEEDS for n in frozen_needs))
+        return transfer_set.at_decode_plan((self.student.preprocess.view,)) if stored else transfer_set
 
     def _cache_targets(self, runtime: Runtime, dataset: ImageDataset) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Cached-output readers for the declared needs that have one (rank 0 computes, then the rest read)."""
         sources = {TEACHER_LOGITS: self.teachers[:1], TEACHERS_LOGITS: self.teachers,
                    FROZEN_LOGITS: [self.frozen] if self.frozen is not None else []}
+        assert set(sources) == CACHEABLE_NEEDS
         wanted = {need: models for need, models in sources.items() if need in self.method.needs and models}
         if not wanted:
             return {}
@@ -272,8 +286,10 @@ class TransferTrainer(TrainLoop):
         runtime.dist.shard_batch(config.batch_size)  # before any model is moved or any output cached
         self.task: TransferTask = TransferTask(student, as_teachers(teacher), method, config, device, transfer_set,
                                                runtime)
+        transfer_set = self.task.training_data(transfer_set)
         loop_config = LoopConfig(config.epochs, config.batch_size, config.optimizer, config.lr, config.weight_decay,
-                                 config.momentum, tuple(config.augment), config.seed, schedule="constant")
+                                 config.momentum, tuple(config.augment), config.seed, schedule="constant",
+                                 crop_epochs=config.augment_epochs)
         super().__init__(self.task, transfer_set, loop_config, device, runtime, desc="transfer")
 
     def result(self) -> Classifier:
