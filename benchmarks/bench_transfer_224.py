@@ -11,6 +11,11 @@ memory, so neither variant waits on decoding. Epochs alternate between the varia
 each, then ``--repeats``); the median and the best epoch's samples/s are reported, and the ratio
 ``kl-dp cached ÷ plain fine-tuning`` (target: close to 1). ``--tiny`` (32 px, a few dozen images) is the
 seconds-long dry run the tests use on CPU.
+
+``--augment``: where photo models are trained: JPEG photos of varied sizes in an image folder, decoded every
+epoch with photo augmentation (a random-resized crop and flip, the same box for both models, each at its own
+size with bicubic resampling and crop_pct 0.875 as timm's ResNets), plain fine-tuning with it against KL+DP
+reading the stored outputs on the epoch's crops (built once, timed apart) and KL+DP with the teacher online.
 """
 
 from __future__ import annotations
@@ -69,11 +74,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--csv", type=Path, default=None, help="also write the numbers to this CSV file")
     p.add_argument("--tiny", action="store_true", help="dry run: 32 px, 48 images, batches of 16, one repeat")
+    p.add_argument("--augment", action="store_true", help="photo augmentation on JPEG files (module docstring)")
+    p.add_argument("--loader-workers", type=int, default=None, help="--augment: decoding processes (default: gkt's)")
     args = p.parse_args(argv)
     if args.tiny:
         args.size, args.samples, args.batch_size, args.repeats = 32, 48, 16, 1
     device = resolve_device(args.device)
     os.environ["GKT_HOME"] = tempfile.mkdtemp(prefix="gkt-bench-")  # random models' outputs stay out of the cache
+    if args.augment:
+        return augmented(args, device)
     data = random_images(args.samples, args.size)
     student, teacher = timm_model(args.student, args.size, 1), timm_model(args.teacher, args.size, 2)
     runtime = Runtime(precision=args.precision, channels_last=args.channels_last, evaluate_every_epoch=False)
@@ -121,6 +130,88 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"   (best epoch {row['best_samples_per_s']:.0f} samples/s, "
               f"÷ best limit {row['best_ratio_to_limit']:.2f})")
     print(f"kl-dp cached ÷ plain fine-tuning: {rows[1]['ratio_to_limit']:.2f}")
+    if args.csv is not None:
+        write_csv(args.csv, rows)
+    return rows
+
+
+def photo_folder(root: Path, samples: int, classes: int, seed: int = 0) -> Path:
+    """``samples`` smooth, photo-like JPEGs of sizes 160-480 px, in ``classes`` class folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(samples):
+        h, w = (int(v) for v in rng.integers(160, 480, 2))
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        freq, phase = rng.uniform(2, 12, 3), rng.uniform(0, 6.3, 3)
+        img = np.stack([np.sin(freq[k] * (xx * np.cos(phase[k]) + yy * np.sin(phase[k])) * 6.3 + phase[k])
+                        for k in range(3)], -1)
+        img = (img * 90 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        folder = root / f"c{i % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def augmented(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """``--augment``: the three variants with photo augmentation on JPEG files; returns the CSV rows."""
+    from gkt.data.folder import load_image_folder
+    from gkt.transfer import decoded_for
+
+    classes = min(len(CLASSES), max(2, args.samples // 8))  # every class folder holds images
+    folder = load_image_folder(photo_folder(Path(os.environ["GKT_HOME"]) / "photos", args.samples, classes))
+    student, teacher = (Classifier.create(ArchSpec("timm", arch, classes, 3, args.size),
+                                          Preprocess(args.size, 3, IMAGENET_MEAN, IMAGENET_STD, 0.875, "bicubic"),
+                                          folder.class_names, name=arch)
+                        for arch in (args.student, args.teacher))
+    data, _ = decoded_for([student, teacher], folder, folder)
+    runtime = Runtime(precision=args.precision, channels_last=args.channels_last, evaluate_every_epoch=False,
+                      loader_workers=args.loader_workers)
+    config = TransferConfig(method="kl-dp", epochs=10 ** 6, batch_size=args.batch_size, augment=("photo",),
+                            augment_epochs=1)
+    transfer = TransferTrainer(student.clone(), teacher, config.build_method(), config, device, data, runtime)
+    synchronize(device)
+    start = time.perf_counter()
+    transfer.task.begin_epoch(transfer.epoch_data(0))  # the stored outputs of the (one) set of crops
+    synchronize(device)
+    cache_build = time.perf_counter() - start
+    loop_config = LoopConfig(config.epochs, config.batch_size, config.optimizer, config.lr, config.weight_decay,
+                             config.momentum, ("photo",), config.seed, schedule="constant", crop_epochs=1)
+    plain = TrainLoop(SupervisedTask(student.clone()), data.at_decode_plan((student.preprocess.view,)),
+                      loop_config, device, runtime, desc="fine-tune")
+    online = TransferTrainer(student.clone(), teacher, config.build_method(), config, device, data,
+                             Runtime(cache_outputs=False, precision=args.precision, channels_last=args.channels_last,
+                                     evaluate_every_epoch=False, loader_workers=args.loader_workers))
+    variants: dict[str, Callable[[], object]] = {"plain fine-tuning + photo (limit)": plain.train_epoch,
+                                                 "kl-dp + photo, outputs cached": transfer.train_epoch,
+                                                 "kl-dp + photo, teacher online": online.train_epoch}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            synchronize(device)
+            t = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t)
+    samples = (len(data) // args.batch_size) * args.batch_size
+    limit = samples / statistics.median(times["plain fine-tuning + photo (limit)"])
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = [{"variant": name, "samples_per_s": round(samples / statistics.median(ts), 1),
+             "ratio_to_limit": round(samples / statistics.median(ts) / limit, 3), "student": args.student,
+             "teacher": args.teacher, "size": args.size, "precision": args.precision, "batch_size": args.batch_size,
+             "samples_per_epoch": samples, "repeats": args.repeats, "cache_build_s": round(cache_build, 2),
+             "loader_workers": args.loader_workers, "device": device_name, "torch": torch.__version__}
+            for name, ts in times.items()]
+    print(f"photo augmentation on {len(data)} JPEGs: student {args.student}, teacher {args.teacher}, {args.size} px "
+          f"bicubic, {args.precision}, batch {args.batch_size}, device {device_name}, median of {args.repeats} epochs")
+    print(f"one-off: frozen outputs on one epoch of crops stored in {cache_build:.2f}s")
+    for row in rows:
+        print(f"  {row['variant']:36s} {row['samples_per_s']:9.0f} samples/s   ÷ limit = {row['ratio_to_limit']:.2f}")
+    print(f"kl-dp + photo cached ÷ plain fine-tuning + photo: {rows[1]['ratio_to_limit']:.2f}, "
+          f"teacher online: {rows[2]['ratio_to_limit']:.2f}")
     if args.csv is not None:
         write_csv(args.csv, rows)
     return rows

@@ -4,7 +4,11 @@
 
 1. ``bench_transfer_224.py``: KL+DP with cached outputs ÷ plain fine-tuning, a ResNet-18 student at
    224 px in bf16 -> ``DIR/transfer.csv``.
-2. ``bench_decode.py`` with the models on ``--device``: 4 small timm models at 64 px (fp32, the CPU
+2. ``bench_transfer_224.py --augment``: the same pair where photo models train, JPEG photos decoded every
+   epoch with photo augmentation (random-resized crop + flip, bicubic, crop_pct 0.875), KL+DP with the
+   frozen outputs stored per epoch of crops and with the teacher online ÷ plain fine-tuning with the same
+   augmentation -> ``DIR/transfer_augment.csv``.
+3. ``bench_decode.py`` with the models on ``--device``: 4 small timm models at 64 px (fp32, the CPU
    benchmark's setting) and at 224 px (bf16) -> ``DIR/decode.csv``.
 
 Each step's CSV is written as soon as it ends; a failing step is reported and the next one still runs
@@ -37,6 +41,9 @@ def steps(device: str, tiny: bool) -> list[tuple[str, str, Callable[[], list[dic
               ["--device", device, "--input-size", "224", "--precision", "bf16", "--batch-size", "250", *dry]]
     return [("kl-dp cached vs plain fine-tuning, resnet18 at 224 px, bf16", "transfer.csv",
              lambda: bench_transfer_224.main(transfer)),
+            ("kl-dp with photo augmentation, stored vs online outputs vs plain fine-tuning, 224 px, bf16",
+             "transfer_augment.csv",
+             lambda: bench_transfer_224.main([*transfer, "--augment", *([] if tiny else ["--samples", "4096"])])),
             ("decode benchmark, models on the device", "decode.csv",
              lambda: [bench_decode.main(argv) for argv in decode])]
 

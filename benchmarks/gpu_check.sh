@@ -2,7 +2,9 @@
 # Issue 18's GPU check, in one call of at most 8 minutes (about 3 expected on one H200):
 #   1. KL+DP with cached outputs ÷ plain fine-tuning for a ResNet-18 student (timm resnet18, teacher
 #      resnet50) at 224 px in bf16: samples/s of each and the ratio             -> transfer.csv
-#   2. the decode benchmark (bench_decode.py) with the models on the GPU: 2,000 JPEGs, 4 small timm
+#   2. the same pair with photo augmentation on 4,096 JPEGs (random-resized crop + flip, bicubic): KL+DP with
+#      stored per-epoch outputs and with the teacher online ÷ plain fine-tuning with it -> transfer_augment.csv
+#   3. the decode benchmark (bench_decode.py) with the models on the GPU: 2,000 JPEGs, 4 small timm
 #      models at 64 px (fp32) and at 224 px (bf16)                                -> decode.csv
 #   plus env.txt (GPU, driver, python and library versions) and log.txt (everything printed).
 #

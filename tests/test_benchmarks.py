@@ -38,6 +38,10 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     assert all(float(r["samples_per_s"]) > 0 and r["precision"] == "bf16" and r["student"] == "resnet18"
                for r in transfer)
     assert float(transfer[0]["ratio_to_limit"]) == 1.0 and float(transfer[1]["ratio_to_limit"]) > 0
+    augmented = read_csv(out / "transfer_augment.csv")
+    assert [r["variant"] for r in augmented] == ["plain fine-tuning + photo (limit)", "kl-dp + photo, outputs cached",
+                                                 "kl-dp + photo, teacher online"]
+    assert all(float(r["samples_per_s"]) > 0 for r in augmented) and float(augmented[0]["ratio_to_limit"]) == 1.0
     decode = read_csv(out / "decode.csv")
     assert [r["precision"] for r in decode] == ["fp32", "bf16"] and all(r["device"] == "cpu" for r in decode)
     assert all(float(r["analysis_images_per_s"]) > 0 and float(r["ratio_to_decode_limit"]) > 0 for r in decode)
