@@ -29,6 +29,7 @@ from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
 from gkt.engine.predictions import dataset_identity, get_many
+from gkt.engine.sparse_targets import stack_targets
 from gkt.engine.state import save_training_state
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
@@ -155,16 +156,19 @@ class TransferTask(Task):
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
         frozen = list({id(m): m for models in wanted.values() for m in models}.values())
-        get_many(frozen, self.transfer_set, self.device, workers=runtime.loader_workers)  # one decode pass
+        temperature = self.method.temperature  # large label spaces: sparse targets drawn at the loss's T
+        get_many(frozen, self.transfer_set, self.device, workers=runtime.loader_workers,
+                 temperature=temperature)  # one decode pass
         data_id = dataset_identity(self.transfer_set)
         readers = {need: [CachedOutputs(m, self.transfer_set, self.device, labels_allowed=labels_allowed,
-                                        data_id=data_id) for m in models] for need, models in wanted.items()}
+                                        data_id=data_id, temperature=temperature) for m in models]
+                   for need, models in wanted.items()}
         if dist.is_main:
             dist.barrier()
 
         def reader(need: str, outputs: list[CachedOutputs]) -> Callable[[torch.Tensor], torch.Tensor]:
             if need == TEACHERS_LOGITS:
-                return lambda idx: torch.stack([o.rows(idx, self.device) for o in outputs], 1)
+                return lambda idx: stack_targets([o.rows(idx, self.device) for o in outputs], 1)
             return lambda idx: outputs[0].rows(idx, self.device)
 
         return {need: reader(need, outputs) for need, outputs in readers.items()}
