@@ -48,11 +48,12 @@ from gkt.transfer.base import (
     label_free_methods,
 )
 from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
+from gkt.transfer.recipes import RECIPES, get_recipe
 from gkt.transfer.state import STATE_FORMAT, check_same_inputs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
+DEFAULT_LR = RECIPES["gkt"].lr  # chosen by the sweep documented in docs/methods.md
 TRANSFER_FRACTION = 0.1  # the default transfer set: this stratified share of the train split (as in the paper)
 PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
 
@@ -64,16 +65,22 @@ class TransferConfig:
     method: str = "kl-dp"
     method_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 5
-    lr: float = DEFAULT_LR
+    lr: float | None = None  # None: the recipe's
     weight_decay: float = 1e-3
     momentum: float = 0.9
     optimizer: str = "sgd"
     batch_size: int = 128
     temperature: float = 1.0
-    augment: tuple[str, ...] = ()
+    augment: tuple[str, ...] | None = None  # None: the recipe's
     seed: int = 0
     unlabelled: bool = False  # the transfer set's labels must not be used
     student_mode: str = "train"  # "eval": the student's dropout off and BatchNorm statistics frozen while it learns
+    recipe: str = "gkt"  # fills in lr and augment where not given (gkt.transfer.recipes)
+
+    def __post_init__(self) -> None:
+        lr, augment = get_recipe(self.recipe).resolve(self.lr, self.augment, self.batch_size)
+        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "augment", augment)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +145,8 @@ class TransferTask(Task):
         self.frozen = freeze(student.clone()) if FROZEN_LOGITS in method.needs else None
         self.teacher_tap = FeatureTap(self.teacher, "features") if TEACHER_FEATURES in method.needs else None
         self.student_tap = FeatureTap(self.student, "features") if STUDENT_FEATURES in method.needs else None
-        self.cached = self._cache_targets(runtime) if runtime.cache_outputs and not config.augment else {}
+        online = config.augment or get_recipe(config.recipe).online_targets  # paper: outputs on every step
+        self.cached = self._cache_targets(runtime) if runtime.cache_outputs and not online else {}
         self.prepared = self._prepare_fixed_targets()
         self.example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
         self.student_forward: Callable[[torch.Tensor], torch.Tensor] = self.student
