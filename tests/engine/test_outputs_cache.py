@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gkt.engine.loop import Runtime
-from gkt.engine.outputs_cache import CachedOutputs, dense_log_probs, mmap_safetensors
-from gkt.engine.predictions import Predictions, get_predictions, save_predictions, store_dir
+from gkt.engine.outputs_cache import CachedOutputs, mmap_safetensors
+from gkt.engine.predictions import get_predictions, save_predictions, store_dir
 from gkt.transfer import TransferConfig, run_transfer
 from tests.conftest import make_blobs
 from tests.transfer.test_trainer import tiny_model
@@ -56,25 +56,6 @@ def test_second_run_reads_the_store() -> None:
     assert torch.allclose(second.rows(idx, CPU), expected, atol=1e-5)
 
 
-def test_dense_log_probs_is_exact_on_kept_classes() -> None:
-    g = torch.Generator().manual_seed(0)
-    logits, labels = torch.randn(6, 50, generator=g) * 3, torch.randint(0, 50, (6,), generator=g)
-    summary = Predictions.from_logits(logits, labels, topk=5)
-    log_p = logits.log_softmax(-1)
-    rebuilt = dense_log_probs(summary.topk_logits, summary.topk_indices, summary.max_prob, 50, summary.true_prob,
-                              labels)
-    assert torch.allclose(rebuilt.exp().sum(1), torch.ones(6), atol=1e-3)
-    kept = summary.topk_indices
-    assert torch.allclose(rebuilt.gather(1, kept), log_p.gather(1, kept), atol=5e-3)  # fp16 top-k logits
-    assert torch.allclose(rebuilt.gather(1, labels[:, None]), log_p.gather(1, labels[:, None]), atol=5e-3)
-    assert torch.equal(rebuilt.argmax(1), logits.argmax(1))
-    no_labels = dense_log_probs(summary.topk_logits, summary.topk_indices, summary.max_prob, 50)
-    outside = ~(kept == labels[:, None]).any(1)
-    assert outside.any()  # the label must not leak into label-free targets
-    assert not torch.allclose(no_labels.gather(1, labels[:, None])[outside], log_p.gather(1, labels[:, None])[outside],
-                              atol=5e-3)
-
-
 def test_large_label_space_cache_rows(tmp_path) -> None:
     data = make_blobs(n_per_class=3, num_classes=120, seed=0)
     teacher = tiny_model(data.class_names, 2)
@@ -84,7 +65,12 @@ def test_large_label_space_cache_rows(tmp_path) -> None:
     with torch.no_grad():
         log_p = teacher.eval()(data.load(idx)).log_softmax(-1)
     rows = cache.rows(idx, CPU)
-    assert rows.shape == (10, 120) and torch.equal(rows.argmax(1), log_p.argmax(1))
+    assert len(rows) == 10 and torch.equal(rows.argmax(-1), log_p.argmax(1)) and rows.true_prob is None
+    assert torch.allclose(rows.max_prob, log_p.exp().amax(1), atol=1e-6)
+    indices, probs = rows.target()
+    assert torch.allclose(probs.sum(1), torch.ones(10), atol=1e-6) and int(indices.max()) < 120
+    labelled = CachedOutputs(teacher, data, CPU, labels_allowed=True).rows(idx, CPU)
+    assert torch.allclose(labelled.true_prob, log_p.exp().gather(1, data.labels[idx, None]).squeeze(1), atol=1e-6)
 
 
 def test_mmap_reads_the_stored_tensors(tmp_path) -> None:

@@ -60,13 +60,15 @@ def test_skipped_images_leave_predictions_for_the_rest(tmp_path: Path, caplog: p
     assert stored.from_store and stored.key == preds.key
 
 
-def test_top_k_teacher_targets_are_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_sparse_teacher_targets_are_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Building the cache of a large label space says what it keeps and its bytes per sample."""
     classes = [f"c{i}" for i in range(120)]
     data = datasets_module.TensorImageDataset("many", torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8),
                                               torch.arange(6), classes)
-    with caplog.at_level(logging.WARNING, logger="gkt.engine.outputs_cache"):
-        CachedOutputs(rgb_mlp(0, classes), data, torch.device("cpu"), labels_allowed=False)
-    assert "top-10 approximations" in caplog.text and "120 classes" in caplog.text and "--no-cache" in caplog.text
+    with caplog.at_level(logging.INFO, logger="gkt.engine.outputs_cache"):
+        cache = CachedOutputs(rgb_mlp(0, classes), data, torch.device("cpu"), labels_allowed=False)
+    assert "120 classes" in caplog.text and "unbiased" in caplog.text and "built" in caplog.text
+    assert f"{cache.bytes_per_sample} bytes per sample" in caplog.text and cache.bytes_per_sample < 4 * 120
 
 
 def test_models_with_one_preprocessing_share_its_input(monkeypatch: pytest.MonkeyPatch) -> None:

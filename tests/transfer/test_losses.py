@@ -103,12 +103,12 @@ def test_mcl_loss_and_negative_flip_dropping() -> None:
     kls = [kl(softmax(tr), softmax(sr)) for tr, sr in zip(T.tolist(), S.tolist())]
     xe = -(log_p[0][0] + log_p[1][2]) / 2
     method = create_method("xekl-mcl", {"lam": 0.7})
-    assert total(method(step(teacher_logits=T))) == pytest.approx(0.7 * sum(kls) / 2 + 0.3 * xe, rel=1e-5)
+    assert total(run(method, step(teacher_logits=T))) == pytest.approx(0.7 * sum(kls) / 2 + 0.3 * xe, rel=1e-5)
     # row 1 (label 2): teacher predicts 1 (wrong), frozen predicts 2 (right) -> a negative flip, dropped from KL
     frozen = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     dropping = create_method("xekl-mcl", {"lam": 0.7, "drop_negative_flips": "true"})
     assert FROZEN_LOGITS in dropping.needs
-    got = total(dropping(step(teacher_logits=T, frozen_logits=frozen)))
+    got = total(run(dropping, step(teacher_logits=T, frozen_logits=frozen)))
     assert got == pytest.approx(0.7 * kls[0] / 2 + 0.3 * xe, rel=1e-5)
 
 

@@ -268,8 +268,9 @@ def take_run_options(args: argparse.Namespace, command: str, options: Sequence[s
         raise GktError(f"--resume {old}: its config.json is damaged ({type(exc).__name__}: {exc}); start a new run "
                        "instead") from None
     given = set(getattr(args, GIVEN, ()))
-    conflicts = [f"--{key.replace('_', '-')} {_shown(getattr(args, key))} (the run used {_shown(previous[key])})"
-                 for key in options if key in given and _shown(getattr(args, key)) != _shown(previous[key])]
+    conflicts = [f"--{key.replace('_', '-')} {_shown(getattr(args, key))} ("
+                 + ("the run left it to its default" if previous[key] is None else f"the run used {_shown(previous[key])}")
+                 + ")" for key in options if key in given and _shown(getattr(args, key)) != _shown(previous[key])]
     if conflicts:
         raise GktError(f"--resume {old} continues that run with its own options, but you gave {'; '.join(conflicts)}; "
                        "drop them, or start a new run instead of resuming")

@@ -36,7 +36,8 @@ def _values(text: str) -> list[Any]:
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
     from gkt.data.spec import SYNTAX as DATA_SYNTAX
-    from gkt.transfer.trainer import TRANSFER_FRACTION, Runtime
+    from gkt.transfer.recipes import RECIPES, describe_recipes
+    from gkt.transfer.trainer import TRANSFER_FRACTION, Runtime, TransferConfig
 
     p.add_argument("--students", nargs="+", help="student model specs (zoo:NAME, timm:..., file:...); "
                                                  "'zoo' = every built zoo model")
@@ -44,9 +45,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=["kl", "kl-dp"], help="transfer methods (default: kl kl-dp)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default: the transfer default)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the transfer default)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    add_config_option(p, "--recipe", TransferConfig(), choices=list(RECIPES),
+                      help=f"the transfer recipe of every job: defaults for lr and augmentation ({describe_recipes()}); "
+                           "--grid recipe=gkt,paper runs both")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="extra grid axis over a job setting (lr, epochs, temperature, batch_size, student_mode), "
+                   help="extra grid axis over a job setting (lr, epochs, temperature, batch_size, student_mode, recipe), "
                         "repeatable")
     p.add_argument("--method-arg", action="append", default=[], metavar="METHOD:K=V",
                    help="a method hyperparameter (e.g. xekl-mcl:tau=0.99), repeatable")
@@ -92,6 +96,7 @@ def _expand_zoo(specs: Sequence[str], zoo_dir: str | None) -> list[str]:
 def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     from gkt.experiments.grid import expand_grid
     from gkt.experiments.transfer_job import check_settings
+    from gkt.transfer import TransferConfig
 
     students = _expand_zoo(args.students or [], args.zoo_dir)
     teachers = _expand_zoo(args.teachers, args.zoo_dir) if args.teachers else students
@@ -100,8 +105,8 @@ def study_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     method_args = parse_method_args(args.method_arg, args.methods)
     base = {"data": args.data, "fraction": args.fraction, "data_dir": args.data_dir, "zoo_dir": args.zoo_dir}
     base |= {k: getattr(args, k) for k in ("epochs", "lr", "batch_size") if getattr(args, k) is not None}
-    base |= {k: getattr(args, k) for k, default in (("device", "auto"), ("precision", "fp32"))
-             if getattr(args, k) != default}
+    base |= {k: getattr(args, k) for k, default in (("device", "auto"), ("precision", "fp32"),
+                                                     ("recipe", TransferConfig.recipe)) if getattr(args, k) != default}
     if args.class_map:  # its contents, so the jobs' keys follow the map, not its path
         from gkt.models.class_map import read_class_map
 
@@ -144,7 +149,7 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
 
 # What a study's options decide about its jobs: with --resume, the study's own jobs run, so these are refused.
 JOB_OPTIONS = ("students", "teachers", "methods", "seeds", "epochs", "lr", "grid", "method_arg", "data", "fraction",
-               "class_map", "batch_size", "precision", "data_dir")
+               "class_map", "batch_size", "precision", "data_dir", "recipe")
 STORE_POINTER = "store.json"  # in a resumed study's run directory: where its results store is
 
 

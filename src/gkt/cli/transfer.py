@@ -19,7 +19,8 @@ from gkt.reporting.tables import format_table
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
 RESUMED = ("student", "teacher", "method", "data", "fraction", "lr", "batch_size", "temperature", "method_arg",
-           "weight_decay", "augment", "augment_epochs", "unlabelled", "student_mode", "seed", "img_size", "bad_images")
+           "weight_decay", "augment", "unlabelled", "student_mode", "seed", "img_size", "bad_images", "recipe",
+           "augment_epochs")
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.engine.loop import Runtime
     from gkt.transfer import TRANSFER_FRACTION, TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
+    from gkt.transfer.recipes import RECIPES, describe_recipes
 
     d, rt = TransferConfig(), Runtime()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -48,12 +50,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help=f"stratified share of the train split used as transfer set (default: {TRANSFER_FRACTION})")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs over the transfer set (default: {d.epochs}; with --resume: the run's)")
-    add_config_option(p, "--lr", d, help="SGD learning rate")
+    add_config_option(p, "--recipe", d, choices=list(RECIPES),
+                      help=f"defaults for --lr and --augment where not given ({describe_recipes()})")
+    add_config_option(p, "--lr", TransferConfig, type=float, help="SGD learning rate (default: the recipe's)")
     add_config_option(p, "--batch-size", d, help="batch size")
     add_config_option(p, "--temperature", d, help="softmax temperature T")
     add_config_option(p, "--weight-decay", d, help="SGD weight decay")
-    add_config_option(p, "--augment", d, metavar="NAME",
-                      help=augment_help())
+    add_config_option(p, "--augment", TransferConfig, metavar="NAME", nargs="*", type=str,
+                      help=f"{augment_help()} (default: the recipe's; none given: no augmentation)")
     add_config_option(p, "--augment-epochs", d, metavar="N",
                       help="with --augment photo: N epochs of crops, epoch e reusing those of e mod N, so the frozen "
                            "models' stored outputs cover N passes (0: new crops every epoch)")
@@ -100,6 +104,11 @@ def _parse_method_args(items: list[str]) -> dict[str, str]:
     return parsed
 
 
+def _augment(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--augment`` as given (None: left to the recipe)."""
+    return None if args.augment is None else tuple(args.augment)
+
+
 def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
@@ -118,9 +127,9 @@ def transfer(args: argparse.Namespace) -> int:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")
     config = TransferConfig(method=args.method, method_args=_parse_method_args(args.method_arg),
                             epochs=args.epochs or TransferConfig.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                            batch_size=args.batch_size, temperature=args.temperature, augment=tuple(args.augment),
+                            batch_size=args.batch_size, temperature=args.temperature, augment=_augment(args),
                             augment_epochs=args.augment_epochs, seed=args.seed, unlabelled=args.unlabelled,
-                            student_mode=args.student_mode)
+                            student_mode=args.student_mode, recipe=args.recipe)
     config.build_method()  # bad method arguments / labels on unlabelled data fail early
     dist = getattr(args, "dist", DistContext())
     if args.multi or len(teachers) > 1:
@@ -135,8 +144,9 @@ def transfer(args: argparse.Namespace) -> int:
         outcome = run_one(
             args.student, spec, data=args.data, method=args.method, method_args=config.method_args,
             fraction=args.fraction, epochs=config.epochs, lr=args.lr, batch_size=args.batch_size,
-            temperature=args.temperature, weight_decay=args.weight_decay, augment=tuple(args.augment),
-            augment_epochs=args.augment_epochs, unlabelled=args.unlabelled, student_mode=args.student_mode, class_map=args.class_map, seed=args.seed,
+            temperature=args.temperature, weight_decay=args.weight_decay, augment=_augment(args), recipe=args.recipe,
+            augment_epochs=args.augment_epochs, unlabelled=args.unlabelled, student_mode=args.student_mode,
+            class_map=args.class_map, seed=args.seed,
             data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.torch_device, precision=args.precision,
             no_cache=args.no_cache, channels_last=args.channels_last, compile=args.compile,
             loader_workers=args.loader_workers, run_dir=args.run_dir, resume=args.resume,

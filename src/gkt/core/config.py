@@ -33,4 +33,4 @@ class Recipe:
 
 
 # job settings a study grid may vary; study tables group runs by them
-GRID_KEYS = ("lr", "epochs", "temperature", "batch_size", "student_mode")  # job settings a study grid may vary
+GRID_KEYS = ("lr", "epochs", "temperature", "batch_size", "student_mode", "recipe")  # job settings a study grid may vary

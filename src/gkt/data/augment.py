@@ -59,6 +59,62 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, ma
     return x.masked_fill(mask[:, None], 0.0)
 
 
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma (torchvision's weights) of RGB images, ``[B, 1, H, W]``."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    return rgb_to_grayscale(x)
+
+
+def _chosen(p: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (_uniform(n, generator, device) < p).view(-1, 1, 1, 1)
+
+
+def colour_distortion(x: torch.Tensor, generator: torch.Generator, p: float = 0.8, strength: float = 1.0
+                      ) -> torch.Tensor:
+    """SimCLR's colour distortion (Chen et al., 2020), applied to each image with probability ``p``:
+    brightness, contrast and saturation factors uniform in ``[1 − 0.8s, 1 + 0.8s]`` and a hue shift uniform in
+    ``±0.2s`` (``s`` = ``strength``), as torchvision's ``ColorJitter`` computes them, in one random order per
+    batch. Saturation and hue need RGB images (skipped for others)."""
+    b, c = x.shape[:2]
+    amount = torch.tensor([0.8, 0.8, 0.8, 0.2]) * strength
+    factors = (torch.rand(4, b, generator=generator) * 2 - 1) * amount[:, None]  # [4, B]: offsets from 1 (hue: shift)
+    factors = factors.to(x.device).view(4, b, 1, 1, 1)
+    apply = _chosen(p, b, generator, x.device)
+    out = x
+    for op in torch.randperm(4, generator=generator).tolist():
+        if op == 0:  # brightness
+            step = out * (1 + factors[0])
+        elif op == 1:  # contrast: blend with the image's mean grey level
+            mean = (_grey(out) if c == 3 else out).mean((-3, -2, -1), keepdim=True)
+            step = mean + (1 + factors[1]) * (out - mean)
+        elif c != 3:
+            continue
+        elif op == 2:  # saturation: blend with the grey image
+            grey = _grey(out)
+            step = grey + (1 + factors[2]) * (out - grey)
+        else:  # hue: torchvision's per-image HSV shift
+            from torchvision.transforms.v2.functional import adjust_hue
+
+            step = torch.stack([adjust_hue(img, float(shift)) for img, shift in zip(out, factors[3].flatten())])
+        out = torch.where(apply, step.clamp(0, 1), out)
+    return out
+
+
+def random_greyscale(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """Replace each RGB image by its grey image (three equal channels) with probability ``p``."""
+    if x.shape[1] != 3:
+        return x
+    return torch.where(_chosen(p, len(x), generator, x.device), _grey(x).expand_as(x), x)
+
+
+@register_augmentation("paper")
+def paper_augmentation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The augmentation of Roth et al.'s code: flip (p = 0.5), colour distortion (p = 0.8, strength 1) and
+    greyscale (p = 0.2)."""
+    return random_greyscale(colour_distortion(random_hflip(x, generator), generator), generator)
+
+
 def compose(names: Sequence[str]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     AUGMENTATIONS.check(list(names))
 

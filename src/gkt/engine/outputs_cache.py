@@ -8,10 +8,12 @@ across epochs, methods, runs and studies. Logits go through the prediction store
 (:mod:`gkt.engine.predictions`); exact logits and features are stored as one ``[N, D]`` float32 table.
 Files are memory-mapped and only the rows of each batch are read, so they scale past RAM.
 
-Small label spaces store full logits (exact targets). Large ones store the top-k logits, the true-class
-and the maximum probability; :func:`dense_log_probs` rebuilds a full log-distribution from them that is
-exact on the top-k classes (and on the true class, where labels may be used) and spreads the remaining
-mass evenly over the other classes — enough for KL+DP's masks and a top-k KL.
+Small label spaces store full logits (exact targets). Large ones (more than 100 classes) give
+:class:`~gkt.engine.sparse_targets.SparseTargets`: the exact top-1 class with its probability, K = 32 classes
+drawn from the rest of the distribution at the loss's temperature (an unbiased target: its expectation is
+the model's distribution, so the KL's gradient is the full KL's in expectation), the top-k logits and the
+true-class and maximum probabilities for KL+DP's masks — 244 bytes per sample in the prediction store
+(with k = 10; full float32 logits take 4·C, 4000 bytes for 1000 classes).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gkt.core.hashing import stable_hash
 from gkt.data.datasets import ImageDataset
 from gkt.engine.loop import predict_outputs
 from gkt.engine.predictions import FULL_LOGITS_MAX_CLASSES, dataset_identity, get_predictions, store_dir
+from gkt.engine.sparse_targets import SparseTargets
 from gkt.models.classifier import Classifier
 from gkt.models.features import FeatureTap
 
@@ -60,49 +63,28 @@ def mmap_safetensors(path: str | Path) -> dict[str, np.memmap]:
     return maps
 
 
-def dense_log_probs(topk_logits: torch.Tensor, topk_indices: torch.Tensor, max_prob: torch.Tensor,
-                    num_classes: int, true_prob: torch.Tensor | None = None,
-                    labels: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, C]`` log-probabilities from a top-k summary (see the module docstring); vectorised."""
-    topk_logits = topk_logits.float()
-    log_z = topk_logits[:, :1] - max_prob.float().clamp_min(1e-12).log()[:, None]  # top-1 prob = max_prob
-    top_log_p = topk_logits - log_z
-    known_mass = top_log_p.exp().sum(1)
-    known_count = torch.full_like(known_mass, topk_indices.shape[1])
-    true_outside = None
-    if true_prob is not None and labels is not None:
-        true_outside = ~(topk_indices == labels[:, None]).any(1)
-        known_mass = known_mass + torch.where(true_outside, true_prob.float(), 0.0)
-        known_count = known_count + true_outside.float()
-    rest = (1 - known_mass).clamp_min(1e-12) / (num_classes - known_count).clamp_min(1)
-    out = rest.log()[:, None].expand(-1, num_classes).clone()
-    if true_outside is not None:
-        true_log_p = true_prob.float().clamp_min(1e-12).log()
-        current = out.gather(1, labels[:, None]).squeeze(1)
-        out.scatter_(1, labels[:, None], torch.where(true_outside, true_log_p, current)[:, None])
-    return out.scatter_(1, topk_indices.long(), top_log_p)
-
-
 class CachedOutputs:
     """One frozen model's stored outputs on one dataset; :meth:`rows` gives a batch's targets, :meth:`table`
-    all of them. By default the prediction store's logits (top-k summaries for large label spaces);
-    ``exact``: full logits whatever the label space; ``tap``: that layer's pooled features."""
+    all of them. By default the prediction store's logits (sampled sparse targets at ``temperature`` for
+    large label spaces); ``exact``: full logits whatever the label space; ``tap``: that layer's pooled
+    features."""
 
     def __init__(self, model: Classifier, dataset: ImageDataset, device: torch.device, *, labels_allowed: bool = False,
                  root: str | Path | None = None, data_id: str | None = None, tap: FeatureTap | None = None,
-                 exact: bool = False):
+                 exact: bool = False, temperature: float = 1.0):
         self.num_classes = model.num_classes
         self.labels_allowed = labels_allowed
+        self.temperature = temperature
         if tap is None and not exact:
-            preds = get_predictions(model, dataset, device, root=root, data_id=data_id)
+            preds = get_predictions(model, dataset, device, root=root, data_id=data_id, temperature=temperature)
             self.arrays = mmap_safetensors(store_dir(root) / f"{preds.key}.safetensors")
             self.from_store = preds.from_store
             if not self.full_logits:
-                log.warning("cached targets of %s are top-%d approximations: with %d classes (more than %d) the "
-                            "prediction store keeps the top-%d logits and the true-class and maximum probabilities, "
-                            "the rest of the distribution is spread evenly; --no-cache computes exact targets",
-                            model.name, self.arrays["topk_logits"].shape[1], model.num_classes,
-                            FULL_LOGITS_MAX_CLASSES, self.arrays["topk_logits"].shape[1])
+                log.info("cached targets of %s (%d classes, more than %d): the exact top-1 and %d classes drawn "
+                         "from the rest at T=%g (unbiased), %d bytes per sample (full logits: %d) — %s", model.name,
+                         model.num_classes, FULL_LOGITS_MAX_CLASSES, self.arrays["sample_indices"].shape[1],
+                         temperature, self.bytes_per_sample, 4 * model.num_classes,
+                         "read from the store" if self.from_store else "built")
             return
         if tap is not None and tap.model is not model:
             raise GktError(f"the feature tap belongs to {tap.model.name}, not to {model.name}")
@@ -123,17 +105,25 @@ class CachedOutputs:
     def full_logits(self) -> bool:
         return "logits" in self.arrays
 
-    def rows(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Targets ``[B, ...]`` for the dataset positions ``indices`` (logits, log-probabilities or features)."""
+    @property
+    def bytes_per_sample(self) -> int:
+        """What one sample takes in the stored file (every stored tensor's row)."""
+        return sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in self.arrays.values())
+
+    def rows(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor | SparseTargets:
+        """Targets for the dataset positions ``indices``: logits or features ``[B, ...]``, or the sampled
+        sparse targets of a large label space (the true-class probability only where labels are allowed)."""
         order = indices.numpy()
         for name in ("outputs", "logits"):
             if name in self.arrays:
                 return torch.from_numpy(np.ascontiguousarray(self.arrays[name][order])).to(device, non_blocking=True)
         get = {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k][order])) for k in
-               ("topk_logits", "topk_indices", "max_prob", "true_prob", "labels")}
-        true = (get["true_prob"], get["labels"].long()) if self.labels_allowed else (None, None)
-        return dense_log_probs(get["topk_logits"], get["topk_indices"], get["max_prob"], self.num_classes,
-                               *true).to(device, non_blocking=True)
+               ("predicted", "max_prob", "head_prob", "sample_indices", "sample_counts", "topk_logits",
+                "topk_indices", "true_prob")}
+        return SparseTargets(get["predicted"].long(), get["max_prob"], get["head_prob"],
+                             get["sample_indices"].long(), get["sample_counts"].float(), get["topk_logits"].float(),
+                             get["topk_indices"].long(), get["true_prob"] if self.labels_allowed else None,
+                             self.num_classes, self.temperature).to(device, non_blocking=True)
 
     def table(self) -> torch.Tensor:
         """Every row, in dataset order (a stored table or full logits)."""
@@ -149,7 +139,8 @@ def _intact(path: Path, rows: int) -> bool:
 
 class FrozenOutputs:
     """A frozen model's outputs for a training batch: the rows of its :class:`CachedOutputs` where the input
-    pipeline is deterministic, else ``fn`` on the batch (no gradients either way)."""
+    pipeline is deterministic, else ``fn`` on the batch (no gradients either way). For KDEP's teacher: its
+    features, or its exact logits (``exact=True``), never sparse targets."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], cached: CachedOutputs | None):
         self.fn, self.cached = fn, cached

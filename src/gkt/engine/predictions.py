@@ -3,8 +3,11 @@
 A stored file is keyed by the model's weights hash, its architecture and preprocessing, and the
 dataset's identity (name, labels, image contents), so analysing N models costs N forward passes
 (not one per pair) and a later call costs none. Small label spaces keep full float32 logits; large
-ones (more than :data:`FULL_LOGITS_MAX_CLASSES` classes) keep the top-k logits and indices plus the
-true-class and maximum softmax probabilities. Files are safetensors, written atomically.
+ones (more than :data:`FULL_LOGITS_MAX_CLASSES` classes) keep the top-k logits and indices, the
+true-class and maximum softmax probabilities, and sampled sparse targets (:mod:`gkt.engine.sparse_targets`:
+the top-1 probability at the loss's temperature and K classes drawn from the rest, with their counts) —
+``8 + 4 + 4 + 4 + 6·k + 5·K + 4`` bytes per sample (244 with k = 10, K = 32; full logits take ``4·C``).
+Files are safetensors, written atomically.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from gkt.core.hashing import stable_hash, tensor_hash
 from gkt.core.io import atomic_path, cache_home
 from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.datasets import ImageDataset, iterate_batches
+from gkt.engine.sparse_targets import DEFAULT_DRAWS, sample_targets
 from gkt.models.classifier import Classifier
 from gkt.models.preprocess import Preprocess
 
@@ -54,6 +58,9 @@ class Predictions:
     logits: torch.Tensor | None = None  # float32 [N, C] for small label spaces
     topk_logits: torch.Tensor | None = None  # float16 [N, k] for large label spaces
     topk_indices: torch.Tensor | None = None  # long [N, k]
+    head_prob: torch.Tensor | None = None  # float32 [N]: the top-1 probability at the sampling temperature
+    sample_indices: torch.Tensor | None = None  # long [N, K]: classes drawn from the rest (distinct, padded)
+    sample_counts: torch.Tensor | None = None  # uint8 [N, K]: how often each was drawn
     key: str = ""
     from_store: bool = False  # read from the store rather than computed by this call
 
@@ -71,15 +78,18 @@ class Predictions:
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor, model_name: str = "model",
-                    topk: int | None = None, key: str = "") -> Predictions:
-        """Summarise ``logits [N, C]``: full logits, or the top-``topk`` when ``topk`` is given."""
-        return cls._from_tensors(_summarise(logits, labels.long(), topk), model_name, logits.shape[-1], key)
+                    topk: int | None = None, key: str = "", temperature: float = 1.0) -> Predictions:
+        """Summarise ``logits [N, C]``: full logits, or the top-``topk`` and sampled sparse targets at
+        ``temperature`` when ``topk`` is given."""
+        return cls._from_tensors(_summarise(logits, labels.long(), topk, torch.arange(len(logits)), temperature),
+                                 model_name, logits.shape[-1], key)
 
     @classmethod
     def _from_tensors(cls, t: dict[str, torch.Tensor], model_name: str, num_classes: int, key: str) -> Predictions:
         return cls(model_name, t["labels"].long(), t["predicted"].long(), t["true_prob"].float(),
                    t["max_prob"].float(), num_classes, t.get("logits"), t.get("topk_logits"),
-                   None if "topk_indices" not in t else t["topk_indices"].long(), key)
+                   None if "topk_indices" not in t else t["topk_indices"].long(), t.get("head_prob"),
+                   None if "sample_indices" not in t else t["sample_indices"].long(), t.get("sample_counts"), key)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors as they are stored (indices as int32 to halve the file)."""
@@ -89,10 +99,15 @@ class Predictions:
             out["logits"] = self.logits
         if self.topk_logits is not None and self.topk_indices is not None:
             out["topk_logits"], out["topk_indices"] = self.topk_logits, self.topk_indices.int()
+        if self.sample_indices is not None:
+            out |= {"head_prob": self.head_prob, "sample_indices": self.sample_indices.int(),
+                    "sample_counts": self.sample_counts}
         return {k: v.contiguous() for k, v in out.items()}
 
 
-def _summarise(logits: torch.Tensor, labels: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
+def _summarise(logits: torch.Tensor, labels: torch.Tensor, topk: int | None, rows: torch.Tensor,
+               temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """The stored tensors of a batch of ``logits`` (rows ``rows`` of the predicted dataset)."""
     logits = logits.float()
     probs = logits.softmax(-1)
     out = {"labels": labels, "predicted": logits.argmax(-1), "max_prob": probs.amax(-1),
@@ -102,6 +117,7 @@ def _summarise(logits: torch.Tensor, labels: torch.Tensor, topk: int | None) -> 
     else:
         values, indices = logits.topk(min(topk, logits.shape[-1]), dim=-1)
         out["topk_logits"], out["topk_indices"] = values.half(), indices
+        out |= sample_targets(logits, rows, DEFAULT_DRAWS, temperature)
     return out
 
 
@@ -139,6 +155,12 @@ def storage_topk(num_classes: int, topk: int = DEFAULT_TOPK) -> int | None:
     return None if num_classes <= FULL_LOGITS_MAX_CLASSES else topk
 
 
+def sampling_variant(topk: int | None, temperature: float) -> list[str]:
+    """What a summary's sampled targets add to its key: the draws and their temperature (nothing for full
+    logits)."""
+    return [] if topk is None else [f"draws{DEFAULT_DRAWS}", f"T{temperature!r}"]
+
+
 def save_predictions(preds: Predictions, path: Path, dataset_name: str) -> None:
     """Write ``preds`` atomically with a SHA-256 of its tensors (checked by :func:`load_predictions`)."""
     tensors = preds.tensors()
@@ -171,18 +193,20 @@ def load_predictions(path: Path, model_name: str | None = None) -> Predictions:
 def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, batch_size: int = 500,
                  topks: Sequence[int | None] | None = None, keys: Sequence[str] | None = None, *,
                  precision: str = "fp32", workers: int | None = None,
-                 rows: Sequence[torch.Tensor | None] | None = None) -> list[Predictions | None]:
+                 rows: Sequence[torch.Tensor | None] | None = None, temperature: float = 1.0) -> list[Predictions | None]:
     """One batched, no-grad pass over ``dataset`` running every model of ``models`` on each batch (each
     image is decoded once for all of them, and resized and normalised once for all models with the same
     preprocessing, e.g. a model and its random-init baseline), eval mode, autocast in ``precision``.
     ``rows``: per model, the dataset rows it runs on (``None``: all); a model whose rows were all
     unreadable comes back ``None``. Unreadable images skipped under ``--bad-images skip`` are dropped from
-    ``dataset`` at the end (predictions cover the rest)."""
+    ``dataset`` at the end (predictions cover the rest). Summaries of large label spaces draw their sampled
+    targets at ``temperature``, seeded by each sample's position among the rows predicted."""
     if not models:
         return []
     topks = list(topks) if topks is not None else [None] * len(models)
     masks = [None if r is None else torch.zeros(len(dataset), dtype=torch.bool).index_fill_(0, r, True)
              for r in (rows if rows is not None else [None] * len(models))]
+    positions = [None if m is None else m.long().cumsum(0) - 1 for m in masks]  # dataset row → predicted row
     modes = [m.training for m in models]
     for model in models:
         model.to(device).eval()
@@ -206,11 +230,13 @@ def predict_many(models: Sequence[Classifier], dataset: ImageDataset, device: to
                     if prepared is None:
                         prepared = models[members[0]].input_of(x, plan)
                     if chosen is None or chosen.all():
-                        logits, seen = models[i](x, prepared), labels
+                        logits, seen, seen_idx = models[i](x, prepared), labels, idx
                     else:
                         on_device = chosen.to(device)
-                        logits, seen = models[i](x[on_device], prepared[on_device]), labels[chosen]
-                    parts[i].append(_summarise(logits.float().cpu(), seen, topks[i]))
+                        logits = models[i](x[on_device], prepared[on_device])
+                        seen, seen_idx = labels[chosen], idx[chosen]
+                    at = seen_idx if positions[i] is None else positions[i][seen_idx]
+                    parts[i].append(_summarise(logits.float().cpu(), seen, topks[i], at, temperature))
     for model, mode in zip(models, modes):
         model.train(mode)
     if not any(parts):
@@ -249,7 +275,8 @@ def _stored(path: Path, model: Classifier, dataset: ImageDataset) -> Predictions
 def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
              topk: int = DEFAULT_TOPK, root: str | Path | None = None, refresh: bool = False,
              data_id: str | None = None, precision: str = "fp32", workers: int | None = None,
-             subsets: Sequence[tuple[torch.Tensor, str] | None] | None = None) -> list[Predictions | None]:
+             subsets: Sequence[tuple[torch.Tensor, str] | None] | None = None,
+             temperature: float = 1.0) -> list[Predictions | None]:
     """Stored predictions of each model on ``dataset``; the models without (or all, when ``refresh``)
     run in one pass over the data (:func:`predict_many`) and are stored. ``data_id`` saves hashing the
     dataset again when the caller has its :func:`dataset_identity`. Precision enters the key: bf16 and
@@ -259,7 +286,8 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
     ``subsets``: per model, ``(rows, tag)`` to predict on ``dataset.subset(rows, tag)`` instead, in the same
     pass (each image still decoded once), stored as predictions on that subset. Should the pass skip
     unreadable images, the predictions of a subset model computed in it come back ``None`` and are not
-    stored: its rows no longer index the dataset (draw them again on what is left)."""
+    stored: its rows no longer index the dataset (draw them again on what is left). ``temperature``: that of
+    the sampled targets of large label spaces (part of their key; the masks' probabilities stay at T = 1)."""
     subsets = list(subsets) if subsets is not None else [None] * len(models)
     data_id = data_id or dataset_identity(dataset)
     keeps = [storage_topk(m.num_classes, topk) for m in models]
@@ -273,7 +301,8 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
         target = dataset if target_key is None else targets[target_key]
         ident = data_id if target_key is None else dataset_identity(target)
         for i, seen_id in zip(members, seen_identities([models[i] for i in members], target, ident)):
-            keys[i] = prediction_key(models[i], seen_id, keeps[i], *variant)
+            keys[i] = prediction_key(models[i], seen_id, keeps[i], *variant,
+                                     *sampling_variant(keeps[i], temperature))
     results: list[Predictions | None] = [
         None if refresh else _stored(store_dir(root) / f"{key}.safetensors", m,
                                      dataset if s is None else targets[id(s)])
@@ -286,7 +315,7 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
     source = targets[next(iter(parts))] if one_subset else dataset
     start, size = time.perf_counter(), len(source)
     computed = predict_many([models[i] for i in missing], source, device, batch_size, [keeps[i] for i in missing],
-                            precision=precision, workers=workers,
+                            precision=precision, workers=workers, temperature=temperature,
                             rows=None if one_subset else [None if subsets[i] is None else subsets[i][0]
                                                           for i in missing])
     if len(source) != size:  # unreadable images were skipped: the predictions describe the other rows
@@ -296,7 +325,8 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
         computed = [None if subsets[i] is not None else preds for i, preds in zip(missing, computed)]
         full = [i for i, part in enumerate(subsets) if part is None]
         for i, seen_id in zip(full, seen_identities([models[i] for i in full], dataset, dataset_identity(dataset))):
-            keys[i] = prediction_key(models[i], seen_id, keeps[i], *variant)
+            keys[i] = prediction_key(models[i], seen_id, keeps[i], *variant,
+                                     *sampling_variant(keeps[i], temperature))
     for i, preds in zip(missing, computed):
         if preds is not None:
             results[i] = replace(preds, key=keys[i])
@@ -308,8 +338,9 @@ def get_many(models: Sequence[Classifier], dataset: ImageDataset, device: torch.
 
 def get_predictions(model: Classifier, dataset: ImageDataset, device: torch.device, *, batch_size: int = 500,
                     topk: int = DEFAULT_TOPK, root: str | Path | None = None, refresh: bool = False,
-                    data_id: str | None = None, precision: str = "fp32", workers: int | None = None) -> Predictions:
+                    data_id: str | None = None, precision: str = "fp32", workers: int | None = None,
+                    temperature: float = 1.0) -> Predictions:
     """:func:`get_many` for one model: stored predictions, computed and stored when missing (or when
     ``refresh``). A corrupt or mismatching stored file is recomputed with a warning."""
     return get_many([model], dataset, device, batch_size=batch_size, topk=topk, root=root, refresh=refresh,
-                    data_id=data_id, precision=precision, workers=workers)[0]
+                    data_id=data_id, precision=precision, workers=workers, temperature=temperature)[0]

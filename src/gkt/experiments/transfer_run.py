@@ -34,10 +34,9 @@ _D = TransferConfig()
 
 def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = _D.method,
              method_args: dict[str, Any] | None = None, fraction: float = TRANSFER_FRACTION, epochs: int = _D.epochs,
-             lr: float = _D.lr, batch_size: int = _D.batch_size, temperature: float = _D.temperature,
-             weight_decay: float = _D.weight_decay, augment: tuple[str, ...] | list[str] = _D.augment,
-             augment_epochs: int = _D.augment_epochs,
-             unlabelled: bool = False, student_mode: str = _D.student_mode,
+             lr: float | None = None, batch_size: int = _D.batch_size, temperature: float = _D.temperature,
+             weight_decay: float = _D.weight_decay, augment: tuple[str, ...] | list[str] | None = None,
+             augment_epochs: int = _D.augment_epochs, unlabelled: bool = False, student_mode: str = _D.student_mode, recipe: str = _D.recipe,
              class_map: str | Path | dict[str, Any] | None = None, seed: int = 0, data_dir: str | None = None,
              zoo_dir: str | None = None, device: str | torch.device = "auto", precision: str = Runtime.precision,
              no_cache: bool = False, channels_last: bool = False, compile: bool = False,
@@ -47,7 +46,8 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     """Transfer ``teacher`` into ``student`` on a stratified ``fraction`` of ``data``'s train split and measure
     it on the test split, as ``gkt transfer`` does with the same options; returns the outcome, whose
     ``final`` is ``RUN_DIR/final.json``. ``class_map`` (a file or a mapping) aligns both models to the data's
-    classes; ``resume`` continues a killed run's directory. Under ``torchrun`` (``dist``) only rank 0 writes."""
+    classes; ``resume`` continues a killed run's directory. Under ``torchrun`` (``dist``) only rank 0 writes.
+    ``lr`` and ``augment`` left as None take the ``recipe``'s (:mod:`gkt.transfer.recipes`)."""
     dist = dist or DistContext()
     if run_dir is None:
         run_dir = dist.broadcast(new_run_dir(out, "transfer") if dist.is_main else None)
@@ -57,8 +57,8 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     state = load_state(resume) if resume else None
     config = TransferConfig(method=method, method_args=dict(method_args or {}), epochs=epochs, lr=lr,
                             weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
-                            augment=tuple(augment), augment_epochs=augment_epochs, seed=seed, unlabelled=unlabelled,
-                            student_mode=student_mode)
+                            augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs, seed=seed, unlabelled=unlabelled,
+                            student_mode=student_mode, recipe=recipe)
     config.build_method()  # bad method arguments / labels on unlabelled data fail before anything is loaded
     runtime = Runtime(cache_outputs=not no_cache, precision=precision, channels_last=channels_last, compile=compile,
                       loader_workers=loader_workers, dist=dist)
@@ -81,7 +81,7 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
         "runtime": {k: v for k, v in asdict(runtime).items() if k != "dist"} | {"processes": dist.world},
         "resumed_from": str(resume) if resume else None})
     say(f"transfer {teacher} → {student} with {method} on {len(transfer_set)} samples ({transfer_set.name}), "
-        f"{config.epochs} epochs, lr {config.lr:g}, device {device}" + (f" x {dist.world} processes" if dist.enabled
+        f"{config.epochs} epochs, lr {config.lr:g} ({config.recipe} recipe), device {device}" + (f" x {dist.world} processes" if dist.enabled
                                                                          else "")
         + (f", resuming epoch {state['epoch']} of {resume}" if state else ""))
     outcome = run_transfer(student_model, teacher_model, transfer_set, test_set, config, device, run_dir,

@@ -5,6 +5,12 @@ logits, features, labels), turns one :class:`Step` into a dict of named losses (
 and may own trainable parts (CRD's projections) or state (MCL's slow weights). The shared trainer
 (:mod:`gkt.transfer.trainer`) computes only what a method declares; a method that does not declare
 ``labels`` is never given them.
+
+Frozen models' outputs are logits ``[B, C]``, or — read from the output cache for a large label space —
+:class:`~gkt.engine.sparse_targets.SparseTargets` (sampled, unbiased soft targets with the exact top-1,
+maximum and true-class probabilities). The helpers below (:func:`soft_targets`, :func:`kl_loss_soft`,
+:func:`confidence`, :func:`select_targets`, :func:`predicted_class`) take either, so a method written with
+them handles both.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import nn
 
 from gkt.core.errors import GktError
 from gkt.core.registry import Registry
+from gkt.engine.sparse_targets import SparseTargets
 from gkt.models.classifier import Classifier
 
 # What a method can ask the trainer for.
@@ -33,6 +40,9 @@ NEEDS = frozenset({TEACHER_LOGITS, TEACHER_FEATURES, TEACHERS_LOGITS, FROZEN_LOG
 # What :meth:`TransferMethod.prepare_targets` may derive from the frozen outputs: the soft targets' log-
 # probabilities at temperature T, [B, C] = log σ(z/T).
 TARGET_LOG_PROBS = "target_log_probs"
+# ... or, from sampled sparse targets, the target's classes and probabilities at T, [B, S] each.
+TARGET_INDICES, TARGET_PROBS = "target_indices", "target_probs"
+Targets = torch.Tensor | SparseTargets  # a frozen model's outputs: logits, or sampled sparse targets
 
 
 @dataclass
@@ -111,18 +121,74 @@ def kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperatu
     return temperature ** 2 * kl_per_sample(student_logits, target_logits, temperature).mean()
 
 
-def soft_targets(target_logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
-    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``log σ(z_t/T)``."""
-    return {TARGET_LOG_PROBS: F.log_softmax(target_logits.float() / temperature, -1)}
+def soft_targets(targets: Targets, temperature: float) -> dict[str, torch.Tensor]:
+    """The fixed part of eq. 1 for targets ``z_t``, computed once per sample: ``log σ(z_t/T)``; for sampled
+    sparse targets (drawn at T) their classes and probabilities."""
+    if isinstance(targets, SparseTargets):
+        if targets.temperature != temperature:
+            raise GktError(f"the cached sparse targets were drawn at temperature {targets.temperature:g}, the loss "
+                           f"uses {temperature:g}; cache them at the loss's temperature")
+        indices, probs = targets.target()
+        return {TARGET_INDICES: indices, TARGET_PROBS: probs}
+    return {TARGET_LOG_PROBS: F.log_softmax(targets.float() / temperature, -1)}
+
+
+def _sparse_kl(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """``KL[q ‖ σ(z_s/T)]`` per sample for a sparse target q (classes ``TARGET_INDICES``, probabilities
+    ``TARGET_PROBS``): ``Σ_j q_j (log q_j − log σ(z_s/T)_{c_j})``; its gradient is ``(σ(z_s/T) − q)/T``."""
+    log_s = F.log_softmax(student_logits.float() / temperature, -1).gather(-1, targets[TARGET_INDICES])
+    q = targets[TARGET_PROBS]
+    return (torch.special.xlogy(q, q) - q * log_s).sum(-1)
+
+
+def kl_per_sample_soft(student_logits: torch.Tensor, targets: dict[str, torch.Tensor],
+                       temperature: float) -> torch.Tensor:
+    """``KL[p_i ‖ σ(z_s,i/T)]`` per sample, ``[B]``, from :func:`soft_targets` (dense or sparse)."""
+    if TARGET_LOG_PROBS not in targets:
+        return _sparse_kl(student_logits, targets, temperature)
+    return F.kl_div(F.log_softmax(student_logits.float() / temperature, -1), targets[TARGET_LOG_PROBS],
+                    reduction="none", log_target=True).sum(-1)
 
 
 def kl_loss_soft(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
     """Eq. 1 from :func:`soft_targets` (the same value as :func:`kl_loss`): ``T² · mean_i KL[p_i ‖ σ(z_s,i/T)]``
     with the targets' log-probabilities ``log p`` prepared once; per step only the student's log-softmax
-    and one fused KL (forward and backward)."""
+    and one fused KL (forward and backward). Sparse targets: the KL over their classes."""
+    if TARGET_LOG_PROBS not in targets:
+        return temperature ** 2 * _sparse_kl(student_logits, targets, temperature).mean()
     logits = student_logits.float() if temperature == 1 else student_logits.float() / temperature
     kl = F.kl_div(F.log_softmax(logits, -1), targets[TARGET_LOG_PROBS], reduction="batchmean", log_target=True)
     return kl if temperature == 1 else kl * temperature ** 2
+
+
+def confidence(targets: Targets, labels: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 4 (T = 1): the true class's probability with ``labels``, else the maximum probability; exact for
+    sparse targets too (stored). ``[...]`` for targets ``[..., C]`` (``labels [B]`` for ``[B, M, C]``)."""
+    if isinstance(targets, SparseTargets):
+        if labels is None:
+            return targets.max_prob
+        if targets.true_prob is None:
+            raise GktError("the cached sparse targets hold no true-class probabilities (labels were not allowed)")
+        return targets.true_prob
+    probs = F.softmax(targets.float(), -1)
+    if labels is None:
+        return probs.amax(-1)
+    index = labels.view(-1, *[1] * (targets.dim() - 1)).expand(*targets.shape[:-1], 1)
+    return probs.gather(-1, index).squeeze(-1)
+
+
+def predicted_class(targets: Targets) -> torch.Tensor:
+    """The argmax class (exact for sparse targets)."""
+    return targets.argmax(-1)
+
+
+def select_targets(mask: torch.Tensor, a: Targets, b: Targets) -> Targets:
+    """Row-wise ``a`` where ``mask [B]``, else ``b`` (both logits or both sparse targets)."""
+    if isinstance(a, SparseTargets) != isinstance(b, SparseTargets):
+        raise GktError("cannot mix cached sparse targets with logits; cache both models' outputs or neither")
+    if isinstance(a, SparseTargets):
+        return SparseTargets.where(mask, a, b)
+    return torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)
 
 
 # ----------------------------------------------------------------------------- registry

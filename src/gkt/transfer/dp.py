@@ -4,7 +4,6 @@ is more confident on it — true-class probability (supervised) or maximum proba
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from gkt.transfer.base import (
     FROZEN_LOGITS,
@@ -12,8 +11,11 @@ from gkt.transfer.base import (
     TEACHER_LOGITS,
     PartitionMethod,
     Step,
+    Targets,
+    confidence,
     kl_loss_soft,
     register_method,
+    select_targets,
     soft_targets,
 )
 
@@ -24,11 +26,11 @@ class KLDataPartition(PartitionMethod):
 
     needs = frozenset({TEACHER_LOGITS, FROZEN_LOGITS, LABELS})
 
-    def confidence(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def confidence(self, logits: Targets, labels: torch.Tensor | None) -> torch.Tensor:
         """Eq. 4: the softmax probability (T = 1) of the true class."""
-        return F.softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+        return confidence(logits, labels)
 
-    def teacher_mask(self, teacher_logits: torch.Tensor, frozen_logits: torch.Tensor,
+    def teacher_mask(self, teacher_logits: Targets, frozen_logits: Targets,
                      labels: torch.Tensor | None) -> torch.Tensor:
         return self.confidence(teacher_logits, labels) > self.confidence(frozen_logits, labels)
 
@@ -37,7 +39,7 @@ class KLDataPartition(PartitionMethod):
         mask and the selected soft targets depend only on the frozen outputs (and labels)."""
         teacher, frozen = targets[TEACHER_LOGITS], targets[FROZEN_LOGITS]
         mask = self.teacher_mask(teacher, frozen, labels)
-        return soft_targets(torch.where(mask[:, None], teacher, frozen), self.temperature)
+        return soft_targets(select_targets(mask, teacher, frozen), self.temperature)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         return {"kl": kl_loss_soft(step.student_logits, step.targets, self.temperature)}
@@ -49,5 +51,5 @@ class KLDataPartitionUnsupervised(KLDataPartition):
 
     needs = frozenset({TEACHER_LOGITS, FROZEN_LOGITS})
 
-    def confidence(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return F.softmax(logits, -1).amax(-1)
+    def confidence(self, logits: Targets, labels: torch.Tensor | None) -> torch.Tensor:
+        return confidence(logits, None)

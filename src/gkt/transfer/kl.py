@@ -6,13 +6,17 @@ import torch
 import torch.nn.functional as F
 
 from gkt.core.errors import GktError
+from gkt.engine.sparse_targets import SparseTargets
 from gkt.transfer.base import (
     LABELS,
+    TARGET_LOG_PROBS,
+    TARGET_PROBS,
     TEACHER_LOGITS,
     Step,
     TransferMethod,
     kl_loss,
     kl_loss_soft,
+    kl_per_sample_soft,
     register_method,
     soft_targets,
 )
@@ -80,8 +84,16 @@ class TopKKL(TransferMethod):
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         teacher = step.targets[TEACHER_LOGITS]
-        top = teacher.topk(min(self.k, teacher.shape[-1]), dim=-1).indices
-        return {"kl": kl_loss(step.student_logits.gather(-1, top), teacher.gather(-1, top), self.temperature)}
+        if isinstance(teacher, SparseTargets):  # the cache keeps the top-k logits of large label spaces
+            if self.k > teacher.topk_indices.shape[-1]:
+                raise GktError(f"kl-topk with k={self.k}: the output cache keeps the top "
+                               f"{teacher.topk_indices.shape[-1]} logits of {teacher.num_classes} classes; use "
+                               "k <= that, or --no-cache")
+            top, values = teacher.topk_indices[..., :self.k], teacher.topk_logits[..., :self.k]
+        else:
+            top = teacher.topk(min(self.k, teacher.shape[-1]), dim=-1).indices
+            values = teacher.gather(-1, top)
+        return {"kl": kl_loss(step.student_logits.gather(-1, top), values, self.temperature)}
 
 
 @register_method("ce-soft")
@@ -90,11 +102,18 @@ class SoftCrossEntropy(TransferMethod):
 
     needs = frozenset({TEACHER_LOGITS})
 
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return soft_targets(targets[TEACHER_LOGITS], self.temperature)
+
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        t = self.temperature
-        target = F.softmax(step.targets[TEACHER_LOGITS] / t, -1)
-        ce = -(target * F.log_softmax(step.student_logits / t, -1)).sum(-1).mean()
-        return {"ce_soft": t ** 2 * ce}
+        """``−Σ p log σ(z_s/T)`` = the KL plus the target's entropy (the same gradient)."""
+        t, targets = self.temperature, step.targets
+        if TARGET_LOG_PROBS in targets:
+            entropy = -(targets[TARGET_LOG_PROBS].exp() * targets[TARGET_LOG_PROBS]).sum(-1)
+        else:
+            entropy = -torch.special.xlogy(targets[TARGET_PROBS], targets[TARGET_PROBS]).sum(-1)
+        ce = kl_per_sample_soft(step.student_logits, targets, t) + entropy
+        return {"ce_soft": t ** 2 * ce.mean()}
 
 
 @register_method("ce")

@@ -15,9 +15,13 @@ from gkt.transfer.base import (
     TEACHER_LOGITS,
     Step,
     TransferMethod,
-    kl_per_sample,
+    kl_per_sample_soft,
+    predicted_class,
     register_method,
+    soft_targets,
 )
+
+KL_WEIGHT = "kl_weight"  # prepared per sample: 0 drops a negative flip's KL (drop_negative_flips), else 1
 
 
 @torch.no_grad()
@@ -51,12 +55,18 @@ class XEKLMomentumInterpolation(TransferMethod):
     def setup(self, student: Classifier, teacher: Classifier, num_samples: int, example: torch.Tensor) -> None:
         self.slow = student.clone().eval().requires_grad_(False)
 
-    def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        teacher = step.targets[TEACHER_LOGITS]
-        kl = kl_per_sample(step.student_logits, teacher, self.temperature)
+    def prepare_targets(self, targets: dict[str, torch.Tensor], labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        teacher = targets[TEACHER_LOGITS]
+        prepared = soft_targets(teacher, self.temperature)
         if self.drop_negative_flips:  # samples the frozen student gets right and the teacher wrong
-            frozen_right = step.targets[FROZEN_LOGITS].argmax(-1) == step.labels
-            kl = kl * ~(frozen_right & (teacher.argmax(-1) != step.labels))
+            frozen_right = predicted_class(targets[FROZEN_LOGITS]) == labels
+            prepared[KL_WEIGHT] = (~(frozen_right & (predicted_class(teacher) != labels))).float()
+        return prepared
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        kl = kl_per_sample_soft(step.student_logits, step.targets, self.temperature)
+        if KL_WEIGHT in step.targets:
+            kl = kl * step.targets[KL_WEIGHT]
         xe = F.cross_entropy(step.student_logits, step.labels)
         return {"kl": self.lam * self.temperature ** 2 * kl.mean(), "xe": (1 - self.lam) * xe}
 

@@ -27,7 +27,9 @@ from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict
 from gkt.engine.metrics import correctness, knowledge_gain_loss
 from gkt.engine.outputs_cache import CachedOutputs
 from gkt.engine.predictions import dataset_identity, get_many
+from gkt.engine.sparse_targets import SparseTargets
 from gkt.models.classifier import Classifier, check_label_space
+from gkt.transfer.base import Targets, confidence, kl_per_sample_soft, select_targets, soft_targets
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +67,13 @@ class MutualConfig:
         return {**asdict(self), "augment": list(self.augment)}
 
 
-def confidence(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 4: the true-class probability with labels, else the maximum probability."""
-    probs = F.softmax(logits.float(), -1)
-    return probs.gather(-1, labels[:, None]).squeeze(-1) if labels is not None else probs.amax(-1)
-
-
-def mutual_losses(logits: Sequence[torch.Tensor], frozen: Sequence[torch.Tensor], labels: torch.Tensor | None,
+def mutual_losses(logits: Sequence[torch.Tensor], frozen: Sequence[Targets], labels: torch.Tensor | None,
                   rule: str = "best", temperature: float = 1.0) -> list[torch.Tensor]:
     """Each model's KL+DP loss against its peers' current outputs (detached) and its frozen copy's: per
     sample, the peer where it is more confident than the model's frozen copy, else the frozen copy.
-    ``T² · mean_samples KL[target ‖ σ(z_i / T)]``; ``each`` averages that over the peers."""
+    ``T² · mean_samples KL[target ‖ σ(z_i / T)]``; ``each`` averages that over the peers. The frozen copies'
+    outputs may be cached sparse targets (large label spaces): each sample's KL is then taken against
+    whichever target it has."""
     k = len(logits)
     with torch.no_grad():
         peers = [z.detach().float() for z in logits]
@@ -83,19 +81,22 @@ def mutual_losses(logits: Sequence[torch.Tensor], frozen: Sequence[torch.Tensor]
         own_conf = [confidence(f, labels) for f in frozen]
     out = []
     for i in range(k):
-        log_p = F.log_softmax(logits[i].float() / temperature, -1)
         others = [j for j in range(k) if j != i]
         with torch.no_grad():
             if rule == "best" or k == 2:
                 pick = peer_conf[others].argmax(0)  # [B], index into others
                 best = torch.stack([peers[j] for j in others])[pick, torch.arange(len(pick))]
-                mask = peer_conf[others].amax(0) > own_conf[i]
-                choices = [torch.where(mask[:, None], best, frozen[i].float())]
+                choices = [(peer_conf[others].amax(0) > own_conf[i], best)]
             else:
-                choices = [torch.where((peer_conf[j] > own_conf[i])[:, None], peers[j], frozen[i].float())
-                           for j in others]
-        kls = [F.kl_div(log_p, F.log_softmax(t / temperature, -1), reduction="batchmean", log_target=True)
-               for t in choices]
+                choices = [(peer_conf[j] > own_conf[i], peers[j]) for j in others]
+        if isinstance(frozen[i], SparseTargets):
+            own = kl_per_sample_soft(logits[i], soft_targets(frozen[i], temperature), temperature)
+            kls = [torch.where(mask, kl_per_sample_soft(logits[i], soft_targets(peer, temperature), temperature),
+                               own).mean() for mask, peer in choices]
+        else:
+            log_p = F.log_softmax(logits[i].float() / temperature, -1)
+            kls = [F.kl_div(log_p, F.log_softmax(select_targets(mask, peer, frozen[i].float()) / temperature, -1),
+                            reduction="batchmean", log_target=True) for mask, peer in choices]
         out.append(torch.stack(kls).mean() * temperature ** 2)
     return out
 
@@ -122,8 +123,10 @@ class MutualTask(Task):
             data_id = dataset_identity(transfer_set)
             if not runtime.dist.is_main:
                 runtime.dist.barrier()  # rank 0 computes and stores the frozen outputs first
-            get_many(self.frozen_models, transfer_set, device, data_id=data_id, workers=runtime.loader_workers)
-            self.cached = [CachedOutputs(m, transfer_set, device, data_id=data_id) for m in self.frozen_models]
+            get_many(self.frozen_models, transfer_set, device, data_id=data_id, workers=runtime.loader_workers,
+                     temperature=config.temperature)
+            self.cached = [CachedOutputs(m, transfer_set, device, data_id=data_id, labels_allowed=not config.unlabelled,
+                                         temperature=config.temperature) for m in self.frozen_models]
             if runtime.dist.is_main:
                 runtime.dist.barrier()
 
@@ -137,7 +140,7 @@ class MutualTask(Task):
         for m in self.models:
             m.train()
 
-    def frozen(self, batch: Batch) -> list[torch.Tensor]:
+    def frozen(self, batch: Batch) -> list[Targets]:
         if self.cached is not None:
             return [c.rows(batch.indices, self.device) for c in self.cached]
         with torch.no_grad():

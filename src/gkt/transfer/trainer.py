@@ -31,6 +31,7 @@ from gkt.engine.loop import Batch, LoopConfig, Runtime, Task, TrainLoop, predict
 from gkt.engine.metrics import correctness
 from gkt.engine.outputs_cache import CachedOutputs
 from gkt.engine.predictions import dataset_identity, get_many
+from gkt.engine.sparse_targets import stack_targets
 from gkt.engine.state import save_training_state
 from gkt.models.checkpoint import save_checkpoint
 from gkt.models.classifier import Classifier, check_label_space
@@ -49,11 +50,12 @@ from gkt.transfer.base import (
     label_free_methods,
 )
 from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
+from gkt.transfer.recipes import RECIPES, get_recipe
 from gkt.transfer.state import STATE_FORMAT, check_same_inputs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LR = 3e-4  # chosen by the sweep documented in the README ("Transfer")
+DEFAULT_LR = RECIPES["gkt"].lr  # chosen by the sweep documented in docs/methods.md
 TRANSFER_FRACTION = 0.1  # the default transfer set: this stratified share of the train split (as in the paper)
 CACHEABLE_NEEDS = {TEACHER_LOGITS, TEACHERS_LOGITS, FROZEN_LOGITS}  # frozen outputs the store can hold
 PREPARE_ONCE_MAX_ELEMENTS = 1 << 26  # frozen outputs prepared for the whole transfer set at most (256 MB fp32)
@@ -66,17 +68,23 @@ class TransferConfig:
     method: str = "kl-dp"
     method_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 5
-    lr: float = DEFAULT_LR
+    lr: float | None = None  # None: the recipe's
     weight_decay: float = 1e-3
     momentum: float = 0.9
     optimizer: str = "sgd"
     batch_size: int = 128
     temperature: float = 1.0
-    augment: tuple[str, ...] = ()
+    augment: tuple[str, ...] | None = None  # None: the recipe's
     augment_epochs: int = 0  # photo augmentation: how many epochs of crops (and stored outputs); 0: one per epoch
     seed: int = 0
     unlabelled: bool = False  # the transfer set's labels must not be used
     student_mode: str = "train"  # "eval": the student's dropout off and BatchNorm statistics frozen while it learns
+    recipe: str = "gkt"  # fills in lr and augment where not given (gkt.transfer.recipes)
+
+    def __post_init__(self) -> None:
+        lr, augment = get_recipe(self.recipe).resolve(self.lr, self.augment, self.batch_size)
+        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "augment", augment)
 
     def to_dict(self) -> dict[str, Any]:
         """Fields added later are left out at their defaults, so the identities of earlier runs still hold."""
@@ -147,10 +155,12 @@ class TransferTask(Task):
         crop, batch_augment = split_augment(config.augment)
         self.runtime, self.plan, self.frozen_plan = runtime, transfer_set.decode_plan, transfer_set.decode_plan
         # Outputs are stored when the input pipeline is deterministic: no augmentation, or only photo
-        # augmentation, whose crops are fixed per epoch and row (stored per epoch, in begin_epoch).
-        self.cache_per_epoch = runtime.cache_outputs and crop is not None and not batch_augment
+        # augmentation, whose crops are fixed per epoch and row (stored per epoch, in begin_epoch); the paper's
+        # recipe computes them on every step.
+        online_recipe = get_recipe(config.recipe).online_targets
+        self.cache_per_epoch = runtime.cache_outputs and crop is not None and not batch_augment and not online_recipe
         self.cached = self._cache_targets(runtime, transfer_set) \
-            if runtime.cache_outputs and not config.augment else {}
+            if runtime.cache_outputs and not config.augment and not online_recipe else {}
         self.prepared = self._prepare_fixed_targets()
         example = transfer_set.load(torch.arange(min(8, len(transfer_set))))
         self.example = view_of(example, self.plan, student.preprocess.view) if len(self.plan) > 1 else None
@@ -191,16 +201,19 @@ class TransferTask(Task):
         if not dist.is_main:
             dist.barrier()  # rank 0 computes and stores the outputs first
         frozen = list({id(m): m for models in wanted.values() for m in models}.values())
-        get_many(frozen, dataset, self.device, workers=runtime.loader_workers)  # one decode pass
+        temperature = self.method.temperature  # large label spaces: sparse targets drawn at the loss's T
+        get_many(frozen, dataset, self.device, workers=runtime.loader_workers,
+                 temperature=temperature)  # one decode pass
         data_id = dataset_identity(dataset)
         readers = {need: [CachedOutputs(m, dataset, self.device, labels_allowed=labels_allowed,
-                                        data_id=data_id) for m in models] for need, models in wanted.items()}
+                                        data_id=data_id, temperature=temperature) for m in models]
+                   for need, models in wanted.items()}
         if dist.is_main:
             dist.barrier()
 
         def reader(need: str, outputs: list[CachedOutputs]) -> Callable[[torch.Tensor], torch.Tensor]:
             if need == TEACHERS_LOGITS:
-                return lambda idx: torch.stack([o.rows(idx, self.device) for o in outputs], 1)
+                return lambda idx: stack_targets([o.rows(idx, self.device) for o in outputs], 1)
             return lambda idx: outputs[0].rows(idx, self.device)
 
         return {need: reader(need, outputs) for need, outputs in readers.items()}
