@@ -120,7 +120,7 @@ def analyze_verb(args: argparse.Namespace) -> int:
         class_map=args.class_map, batch_size=args.batch_size, precision=args.precision, refresh=args.refresh,
         no_random_baseline=args.no_random_baseline, no_semantic=args.no_semantic, no_figures=args.no_figures,
         seed=args.seed, data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.torch_device,
-        bad_images=args.bad_images, img_size=args.img_size, run_dir=args.run_dir)
+        threads=args.threads, bad_images=args.bad_images, img_size=args.img_size, run_dir=args.run_dir)
     if result.student:
         print_gains(result.analysis, result.student)
     else:

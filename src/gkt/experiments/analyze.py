@@ -15,7 +15,7 @@ from gkt.analysis.complementary import Analysis
 from gkt.analysis.complementary import analyze as analyze_models
 from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_csv, write_json
-from gkt.core.runtime import resolve_device, seed_everything
+from gkt.core.runtime import resolve_device, seed_everything, set_threads
 from gkt.experiments.inputs import class_map_of, data_info, input_options, load_data
 from gkt.experiments.zoo import expand_zoo
 from gkt.models import load_models
@@ -97,8 +97,9 @@ def analyze(models: Sequence[str], *, data: str = _D.data, split: str = _D.split
             batch_size: int = _D.batch_size, precision: str = _D.precision, refresh: bool = False,
             no_random_baseline: bool = False, no_semantic: bool = False, no_figures: bool = False, seed: int = 0,
             data_dir: str | None = None, zoo_dir: str | None = None, device: str | torch.device = "auto",
-            bad_images: str | None = None, img_size: int | None = None, out: str | Path = "runs",
-            run_dir: str | Path | None = None, say: Callable[[str], None] = print) -> AnalyzeResult:
+            threads: int | None = None, bad_images: str | None = None, img_size: int | None = None,
+            out: str | Path = "runs", run_dir: str | Path | None = None,
+            say: Callable[[str], None] = print) -> AnalyzeResult:
     """The complementary knowledge between ``models`` (paper §3), as ``gkt analyze`` computes and writes it.
 
     ``models``: model specs (``zoo:NAME``, ``timm:...``, ``hf:...``, ``torchvision:...``, ``file:PATH``), or
@@ -114,10 +115,12 @@ def analyze(models: Sequence[str], *, data: str = _D.data, split: str = _D.split
     semantic similarity. ``no_figures``: write tables only.
     ``seed``: the seed of ``fraction``'s draw, a carved val split and the random-init teachers.
     ``data_dir``: the Fashion-MNIST directory. ``zoo_dir``: where the embedded zoo is cached.
-    ``device``: ``auto`` (CUDA if available), ``cpu``, ``cuda:1``, ... ``bad_images``: ``fail`` or ``skip`` an
+    ``device``: ``auto`` (CUDA if available), ``cpu``, ``cuda:1``, ... ``threads``: torch's CPU threads for this
+    process (None: torch's default). ``bad_images``: ``fail`` or ``skip`` an
     undecodable image. ``img_size``: every library model's input size in px.
     ``out``: the root of run directories; ``run_dir``: the run directory itself (default: a new one under
     ``out``). ``say``: where the progress line goes."""
+    set_threads(threads)
     seed_everything(seed)
     specs = resolve_specs(models, student, zoo_dir)
     if len(specs) < 2:  # before any data or weights are read

@@ -14,7 +14,7 @@ import torch
 
 from gkt.core.errors import GktError
 from gkt.core.io import new_run_dir, write_json
-from gkt.core.runtime import resolve_device, seed_everything
+from gkt.core.runtime import resolve_device, seed_everything, set_threads
 from gkt.data.subsets import stratified_subset
 from gkt.engine.distributed import DistContext
 from gkt.engine.loop import Runtime
@@ -47,13 +47,13 @@ def parse_method_arg(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]
 
 
 def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = _D.method,
-             method_arg: Sequence[str] | Mapping[str, Any] = (), fraction: float = TRANSFER_FRACTION, epochs: int = _D.epochs,
-             lr: float = _D.lr, batch_size: int = _D.batch_size, temperature: float = _D.temperature,
+             method_arg: Sequence[str] | Mapping[str, Any] = (), fraction: float = TRANSFER_FRACTION,
+             epochs: int = _D.epochs, lr: float = _D.lr, batch_size: int = _D.batch_size, temperature: float = _D.temperature,
              weight_decay: float = _D.weight_decay, augment: tuple[str, ...] | list[str] = _D.augment,
              unlabelled: bool = False, student_mode: str = _D.student_mode,
              class_map: str | Path | dict[str, Any] | None = None, seed: int = 0, data_dir: str | None = None,
-             zoo_dir: str | None = None, device: str | torch.device = "auto", precision: str = Runtime.precision,
-             no_cache: bool = False, channels_last: bool = False, compile: bool = False,
+             zoo_dir: str | None = None, device: str | torch.device = "auto", threads: int | None = None,
+             precision: str = Runtime.precision, no_cache: bool = False, channels_last: bool = False, compile: bool = False,
              loader_workers: int | None = None, bad_images: str | None = None, img_size: int | None = None,
              out: str | Path = "runs", run_dir: str | Path | None = None,
              resume: str | Path | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -72,7 +72,8 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     ``class_map``: a JSON/YAML file or dict ``{data_class: model_class_or_list}`` aligning both models to the
     data's classes (default: match class names). ``seed``: the seed of everything random.
     ``data_dir``: the Fashion-MNIST directory. ``zoo_dir``: where the embedded zoo is cached. ``device``:
-    ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ... ``precision``: autocast precision (``auto``, ``fp32``, ``bf16``,
+    ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ... ``threads``: torch's CPU threads for this process (None:
+    torch's default). ``precision``: autocast precision (``auto``, ``fp32``, ``bf16``,
     ``fp16``). ``no_cache``: compute the frozen models' outputs every step. ``channels_last``, ``compile``,
     ``loader_workers``: speed only (NHWC, ``torch.compile``, image-decoding processes). ``bad_images``:
     ``fail`` or ``skip`` an undecodable image. ``img_size``: every library model's input size in px.
@@ -84,6 +85,7 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     if run_dir is None:
         run_dir = dist.broadcast(new_run_dir(out, "transfer") if dist.is_main else None)
     run_dir = Path(run_dir)
+    set_threads(threads)
     seed_everything(seed)  # before anything is loaded (a random-init model draws its weights), from either door
     device = device if isinstance(device, torch.device) else dist.device(resolve_device(device))
     state = load_state(resume) if resume else None
