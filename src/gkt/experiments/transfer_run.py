@@ -81,6 +81,9 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     ``out``). ``resume``: an interrupted run's directory to continue from its last finished epoch (give its
     options). ``on_epoch``: called with each epoch's metrics. ``dist``: the ``torchrun`` context (only rank 0
     writes). ``say``: where the progress line goes."""
+    if not isinstance(teacher, str):
+        raise GktError("the Python call transfers from one teacher spec; multi-teacher transfer runs from the CLI: "
+                       "gkt transfer --teacher A --teacher B --multi sequential|parallel|soup|all")
     dist = dist or DistContext()
     if run_dir is None:
         run_dir = dist.broadcast(new_run_dir(out, "transfer") if dist.is_main else None)
