@@ -89,13 +89,11 @@ def test_transfer_job_ignores_the_workers_rng_state(tmp_path: Path) -> None:
 
 
 def test_study_grid_over_student_mode_reaches_the_transfer_config() -> None:
-    from gkt.cli import build_parser
-    from gkt.cli.study import study_jobs
+    from gkt.experiments.study import study_jobs
     from gkt.transfer import TransferConfig
 
-    args = build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b", "--methods", "kl-dp",
-                                      "--grid", "student_mode=train,eval"])
-    jobs = study_jobs(args)
+    jobs = study_jobs(["zoo:a", "zoo:b"], methods=["kl-dp"], grid=["student_mode=train,eval"])
+    assert study_jobs(["zoo:a", "zoo:b"], methods=["kl-dp"], grid={"student_mode": ["train", "eval"]}) == jobs
     assert sorted((j["student"], j["student_mode"]) for j in jobs) == [
         ("zoo:a", "eval"), ("zoo:a", "train"), ("zoo:b", "eval"), ("zoo:b", "train")]
     assert TransferConfig(method="kl-dp", student_mode=jobs[0]["student_mode"]).build_method().name == "kl-dp"
@@ -151,14 +149,11 @@ def test_resume_of_a_damaged_store_exits_2(damage: bytes, tmp_path: Path, capsys
 
 
 def test_batch_size_precision_and_device_reach_every_job() -> None:
-    from gkt.cli import build_parser
-    from gkt.cli.study import study_jobs
+    from gkt.experiments.study import study_jobs
 
-    args = build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b", "--batch-size", "256",
-                                      "--precision", "bf16", "--device", "cpu"])
-    jobs = study_jobs(args)
+    jobs = study_jobs(["zoo:a", "zoo:b"], batch_size=256, precision="bf16", device="cpu")
     assert len(jobs) == 4 and all((j["batch_size"], j["precision"], j["device"]) == (256, "bf16", "cpu") for j in jobs)
-    plain = study_jobs(build_parser().parse_args(["study", "--students", "zoo:a", "zoo:b"]))
+    plain = study_jobs(["zoo:a", "zoo:b"])
     assert not {"batch_size", "precision", "device"} & set(plain[0])  # defaults keep the keys of older stores
 
 

@@ -53,8 +53,8 @@ def store_path(args: argparse.Namespace) -> Path | None:
 
 
 def study_plan(args: argparse.Namespace, students: list[str], teachers: list[str], data: str) -> Any:
-    from gkt.cli.study import parse_method_args
     from gkt.experiments.adapt_study import StudyPlan
+    from gkt.experiments.study import parse_method_args
 
     return StudyPlan(students, teachers, args.methods, args.seeds, data, args.fraction,
                      {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},

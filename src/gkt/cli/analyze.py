@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
-from gkt.core.errors import GktError
-from gkt.core.io import write_csv, write_json
 from gkt.reporting.tables import format_table
 
 if TYPE_CHECKING:
@@ -20,75 +16,26 @@ if TYPE_CHECKING:
 
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.data.spec import SYNTAX
+    from gkt.experiments.analyze import AnalyzeConfig
 
+    d = AnalyzeConfig()
     p.add_argument("--models", nargs="+", required=True, metavar="SPEC",
                    help="model specs (zoo:NAME, timm:..., file:PATH), or `zoo` for every built zoo model")
-    p.add_argument("--data", default="fmnist", help=f"data spec {SYNTAX} (default: fmnist)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="evaluation split (default: test)")
-    p.add_argument("--fraction", type=float, default=1.0, help="analyse a stratified share of the split (seeded)")
+    p.add_argument("--data", default=d.data, help=f"data spec {SYNTAX} (default: {d.data})")
+    p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help=f"evaluation split (default: {d.split})")
+    p.add_argument("--fraction", type=float, default=d.fraction, help="analyse a stratified share of the split (seeded)")
     p.add_argument("--student", metavar="SPEC", help="show where to find gains for this model (added to --models)")
     p.add_argument("--class-map", metavar="FILE",
                    help="JSON/YAML {data_class: model_class_or_list} aligning the models' classes to the data's "
                         "(as for gkt transfer); without it, classes that differ only in order or case are matched")
-    p.add_argument("--batch-size", type=int, default=500, help="forward-pass batch size (default: 500)")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"forward-pass batch size (default: {d.batch_size})")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision of the forward passes (auto: bf16 on a GPU that supports it; "
                         "reduced-precision predictions are stored apart from fp32 ones; default fp32)")
     p.add_argument("--refresh", action="store_true", help="recompute predictions even when stored")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the random-initialised-teacher baseline")
     p.add_argument("--no-semantic", action="store_true", help="skip the class-name semantic similarity")
     p.add_argument("--no-figures", action="store_true", help="write tables only")
-
-
-def resolve_specs(models: Sequence[str], student: str | None, zoo_dir: str | None) -> list[str]:
-    """Expand ``zoo`` to every built zoo model, add the student, drop duplicates (order kept)."""
-    from gkt.experiments.zoo import list_zoo
-    from gkt.models.zoo import zoo_dir_default
-
-    twice = sorted({spec for spec in models if models.count(spec) > 1})
-    if twice:
-        raise GktError(f"--models names {twice[0]} more than once; give each model once")
-    specs: list[str] = []
-    for spec in models:
-        if spec == "zoo":
-            built = [f"zoo:{r.name}" for r in list_zoo(zoo_dir)]
-            if not built:
-                raise GktError(f"`--models zoo` found no built zoo models in {zoo_dir or zoo_dir_default()}; "
-                               "run `gkt zoo build` first")
-            specs += built
-        else:
-            specs.append(spec)
-    if student:
-        specs.append(student)
-    return list(dict.fromkeys(specs))
-
-
-def _write_matrix(path: Path, names: Sequence[str], matrix: Any) -> None:
-    rows = [{"teacher\\student": n, **dict(zip(names, values))} for n, values in zip(names, matrix.tolist())]
-    write_csv(path, rows)
-
-
-def write_results(analysis: Analysis, run_dir: Path, student: str | None) -> None:
-    """Matrices (CSV + JSON), per-pair and per-class tables, random baseline, gains and summary."""
-    names = analysis.models
-    for key in ("rho_pos", "rho_neg", "delta_acc"):
-        _write_matrix(run_dir / f"{key}.csv", names, getattr(analysis, key))
-    write_json(run_dir / "matrices.json", analysis.matrices())
-    write_csv(run_dir / "pairs.csv", analysis.pair_rows())
-    write_csv(run_dir / "pair_classes.csv", analysis.class_rows())
-    write_csv(run_dir / "overview.csv", analysis.overview())
-    if analysis.random is not None:
-        write_csv(run_dir / "random_baseline.csv",
-                   [{"random_teacher": r, "student": s, "rho_pos": analysis.random.rho_pos[i, j].item(),
-                     "samples": analysis.random.samples}
-                    for i, r in enumerate(analysis.random.teachers) for j, s in enumerate(names)])
-    if student:
-        view = analysis.gains(student)
-        write_csv(run_dir / "gains.csv", [row.to_dict() for row in view.rows])
-        write_json(run_dir / "gains.json", {"student": view.student, "acc_student": view.acc_student,
-                                            "any_teacher_rho_pos": view.any_teacher_rho_pos,
-                                            "teachers": [row.to_dict() for row in view.rows]})
-    write_json(run_dir / "summary.json", analysis.summary())
 
 
 def _pct(v: float | None) -> str:
@@ -165,36 +112,19 @@ def print_summary(summary: dict[str, Any]) -> None:
 @register_verb("analyze", "complementary knowledge between models: flips, per-class structure, where to find gains",
                _configure)
 def analyze_verb(args: argparse.Namespace) -> int:
-    from gkt.analysis.complementary import analyze
-    from gkt.data.spec import load_split
-    from gkt.data.subsets import stratified_subset
-    from gkt.models import DataInfo, load_models
+    from gkt.experiments.analyze import analyze
 
     start = time.perf_counter()
-    specs = resolve_specs(args.models, args.student, args.zoo_dir)
-    if len(specs) < 2:  # before any data or weights are read
-        raise GktError(f"complementary knowledge needs at least 2 models, got only {specs[0] if specs else 'none'}; "
-                       "give two or more with --models")
-    dataset = load_split(args.data, args.split, data_dir=args.data_dir, seed=args.seed)
-    if args.fraction < 1:
-        dataset = stratified_subset(dataset, fraction=args.fraction, seed=args.seed)
-    info = DataInfo.from_dataset(dataset)
-    models = load_models(specs, info, args.zoo_dir, class_map=args.class_map or "auto")
-    student = models[specs.index(args.student)].name if args.student else None
-    print(f"analysing {len(models)} models on {dataset.name} ({len(dataset)} samples): one forward pass per model "
-          "and per random-init architecture, reused from the prediction store when possible")
-    analysis = analyze(models, dataset, args.torch_device, batch_size=args.batch_size, refresh=args.refresh,
-                       random_baseline=not args.no_random_baseline, seed=args.seed, semantic=not args.no_semantic,
-                       precision=args.precision)
-    write_results(analysis, args.run_dir, student)
-    if not args.no_figures:
-        from gkt.reporting.analysis_figures import write_figures
-
-        write_figures(analysis, args.run_dir / "figures", student)
-    if student:
-        print_gains(analysis, student)
+    result = analyze(
+        args.models, data=args.data, split=args.split, fraction=args.fraction, student=args.student,
+        class_map=args.class_map, batch_size=args.batch_size, precision=args.precision, refresh=args.refresh,
+        no_random_baseline=args.no_random_baseline, no_semantic=args.no_semantic, no_figures=args.no_figures,
+        seed=args.seed, data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.torch_device,
+        threads=args.threads, bad_images=args.bad_images, img_size=args.img_size, run_dir=args.run_dir)
+    if result.student:
+        print_gains(result.analysis, result.student)
     else:
-        print_overview(analysis)
-    print_summary(analysis.summary())
+        print_overview(result.analysis)
+    print_summary(result.summary)
     print(f"\ndone in {time.perf_counter() - start:.0f}s; run directory: {args.run_dir}")
     return 0

@@ -16,15 +16,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @register_verb("export", "write a model in timm's hub format or transformers' save_pretrained format, with its "
                "class names and preprocessing", _configure)
 def export(args: argparse.Namespace) -> int:
-    from gkt.models import load_model
-    from gkt.models.export import export_model
+    from gkt.experiments.export import export as export_api
 
-    model = load_model(args.model, zoo_dir=args.zoo_dir)
-    fmt, out = export_model(model, args.to or args.run_dir / "model", "--to" if args.to else "--out")
-    loader = (f"timm.create_model('local-dir:{out}', pretrained=True) or "
-              f"transformers.AutoModelForImageClassification.from_pretrained('{out}')" if fmt == "timm" else
-              f"transformers.AutoModelForImageClassification.from_pretrained('{out}') and "
-              f"AutoImageProcessor.from_pretrained('{out}')")
-    print(f"exported {model.name} ({model.num_classes} classes) in {fmt} format to {out}; verified with the "
-          f"library's own loader. Load it with {loader}")
+    result = export_api(args.model, to=args.to, zoo_dir=args.zoo_dir, run_dir=args.run_dir)
+    print(f"exported {result.name} ({result.num_classes} classes) in {result.format} format to {result.path}; "
+          f"verified with the library's own loader. Load it with {result.loader}")
     return 0

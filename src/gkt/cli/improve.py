@@ -65,8 +65,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @register_verb("improve", "make a model better with the models you have, certified not worse on held-out data",
                _configure, resumed=RESUMED)
 def improve(args: argparse.Namespace) -> int:
-    from gkt.cli.study import _expand_zoo, study_backend
+    from gkt.cli.study import study_backend
     from gkt.experiments.improve import improve as run_improve
+    from gkt.experiments.zoo import expand_zoo
     from gkt.reporting.html import write_report
 
     if getattr(args, "dist", None) is not None and args.dist.enabled:
@@ -77,7 +78,7 @@ def improve(args: argparse.Namespace) -> int:
         raise GktError("give --student SPEC and --zoo SPEC [SPEC ...] (or --resume RUN_DIR)")
     if args.workers < 1:
         raise GktError(f"--workers must be at least 1, got {args.workers}")
-    zoo = _expand_zoo(args.zoo, args.zoo_dir)
+    zoo = expand_zoo(args.zoo, args.zoo_dir, "--zoo")
     decision = run_improve(
         args.student, zoo, data=args.data, unlabelled=args.unlabelled, risk=args.risk, budget=args.budget,
         lrs=args.lrs, epochs=args.epochs, longer_epochs=args.longer_epochs, fraction=args.fraction,

@@ -94,16 +94,6 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_tracking_options(p)
 
 
-def _parse_method_args(items: list[str]) -> dict[str, str]:
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise GktError(f"--method-arg expects K=V, got {item!r}")
-        parsed[key.strip().replace("-", "_")] = value.strip()
-    return parsed
-
-
 def _augment(args: argparse.Namespace) -> tuple[str, ...] | None:
     """``--augment`` as given (None: left to the recipe)."""
     return None if args.augment is None else tuple(args.augment)
@@ -116,6 +106,7 @@ def _fmt(value: float) -> str:
 @register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure,
                resumed=(*RESUMED, "class_map"))
 def transfer(args: argparse.Namespace) -> int:
+    from gkt.experiments.transfer_run import parse_method_arg
     from gkt.transfer import TransferConfig, create_method
 
     create_method(args.method)  # unknown names fail before anything is loaded
@@ -125,7 +116,7 @@ def transfer(args: argparse.Namespace) -> int:
     teachers = args.teacher or []
     if args.student is None or not teachers:
         raise GktError("give --student SPEC and --teacher SPEC (or --resume RUN_DIR)")
-    config = TransferConfig(method=args.method, method_args=_parse_method_args(args.method_arg),
+    config = TransferConfig(method=args.method, method_args=parse_method_arg(args.method_arg),
                             epochs=args.epochs or TransferConfig.epochs, lr=args.lr, weight_decay=args.weight_decay,
                             batch_size=args.batch_size, temperature=args.temperature, augment=_augment(args),
                             augment_epochs=args.augment_epochs, seed=args.seed, unlabelled=args.unlabelled,
@@ -142,14 +133,15 @@ def transfer(args: argparse.Namespace) -> int:
 
     with tracking(args, resolved_config(args)) if dist.is_main else contextlib.nullcontext() as tracker:
         outcome = run_one(
-            args.student, spec, data=args.data, method=args.method, method_args=config.method_args,
+            args.student, spec, data=args.data, method=args.method, method_arg=config.method_args,
             fraction=args.fraction, epochs=config.epochs, lr=args.lr, batch_size=args.batch_size,
             temperature=args.temperature, weight_decay=args.weight_decay, augment=_augment(args), recipe=args.recipe,
             augment_epochs=args.augment_epochs, unlabelled=args.unlabelled, student_mode=args.student_mode,
-            class_map=args.class_map, seed=args.seed,
-            data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.torch_device, precision=args.precision,
+            class_map=args.class_map, seed=args.seed, data_dir=args.data_dir, zoo_dir=args.zoo_dir,
+            device=args.torch_device, threads=args.threads, precision=args.precision,
             no_cache=args.no_cache, channels_last=args.channels_last, compile=args.compile,
-            loader_workers=args.loader_workers, run_dir=args.run_dir, resume=args.resume,
+            loader_workers=args.loader_workers, bad_images=args.bad_images, img_size=args.img_size,
+            run_dir=args.run_dir, resume=args.resume,
             on_epoch=tracker.log_epoch if tracker is not None else None, dist=dist)
         if tracker is None:
             return 0

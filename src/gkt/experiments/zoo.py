@@ -7,7 +7,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -200,3 +200,19 @@ def list_zoo(zoo_dir: str | Path | None = None, entries: tuple[ZooEntry, ...] = 
             log.warning("zoo:%s at %s is damaged (%s): left out; rebuild it with gkt zoo build --only %s",
                         entry.name, path, exc, entry.name)
     return records
+
+
+def expand_zoo(specs: Sequence[str], zoo_dir: str | Path | None = None, option: str = "--models") -> list[str]:
+    """``specs`` with ``zoo`` replaced by every built zoo model (``zoo:NAME``, in zoo order); ``option`` names
+    where the specs came from in the error when no zoo model is built."""
+    out: list[str] = []
+    for spec in specs:
+        if spec != "zoo":
+            out.append(spec)
+            continue
+        built = [f"zoo:{r.name}" for r in list_zoo(zoo_dir)]
+        if not built:
+            raise GktError(f"`{option} zoo` found no built zoo models in {zoo_dir or zoo_dir_default()}; "
+                           "run `gkt zoo build` first")
+        out += built
+    return out
