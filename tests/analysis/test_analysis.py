@@ -229,3 +229,27 @@ def test_random_baseline_sample_joins_the_one_decode_pass(tmp_path: Path, monkey
     assert all(s.from_store for s in stored) and not any(f.from_store for f in fresh)
     assert all(torch.equal(s.predicted, f.predicted) and torch.equal(s.labels, f.labels)
                for s, f in zip(stored, fresh))
+
+
+def test_spearman_equals_the_rank_pearson_it_replaced() -> None:
+    """scipy's Spearman gives the hand-written one's numbers: Pearson of mean ranks (ties), NaNs dropped,
+    NaN when a side is constant or fewer than 3 pairs remain."""
+    def reference(a: torch.Tensor, b: torch.Tensor) -> float:
+        def ranks(x: torch.Tensor) -> torch.Tensor:
+            sorted_x, order = x.double().sort()
+            _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
+            mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
+            return torch.empty_like(sorted_x).scatter_(0, order, mean_rank[inverse])
+        keep = ~(a.isnan() | b.isnan())
+        x, y = ranks(a[keep]), ranks(b[keep])
+        x, y = x - x.mean(), y - y.mean()
+        return (x @ y).item() / (x.norm() * y.norm()).item()
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a = torch.randint(0, 5, (12,), generator=gen).double()  # many ties
+        b = torch.randn(12, generator=gen).double()
+        b[torch.randint(0, 12, (2,), generator=gen)] = float("nan")
+        assert spearman(a, b) == pytest.approx(reference(a, b), abs=1e-12)
+    assert math.isnan(spearman(torch.ones(5), torch.arange(5.0)))
+    assert math.isnan(spearman(torch.tensor([1.0, 2, float("nan")]), torch.tensor([1.0, 2, 3])))
