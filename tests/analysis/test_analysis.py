@@ -253,3 +253,26 @@ def test_spearman_equals_the_rank_pearson_it_replaced() -> None:
         assert spearman(a, b) == pytest.approx(reference(a, b), abs=1e-12)
     assert math.isnan(spearman(torch.ones(5), torch.arange(5.0)))
     assert math.isnan(spearman(torch.tensor([1.0, 2, float("nan")]), torch.tensor([1.0, 2, 3])))
+
+
+@pytest.mark.parametrize("correct", [[CORRECT[0], [1, 1, 1, 1, 1, 1, 0, 1]], CORRECT[:2], CORRECT])
+def test_figures_raise_no_matplotlib_warning_and_titles_fit(correct: list[list[int]], tmp_path: Path) -> None:
+    """Two models of equal accuracy (Δacc 0: the 'equal accuracy' label once sat off the axes, so constrained
+    layout collapsed them with a UserWarning on such analyses), long hub names, a random baseline: no warning,
+    and the gains chart's title lies inside the figure."""
+    import warnings
+
+    from gkt.reporting import analysis_figures
+
+    names = ["hf:an-organisation/a-rather-long-image-classifier-name-224", "timm:convnext_tiny.fb_in22k_ft_in1k",
+             "torchvision:resnet18?weights=IMAGENET1K_V1"][: len(correct)]
+    preds = hand_predictions(correct, LABELS, names)
+    a = analyze_predictions(preds, CLASSES, dataset="hand", random_preds=hand_predictions([[0] * 8], LABELS, ["r"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning while making or saving a figure fails the test
+        paths = write_figures(a, tmp_path, student=names[0], dpi=60)
+        fig = analysis_figures.gains_bars(a, names[0])
+        fig.canvas.draw()
+    title = next(t for t in fig.texts if t.get_text() == fig.get_suptitle()).get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    assert {p.stem for p in paths} >= {"fig1a_rho_pos_vs_delta_acc", "gains", "rho_pos_heatmap"}

@@ -216,7 +216,7 @@ def test_study_outputs_open_with_findings(tmp_path: Path) -> None:
     assert "kl-dp beats its student's ce fine-tuning in 0 of 12 pairs; its student's own copy (kl) in 12 of 12" in md
     page = html_path.read_text()
     assert page.index("Findings") < page.index("<img") < page.index("success_table.csv")
-    assert "class='holds'" in page and "runs.csv" not in page
+    assert 'class="holds"' in page and "runs.csv" not in page
     # the per-pair table: useful columns only, in percentage points, sorted by method then Δtransf
     pairs_md = md.split("## pairs.csv")[1].split("\n## ")[0]
     assert "knowledge_gain" not in pairs_md and "| Δtransf (pp)" in pairs_md
