@@ -276,3 +276,24 @@ def test_figures_raise_no_matplotlib_warning_and_titles_fit(correct: list[list[i
     title = next(t for t in fig.texts if t.get_text() == fig.get_suptitle()).get_window_extent()
     assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
     assert {p.stem for p in paths} >= {"fig1a_rho_pos_vs_delta_acc", "gains", "rho_pos_heatmap"}
+
+
+@pytest.mark.filterwarnings("error")
+def test_analyze_run_and_its_report(tmp_path: Path, tiny_fmnist_dir: Path) -> None:
+    """``gkt analyze`` with its figures warns of nothing; its report opens with each student's best teacher
+    in the terminal's units (overview.csv × 100) and shows every figure."""
+    import csv
+
+    from conftest import report_findings, write_model
+
+    specs = [write_model(tmp_path / f"m{i}", i) for i in range(2)]
+    assert main(["analyze", "--models", *specs, "--data-dir", str(tiny_fmnist_dir), "--out", str(tmp_path / "runs"),
+                 "--no-semantic", "--student", specs[0], "--threads", "1"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    found = report_findings(run)
+    with open(run / "overview.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(found) == len(rows) and (run / "figures" / "gains.png").is_file()
+    for sentence, row in zip(found, rows):
+        assert f"({100 * float(row['acc']):.2f}% test accuracy)" in sentence
+        assert f"wrong on {100 * float(row['rho_pos']):.2f}% of the test samples" in sentence

@@ -234,10 +234,10 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     if not run_dir.is_dir():
         raise GktError(f"{run_dir} is not a run directory")
     config, tables, figures, summary = _collect(run_dir)
-    if not (tables or figures):
-        raise GktError(f"{run_dir} has no tables or figures to report")
-    title = title or f"gkt {config.get('command', 'run')} — {run_dir.name}"
     sentences, claims = run_findings(run_dir)
+    if not (tables or figures or sentences):
+        raise GktError(f"{run_dir} has no findings, tables or figures to report")
+    title = title or f"gkt {config.get('command', 'run')} — {run_dir.name}"
     md = [f"# {markdown_text(title)}\n"]
     status, note = config.get("status"), None
     if status == "running" and config.get("pid") == os.getpid():
