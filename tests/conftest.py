@@ -96,3 +96,23 @@ def tiny_fmnist_dir(tmp_path: Path) -> Path:
         write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         write_idx(d / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     return d
+
+
+def report_findings(run_dir: Path) -> list[str]:
+    """``gkt report RUN_DIR``, checked as every verb's report must be: both files open with Findings, every
+    figure is shown (inlined in the HTML, linked from the Markdown), no ``-0.00`` and no bare ``nan``;
+    returns the Findings' sentences (Markdown-escaped)."""
+    import re
+
+    from gkt.cli import main
+
+    assert main(["report", str(run_dir)]) == 0
+    md, page = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert re.findall(r"^## (.+)$", md, re.M)[0] == "Findings", md[:500]
+    assert re.findall(r"<h2>(.+?)</h2>", page)[0] == "Findings"
+    pngs = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.png"))
+    assert page.count('src="data:image/png;base64,') == len(pngs)
+    assert all(f"(<{p}>)" in md for p in pngs)
+    body = md.split("## Configuration")[0]
+    assert "-0.00" not in body and not re.search(r"\bnan\b", body)
+    return [line[2:] for line in md.split("## Findings\n\n")[1].split("\n\n")[0].splitlines() if line.startswith("- ")]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_blobs
+from conftest import make_blobs, report_findings
 
 from gkt.adapt.heads import AdaptConfig, adapt_cached, adapt_model, head_inputs
 from gkt.cli import main
@@ -108,7 +108,12 @@ def test_adapt_cli_transfer_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         assert (run / name).is_file(), name
     with open(run / "pairs.csv") as f:
         assert {r["student"] for r in csv.DictReader(f)} == set(specs)  # labelled by source spec
-    assert main(["report", str(run), "--out", str(tmp_path)]) == 0
+    found = report_findings(run)  # the adapted models' accuracies (in %, as printed), then the study's findings
+    with open(run / "adapted.csv") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            assert found[i].startswith(f"{row['model']} adapted to digits (probe): test accuracy "
+                                       f"{float(row['test_acc']):.2f}%")
+    assert any("kl-dp" in s for s in found[2:])
     assert "fig9_delta_transf_vs_delta_acc.png" in (run / "report.md").read_text()
     resumed = ["adapt", "--models", *specs, "--data", "digits", "--l2", "0.01", "--transfer", "--methods", "kl",
                "--seeds", "0", "--epochs", "1", "--resume", str(run), "--out", str(tmp_path / "again")]

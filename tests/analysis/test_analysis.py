@@ -230,3 +230,71 @@ def test_random_baseline_sample_joins_the_one_decode_pass(tmp_path: Path, monkey
     assert all(s.from_store for s in stored) and not any(f.from_store for f in fresh)
     assert all(torch.equal(s.predicted, f.predicted) and torch.equal(s.labels, f.labels)
                for s, f in zip(stored, fresh))
+
+
+def test_spearman_equals_the_rank_pearson_it_replaced() -> None:
+    """scipy's Spearman gives the hand-written one's numbers: Pearson of mean ranks (ties), NaNs dropped,
+    NaN when a side is constant or fewer than 3 pairs remain."""
+    def reference(a: torch.Tensor, b: torch.Tensor) -> float:
+        def ranks(x: torch.Tensor) -> torch.Tensor:
+            sorted_x, order = x.double().sort()
+            _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
+            mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
+            return torch.empty_like(sorted_x).scatter_(0, order, mean_rank[inverse])
+        keep = ~(a.isnan() | b.isnan())
+        x, y = ranks(a[keep]), ranks(b[keep])
+        x, y = x - x.mean(), y - y.mean()
+        return (x @ y).item() / (x.norm() * y.norm()).item()
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a = torch.randint(0, 5, (12,), generator=gen).double()  # many ties
+        b = torch.randn(12, generator=gen).double()
+        b[torch.randint(0, 12, (2,), generator=gen)] = float("nan")
+        assert spearman(a, b) == pytest.approx(reference(a, b), abs=1e-12)
+    assert math.isnan(spearman(torch.ones(5), torch.arange(5.0)))
+    assert math.isnan(spearman(torch.tensor([1.0, 2, float("nan")]), torch.tensor([1.0, 2, 3])))
+
+
+@pytest.mark.parametrize("correct", [[CORRECT[0], [1, 1, 1, 1, 1, 1, 0, 1]], CORRECT[:2], CORRECT])
+def test_figures_raise_no_matplotlib_warning_and_titles_fit(correct: list[list[int]], tmp_path: Path) -> None:
+    """Two models of equal accuracy (Δacc 0: the 'equal accuracy' label once sat off the axes, so constrained
+    layout collapsed them with a UserWarning on such analyses), long hub names, a random baseline: no warning,
+    and the gains chart's title lies inside the figure."""
+    import warnings
+
+    from gkt.reporting import analysis_figures
+
+    names = ["hf:an-organisation/a-rather-long-image-classifier-name-224", "timm:convnext_tiny.fb_in22k_ft_in1k",
+             "torchvision:resnet18?weights=IMAGENET1K_V1"][: len(correct)]
+    preds = hand_predictions(correct, LABELS, names)
+    a = analyze_predictions(preds, CLASSES, dataset="hand", random_preds=hand_predictions([[0] * 8], LABELS, ["r"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning while making or saving a figure fails the test
+        paths = write_figures(a, tmp_path, student=names[0], dpi=60)
+        fig = analysis_figures.gains_bars(a, names[0])
+        fig.canvas.draw()
+    title = next(t for t in fig.texts if t.get_text() == fig.get_suptitle()).get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    assert {p.stem for p in paths} >= {"fig1a_rho_pos_vs_delta_acc", "gains", "rho_pos_heatmap"}
+
+
+@pytest.mark.filterwarnings("error")
+def test_analyze_run_and_its_report(tmp_path: Path, tiny_fmnist_dir: Path) -> None:
+    """``gkt analyze`` with its figures warns of nothing; its report opens with each student's best teacher
+    in the terminal's units (overview.csv × 100) and shows every figure."""
+    import csv
+
+    from conftest import report_findings, write_model
+
+    specs = [write_model(tmp_path / f"m{i}", i) for i in range(2)]
+    assert main(["analyze", "--models", *specs, "--data-dir", str(tiny_fmnist_dir), "--out", str(tmp_path / "runs"),
+                 "--no-semantic", "--student", specs[0], "--threads", "1"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    found = report_findings(run)
+    with open(run / "overview.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(found) == len(rows) and (run / "figures" / "gains.png").is_file()
+    for sentence, row in zip(found, rows):
+        assert f"({100 * float(row['acc']):.2f}% test accuracy)" in sentence
+        assert f"wrong on {100 * float(row['rho_pos']):.2f}% of the test samples" in sentence

@@ -216,7 +216,7 @@ def test_study_outputs_open_with_findings(tmp_path: Path) -> None:
     assert "kl-dp beats its student's ce fine-tuning in 0 of 12 pairs; its student's own copy (kl) in 12 of 12" in md
     page = html_path.read_text()
     assert page.index("Findings") < page.index("<img") < page.index("success_table.csv")
-    assert "class='holds'" in page and "runs.csv" not in page
+    assert 'class="holds"' in page and "runs.csv" not in page
     # the per-pair table: useful columns only, in percentage points, sorted by method then Δtransf
     pairs_md = md.split("## pairs.csv")[1].split("\n## ")[0]
     assert "knowledge_gain" not in pairs_md and "| Δtransf (pp)" in pairs_md
@@ -231,3 +231,59 @@ def test_student_figure_with_no_finite_transfer_rate(tmp_path: Path) -> None:
               "student_params": 1000 * (i + 1), "student_family": "mlp", "knowledge_gain": 0.01,
               "knowledge_loss": 0.01} for i in range(3) for m in ("kl", "kl-dp")]
     assert plot_by_student(pairs, tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _hand_written_draws(rows: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """The nested bootstrap as gkt computed it by hand before scipy.stats.bootstrap drew the pairs."""
+    from collections import defaultdict
+
+    import numpy as np
+
+    from gkt.reporting.study_tables import _group_key
+
+    pair_keys = sorted({_group_key(r) for r in rows})
+    index = {k: i for i, k in enumerate(pair_keys)}
+    runs: dict = defaultdict(lambda: defaultdict(list))
+    for r in sorted(rows, key=lambda r: r.get("seed", 0)):
+        runs[r["method"]][index[_group_key(r)]].append(float(r["delta_transf"]))
+    seeds = max(len(v) for by_pair in runs.values() for v in by_pair.values())
+    rng = np.random.default_rng(seed)
+    pair_draw = rng.integers(0, len(pair_keys), (resamples, len(pair_keys)))
+    seed_draw = rng.random((resamples, len(pair_keys), seeds))
+    draws = {}
+    for method, by_pair in runs.items():
+        values = np.full((len(pair_keys), seeds), np.nan)
+        counts = np.zeros(len(pair_keys), dtype=int)
+        for i, v in by_pair.items():
+            values[i, : len(v)], counts[i] = v, len(v)
+        counts_drawn = counts[pair_draw]
+        picks = np.floor(seed_draw * np.maximum(counts_drawn, 1)[..., None]).astype(int)
+        used = np.arange(seeds) < counts_drawn[..., None]
+        picked = np.where(used, values[pair_draw[..., None], picks], 0.0)
+        means = picked.sum(-1) / np.maximum(counts_drawn, 1)
+        present = counts_drawn > 0
+        n = np.maximum(present.sum(-1), 1)
+        draws[method] = {"success": 100 * np.where(present, means > 0, False).sum(-1) / n,
+                         "mean": 100 * np.where(present, means, 0.0).sum(-1) / n}
+    return draws
+
+
+@pytest.mark.parametrize("shape", ["seeds", "pair means", "uneven seeds, a pair one method skipped", "one pair"])
+def test_scipy_bootstrap_gives_the_hand_written_draws(shape: str) -> None:
+    """scipy.stats.bootstrap (percentile method) with the same seed gives the numbers gkt's hand-written
+    nested bootstrap gave (results/ stay reproducible)."""
+    import numpy as np
+
+    from gkt.reporting.study_tables import bootstrap_draws, pair_means
+
+    runs = _runs({"kl": -0.001, "kl-dp": 0.001}, pairs=1 if shape == "one pair" else 9, seeds=3, noise=0.003)
+    if shape == "pair means":
+        runs = pair_means(runs)
+    elif shape.startswith("uneven"):
+        runs = [r for r in runs if not (r["student"] == "s1" and r["seed"] == 2)
+                and not (r["student"] == "s2" and r["method"] == "kl")]
+    ours, reference = bootstrap_draws(runs, seed=3), _hand_written_draws(runs, seed=3)
+    assert ours.keys() == reference.keys()
+    for method in ours:
+        for stat in ("success", "mean"):
+            np.testing.assert_allclose(ours[method][stat], reference[method][stat], rtol=0, atol=1e-12)

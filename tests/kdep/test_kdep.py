@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs, make_model
+from conftest import make_blobs, make_model, report_findings
 
 from gkt.cli import main
 from gkt.core.config import Recipe
@@ -192,6 +192,8 @@ def test_cli_pretrain_then_finetune(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "test accuracy" in capsys.readouterr().out
     result = json.loads(next((tmp_path / "runs").glob("kdep-finetune-*/finetune.json")).read_text())
     assert result["train_samples"] == 100 and 0.0 <= result["test_acc"] <= 1.0
+    run = next((tmp_path / "runs").glob("kdep-finetune-*"))
+    assert f"test accuracy {100 * result['test_acc']:.2f}% on {result['test_samples']} samples" in report_findings(run)[0]
     assert main(["kdep", "pretrain", "--student-arch", "resnet", "--data", "digits", *common]) == 2
     assert "zoo-arch:NAME" in capsys.readouterr().err
 
@@ -209,6 +211,10 @@ def test_cli_benchmark_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     rows = json.loads((run / "results.json").read_text())["rows"]
     # wall times are reported, never asserted on (a quick run can round to 0 s on a fast, idle machine)
     assert len(rows) == 6 and all(r["pretrain_s"] >= 0 for r in rows)
+    summary = json.loads((run / "results.json").read_text())["summary"]
+    found = report_findings(run)  # the methods, best first, in %
+    best = max(summary, key=lambda r: r["mean_acc"])
+    assert len(found) == 6 and found[0].startswith(f"{best['method']}: mean downstream accuracy {100 * best['mean_acc']:.2f}")
 
 
 def test_a_damaged_cached_alignment_is_recomputed(caplog: pytest.LogCaptureFixture) -> None:

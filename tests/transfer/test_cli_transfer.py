@@ -60,6 +60,28 @@ def test_end_to_end(tmp_path: Path, tiny_fmnist_dir: Path, models: tuple[str, st
     assert transferred.provenance["transfer"]["teacher"] == "teacher"  # its display name: the file's stem
     assert weights_hash(load_model(student)) == student_hash  # the input was not overwritten
     assert (run_dir / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(run_dir)]) == 0
+    _check_report_opens_with_findings(run_dir, final, out)
+
+
+def _check_report_opens_with_findings(run_dir: Path, final: dict, terminal: str) -> None:
+    """The report's first section is Findings, in points as the terminal printed them (final.json × 100),
+    and its plot is shown (inlined in the HTML, linked from the Markdown)."""
+    import re
+
+    md, page = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert re.findall(r"^## (.+)$", md, re.M)[0] == "Findings"
+    assert re.findall(r"<h2>(.+?)</h2>", page)[0] == "Findings"
+    first = md.split("## Findings\n\n- ")[1].splitlines()[0]
+    delta, before, after, teacher = (100 * final[k] for k in ("delta_transf", "acc_student_before", "acc", "acc_teacher"))
+    assert first.startswith(f"Δtransf {delta:+.2f} pp: " if round(delta, 2) else "Δtransf 0.00 pp: ")
+    assert f"{before:.2f}% → {after:.2f}% (teacher {teacher:.2f}%)" in first
+    assert f"knowledge gain {100 * final['knowledge_gain']:.2f} pp, knowledge loss {100 * final['knowledge_loss']:.2f} pp" \
+        in first
+    assert first.replace("\\", "") in terminal  # the terminal printed the same sentence
+    figures = page.split("<h2>Key figures</h2>")[1].split("<h2>")[0]
+    assert 'alt="plot.png" src="data:image/png;base64,' in figures and "![plot.png](<plot.png>)" in md
+    assert "-0.00" not in md and "nan" not in md.split("## Configuration")[0]
 
 
 @pytest.mark.parametrize("method", ["xekl-mcl", "crd"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import report_findings
 
 from gkt.cli import main
 from gkt.core.errors import GktError
@@ -210,6 +211,11 @@ def test_cli_multi_teacher(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest
     assert summary[0]["seeds"] == [0, 1] and set(summary[0]["per_seed"]["0"]) >= {"sequential", "parallel", "soup"}
     for name in ("summary.csv", "summary.md", "seed0/single.csv", "seed1/sequential/chain.png", "seed0/parallel/final.json"):
         assert (run_dir / name).is_file(), name
+    (finding,) = report_findings(run_dir)  # one student: its modes in points, mean ± std over seeds
+    agg = summary[0]["aggregate"]
+    for mode, label in (("sequential", "sequential"), ("parallel", "parallel"), ("soup", "model soup")):
+        mean, std = 100 * agg[mode]["mean"], 100 * agg[mode]["std"]
+        assert f"{label} {mean:+.2f} ± {std:.2f} pp".replace("+0.00", "0.00").replace("-0.00", "0.00") in finding
     # bad input: duplicates, plain KL in parallel, several teachers without a mode
     assert main([*common, "--out", str(out), "--teacher", teachers[0], "--teacher", teachers[0], "--multi", "soup"]) == 2
     assert "given twice" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy import stats
 
 
 def _nanmean(x: torch.Tensor) -> float:
@@ -23,24 +24,14 @@ def _nan_to_none(values: list) -> list:
     return [_nan_to_none(v) if isinstance(v, list) else (None if math.isnan(v) else v) for v in values]
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of a 1-D tensor; ties share their mean rank."""
-    sorted_x, order = x.double().sort()
-    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
-    mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
-    return torch.empty_like(sorted_x).scatter_(0, order, mean_rank[inverse])
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    denom = (a.norm() * b.norm()).item()
-    return (a @ b).item() / denom if denom > 0 else float("nan")
-
-
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (pairs with a NaN are dropped)."""
+    """Spearman rank correlation of two 1-D tensors (``scipy.stats.spearmanr``; ties share their mean rank;
+    pairs with a NaN are dropped); NaN with fewer than 3 pairs or a constant side (no ranking to correlate)."""
     keep = ~(a.isnan() | b.isnan())
-    return _pearson(_ranks(a[keep]), _ranks(b[keep])) if keep.sum() > 2 else float("nan")
+    x, y = a[keep].double().numpy(), b[keep].double().numpy()
+    if len(x) <= 2 or x.min() == x.max() or y.min() == y.max():
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def _entropy_trend(entropy: torch.Tensor, delta_acc: torch.Tensor, rho_pos: torch.Tensor) -> dict[str, float]:

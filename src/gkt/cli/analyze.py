@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
+from gkt.reporting.findings import number
 from gkt.reporting.tables import format_table
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ def print_gains(analysis: Analysis, student: str) -> None:
     view = analysis.gains(student)
     print(f"\nWhere to find gains for {student} (test accuracy {_pct(view.acc_student)}): teachers ranked by the "
           f"complementary knowledge they hold for it (ρ_pos = teacher right, student wrong; ρ_neg = the reverse)")
-    print(format_table([{"teacher": r.teacher, "acc": _pct(r.acc_teacher), "Δacc": f"{100 * r.delta_acc:+.2f}",
-                         "ρ_pos": _pct(r.rho_pos), "ρ_neg": _pct(r.rho_neg), "×random": f"{r.vs_random:.1f}",
+    print(format_table([{"teacher": r.teacher, "acc": _pct(r.acc_teacher), "Δacc": number(100 * r.delta_acc, signed=True),
+                         "ρ_pos": _pct(r.rho_pos), "ρ_neg": _pct(r.rho_neg),
+                         "×random": f"{r.vs_random:.1f}" if math.isfinite(r.vs_random) else "n/a (random 0%)",
                          "entropy": f"{r.entropy:.2f}", "top classes (flips / class samples)":
                              ", ".join(f"{n} {100 * v:.1f}%" for n, v in r.top_classes)} for r in view.rows]))
     print(f"all {len(view.rows)} teachers together get right {_pct(view.any_teacher_rho_pos)} of the samples "

@@ -15,6 +15,7 @@ from gkt.core.errors import GktError
 from gkt.core.io import write_json
 from gkt.engine.distributed import DistContext
 from gkt.engine.tracking import Trackers
+from gkt.reporting.findings import number, transfer_findings
 from gkt.reporting.tables import format_table
 
 # Options a resumed run takes from the interrupted run (everything but --epochs).
@@ -100,7 +101,7 @@ def _augment(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 
 def _fmt(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else number(100 * value)
 
 
 @register_verb("transfer", "transfer knowledge from a teacher into a pretrained student", _configure,
@@ -151,17 +152,7 @@ def transfer(args: argparse.Namespace) -> int:
     print(format_table([{c: (row.get(c, "-") if c in ("epoch", "train_loss") else _fmt(row[c])) for c in columns}
                         for row in outcome.history]))
     final = outcome.final
-    rates = "  ".join(f"{k.removeprefix('transfer_rate_')}% {_fmt(v)}" for k, v in final.items()
-                      if k.startswith("transfer_rate_"))
-    print(f"\nteacher {_fmt(final['acc_teacher'])}%  student {_fmt(final['acc_student_before'])}% → "
-          f"{_fmt(final['acc'])}%  Δtransf {100 * final['delta_transf']:+.2f}  gain {_fmt(final['knowledge_gain'])}  "
-          f"loss {_fmt(final['knowledge_loss'])} (points on {final['test_samples']} test samples)")
-    print(f"transfer rate of the teacher's positive flips, classes holding top-X%: {rates}")
-    if final["partition_quality"]:
-        pq = final["partition_quality"]
-        print(f"partition on the transfer set: {_fmt(pq['pos_flips_to_teacher'])}% of positive flips and "
-              f"{_fmt(pq['neg_flips_to_teacher'])}% of negative flips go to the teacher "
-              f"({_fmt(pq['samples_to_teacher'])}% of all samples; paper: 72% / 9%)")
+    print("\n" + "\n".join(transfer_findings(final)))
     print(f"transferred student: {final['checkpoint']}\nrun directory: {args.run_dir}")
     return 0
 
@@ -243,4 +234,4 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
 
 
 def _signed(value: float) -> str:
-    return f"{100 * value:+.2f}"
+    return number(100 * value, signed=True)

@@ -8,7 +8,8 @@
   centre-crops, with ``crop_pct`` = crop / resize size; else ``size``), interpolation (``resample``),
   ``image_mean``/``image_std`` (identity when ``do_normalize`` is off; ``rescale_factor`` honoured) and
   channels (``config.num_channels``; grey images are replicated). ``config.id2label`` gives the class
-  names. Options ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``squash``,
+  names. Only image processors whose transform gkt reproduces are accepted (ViT, DeiT, BEiT, ConvNeXt/ResNet,
+  EfficientNet, MobileNet, BiT/DINOv2, LeViT, ... :data:`gkt.models.hf_processors.PROCESSORS`). Options ``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``, ``squash``,
   ``crop_rounding`` override the processor.
 * ``torchvision:ARCH?weights=ENUM`` — a ``torchvision.models`` architecture with its pretrained weights
   (``weights=IMAGENET1K_V1``, ``weights=DEFAULT``, ...) from the torch hub cache
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from gkt.core.hashing import file_sha256
 from gkt.core.io import file_stamp, parse_json
 from gkt.models.classifier import ArchSpec, Classifier, register_source
 from gkt.models.features import capture
+from gkt.models.hf_processors import crop_fraction, hf_preprocess
 from gkt.models.specs import (
     DataInfo,
     ModelSpec,
@@ -57,8 +58,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORED_HF_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# PIL resampling codes of image processors, as gkt's interpolation names.
-PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 # Options that may reach torchvision.models.get_model: architecture settings only.
 TORCHVISION_OPTIONS = frozenset({
     "image_size", "patch_size", "dropout", "attention_dropout", "stochastic_depth_prob", "width_per_group",
@@ -161,62 +160,6 @@ def hf_config_dict(config: Any) -> dict[str, Any]:
     """A ``transformers`` config as plain JSON (only what differs from the defaults, plus the model type)."""
     d = parse_json(config.to_json_string(use_diff=True))
     return {"model_type": config.model_type, **{k: v for k, v in d.items() if k not in IGNORED_HF_CONFIG_KEYS}}
-
-
-def _size(size: Any) -> tuple[int | None, int | None, int | None]:
-    """``(height, width, shortest_edge)`` of a processor's size (a dict or a SizeDict)."""
-    if size is None:
-        return None, None, None
-    if isinstance(size, int):
-        return size, size, None
-    get = size.get if hasattr(size, "get") else lambda key: getattr(size, key, None)
-    return get("height"), get("width"), get("shortest_edge")
-
-
-def _interpolation(resample: Any) -> str:
-    if resample is None:
-        return "bilinear"
-    value = getattr(resample, "value", resample)
-    if isinstance(value, str):
-        return value.lower()
-    return PIL_RESAMPLE.get(int(value), "bicubic")
-
-
-def hf_preprocess(processor: Any, channels: int, spec: ModelSpec) -> dict[str, Any]:
-    """The eval transform of a ``transformers`` image processor on gkt's [0, 1] scale: ``size``, ``mean``,
-    ``std``, ``crop_pct``, ``interpolation``, ``squash`` and ``crop_rounding`` (the arguments of
-    :func:`make_preprocess`), as the processor applies them: a ``shortest_edge`` size resizes the shorter
-    side (ConvNeXt's below 384 px: to ``shortest_edge / crop_pct``, then the centre ``shortest_edge``), a
-    ``height``/``width`` size resizes both sides, ``crop_size`` (with ``do_center_crop``) crops the centre
-    with offsets rounded down."""
-    height, width, shortest = _size(processor.size)
-    crop_pct, squash = 1.0, shortest is None
-    processor_crop = getattr(processor, "crop_pct", None)  # ConvNeXt, PoolFormer: resize to size / crop_pct
-    if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
-        crop_h, crop_w, _ = _size(processor.crop_size)
-        resized = shortest or (height if height == width else None)
-        if processor_crop is not None and resized:  # PoolFormer: the shorter side to size / crop_pct
-            resized, squash = int(resized / processor_crop), False
-        if crop_h is not None and resized:
-            height, width, crop_pct = crop_h, crop_w, crop_fraction(crop_h, resized)
-    elif shortest is not None:
-        height = width = shortest
-        if processor_crop is not None:  # ConvNeXt: below 384 px the shorter side to shortest / crop_pct, then
-            crop_pct, squash = (float(processor_crop), False) if shortest < 384 else (1.0, True)  # else squash
-    if height is None or height != width:
-        raise GktError(f"hf:{spec.target}: the image processor's size {processor.size} is not a square input; "
-                       "give img_size=N")
-    # The network sees (x * scale - mean) / std with x in [0, 1]; fold the scale into mean and std.
-    scale = 255 * (processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0)
-    if getattr(processor, "do_normalize", True) and processor.image_mean is not None:
-        mean, std = list(processor.image_mean), list(processor.image_std)
-    else:
-        mean, std = [0.0] * channels, [1.0] * channels
-    if len(mean) == 1 and channels > 1:
-        mean, std = mean * channels, std * channels
-    return {"size": int(height), "mean": tuple(m / scale for m in mean), "std": tuple(s / scale for s in std),
-            "crop_pct": min(1.0, crop_pct), "interpolation": _interpolation(getattr(processor, "resample", None)),
-            "squash": squash, "crop_rounding": "floor"}
 
 
 def hf_model_dir(target: str) -> Path:
@@ -349,15 +292,6 @@ def torchvision_weights(arch: str, enum_name: str) -> Any:
         raise GktError(f"torchvision:{arch}: no weights {enum_name!r}; known: {', '.join(members)}"
                        + (f" (closest: {', '.join(close)})" if close else ""))
     return enum[enum_name]
-
-
-def crop_fraction(crop: int, resize: int) -> float:
-    """``crop / resize`` as the float ``p`` closest to it with ``floor(crop / p) == resize`` (the resize size
-    :func:`gkt.models.preprocess.adapt_layout` computes back from it, despite rounding)."""
-    p = crop / resize
-    while crop / p < resize:
-        p = math.nextafter(p, 0.0)
-    return p
 
 
 _VERIFIED_HUB_FILES: set[tuple[str, int, int, int]] = set()  # (path, size, mtime, ctime) verified

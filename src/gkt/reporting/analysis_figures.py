@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +43,10 @@ def rho_pos_vs_delta_acc(a: Analysis, student: str | None) -> Figure:
         ax.scatter((100 * a.delta_acc[t[sel], s[sel]]).numpy(), (100 * a.rho_pos[t[sel], s[sel]]).numpy(), s=36, alpha=0.85,
                    color=cmap(i % cmap.N), edgecolor="white", linewidth=0.5, label=model_label(name))
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
-    ax.text(0.3, ax.get_ylim()[1] * 0.97, "equal accuracy", color="grey", va="top", fontsize=9)
+    # at Δacc = 0, just below the top of the axes whatever the data's range (in data units, a label placed
+    # off the axes made constrained layout collapse them: matplotlib warned and skipped the layout)
+    ax.text(0, 0.98, " equal accuracy", color="grey", va="top", ha="left", fontsize=9,
+            transform=ax.get_xaxis_transform())
     if a.random is not None:
         level = 100 * a.random.rho_pos.mean().item()
         ax.axhline(level, color="crimson", linestyle="--", linewidth=1.2,
@@ -187,8 +191,10 @@ def gains_bars(a: Analysis, student: str | None) -> Figure | None:
         ax.axvline(100 * a.random_per_student()[a.index(student)].item(), color="black", linestyle="--", linewidth=1,
                    label="random-init teachers (mean ρ_pos)")
     ax.set_xlabel("% of samples")
-    ax.set_title(f"Where to find gains for {model_label(student)} (acc {100 * view.acc_student:.1f}%); "
-                 f"all teachers together: {100 * view.any_teacher_rho_pos:.1f}%", fontsize=10)
+    title = f"Where to find gains for {model_label(student)} (acc {100 * view.acc_student:.1f}%)"
+    # over the figure, not the axes (long teacher names push the axes right), wrapped: never clipped
+    fig.suptitle("\n".join([*textwrap.wrap(title, 70), f"all teachers together: {100 * view.any_teacher_rho_pos:.1f}%"]),
+                 fontsize=10)
     fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     ax.grid(axis="x", alpha=0.3)
     return fig

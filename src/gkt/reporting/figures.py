@@ -27,11 +27,12 @@ def model_label(spec: str) -> str:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as a PNG atomically (tight layout unless the figure has a layout engine) and close it."""
+    """Write ``fig`` as a PNG atomically (tight layout unless the figure has a layout engine; the saved area
+    grows to hold every title and label) and close it."""
     path = Path(path)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)  # titles never clipped
     pyplot().close(fig)
     return path

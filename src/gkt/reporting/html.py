@@ -1,25 +1,31 @@
 """Tables for the terminal and Markdown, and self-contained HTML/Markdown reports of run directories.
 
-A report opens with *Findings* (a study's ``findings.json``: generated sentences and the paper's claims
-with intervals and verdicts; an analysis's best teacher per student), then the key figures, then compact
-tables (rounded, the useful columns; long tables collapsed), then everything else collapsed.
+A report opens with *Findings* in the units the terminal prints (:mod:`gkt.reporting.findings`: a study's
+generated sentences and the paper's claims with intervals and verdicts, a transfer's Δtransf in points, an
+analysis's best teacher per student, ...), then the key figures, then compact tables (rounded, the useful
+columns, fractions as % or points; long tables collapsed; an undefined cell says why), then everything else
+collapsed. The HTML page is a jinja2 template (``templates/report.html.j2``, autoescaped) with its figures
+inlined; the Markdown file links the figures beside it.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import json
 import math
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import jinja2
+
 from gkt.core.errors import GktError
 from gkt.core.io import atomic_path, parse_json, read_json
 from gkt.core.limits import check_path
+from gkt.reporting.findings import number, run_findings
 from gkt.reporting.study import findings_markdown
 from gkt.reporting.tables import format_table, markdown_fence, markdown_text
 
@@ -27,8 +33,10 @@ from gkt.reporting.tables import format_table, markdown_fence, markdown_text
 PREFERRED_TABLES = ("models.csv", "candidates.csv", "teachers.csv", "certification_classes.csv", "success_table.csv", "controls.csv", "table4.csv", "gains.csv", "overview.csv",
                     "best_settings.csv", "pairs.csv", "zoo.csv", "metrics.csv", "benchmark.csv")
 # Figures shown right after the findings (paper Figs. 4a, 4b, 7; an analysis's ρ_pos heatmap and gains chart).
+# A transfer's curves, a sequential chain (Fig. 11), adapt/crossdomain's Figs. 9/10, the KDEP benchmark's plot.
 KEY_FIGURES = ("fig4a_success_rate.png", "fig4b_delta_vs_acc.png", "fig7_gain_vs_loss.png", "rho_pos_heatmap.png",
-               "gains.png")
+               "gains.png", "plot.png", "chain.png", "fig9_delta_transf_vs_delta_acc.png",
+               "fig10_crossdomain_delta_transf_vs_delta_acc.png", "accuracy_vs_time.png")
 # Tables that the findings already summarise or that only tools read.
 HIDDEN_TABLES = ("runs.csv", "claims.csv")
 MAX_TABLE_ROWS = 40
@@ -63,8 +71,32 @@ COMPACT: dict[str, tuple[tuple[str, str, float | None], ...]] = {
     "certification_classes.csv": (("class", "class", 1), ("images", "images", 1), ("acc before %", "acc_before", 100),
                                   ("acc after %", "acc_after", 100), ("turned right", "turned_right", 1),
                                   ("turned wrong", "turned_wrong", 1), ("Δacc (pp)", "delta_acc", 100)),
+    "metrics.csv": (("epoch", "epoch", 1), ("train loss", "train_loss", 1), ("acc %", "acc", 100),
+                    ("Δtransf (pp)", "delta_transf", 100), ("gain (pp)", "knowledge_gain", 100),
+                    ("loss (pp)", "knowledge_loss", 100), ("ρ_pos %", "rho_pos", 100), ("ρ_neg %", "rho_neg", 100),
+                    ("s", "seconds", 1)),
+    "steps.csv": (("step", "step", 1), ("teacher", "teacher", 1), ("acc %", "acc", 100),
+                  ("Δtransf (pp)", "delta_transf", 100), ("gain (pp)", "knowledge_gain", 100),
+                  ("loss (pp)", "knowledge_loss", 100), ("Δ vs previous (pp)", "delta_prev", 100)),
+    "single.csv": (("teacher", "teacher", 1), ("teacher acc %", "acc_teacher", 100), ("acc %", "acc", 100),
+                   ("Δtransf (pp)", "delta_transf", 100), ("gain (pp)", "knowledge_gain", 100),
+                   ("loss (pp)", "knowledge_loss", 100)),
+    "summary.csv": (("student", "student", 1), ("acc %", "acc_student", 100), ("method", "method", 1),
+                    ("seeds", "seeds", 1), ("single mean Δtransf (pp)", "single_mean_mean", 100),
+                    ("sequential (pp)", "sequential_mean", 100), ("parallel (pp)", "parallel_mean", 100),
+                    ("soup (pp)", "soup_mean", 100), ("seq − best single (pp)", "sequential_minus_best_single_mean", 100)),
+    "random_baseline.csv": (("random teacher", "random_teacher", 1), ("student", "student", 1),
+                            ("ρ_pos %", "rho_pos", 100), ("samples", "samples", 1)),
 }
 SORT_KEYS = {"pairs.csv": ("method", "delta_transf")}
+# Teacher × student matrices of fractions, shown in the terminal's units.
+MATRICES = {"rho_pos.csv": (100, "ρ_pos, %"), "rho_neg.csv": (100, "ρ_neg, %"), "delta_acc.csv": (100, "Δacc, pp")}
+# Why a column's cell can be undefined (NaN, or infinite for a ratio), said in the cell.
+UNDEFINED = {"transfer_rate": "the teacher has no positive flips there", "acc_before": "no sample of this class",
+             "acc_after": "no sample of this class", "delta_acc": "no sample of this class",
+             "rho_pos_vs_random": "no random-init teacher is right where the student is wrong",
+             "entropy": "no positive flips", "share_top": "no positive flips", "classes_holding": "no positive flips",
+             "spearman": "fewer than 3 pairs or a constant side"}
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -72,17 +104,26 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _number(text: str, scale: float = 1) -> str:
-    """A CSV cell for people: numbers rounded (1 decimal from 10 up, 2 from 1, else 3)."""
+def _undefined(column: str) -> str:
+    reason = next((why for key, why in UNDEFINED.items() if column.startswith(key) or key in column), None)
+    return f"n/a: {reason}" if reason else "n/a: undefined for this row"
+
+
+def _number(text: str, scale: float = 1, column: str = "") -> str:
+    """A CSV cell for people: numbers rounded (1 decimal from 10 up, 2 from 1, else 3; fractions shown as %
+    or points (``scale`` 100) to 2 decimals, as the terminal prints them; never ``-0``), an
+    undefined one (NaN, ±inf) as ``n/a`` with the reason its column has."""
     try:
         value = float(text) * scale
     except (TypeError, ValueError):
         return text
-    if math.isnan(value):
-        return "–"
+    if not math.isfinite(value):
+        return _undefined(column)
+    if scale == 100:  # a fraction as % or points: two decimals, as the terminal prints them
+        return number(value)
     if value.is_integer() and abs(value) < 1e6:
         return str(int(value))
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+    return number(value, 1 if abs(value) >= 10 else 2 if abs(value) >= 1 else 3)
 
 
 def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -94,16 +135,17 @@ def compact_rows(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
     columns = [c for c in COMPACT.get(stem, ()) if rows and c[1] in rows[0]]
     if len(columns) < 2:
         filled = [k for k in (rows[0] if rows else {}) if any(r[k] not in ("", None) for r in rows)]
-        return [{k: _number(r[k]) for k in filled} for r in rows]
+        scale = MATRICES.get(stem, (1, ""))[0]
+        return [{k: _number(r[k], scale if i else 1, k) for i, k in enumerate(filled)} for r in rows]
     out = []
     for r in rows:
         row = {}
         for header, key, scale in columns:
-            cell = r[key] if scale is None else _number(r[key], scale)
+            cell = r[key] if scale is None else _number(r[key], scale, key)
             head, _, unit = key.rpartition("_")
             lo, hi = r.get(f"{head}_lo_{unit}"), r.get(f"{head}_hi_{unit}")
             if head and lo not in (None, "") and hi not in (None, ""):
-                cell += f" [{_number(lo, scale)}, {_number(hi, scale)}]"
+                cell += f" [{_number(lo, scale, key)}, {_number(hi, scale, key)}]"
             row[header] = cell
         out.append(row)
     return out
@@ -128,38 +170,15 @@ def _single_setting(name: str, rows: list[dict[str, str]]) -> bool:
     return Path(name).name == "best_settings.csv" and len(rows) == len({r.get("method") for r in rows})
 
 
-def _findings(run_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """A study's generated sentences and claims, or an analysis's best teacher per student."""
-    if (run_dir / "findings.json").is_file():
-        found = parse_json((run_dir / "findings.json").read_text())
-        return found["sentences"], found["claims"]
-    if (run_dir / "overview.csv").is_file():
-        sentences = [f"{r['student']} ({_number(r['acc'], 100)}% test accuracy): the teacher with the most "
-                     f"complementary knowledge is {r['best_teacher']} — right where the student is wrong on "
-                     f"{_number(r['rho_pos'], 100)}% of the test samples (ρ_pos; Δacc {_number(r['delta_acc'], 100)} pp); "
-                     f"some teacher is on {_number(r['any_teacher_rho_pos'], 100)}%."
-                     for r in _read_csv(run_dir / "overview.csv")]
-        return sentences, []
-    return [], []
+def _figure(path: Path, run_dir: Path) -> dict[str, str]:
+    return {"name": str(path.relative_to(run_dir)), "data": base64.b64encode(path.read_bytes()).decode()}
 
 
-def _html_table(rows: list[dict[str, str]], verdict_column: str | None = None) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = ""
-    for r in rows:
-        cells = ""
-        for k, v in r.items():
-            css = f" class='{v.split()[0]}'" if k == verdict_column else ""
-            cells += f"<td{css}>{html.escape(str(v))}</td>"
-        body += f"<tr>{cells}</tr>"
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _image(path: Path, run_dir: Path) -> str:
-    rel = str(path.relative_to(run_dir))
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"<figure><img alt='{html.escape(rel)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(rel)}" \
-           "</figcaption></figure>"
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gkt.reporting", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2")
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222;line-height:1.4}"
@@ -215,60 +234,50 @@ def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     if not run_dir.is_dir():
         raise GktError(f"{run_dir} is not a run directory")
     config, tables, figures, summary = _collect(run_dir)
-    if not (tables or figures):
-        raise GktError(f"{run_dir} has no tables or figures to report")
+    sentences, claims = run_findings(run_dir)
+    if not (tables or figures or sentences):
+        raise GktError(f"{run_dir} has no findings, tables or figures to report")
     title = title or f"gkt {config.get('command', 'run')} — {run_dir.name}"
-    sentences, claims = _findings(run_dir)
     md = [f"# {markdown_text(title)}\n"]
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    status = config.get("status")
+    status, note = config.get("status"), None
     if status == "running" and config.get("pid") == os.getpid():
         status = None  # the run writes its own report as it ends
     if status not in (None, "ok"):  # a run that did not finish: its tables are partial
         note = (f"This run is not complete (status: {status}{', ' + str(config['error']) if config.get('error') else ''}"
                 "): its tables and figures are partial.")
         md.append(f"> **{markdown_text(note)}**\n")
-        body.append(f"<p class='warning'><b>{html.escape(note)}</b></p>")
     if sentences or claims:
         md.append(findings_markdown(sentences, claims))
     elif summary:
         md.append(summary)
-    if sentences or claims:
-        body.append("<h2>Findings</h2>")
-        if claims:
-            body.append("<p>The paper's claims at this run's scale: <b>holds</b> / <b>fails</b> when the whole 95% "
-                        "interval lies on one side of the threshold, else <b>undecided at this scale</b>.</p>")
-            body.append(_html_table([{"paper's claim": c["paper_claim"], "measured": c["measured"],
-                                       "95% interval": c["interval_95"], "verdict": c["verdict"]} for c in claims],
-                                     verdict_column="verdict"))
-        body.append("<ul class='findings'>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
     key = [f for f in figures if f.name in KEY_FIGURES]
+    others = [f for f in figures if f.name not in KEY_FIGURES]
     if key:
-        body.append("<h2>Key figures</h2><div class='figures'>" + "".join(_image(f, run_dir) for f in key) + "</div>")
-    body.append("<h2>Tables</h2>")
+        md.append("\n## Key figures\n")
+    for fig in key:
+        rel = str(fig.relative_to(run_dir))
+        md.append(f"![{markdown_text(rel)}](<{quote(rel)}>)\n")
+    shown_tables = []
     for name, rows in tables:
         shown = compact_rows(name, rows[:MAX_TABLE_ROWS] if Path(name).name not in SORT_KEYS else rows)[:MAX_TABLE_ROWS]
+        unit = MATRICES.get(Path(name).name, (1, ""))[1]
+        label = f"{name} ({unit})" if unit else name
         more = f" (first {MAX_TABLE_ROWS} of {len(rows)} rows; all in {name})" if len(rows) > MAX_TABLE_ROWS else ""
-        md += [f"\n## {markdown_text(name + more)}\n",
-               format_table(shown, markdown=True) if shown else "(empty)"]
+        md += [f"\n## {markdown_text(label + more)}\n", format_table(shown, markdown=True) if shown else "(empty)"]
         if shown:
-            is_open = " open" if len(rows) <= OPEN_TABLE_ROWS and Path(name).name in PREFERRED_TABLES else ""
-            body.append(f"<details{is_open}><summary>{html.escape(name)} — {len(rows)} rows{html.escape(more)}</summary>"
-                        f"{_html_table(shown)}</details>")
-    others = [f for f in figures if f.name not in KEY_FIGURES]
-    for fig in figures:
+            shown_tables.append({"name": label, "count": len(rows), "more": more, "rows": shown,
+                                 "open": len(rows) <= OPEN_TABLE_ROWS and Path(name).name in PREFERRED_TABLES})
+    for fig in others:
         rel = str(fig.relative_to(run_dir))
         md.append(f"\n## {markdown_text(rel)}\n\n![{markdown_text(rel)}](<{quote(rel)}>)")
-    if others:
-        body.append(f"<details><summary>More figures ({len(others)})</summary><div class='figures'>"
-                    + "".join(_image(f, run_dir) for f in others) + "</div></details>")
-    settings = {k: v for k, v in config.items() if v not in (None, [], {})}
-    md.append("\n## Configuration\n\n" + markdown_fence(json.dumps(settings, indent=2, default=str)) + "\n")
-    body.append(f"<details><summary>Configuration</summary><pre>{html.escape(json.dumps(settings, indent=2, default=str))}"
-                "</pre></details>")
+    settings = json.dumps({k: v for k, v in config.items() if v not in (None, [], {})}, indent=2, default=str)
+    md.append("\n## Configuration\n\n" + markdown_fence(settings) + "\n")
+    page = _template().render(
+        title=title, style=STYLE, note=note, sentences=sentences, settings=settings, tables=shown_tables,
+        claims=[{"paper's claim": c["paper_claim"], "measured": c["measured"], "95% interval": c["interval_95"],
+                 "verdict": c["verdict"]} for c in claims],
+        key_figures=[_figure(f, run_dir) for f in key], other_figures=[_figure(f, run_dir) for f in others])
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
     with atomic_path(html_path) as tmp:
         tmp.write_text(page)
     with atomic_path(md_path) as tmp:

@@ -9,6 +9,7 @@ from typing import Any
 from gkt.core.io import atomic_path, write_csv, write_json
 from gkt.models.checkpoint import save_checkpoint
 from gkt.reporting.figures import pyplot, save_figure
+from gkt.reporting.findings import number
 from gkt.reporting.tables import format_table
 from gkt.transfer.multi import MultiResult
 
@@ -62,11 +63,11 @@ def summary_table(entries: Sequence[dict[str, Any]], markdown: bool = False) -> 
     rows = []
     for entry in entries:
         agg = entry["aggregate"]
-        row = {"student": entry["student"], "acc": f"{100 * entry['acc_student']:.2f}", "method": entry["method"],
+        row = {"student": entry["student"], "acc": number(100 * entry["acc_student"]), "method": entry["method"],
                "seeds": len(entry["seeds"])}
         for column, header in SUMMARY_COLUMNS.items():
             cell = agg.get(column)
-            row[header] = "-" if cell is None else f"{100 * cell['mean']:+.2f} ± {100 * cell['std']:.2f}"
+            row[header] = "-" if cell is None else f"{number(100 * cell['mean'], signed=True)} ± {number(100 * cell['std'])}"
         rows.append(row)
     return format_table(rows, markdown=markdown)
 

@@ -9,6 +9,7 @@ from statistics import mean, median, stdev
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from gkt.core.config import GRID_KEYS
 
@@ -47,7 +48,9 @@ def pair_means(records: Sequence[Record], value: str = "delta_transf") -> list[R
 def beyond_noise(pair: Record, z: float = 2.0) -> int:
     """+1 / −1 where the transferred student's knowledge gain exceeds its loss (or the reverse) by more
     than ``z`` standard errors of McNemar's paired test on the test samples, ``(g − l) / √(g + l)`` with
-    g, l the (seed-mean) counts of samples turned right / wrong; else 0 (also without ``test_samples``)."""
+    g, l the (seed-mean) counts of samples turned right / wrong; else 0 (also without ``test_samples``).
+    The normal approximation on purpose: seed means are not whole counts, which the exact test
+    (``scipy.stats.binomtest``, as :func:`gkt.analysis.certify.certify` uses) needs."""
     n = pair.get("test_samples")
     if not n:
         return 0
@@ -69,38 +72,52 @@ def bootstrap_draws(rows: Sequence[Record], value: str = "delta_transf", resampl
                     seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Per method, ``resamples`` bootstrap draws of its success rate (% of pairs with mean ``value`` > 0)
     and of its mean ``value`` (percentage points). ``rows`` are runs (several seeds per pair) or pair means.
-    Pairs are drawn with replacement, the same draw for every method (differences between methods are
-    paired); where a pair has several seeds, its seeds are drawn with replacement too (the draw of seed
-    positions is shared by the methods). Seeded: the same rows give the same intervals."""
+    Pairs are drawn with replacement (``scipy.stats.bootstrap``), the same draw for every method
+    (differences between methods are paired); where a pair has several seeds, its seeds are drawn with
+    replacement too, in the statistic (the draw of seed positions is shared by the methods). Seeded: the
+    same rows give the same intervals (:func:`interval`: percentile intervals, as scipy's
+    ``method="percentile"``)."""
     pair_keys = sorted({_group_key(r) for r in rows})
     index = {k: i for i, k in enumerate(pair_keys)}
     runs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in sorted(rows, key=lambda r: r.get("seed", 0)):
         runs[r["method"]][index[_group_key(r)]].append(float(r[value]))
     seeds = max(len(v) for by_pair in runs.values() for v in by_pair.values())
-    rng = np.random.default_rng(seed)
-    pair_draw = rng.integers(0, len(pair_keys), (resamples, len(pair_keys)))
-    seed_draw = rng.random((resamples, len(pair_keys), seeds))
-    draws = {}
-    for method, by_pair in runs.items():
-        values = np.full((len(pair_keys), seeds), np.nan)
-        counts = np.zeros(len(pair_keys), dtype=int)
+    values = np.full((len(runs), len(pair_keys), seeds), np.nan)  # [methods, pairs, seeds]
+    counts = np.zeros((len(runs), len(pair_keys)), dtype=int)
+    for m, by_pair in enumerate(runs.values()):
         for i, v in by_pair.items():
-            values[i, : len(v)], counts[i] = v, len(v)
-        counts_drawn = counts[pair_draw]  # [resamples, pairs]
-        picks = np.floor(seed_draw * np.maximum(counts_drawn, 1)[..., None]).astype(int)
-        used = np.arange(seeds) < counts_drawn[..., None]  # a pair with c seeds draws c of them
-        picked = np.where(used, values[pair_draw[..., None], picks], 0.0)
-        means = picked.sum(-1) / np.maximum(counts_drawn, 1)  # [resamples, pairs]: resampled seed means
-        present = counts_drawn > 0  # pairs the method did not run drop out of its draws
-        n = np.maximum(present.sum(-1), 1)
-        draws[method] = {"success": 100 * np.where(present, means > 0, False).sum(-1) / n,
-                         "mean": 100 * np.where(present, means, 0.0).sum(-1) / n}
-    return draws
+            values[m, i, : len(v)], counts[m, i] = v, len(v)
+    rng = np.random.default_rng(seed)
+
+    def statistic(pair_draw: np.ndarray, axis: int = -1) -> np.ndarray:
+        """``[methods, 2, resamples]``: success rate and mean of each resample of pairs ``[resamples, pairs]``,
+        each drawn pair's seeds resampled."""
+        seed_draw = rng.random((*pair_draw.shape, seeds))  # drawn after the pairs, from the same generator
+        out = []
+        for m in range(len(runs)):
+            counts_drawn = counts[m][pair_draw]  # [resamples, pairs]
+            picks = np.floor(seed_draw * np.maximum(counts_drawn, 1)[..., None]).astype(int)
+            used = np.arange(seeds) < counts_drawn[..., None]  # a pair with c seeds draws c of them
+            picked = np.where(used, values[m][pair_draw[..., None], picks], 0.0)
+            means = picked.sum(-1) / np.maximum(counts_drawn, 1)  # [resamples, pairs]: resampled seed means
+            present = counts_drawn > 0  # pairs the method did not run drop out of its draws
+            n = np.maximum(present.sum(-1), 1)
+            out.append([100 * np.where(present, means > 0, False).sum(-1) / n,
+                        100 * np.where(present, means, 0.0).sum(-1) / n])
+        return np.asarray(out)
+
+    if len(pair_keys) > 1:
+        draws = stats.bootstrap((np.arange(len(pair_keys)),), statistic, n_resamples=resamples, vectorized=True,
+                                method="percentile", rng=rng).bootstrap_distribution
+    else:  # scipy needs two pairs to resample; one pair is every draw (no random numbers are used for it)
+        draws = statistic(np.zeros((resamples, 1), dtype=int))
+    return {method: {"success": draws[m, 0], "mean": draws[m, 1]} for m, method in enumerate(runs)}
 
 
 def interval(draws: np.ndarray) -> tuple[float, float]:
-    """The 95% percentile interval of bootstrap draws."""
+    """The 95% percentile interval of bootstrap draws (what ``scipy.stats.bootstrap(method="percentile")``
+    gives: linear interpolation between order statistics)."""
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return float(lo), float(hi)
 
