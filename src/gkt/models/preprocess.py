@@ -74,10 +74,10 @@ def decode_plan_for(preprocesses: Iterable[Preprocess]) -> tuple[View, ...]:
 
 
 def decode_size_for(preprocesses: Iterable[Preprocess]) -> int:
-    """The decode size of a pass that shares one plain square decode among its models (training, where
-    batches are augmented as one tensor): the largest resize size of its models; each model then resizes
-    and crops that square to its own input (:func:`adapt_layout`), close to but not exactly its library's
-    transform (the views of :func:`decode_plan_for` are exact)."""
+    """The decode size of a pass that shares one plain square decode among its models (KDEP's image folders):
+    the largest resize size of its models; each model then resizes and crops that square to its own input
+    (:func:`adapt_layout`), close to but not exactly its library's transform (the views of
+    :func:`decode_plan_for`, which analysis and transfer use, are exact)."""
     return max(p.view.resize for p in preprocesses)
 
 

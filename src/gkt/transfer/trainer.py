@@ -1,9 +1,11 @@
 """Transfer on the one training loop, shared by every method.
 
-Per step the loop (:mod:`gkt.engine.loop`) augments one raw batch once; the :class:`TransferTask` lets the
-frozen models (teacher, and the frozen copy of the initial student when the method needs it) produce
-the batch's *targets* (:meth:`TransferTask.targets`) — or, on a deterministic pipeline, reads them from
-their cached outputs (:mod:`gkt.engine.outputs_cache`); the student's outputs and the targets go to the
+Every model reads its own view of each image (its library's eval transform, or with photo augmentation the
+epoch's crop at its own size and interpolation: :mod:`gkt.data.views`). Per step the loop
+(:mod:`gkt.engine.loop`) augments one raw batch once; the :class:`TransferTask` lets the frozen models
+(teacher, and the frozen copy of the initial student when the method needs it) produce the batch's
+*targets* (:meth:`TransferTask.targets`) — or, on a deterministic pipeline (no augmentation, or photo
+augmentation's per-epoch crops), reads them from their stored outputs (:mod:`gkt.engine.outputs_cache`); the student's outputs and the targets go to the
 method, whose named losses the loop sums to update the student (and the method's own trainable parts).
 After every epoch the method's result model is evaluated on the held-out split and the full training
 state is checkpointed, so an interrupted run resumes to the same final weights. :class:`Runtime` says
