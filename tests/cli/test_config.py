@@ -23,7 +23,7 @@ def write_yaml(path: Path, values: dict) -> Path:
 @pytest.mark.parametrize("values, message", [
     ({"lr": "fast"}, "transfer config: field 'lr': input should be a valid number"),
     ({"lr": "fast"}, "got 'fast'"),
-    ({"colour": "red", "lr": 0.1}, "unknown field(s) colour; accepted: augment, bad_images, batch_size, "),
+    ({"colour": "red", "lr": 0.1}, "unknown field(s) colour; accepted: augment, augment_epochs, bad_images, batch_size, "),
     ({"order": "random"}, "field 'order': input should be 'given', 'asc' or 'desc', got 'random'"),
     ({"epochs": 2.5}, "field 'epochs': input should be a valid integer"),
     ({"augment": [1, {"a": 2}]}, "field 'augment.1': input should be a valid string"),
