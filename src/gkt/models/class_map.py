@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ClassMapLike = str | os.PathLike | Mapping[str, Any]
 AUTO = "auto"
+SOURCE_CLASSES = "class_map_source_classes"  # provenance key: the mapped network's own class names
 
 
 class ClassMappedNet(nn.Module):
@@ -203,6 +204,7 @@ def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: Cl
     arch = ArchSpec("class_map", model.arch.name, len(class_names), model.arch.in_chans, model.arch.img_size,
                     {"base": model.arch.to_dict(), "groups": groups})
     provenance = {**model.provenance, "class_map": {name: [model.class_names[i] for i in g]
-                                                    for name, g in zip(class_names, groups)}}
+                                                    for name, g in zip(class_names, groups)},
+                  SOURCE_CLASSES: list(model.class_names)}
     net = ClassMappedNet(model.net, groups)
     return Classifier(net, arch, model.preprocess, class_names, provenance=provenance, name=model.name)
