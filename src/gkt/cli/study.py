@@ -36,11 +36,13 @@ def _values(text: str) -> list[Any]:
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
     from gkt.data.spec import SYNTAX as DATA_SYNTAX
+    from gkt.models.specs import source_prefixes
     from gkt.transfer.trainer import TRANSFER_FRACTION, Runtime
 
-    p.add_argument("--students", nargs="+", help="student model specs (zoo:NAME, timm:..., file:...); "
+    p.add_argument("--students", nargs="+", help=f"student model specs ({source_prefixes()}; see gkt --help); "
                                                  "'zoo' = every built zoo model")
-    p.add_argument("--teachers", nargs="+", help="teacher specs (default: the students; all ordered pairs)")
+    p.add_argument("--teachers", nargs="+",
+                   help=f"teacher model specs ({source_prefixes()}; default: the students; all ordered pairs)")
     p.add_argument("--methods", nargs="+", default=["kl", "kl-dp"], help="transfer methods (default: kl kl-dp)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default: the transfer default)")
@@ -57,7 +59,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: the transfer default)")
     add_config_option(p, "--precision", Runtime(), choices=["auto", *PRECISIONS],
                       help="autocast precision of every job (auto: bf16 on a GPU that supports it)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the transfers run: local processes (--workers) or a Ray cluster (--ray-address; "
+                        "extra ray) (default: local)")
     p.add_argument("--workers", type=int, default=1,
                    help="local backend: parallel processes (default: 1); on CUDA, spread over the visible GPUs")
     p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")

@@ -177,6 +177,13 @@ def _usage() -> str:
     return ", ".join(s.usage for s in SPEC_SOURCES.values())
 
 
+def source_prefixes() -> str:
+    """Every registered model source as help texts list it (``zoo:, hf:, torchvision:, timm: or file:``;
+    the full forms are in ``gkt --help``)."""
+    *most, last = [f"{name}:" for name in sorted(SPEC_SOURCES, key=lambda name: name == "file")]
+    return f"{', '.join(most)} or {last}"
+
+
 # The input size a command evaluates every model at (set by the CLI's --img-size for the whole command,
 # inherited by the worker processes of a study); a spec's own ?img_size=N wins.
 IMG_SIZE_ENV = "GKT_IMG_SIZE"
