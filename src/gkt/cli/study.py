@@ -67,7 +67,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")
     p.add_argument("--ray-gpus-per-job", type=float, default=1.0,
                    help="ray backend on CUDA: GPUs each job asks for (e.g. 0.5: two jobs per GPU; default 1)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a study: reuse RUN_DIR's results store")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a study in its own run directory RUN_DIR (its results store, tables and report; "
+                        "no new run directory)")
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run the jobs that failed before again (default: report them as failed)")
     add_tracking_options(p)
@@ -185,7 +187,13 @@ def resumed_study(old: Path, args: argparse.Namespace) -> tuple[list[dict[str, A
     return jobs, store_path
 
 
-@register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
+def check_resume(args: argparse.Namespace) -> None:
+    """``--resume RUN_DIR`` can continue that study (checked before anything is written there)."""
+    resumed_study(Path(args.resume), args)
+
+
+@register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure,
+               reopens=check_resume)
 def study(args: argparse.Namespace) -> int:
     from gkt.engine.loop import Runtime
     from gkt.experiments.grid import ResultsStore, failed_rows, job_key, run_study
