@@ -113,8 +113,11 @@ def test_torchvision_model_exports_as_a_state_dict_with_its_transforms(offline_h
 
 
 def test_full_head_exports_a_map_that_merges_classes(offline_hubs: HubCaches, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+                                                     capsys: pytest.CaptureFixture,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     import timm
+
+    caplog.set_level("INFO")  # as the CLI logs
 
     info = DataInfo(("fish", "other"), 3, 16, (0.5,) * 3, (0.5,) * 3)
     merged = load_model(f"timm:{TIMM_MODELS[0]}", info, class_map={"fish": ["n01440764", "n01443537"],
@@ -125,6 +128,7 @@ def test_full_head_exports_a_map_that_merges_classes(offline_hubs: HubCaches, tm
     out = tmp_path / "full"
     assert main(["export", spec, "--to", str(out), "--full-head", "--out", str(tmp_path / "runs")]) == 0
     assert "1000 classes: its full head" in capsys.readouterr().out
+    assert not list((tmp_path / "runs").iterdir())  # no run folder left with only the check's log lines
     loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert loaded.pretrained_cfg["label_names"][:2] == ["n01440764", "n01443537"]
     x = torch.rand(2, 3, 160, 160)

@@ -20,6 +20,7 @@ Every export is loaded back with the library's own loader and checked to give th
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -96,7 +97,13 @@ def _write_timm(model: Classifier, out: Path) -> None:
 def _load_timm(out: Path) -> torch.nn.Module:
     import timm
 
-    return timm.create_model(f"local-dir:{out}", pretrained=True)
+    timm_log = logging.getLogger("timm")
+    level = timm_log.level
+    timm_log.setLevel(logging.WARNING)  # the check's load is no news ("Loading pretrained weights from ...")
+    try:
+        return timm.create_model(f"local-dir:{out}", pretrained=True)
+    finally:
+        timm_log.setLevel(level)
 
 
 def _write_transformers(model: Classifier, out: Path) -> None:
