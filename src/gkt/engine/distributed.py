@@ -164,6 +164,7 @@ class CrossRankBatchNorm(_BatchNorm):
                 y = self._modules[post](y)
         return y
 
+    @torch.compiler.disable  # a collective inside: --compile runs the layer eagerly, between compiled parts
     def _global_batch_norm(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         channels, dims = x.shape[1], [0, *range(2, x.dim())]
