@@ -127,5 +127,5 @@ def offline_hubs(hub_caches: HubCaches, monkeypatch: pytest.MonkeyPatch) -> HubC
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub_caches.hf_home / "hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     # its torchvision file holds random weights under the official name, whose hash it cannot match
-    monkeypatch.setattr("gkt.models.sources.verify_torch_hub_file", lambda path, what: None)
+    monkeypatch.setattr("gkt.models.torchvision_source.verify_torch_hub_file", lambda path, what: None)
     return hub_caches

@@ -106,3 +106,25 @@ def test_config_options_are_typed_like_their_field() -> None:
         add_config_option(argparse.ArgumentParser(), "--workers", Options())
     transfer = verb_parsers(build_parser())["transfer"]
     assert transfer.parse_args(["--loader-workers", "2"]).loader_workers == 2
+
+
+def test_model_options_name_every_model_source_and_every_option_has_help() -> None:
+    from gkt.models.specs import SPEC_SOURCES
+
+    parsers = verb_parsers(build_parser())
+    model_options = {"models", "model", "student", "students", "teacher", "teachers", "zoo"}
+    # zoo names only; a subset of --models; the exportable (library) sources only
+    exempt = {("demo", "models"), ("adapt", "students"), ("export", "model")}
+    checked, wrong = 0, []
+    for verb, parser in parsers.items():
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            if not action.help:
+                wrong.append(f"{verb} {action.option_strings or action.dest}: no help")
+            elif action.dest in model_options and (verb, action.dest) not in exempt:
+                checked += 1
+                wrong += [f"{verb} --{action.dest}: {name}: missing" for name in SPEC_SOURCES
+                          if f"{name}:" not in action.help]
+    assert wrong == []
+    assert checked >= 15

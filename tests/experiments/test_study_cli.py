@@ -47,14 +47,26 @@ def test_study_resume_and_report(two_models: list[str], tmp_path: Path, capsys: 
     run = next(tmp_path.glob("study-*"))
     for name in ("results.sqlite", "pairs.csv", "success_table.csv", "fig4a_success_rate.png", "fig7_gain_vs_loss.png"):
         assert (run / name).is_file(), name
-    assert main(["study", "--resume", str(run), "--out", str(tmp_path)]) == 0
+    import json
+
+    before = json.loads((run / "config.json").read_text())
+    for name in ("pairs.csv", "success_table.csv", "fig4a_success_rate.png"):
+        (run / name).unlink()
+    assert main(["study", "--resume", str(run), "--methods", "ce", "--out", str(tmp_path)]) == 2  # refused
+    assert json.loads((run / "config.json").read_text()) == before and not (run / "FAILED").exists()
+    capsys.readouterr()
+    assert main(["study", "--resume", str(run)]) == 0
     assert "4 jobs: 4 already done, 0 ran" in capsys.readouterr().out
+    assert list(tmp_path.glob("study-*")) == [run]  # continued in its own folder: tables there, no new folder
+    for name in ("pairs.csv", "success_table.csv", "fig4a_success_rate.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["students"] == before["students"] and config["status"] == "ok"
+    assert [r["resume"] for r in config["resumed"]] == [str(run)]
     assert main(["report", str(run), "--out", str(tmp_path)]) == 0
     page = (run / "report.html").read_text()
     assert "success_table.csv" in page and page.count("data:image/png;base64,") == 5
     assert "| method" in (run / "report.md").read_text() and "not complete" not in page
-    import json
-
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "status": "interrupted"}))  # as a Ctrl-C leaves it
     capsys.readouterr()
@@ -194,6 +206,7 @@ def test_resume_runs_the_study_own_jobs_with_its_own_models(two_models: list[str
                                                             capsys: pytest.CaptureFixture) -> None:
     """A resumed study can be resumed again; options that would change its jobs, and specs that now name other
     weights, are refused (exit 2): its finished jobs would describe other jobs or models."""
+    import json
     import shutil
 
     specs = []
@@ -207,9 +220,13 @@ def test_resume_runs_the_study_own_jobs_with_its_own_models(two_models: list[str
                  "--fraction", "0.02", "--threads", "1", *out]) == 0
     first = next((tmp_path / "runs").glob("study-*"))
     assert main(["study", "--resume", str(first), *out]) == 0
-    second = sorted((tmp_path / "runs").glob("study-*"))[-1]
+    second = first.with_name("moved")  # an older gkt resumed into a new folder that points to the store
+    second.mkdir()
+    for name in ("jobs.json", "data.json", "models.json", "config.json"):
+        shutil.copy(first / name, second / name)
+    (second / "store.json").write_text(json.dumps({"store": str((first / "results.sqlite").resolve())}))
     capsys.readouterr()
-    assert main(["study", "--resume", str(second), *out]) == 0  # the resumed directory points to the store
+    assert main(["study", "--resume", str(second), *out]) == 0
     assert "1 jobs: 1 already done, 0 ran" in capsys.readouterr().out
     assert main(["study", "--resume", str(first), "--seeds", "1", "--methods", "ce", *out]) == 2
     assert "you gave --methods, --seeds" in capsys.readouterr().err

@@ -152,3 +152,19 @@ def test_a_map_entry_the_model_does_not_need_is_reported(caplog: pytest.LogCaptu
     with caplog.at_level("WARNING", logger="gkt.models.class_map"):
         apply_class_map(student_named, STUDENT, {"s3": "no such class"})
     assert "1 of its entries name no class of this model (e.g. s3 → 'no such class')" in caplog.text
+
+
+def test_wordnet_id_folders_aligned_to_an_imagenet_model_are_announced_once(caplog: pytest.LogCaptureFixture) -> None:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    imagenet = model(list(_IMAGENET_CATEGORIES))  # torchvision's names; the data is named by WordNet ids
+    imagenet.name = "announced-imagenet-model"
+    wnids = ["n01440764", "n02102040"]
+    with caplog.at_level("INFO", logger="gkt.models.class_map"):
+        mapped = apply_class_map(imagenet, wnids)
+        apply_class_map(imagenet, wnids)
+        apply_class_map(imagenet, wnids, {"n01440764": "tench", "n02102040": "English springer"})  # a map: no line
+    assert mapped.provenance["class_map"] == {"n01440764": ["tench"], "n02102040": ["English springer"]}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert "2 classes (WordNet ids) matched by name to 2 of its 1000 classes (n01440764 → tench" in lines[0]

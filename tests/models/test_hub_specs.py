@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gkt.cli import main
 from gkt.core.errors import GktError
 from gkt.data.folder import load_image_folder
 from gkt.models import DataInfo, load_model
@@ -92,7 +93,45 @@ def test_torchvision_weights_enum_from_torch_hub_cache(offline_hubs: HubCaches) 
     assert pre.crop_pct == pytest.approx(transform.crop_size[0] / transform.resize_size[0])
     with pytest.raises(GktError, match="no weights 'IMAGENET1K_V9'.*IMAGENET1K_V1"):
         load_model(f"torchvision:{arch}?weights=IMAGENET1K_V9")
-    with pytest.raises(GktError, match="cannot load .*resnet18-f37072fd.pth"):
+    with pytest.raises(GktError, match="resnet18-f37072fd.pth is not in the torch hub cache and "
+                                       r"\$HF_HUB_OFFLINE=1 forbids downloading it"):
+        load_model("torchvision:resnet18?weights=IMAGENET1K_V1")
+
+
+def test_torchvision_weights_in_torchvision_s_dotted_form(offline_hubs: HubCaches) -> None:
+    arch, weights = TORCHVISION_MODEL
+    enum = "MobileNet_V3_Small_Weights"
+    plain = load_model(f"torchvision:{arch}?weights={weights}")
+    for spec in (f"torchvision:{arch}?weights={enum}.{weights}", f"torchvision:{arch}:{enum}.{weights}",
+                 f"torchvision:{arch}:{weights}"):
+        model = load_model(spec)
+        assert (model.name, model.identity()) == (plain.name, plain.identity()), spec
+    with pytest.raises(GktError, match="'ResNet18_Weights.IMAGENET1K_V1' are not mobilenet_v3_small's"):
+        load_model(f"torchvision:{arch}:ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(GktError, match="give the weights once"):
+        load_model(f"torchvision:{arch}:{weights}?weights={weights}")
+
+
+def test_offline_torchvision_fails_at_once_naming_the_file(offline_hubs: HubCaches, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """GKT_OFFLINE=1 (or HF_HUB_OFFLINE=1): no download is tried for weights missing from the torch hub cache."""
+    import torch.hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried the network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("GKT_OFFLINE", "1")
+    expected = offline_hubs.torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(GktError, match=rf"{expected} is not in the torch hub cache and \$GKT_OFFLINE=1 forbids"):
+        load_model("torchvision:resnet18:ResNet18_Weights.IMAGENET1K_V1")
+    assert main(["export", "torchvision:resnet18?weights=IMAGENET1K_V1", "--to", str(tmp_path / "x"),
+                 "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(expected) in err[0] and "unset $GKT_OFFLINE where a network exists" in err[0]
+    monkeypatch.setenv("GKT_OFFLINE", "maybe")
+    with pytest.raises(GktError, match=r"\$GKT_OFFLINE='maybe'"):
         load_model("torchvision:resnet18?weights=IMAGENET1K_V1")
 
 
@@ -115,6 +154,8 @@ def test_display_names() -> None:
     assert display_name(f"hf:{snapshot}") == "resnet18.a1_in1k"
     assert display_name("torchvision:resnet18?weights=IMAGENET1K_V1&img_size=160") == \
         "resnet18.IMAGENET1K_V1?img_size=160"
+    assert display_name("torchvision:resnet18:ResNet18_Weights.IMAGENET1K_V1") == "resnet18.IMAGENET1K_V1"
+    assert display_name("torchvision:resnet18?weights=ResNet18_Weights.DEFAULT") == "resnet18.DEFAULT"
     assert display_name("zoo:mlp") == "zoo:mlp"
     assert display_name("file:/runs/a/student.safetensors") == "student" and display_name("file:out/student") == \
         "student"
@@ -179,3 +220,17 @@ def test_a_pretrained_teacher_of_another_label_space_serves_kdep(offline_hubs: H
         load_model(f"timm:{RESNET}", DataInfo.from_dataset(folder))
     teacher = load_teacher(f"timm:{RESNET}", folder)
     assert teacher.num_classes == 1000
+
+
+def test_gkt_offline_keeps_huggingface_hub_in_its_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf: and timm: weights come through huggingface_hub: under GKT_OFFLINE=1 it reads its cache only."""
+    import huggingface_hub.constants as hub
+
+    from gkt.models.offline import hub_cache_only
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    for value, offline in (("1", True), ("0", False)):
+        monkeypatch.setenv("GKT_OFFLINE", value)
+        with hub_cache_only():
+            assert hub.is_offline_mode() is offline
+        assert hub.is_offline_mode() is False

@@ -19,10 +19,10 @@ import torch
 
 from gkt import __version__
 from gkt.cli.config import GIVEN, parse_args, resolved_config, take_run_options, write_config
-from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, write_traceback
+from gkt.cli.rundir import FAILED_MARK, finish_run, open_run_dir, reopen_run_dir, write_traceback
 from gkt.core.env import ENV_VARS, check_environment, unknown_variables
 from gkt.core.errors import GktError, storage_error
-from gkt.core.io import write_json
+from gkt.core.io import read_json, write_json
 from gkt.core.registry import Registry
 from gkt.core.runtime import resolve_device, seed_everything, set_threads
 from gkt.data.decode import (
@@ -50,6 +50,8 @@ class Verb:
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     resumed: tuple[str, ...] = ()  # with --resume RUN_DIR, these options (and --epochs) come from that run
+    # with --resume RUN_DIR, the run continues in RUN_DIR itself; this checks, before anything is written, that it can
+    reopens: Callable[[argparse.Namespace], None] | None = None
 
 
 VERBS: Registry[Verb] = Registry("verb")
@@ -57,14 +59,16 @@ GROUP_HELP: dict[str, str] = {}
 
 
 def register_verb(path: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-                  resumed: tuple[str, ...] = ()
+                  resumed: tuple[str, ...] = (), reopens: Callable[[argparse.Namespace], None] | None = None
                   ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
     """Register ``run(args) -> exit code`` as the CLI verb ``path`` (one or two words). A verb whose
     ``--resume RUN_DIR`` continues an interrupted run names the options it takes from it (``resumed``): they
-    are set before the command starts (its seed, input size, bad-image policy and records included)."""
+    are set before the command starts (its seed, input size, bad-image policy and records included). A verb
+    whose ``--resume RUN_DIR`` continues in RUN_DIR itself (a study: its store, tables and report stay
+    together) gives ``reopens``, the check that RUN_DIR can be continued, run before anything is written."""
 
     def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        VERBS[path] = Verb(path, help, configure, run, resumed)
+        VERBS[path] = Verb(path, help, configure, run, resumed, reopens)
         return run
 
     return decorate
@@ -181,14 +185,20 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def record_config(args: argparse.Namespace) -> None:
+def record_config(args: argparse.Namespace, reopened: bool = False) -> None:
     """Write the run's ``config.json`` (its options, versions, device; ``status: running`` until it ends)
     and ``config.yaml`` (what ``--config`` reruns); a verb that resolves options itself (``--resume``)
-    records them again."""
+    records them again. A ``reopened`` run directory keeps its own records: this invocation is appended to
+    its ``config.json``'s ``resumed`` list."""
     config = {k: v for k, v in vars(args).items() if k not in ("torch_device", "run_dir", "dist", GIVEN)}
-    write_json(args.run_dir / "config.json", {"gkt_version": __version__, "torch": torch.__version__,
-                                              "device": str(args.torch_device), **config, "status": "running",
-                                              "pid": os.getpid(), "host": socket.gethostname()})
+    record = {"gkt_version": __version__, "torch": torch.__version__, "device": str(args.torch_device), **config,
+              "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+    path = args.run_dir / "config.json"
+    if reopened and path.is_file():
+        before = read_json(path)
+        write_json(path, {**before, "status": "running", "resumed": [*before.get("resumed", []), record]})
+        return
+    write_json(path, record)
     write_config(args.run_dir / "config.yaml", resolved_config(args))
 
 
@@ -234,16 +244,22 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         return _fail(*_unexpected(exc, argv, None)[1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run_dir, handler, status, error = None, None, "failed", None
+    run_dir, handler, status, error, reopen = None, None, "failed", None, False
     try:
         verb = VERBS[args.command]
         if verb.resumed and getattr(args, "resume", None):
             take_run_options(args, verb.path, verb.resumed)
             check_data_dir_read(args)  # the run's own data decides whether --data-dir is read
+        reopen = verb.reopens is not None and bool(getattr(args, "resume", None))
+        if reopen:
+            verb.reopens(args)  # a resume refused here leaves RUN_DIR as it was
+            if "out" in getattr(args, GIVEN, ()):
+                log.info("--out is not used: --resume continues in %s itself", args.resume)
         device = resolve_device(args.device)
         dist = from_environment(device)  # several processes under torchrun: rank 0 makes the run directory
         args.torch_device = dist.device(device)
-        args.run_dir = dist.broadcast(open_run_dir(args.out, args.command) if dist.is_main else None)
+        args.run_dir = dist.broadcast(((reopen_run_dir(args.resume, args.command) if reopen else
+                                        open_run_dir(args.out, args.command)) if dist.is_main else None))
         run_dir = args.run_dir if dist.is_main else None
         set_threads(args.threads)
         seed_everything(args.seed)
@@ -251,7 +267,7 @@ def run_command(argv: Sequence[str] | None = None) -> int:
             handler = logging.FileHandler(args.run_dir / "log.txt")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)
-            record_config(args)
+            record_config(args, reopen)
         else:
             logging.getLogger().setLevel(logging.WARNING)
         args.dist = dist
@@ -279,5 +295,5 @@ def run_command(argv: Sequence[str] | None = None) -> int:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
-        if run_dir is not None and finish_run(run_dir, status, error) is not None and status != "ok":
+        if run_dir is not None and finish_run(run_dir, status, error, reopen) is not None and status != "ok":
             print(f"gkt: the unfinished run directory {run_dir} is kept (marked {FAILED_MARK})", file=sys.stderr)

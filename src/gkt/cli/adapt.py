@@ -73,9 +73,11 @@ def print_study(result: dict[str, Any], store: Path, seconds: float) -> int:
 
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.adapt.heads import AdaptConfig
+    from gkt.models.specs import source_prefixes
 
     d = AdaptConfig()
-    p.add_argument("--models", nargs="+", required=True, help="model specs to adapt (zoo:NAME, file:PATH, ...)")
+    p.add_argument("--models", nargs="+", required=True,
+                   help=f"model specs to adapt ({source_prefixes()}; see gkt --help)")
     p.add_argument("--data", default="digits",
                    help="target data spec: digits (scikit-learn 8x8 digits at 28x28) | folder:PATH | any gkt data "
                         "spec (default: digits)")

@@ -18,14 +18,16 @@ if TYPE_CHECKING:
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.data.spec import SYNTAX
     from gkt.experiments.analyze import AnalyzeConfig
+    from gkt.models.specs import source_prefixes
 
     d = AnalyzeConfig()
     p.add_argument("--models", nargs="+", required=True, metavar="SPEC",
-                   help="model specs (zoo:NAME, timm:..., file:PATH), or `zoo` for every built zoo model")
+                   help=f"model specs ({source_prefixes()}; see gkt --help), or `zoo` for every built zoo model")
     p.add_argument("--data", default=d.data, help=f"data spec {SYNTAX} (default: {d.data})")
     p.add_argument("--split", default=d.split, choices=("train", "val", "test"), help=f"evaluation split (default: {d.split})")
     p.add_argument("--fraction", type=float, default=d.fraction, help="analyse a stratified share of the split (seeded)")
-    p.add_argument("--student", metavar="SPEC", help="show where to find gains for this model (added to --models)")
+    p.add_argument("--student", metavar="SPEC",
+                   help=f"show where to find gains for this model ({source_prefixes()}; added to --models)")
     p.add_argument("--class-map", metavar="FILE",
                    help="JSON/YAML {data_class: model_class_or_list} aligning the models' classes to the data's "
                         "(as for gkt transfer); without it, classes that differ only in order or case are matched")

@@ -16,6 +16,7 @@ from gkt.reporting.tables import format_table
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.adapt.domains import DomainFinetune
     from gkt.data.domains import describe_domains
+    from gkt.models.specs import source_prefixes
     from gkt.transfer import TRANSFER_FRACTION
 
     d = DomainFinetune()
@@ -23,8 +24,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.description = f"{p.description}\n\ndomains:\n{describe_domains()}"
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--domain", required=True, help="the teachers' shifted domain (listed above)")
-    p.add_argument("--teachers", nargs="+", required=True, help="model specs fine-tuned on the domain, then teachers")
-    p.add_argument("--students", nargs="+", required=True, help="original-domain students (model specs)")
+    p.add_argument("--teachers", nargs="+", required=True,
+                   help=f"model specs ({source_prefixes()}; see gkt --help) fine-tuned on the domain, then teachers")
+    p.add_argument("--students", nargs="+", required=True,
+                   help=f"original-domain students (model specs: {source_prefixes()}; see gkt --help)")
     p.add_argument("--data", default="fmnist", help="original data spec (default: fmnist)")
     add_config_option(p, "--ft-epochs", d.recipe, "epochs", help="domain fine-tuning epochs")
     add_config_option(p, "--ft-lr", d.recipe, "lr", help=f"domain fine-tuning peak lr, {d.recipe.optimizer}")

@@ -29,8 +29,8 @@ DEMO_METHODS = ("kl", "kl-dp", "kl-dp-unsup")
 # two of the four claims sit at their thresholds on this zoo, so seeds 0 and 1 give other verdicts for them
 # (results/demo lists all four seeds).
 DEMO_SEEDS = (2,)
-# The demo's jobs run on one torch thread per worker unless --threads says otherwise: the same numbers on any
-# machine (with the zoo's one-thread builds), and the fastest split of a small CPU.
+# The demo's jobs run on one torch thread per worker unless --threads says otherwise: numbers that do not depend
+# on the core count (another CPU may still give others, see the README), and the fastest split of a small CPU.
 DEMO_THREADS = 1
 # Act 3's student: this zoo recipe's one-epoch model (far from converged), improved from the converged models.
 IMPROVE_STUDENT = "mlp-14px"

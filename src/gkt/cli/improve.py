@@ -18,13 +18,15 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
     from gkt.data.spec import SYNTAX
     from gkt.experiments.improve import ImproveConfig
+    from gkt.models.specs import source_prefixes
 
     d = ImproveConfig()
-    p.add_argument("--student", help="the model to improve (zoo:NAME, timm:..., hf:..., torchvision:..., file:PATH); "
-                                     "its own file is never written")
+    p.add_argument("--student", help=f"the model to improve ({source_prefixes()}; see gkt --help); its own file "
+                                     "is never written")
     p.add_argument("--zoo", nargs="+", metavar="SPEC",
-                   help="the models it may learn from ('zoo' = every built zoo model); ranked by the knowledge "
-                        "they hold for the student, those no better than a random teacher dropped")
+                   help=f"the models it may learn from ({source_prefixes()}; 'zoo' = every built zoo model); "
+                        "ranked by the knowledge they hold for the student, those no better than a random teacher "
+                        "dropped")
     p.add_argument("--data", default=d.data, help=f"data spec {SYNTAX} (default: {d.data})")
     p.add_argument("--unlabelled", action="store_true",
                    help="do not use the transfer set's labels (label-free KL+DP; no cross-entropy control); the "

@@ -46,9 +46,10 @@ def _add_data(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
 def _configure_pretrain(p: argparse.ArgumentParser) -> None:
     from gkt.experiments.kdep_benchmark import BenchmarkConfig
     from gkt.kdep.objectives import OBJECTIVES, ObjectiveConfig
+    from gkt.models.specs import source_prefixes
 
     bench, d = BenchmarkConfig(), ObjectiveConfig()
-    p.add_argument("--teacher", default=None, help="teacher model spec (zoo:NAME, file:PATH, timm:ARCH@W)")
+    p.add_argument("--teacher", default=None, help=f"teacher model spec ({source_prefixes()}; see gkt --help)")
     p.add_argument("--student-arch", default=None,
                    help="student architecture, randomly initialised: zoo-arch:NAME[?k=v&...] | timm:ARCH[?k=v] "
                         "(required unless --resume)")
@@ -135,8 +136,10 @@ def kdep_pretrain(args: argparse.Namespace) -> int:
 
 def _configure_finetune(p: argparse.ArgumentParser) -> None:
     from gkt.experiments.kdep_benchmark import BenchmarkConfig
+    from gkt.models.specs import source_prefixes
 
-    p.add_argument("--model", required=True, help="pre-trained model spec (e.g. file:RUN_DIR/student)")
+    p.add_argument("--model", required=True,
+                   help=f"pre-trained model spec ({source_prefixes()}; e.g. file:RUN_DIR/student)")
     _add_data(p, None, "downstream")
     p.add_argument("--per-class", type=int, default=None, help="train on this many samples per class (seeded)")
     p.add_argument("--output", default=None, help="checkpoint path (default RUN_DIR/finetuned)")
@@ -173,11 +176,12 @@ def kdep_finetune(args: argparse.Namespace) -> int:
 
 def _configure_benchmark(p: argparse.ArgumentParser) -> None:
     from gkt.experiments.kdep_benchmark import BenchmarkConfig
+    from gkt.models.specs import source_prefixes
 
     d = BenchmarkConfig()
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (1 seed, 1 epoch, tiny pools)")
     add_config_option(p, "--teacher", d,
-                      help="teacher spec, or 'split': the zoo ResNet recipe trained on the pre-training classes "
+                      help=f"teacher model spec ({source_prefixes()}; see gkt --help), or 'split': the zoo ResNet recipe trained on the pre-training classes "
                            "only (cached), so it has never seen downstream classes")
     add_config_option(p, "--student-arch", d, help="student architecture")
     add_config_option(p, "--pretrain-data", d, help="pre-training data spec")

@@ -14,12 +14,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.data.augment import augment_help
     from gkt.data.spec import SYNTAX
     from gkt.experiments.improve import ImproveConfig
+    from gkt.models.specs import source_prefixes
     from gkt.transfer.mutual import MUTUAL_RULES, MutualConfig
 
     d, m = ImproveConfig(), MutualConfig()
     p.add_argument("--models", nargs="+", metavar="SPEC",
-                   help="two or more models (zoo:NAME, timm:..., hf:..., torchvision:..., file:PATH) that teach "
-                        "each other; their own files are never written")
+                   help=f"two or more models ({source_prefixes()}; see gkt --help) that teach each other; "
+                        "their own files are never written")
     p.add_argument("--data", default=d.data, help=f"data spec {SYNTAX} (default: {d.data})")
     p.add_argument("--unlabelled", action="store_true",
                    help="do not use the transfer set's labels: confidence is the maximum probability (the held-out "

@@ -92,6 +92,29 @@ def open_run_dir(out: str, command: str) -> Path:
     return run_dir
 
 
+def reopen_run_dir(path: str, command: str) -> Path:
+    """``--resume RUN_DIR`` of a verb that continues in RUN_DIR itself: RUN_DIR, checked to be a directory
+    (of a ``command`` run, where it records one) that can be written, with ``$GKT_HOME`` as for a new run."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise GktError(f"--resume {path}: no such run directory; give the run directory of the `{command}` to "
+                       "continue")
+    config = run_dir / "config.json"
+    try:
+        recorded = read_json(config).get("command") if config.is_file() else command
+    except (ValueError, AttributeError, OSError):
+        recorded = None
+    if recorded != command:
+        raise GktError(f"--resume {path}: not the run directory of a `{command}` (its config.json says "
+                       f"{recorded!r}); give the run directory of the `{command}` to continue")
+    home = cache_home()
+    _check_free_space(home, f"$GKT_HOME {home}", "set GKT_HOME to a directory with free space")
+    _check_free_space(run_dir, f"--resume {path}", "free space there")
+    check_writable(home, f"$GKT_HOME {home}", "set GKT_HOME to a writable directory with free space")
+    check_writable(run_dir, f"--resume {path}", "make it writable")
+    return run_dir
+
+
 def write_traceback(argv: Sequence[str], run_dir: Path | None) -> Path | None:
     """Write the current exception's traceback to a log file (``$GKT_HOME/logs``, else the temp
     directory) and return its path (None when no location can be written)."""
@@ -107,21 +130,25 @@ def write_traceback(argv: Sequence[str], run_dir: Path | None) -> Path | None:
     return None
 
 
-def finish_run(run_dir: Path, status: str, error: str | None = None) -> Path | None:
+def finish_run(run_dir: Path, status: str, error: str | None = None, reopened: bool = False) -> Path | None:
     """Record how the run ended: ``status`` (``ok``, ``failed``, ``interrupted``) in ``config.json``; a
     run that did not end ``ok`` is removed when it holds only bookkeeping, else marked with ``FAILED``; so is
-    a finished run that left nothing but bookkeeping and an empty log (its results went elsewhere).
-    Returns the run directory when it is kept."""
+    a finished run that left nothing but bookkeeping and an empty log (its results went elsewhere). A
+    ``reopened`` run directory (``--resume`` in place) is never removed, and loses its ``FAILED`` mark
+    when it ends ``ok``. Returns the run directory when it is kept."""
     try:
         names = {p.name for p in run_dir.iterdir()}
         log = run_dir / "log.txt"
         wrote_nothing = status == "ok" and (not log.is_file() or log.stat().st_size == 0)
-        if names <= BOOKKEEPING and (status != "ok" or wrote_nothing):  # e.g. report, export: results elsewhere
+        if names <= BOOKKEEPING and (status != "ok" or wrote_nothing) and not reopened:  # e.g. report, export
             shutil.rmtree(run_dir)
             return None
+        if status == "ok":
+            (run_dir / FAILED_MARK).unlink(missing_ok=True)
         config = run_dir / "config.json"
         if config.is_file():
-            write_json(config, {**read_json(config), "status": status, **({"error": error} if error else {})})
+            recorded = {k: v for k, v in read_json(config).items() if k != "error"}  # a resumed run's old error
+            write_json(config, {**recorded, "status": status, **({"error": error} if error else {})})
         if status != "ok":
             (run_dir / FAILED_MARK).write_text(f"{status}: {error or ''}\n")
     except (OSError, ValueError):  # a full or vanished disk: the error itself was already reported

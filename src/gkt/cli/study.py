@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gkt.cli import register_verb
@@ -19,12 +20,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
     from gkt.data.spec import SYNTAX as DATA_SYNTAX
     from gkt.experiments.study import StudyConfig
+    from gkt.models.specs import source_prefixes
     from gkt.transfer.recipes import RECIPES, describe_recipes
 
     d = StudyConfig()
-    p.add_argument("--students", nargs="+", help="student model specs (zoo:NAME, timm:..., file:...); "
+    p.add_argument("--students", nargs="+", help=f"student model specs ({source_prefixes()}; see gkt --help); "
                                                  "'zoo' = every built zoo model")
-    p.add_argument("--teachers", nargs="+", help="teacher specs (default: the students; all ordered pairs)")
+    p.add_argument("--teachers", nargs="+",
+                   help=f"teacher model specs ({source_prefixes()}; default: the students; all ordered pairs)")
     p.add_argument("--methods", nargs="+", default=list(d.methods),
                    help=f"transfer methods (default: {' '.join(d.methods)})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds),
@@ -46,13 +49,17 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="transfer batch size (default: the transfer default)")
     add_config_option(p, "--precision", d, choices=["auto", *PRECISIONS],
                       help="autocast precision of every job (auto: bf16 on a GPU that supports it)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the transfers run: local processes (--workers) or a Ray cluster (--ray-address; "
+                        "extra ray) (default: local)")
     p.add_argument("--workers", type=int, default=1,
                    help="local backend: parallel processes (default: 1); on CUDA, spread over the visible GPUs")
     p.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: a local Ray)")
     p.add_argument("--ray-gpus-per-job", type=float, default=1.0,
                    help="ray backend on CUDA: GPUs each job asks for (e.g. 0.5: two jobs per GPU; default 1)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a study: reuse RUN_DIR's results store")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a study in its own run directory RUN_DIR (its results store, tables and report; "
+                        "no new run directory)")
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run the jobs that failed before again (default: report them as failed)")
     add_tracking_options(p)
@@ -76,7 +83,16 @@ def print_failures(store: ResultsStore, counts: StudyCounts) -> None:
               f"{row.metrics.get('error', '?')}")
 
 
-@register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure)
+def check_resume(args: argparse.Namespace) -> None:
+    """``--resume RUN_DIR`` can continue that study (checked before anything is written there)."""
+    from gkt.experiments.study import JOB_OPTIONS, resumed_study
+
+    given = set(getattr(args, GIVEN, ()))
+    resumed_study(Path(args.resume), [k for k in JOB_OPTIONS if k in given])
+
+
+@register_verb("study", "run a grid of transfers (students x teachers x methods x seeds x settings)", _configure,
+               reopens=check_resume)
 def study(args: argparse.Namespace) -> int:
     from gkt.experiments.grid import job_key
     from gkt.experiments.study import JOB_OPTIONS

@@ -29,6 +29,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.data.augment import augment_help
     from gkt.data.spec import SYNTAX
     from gkt.engine.loop import Runtime
+    from gkt.models.specs import source_prefixes
     from gkt.transfer import TRANSFER_FRACTION, TransferConfig, describe_methods
     from gkt.transfer.multi import ORDERS
     from gkt.transfer.recipes import RECIPES, describe_recipes
@@ -36,9 +37,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     d, rt = TransferConfig(), Runtime()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "methods:\n" + describe_methods()
-    p.add_argument("--student", help="model spec of the pretrained student (zoo:NAME, timm:..., file:PATH)")
+    p.add_argument("--student", help=f"model spec of the pretrained student ({source_prefixes()}; see gkt --help)")
     p.add_argument("--teacher", action="append", metavar="SPEC",
-                   help="model spec of the teacher (same label space); repeat it for multi-teacher transfer")
+                   help=f"model spec of the teacher ({source_prefixes()}; see gkt --help); repeat it for "
+                        "multi-teacher transfer")
     p.add_argument("--class-map", metavar="FILE",
                    help="JSON/YAML {data_class: model_class_or_list} aligning the student's and the teachers' classes "
                         "to the data's (mapped logit = logsumexp of the model's classes); without it, classes are "

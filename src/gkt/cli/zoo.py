@@ -32,7 +32,8 @@ def print_zoo(records: Sequence, run_dir: Path | None = None) -> None:
               "Fashion-MNIST 10k test split)\ncheck = test-accuracy change after one more epoch of plain "
               f"cross-entropy (SGD, lr {records[0].convergence['lr'] if records[0].convergence else '-'}, no "
               "augmentation); a finished model gains at most +0.30 points\nweights = SHA-256 of the weights (each model "
-              "trains on one thread with deterministic algorithms: the same on every machine and --threads)")
+              "trains on one thread with deterministic algorithms: a rebuild on this machine gives the same hash "
+              "whatever --threads; another CPU may give other weights, its floating-point kernels differing)")
     if run_dir is not None and rows:
         write_csv(run_dir / "zoo.csv", rows)
         write_json(run_dir / "zoo.json", [{**asdict(r), "path": str(r.path)} for r in records])

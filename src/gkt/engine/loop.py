@@ -29,7 +29,7 @@ from gkt.core.runtime import autocast, autocast_dtype
 from gkt.data.augment import compose, split_augment
 from gkt.data.datasets import ImageDataset, iterate_batches
 from gkt.data.views import View, per_view
-from gkt.engine.distributed import DistContext
+from gkt.engine.distributed import DistContext, sync_batchnorm
 from gkt.models.classifier import Classifier
 from gkt.models.preprocess import to_unit_float
 
@@ -165,6 +165,7 @@ class TrainLoop:
     def __init__(self, task: Task, dataset: ImageDataset, config: LoopConfig, device: torch.device,
                  runtime: Runtime | None = None, desc: str = "train"):
         self.runtime = runtime = runtime or Runtime()
+        self.undo_sync: list[Callable[[], None]] = []  # filled by wrap, emptied at the end of run
         self.steps_per_epoch = len(dataset) // config.batch_size
         if self.steps_per_epoch == 0:
             raise GktError(f"{dataset.name}: {len(dataset)} samples is fewer than one batch of {config.batch_size}; "
@@ -197,10 +198,13 @@ class TrainLoop:
 
     def wrap(self, module: nn.Module, compile: bool = True) -> Callable[..., Any]:
         """``module``'s training forward: in ``DistributedDataParallel`` when several ranks train and it has
-        trainable parameters, and compiled when the runtime asks (and ``compile``)."""
+        trainable parameters (its BatchNorm layers then normalise over the global batch until :meth:`run`
+        ends), and compiled when the runtime asks (and ``compile``)."""
         wrapped: Callable[..., Any] = module
         if self.runtime.dist.enabled and any(p.requires_grad for p in module.parameters()):
             from torch.nn.parallel import DistributedDataParallel
+
+            self.undo_sync.append(sync_batchnorm(module, self.runtime.dist))
 
             wrapped = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
@@ -267,11 +271,16 @@ class TrainLoop:
         return {"train_loss": sum(means), **{f"loss_{k}": v for k, v in zip(losses, means)}}
 
     def run(self, *callbacks: EpochCallback) -> None:
-        """Train the remaining epochs (all, unless resumed), calling every callback after each one."""
-        while self.epoch < self.config.epochs:
-            losses = self.train_epoch()
-            for callback in callbacks:
-                callback(self, losses)
+        """Train the remaining epochs (all, unless resumed), calling every callback after each one. The
+        models leave with their own BatchNorm layers (see :meth:`wrap`)."""
+        try:
+            while self.epoch < self.config.epochs:
+                losses = self.train_epoch()
+                for callback in callbacks:
+                    callback(self, losses)
+        finally:
+            while self.undo_sync:
+                self.undo_sync.pop()()
 
     def state_dict(self) -> dict[str, Any]:
         state = {"format": self.task.state_format, "epoch": self.epoch, "step": self.step, **self.task.state_dict(),

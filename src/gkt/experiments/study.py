@@ -229,7 +229,8 @@ def study(students: Sequence[str] | None = None, teachers: Sequence[str] | None 
     (None) with ``resume``.
     ``backend``: ``local`` (``workers`` processes; on CUDA spread over the visible GPUs) or ``ray``
     (``ray_address``: the cluster, default a local Ray; ``ray_gpus_per_job``: GPUs each job asks for on CUDA).
-    ``resume``: a study's run directory whose results store and jobs to continue; ``retry_failed``: with
+    ``resume``: a study's run directory whose results store and jobs to continue (its tables are written there
+    again unless ``run_dir`` says otherwise); ``retry_failed``: with
     ``resume``, run its failed jobs again. ``data_dir``: the Fashion-MNIST directory. ``zoo_dir``: where the
     embedded zoo is cached. ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ... ``threads``: torch threads
     per worker. ``bad_images``: ``fail`` or ``skip`` an undecodable image. ``img_size``: every library model's
@@ -260,7 +261,8 @@ def study(students: Sequence[str] | None = None, teachers: Sequence[str] | None 
         data_ids, models = data_identity(jobs), model_identities(jobs)
         if resume:
             _check_resumed_inputs(old, data_ids, models)
-        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(out, "study")
+        # a resumed study goes on in its own folder: tables and figures are rewritten there
+        run_dir = Path(run_dir) if run_dir is not None else Path(resume) if resume else new_run_dir(out, "study")
         store_path = store_path if resume else run_dir / STORE_NAME
         store = ResultsStore(store_path)
         runner = make_backend(backend, workers, threads, torch_device, ray_address, ray_gpus_per_job)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ClassMapLike = str | os.PathLike | Mapping[str, Any]
 AUTO = "auto"
+SOURCE_CLASSES = "class_map_source_classes"  # provenance key: the mapped network's own class names
+WORDNET_ID = re.compile(r"n\d{8}")
 
 
 class ClassMappedNet(nn.Module):
@@ -174,6 +177,22 @@ def resolve_groups(target: Sequence[str], source: Sequence[str], mapping: Mappin
     return groups
 
 
+_ANNOUNCED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _announce(model: Classifier, class_names: Sequence[str], groups: Sequence[Sequence[int]]) -> None:
+    """One line (once per model and label space) when classes were aligned by name without a class map,
+    e.g. an image folder named by WordNet ids and a 1000-class ImageNet model."""
+    key = (model.name, tuple(class_names))
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
+    wordnet = all(WORDNET_ID.fullmatch(name) for name in class_names)
+    log.info("%s: the data's %d classes%s matched by name to %d of its %d classes (%s → %s, ...); give --class-map "
+             "FILE to align other classes", model.name, len(class_names), " (WordNet ids)" if wordnet else "",
+             sum(map(len, groups)), model.num_classes, class_names[0], model.class_names[groups[0][0]])
+
+
 def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: ClassMapLike = AUTO,
                     data_classes: Sequence[str] = ()) -> Classifier:
     """``model`` with its classes aligned to ``class_names``. ``class_map``: a file, a dict, or ``"auto"``
@@ -200,9 +219,12 @@ def apply_class_map(model: Classifier, class_names: Sequence[str], class_map: Cl
                        f"class map ({{target_class: model_class_or_list}}) to align them; {exc}") from exc
     if groups == [[i] for i in range(model.num_classes)]:  # same order, names differ only in case
         return Classifier(model.net, model.arch, model.preprocess, class_names, model.provenance, model.name)
+    if not mapping and model.num_classes != len(class_names):
+        _announce(model, class_names, groups)
     arch = ArchSpec("class_map", model.arch.name, len(class_names), model.arch.in_chans, model.arch.img_size,
                     {"base": model.arch.to_dict(), "groups": groups})
     provenance = {**model.provenance, "class_map": {name: [model.class_names[i] for i in g]
-                                                    for name, g in zip(class_names, groups)}}
+                                                    for name, g in zip(class_names, groups)},
+                  SOURCE_CLASSES: list(model.class_names)}
     net = ClassMappedNet(model.net, groups)
     return Classifier(net, arch, model.preprocess, class_names, provenance=provenance, name=model.name)

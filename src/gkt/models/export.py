@@ -5,50 +5,77 @@ format, with its class names and its eval transform, loadable without gkt:
   ``save_for_hf``): ``timm.create_model("local-dir:DIR", pretrained=True)``, a hub upload of DIR, and
   ``transformers.AutoModelForImageClassification.from_pretrained(DIR)`` (transformers' timm wrapper) load it;
 * a ``transformers`` network → ``save_pretrained`` with ``id2label`` and an image processor:
-  ``AutoModelForImageClassification.from_pretrained(DIR)`` and ``AutoImageProcessor.from_pretrained(DIR)``.
+  ``AutoModelForImageClassification.from_pretrained(DIR)`` and ``AutoImageProcessor.from_pretrained(DIR)``;
+* a ``torchvision`` network → its state dict (``model.safetensors``) and ``config.json`` with what
+  torchvision's weights enums carry: the architecture and its arguments for ``torchvision.models.get_model``,
+  the ``categories`` and the eval ``transforms`` (the arguments of torchvision's ``ImageClassification``
+  preset: ``crop_size``, ``resize_size``, ``interpolation``, ``mean``, ``std``, ``antialias``).
 
 A model aligned by a class map that sends each data class to one model class is exported with its head cut
-down to those classes (the same logits); a map that merges classes cannot be written as a linear head.
+down to those classes (the same logits); a map that merges classes cannot be written as a linear head, but
+``full_head`` exports the network with its whole head and its own classes (the map's aggregation left out).
 Every export is loaded back with the library's own loader and checked to give the model's logits.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gkt.core.errors import GktError, storage_error
 from gkt.core.io import default_permissions
 from gkt.core.limits import check_path
+from gkt.models.class_map import SOURCE_CLASSES
 from gkt.models.classifier import ArchSpec, Classifier
 from gkt.models.heads import head_keys
 
-EXPORT_FORMATS = {"timm": "timm", "hf": "transformers"}
+EXPORT_FORMATS = {"timm": "timm", "hf": "transformers", "torchvision": "torchvision"}
 PIL_RESAMPLE_CODES = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 
 
-def without_class_map(model: Classifier) -> Classifier:
+def without_class_map(model: Classifier, full_head: bool = False) -> Classifier:
     """``model`` as a plain network of its library: a class-mapped model whose map sends each class to one
-    model class becomes its base network with the head rows of those classes (identical logits)."""
+    model class becomes its base network with the head rows of those classes (identical logits); with
+    ``full_head``, any class-mapped model becomes its base network with every head row and the base's own
+    class names (the logits before the map's aggregation)."""
     if model.arch.source != "class_map":
         return model
     groups = model.arch.kwargs["groups"]
-    if any(len(g) != 1 for g in groups):
-        raise GktError(f"{model.name}: its class map merges several model classes into one data class; only a map "
-                       "with one model class per data class can be exported as a linear head")
     base = ArchSpec.from_dict(model.arch.kwargs["base"])
-    rows = torch.tensor([g[0] for g in groups])
-    heads = head_keys(base)
     state = {k.removeprefix("base."): v for k, v in model.net.state_dict().items() if k.startswith("base.")}
-    state = {k: v[rows] if k in heads else v for k, v in state.items()}
-    plain = Classifier.create(replace(base, num_classes=len(groups)), model.preprocess, model.class_names,
-                              provenance=dict(model.provenance), name=model.name)
+    if full_head:
+        names = class_map_source_classes(model.provenance)
+        if names is None or len(names) != base.num_classes:
+            raise GktError(f"{model.name}: its checkpoint does not record the names of its {base.num_classes} model "
+                           "classes (made by an older gkt); load the model again with its class map to export its "
+                           "full head")
+    else:
+        if any(len(g) != 1 for g in groups):
+            raise GktError(f"{model.name}: its class map merges several model classes into one data class, which a "
+                           "linear head cannot hold; export the network with its whole head and its own "
+                           f"{base.num_classes} classes with --full-head")
+        rows = torch.tensor([g[0] for g in groups])
+        heads = head_keys(base)
+        state = {k: v[rows] if k in heads else v for k, v in state.items()}
+        names, base = model.class_names, replace(base, num_classes=len(groups))
+    plain = Classifier.create(base, model.preprocess, names, provenance=dict(model.provenance), name=model.name)
     plain.net.load_state_dict(state, strict=True)
     return plain.eval()
+
+
+def class_map_source_classes(provenance: Any) -> list[str] | None:
+    """The class names of the network a class map was applied to, as ``apply_class_map`` records them in
+    the provenance (nested in a derived model's, e.g. a transferred student's ``student_provenance``)."""
+    if isinstance(provenance, dict) and isinstance(provenance.get(SOURCE_CLASSES), list):
+        return provenance[SOURCE_CLASSES]
+    inner = provenance.values() if isinstance(provenance, dict) else provenance if isinstance(provenance, list) else ()
+    return next((names for names in map(class_map_source_classes, inner) if names is not None), None)
 
 
 def _write_timm(model: Classifier, out: Path) -> None:
@@ -70,7 +97,13 @@ def _write_timm(model: Classifier, out: Path) -> None:
 def _load_timm(out: Path) -> torch.nn.Module:
     import timm
 
-    return timm.create_model(f"local-dir:{out}", pretrained=True)
+    timm_log = logging.getLogger("timm")
+    level = timm_log.level
+    timm_log.setLevel(logging.WARNING)  # the check's load is no news ("Loading pretrained weights from ...")
+    try:
+        return timm.create_model(f"local-dir:{out}", pretrained=True)
+    finally:
+        timm_log.setLevel(level)
 
 
 def _write_transformers(model: Classifier, out: Path) -> None:
@@ -107,17 +140,49 @@ def _load_transformers(out: Path) -> torch.nn.Module:
     return _LogitsOf(AutoModelForImageClassification.from_pretrained(out, trust_remote_code=False))
 
 
-WRITERS = {"timm": (_write_timm, _load_timm), "transformers": (_write_transformers, _load_transformers)}
+def _write_torchvision(model: Classifier, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    pre = model.preprocess
+    if pre.squash or pre.crop_rounding != "round":
+        how = "both sides resized" if pre.squash else "crop offsets rounded down"
+        raise GktError(f"{model.name}: its eval transform ({how}) is not one torchvision's ImageClassification preset can describe; export it "
+                       "without squash/crop_rounding options, or use gkt's own checkpoint (a file: spec)")
+    save_file({k: v.detach().contiguous().clone() for k, v in model.net.model.state_dict().items()},
+              str(out / "model.safetensors"))
+    config = {"library": "torchvision", "architecture": model.arch.name, "num_classes": model.num_classes,
+              "model_args": dict(model.arch.kwargs), "categories": list(model.class_names),
+              "transforms": {"crop_size": pre.input_size, "resize_size": pre.view.resize,
+                             "interpolation": pre.interpolation, "mean": list(pre.mean), "std": list(pre.std),
+                             "antialias": True}}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def export_model(model: Classifier, out: str | Path, what: str = "--to") -> tuple[str, Path]:
+def load_torchvision_export(out: str | Path) -> torch.nn.Module:
+    """A torchvision export as torchvision builds and loads it (what its ``config.json`` tells a user to do)."""
+    import torchvision
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(out) / "config.json").read_text())
+    model = torchvision.models.get_model(config["architecture"], weights=None, num_classes=config["num_classes"],
+                                         **config["model_args"])
+    model.load_state_dict(load_file(Path(out) / "model.safetensors"))
+    return model
+
+
+WRITERS = {"timm": (_write_timm, _load_timm), "transformers": (_write_transformers, _load_transformers),
+           "torchvision": (_write_torchvision, load_torchvision_export)}
+
+
+def export_model(model: Classifier, out: str | Path, what: str = "--to", full_head: bool = False) -> tuple[str, Path]:
     """Write ``model`` to the new directory ``out`` (``what`` names it in errors) in its library's format;
-    returns ``(format, out)``. Nothing is left at ``out`` when it fails."""
-    plain = without_class_map(model)
+    returns ``(format, out)``. ``full_head``: a class-mapped model with its network's whole head (see
+    :func:`without_class_map`). Nothing is left at ``out`` when it fails."""
+    plain = without_class_map(model, full_head)
     fmt = EXPORT_FORMATS.get(plain.arch.source)
     if fmt is None:
         raise GktError(f"{model.name}: a {plain.arch.source} network has no library format to export to; gkt exports "
-                       "timm and transformers models (its own checkpoint is a file: spec already)")
+                       "timm, transformers and torchvision models (its own checkpoint is a file: spec already)")
     out = Path(out)
     check_path(out, what)
     if out.is_symlink() or (out.exists() and not out.is_dir()):

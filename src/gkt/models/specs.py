@@ -177,6 +177,13 @@ def _usage() -> str:
     return ", ".join(s.usage for s in SPEC_SOURCES.values())
 
 
+def source_prefixes() -> str:
+    """Every registered model source as help texts list it (``zoo:, hf:, torchvision:, timm: or file:``;
+    the full forms are in ``gkt --help``)."""
+    *most, last = [f"{name}:" for name in sorted(SPEC_SOURCES, key=lambda name: name == "file")]
+    return f"{', '.join(most)} or {last}"
+
+
 # The input size a command evaluates every model at (set by the CLI's --img-size for the whole command,
 # inherited by the worker processes of a study); a spec's own ?img_size=N wins.
 IMG_SIZE_ENV = "GKT_IMG_SIZE"
@@ -368,7 +375,8 @@ def _plain_value(value: Any) -> bool:
 def display_name(spec: str) -> str:
     """The short name a model goes by in tables and figures: ``resnet18.a1_in1k`` for
     ``timm:resnet18.a1_in1k``, ``timm:hf-hub:timm/resnet18.a1_in1k`` or a hub snapshot directory,
-    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``,
+    ``NAME`` for ``hf:ORG/NAME``, ``resnet18.IMAGENET1K_V1`` for ``torchvision:resnet18?weights=IMAGENET1K_V1``
+    (and its other forms, ``torchvision:resnet18:ResNet18_Weights.IMAGENET1K_V1``),
     the file's stem for ``file:PATH``; a pinned hub revision follows as ``@REV`` (a commit: its first 8
     characters); ``zoo:`` specs keep their spec; options other than weights are kept after a ``?``."""
     parsed = ModelSpec.parse(spec)
@@ -390,8 +398,10 @@ def display_name(spec: str) -> str:
         name = weights if weights.partition(".")[0] == name else f"{name}@{weights}"
     if revision:
         name += f"@{revision[:8] if re.fullmatch(r'[0-9a-f]{40}', revision) else revision}"
-    if parsed.source == "torchvision" and "weights" in options:
-        name += f".{options.pop('weights')}"
+    if parsed.source == "torchvision":  # ARCH:ENUM or ?weights=ENUM; ENUM also as ENUM_CLASS.MEMBER
+        name, _, enum = name.partition(":")
+        enum = str(options.pop("weights", enum))
+        name += f".{enum.rpartition('.')[2]}" if enum else ""
     options.pop("pretrained", None)
     return name + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else "")
 

@@ -3,7 +3,7 @@
 * ``timm:NAME.TAG`` (e.g. ``timm:resnet18.a1_in1k``) and ``timm:hf-hub:ORG/NAME[@REVISION]`` (a branch,
   tag or commit of the hub repository) — pretrained weights
   through timm's own loader (``timm.create_model(..., pretrained=True)``: the Hugging Face cache, offline
-  with ``HF_HUB_OFFLINE=1``, a download where a network exists), with the model's own eval transform from
+  with ``HF_HUB_OFFLINE=1`` or ``GKT_OFFLINE=1``, a download where a network exists), with the model's own eval transform from
   its ``pretrained_cfg`` (input size, ``crop_pct``, interpolation, mean/std) and its label names (ImageNet
   models: WordNet ids, which class maps also accept as torchvision's or timm's class descriptions);
 * ``timm:ARCH`` — a randomly initialised architecture sized to the data (``?pretrained=true``: its default
@@ -29,6 +29,7 @@ from gkt.core.errors import GktError, refused_pickle
 from gkt.core.io import parse_json
 from gkt.models.architectures import TimmNet
 from gkt.models.classifier import ArchSpec, Classifier, register_source
+from gkt.models.offline import hub_cache_only
 from gkt.models.sources import check_input_size
 from gkt.models.specs import (
     DataInfo,
@@ -170,20 +171,21 @@ def _load_pretrained(spec: ModelSpec, data: DataInfo | None) -> Classifier:
     if img_size is not None:
         kwargs["img_size"] = int(img_size)
     try:
-        hub_args = {}
-        if name.startswith(HF_HUB):  # the hub config's create_model arguments reach timm: allow-list them first
-            from timm.models import load_model_config_from_hf
+        with hub_cache_only():  # GKT_OFFLINE=1: the Hugging Face cache only
+            hub_args = {}
+            if name.startswith(HF_HUB):  # the hub config's create_model arguments reach timm: allow-list them first
+                from timm.models import load_model_config_from_hf
 
-            model_args = dict(load_model_config_from_hf(name[len(HF_HUB):])[2] or {})
-            hub_args = allowed_options({k: v for k, v in model_args.items() if k not in ("num_classes", "in_chans")},
-                                       TIMM_OPTIONS, f"timm:{name} (its config.json model_args)")
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except TypeError:
-            if "img_size" not in kwargs:
-                raise
-            kwargs.pop("img_size")  # a CNN: any input size works
-            model = timm.create_model(name, pretrained=True, **kwargs)
+                model_args = dict(load_model_config_from_hf(name[len(HF_HUB):])[2] or {})
+                hub_args = allowed_options({k: v for k, v in model_args.items() if k not in ("num_classes", "in_chans")},
+                                           TIMM_OPTIONS, f"timm:{name} (its config.json model_args)")
+            try:
+                model = timm.create_model(name, pretrained=True, **kwargs)
+            except TypeError:
+                if "img_size" not in kwargs:
+                    raise
+                kwargs.pop("img_size")  # a CNN: any input size works
+                model = timm.create_model(name, pretrained=True, **kwargs)
     except GktError:
         raise
     except Exception as exc:  # noqa: BLE001 — hub, network and file errors of many types
