@@ -208,3 +208,22 @@ def test_photo_augmented_transfer_with_stored_targets_equals_the_teacher_online(
         method="kl-dp", epochs=2, batch_size=20, lr=0.05), device, runtime=Runtime(loader_workers=0))
     assert plain.final["train_loss"] != pytest.approx(cached.final["train_loss"], rel=1e-3), \
         "augmentation must change what the student trains on"
+
+
+@pytest.mark.parametrize("method", ["crd", "xekl-mcl", "kl-dp-multi", "kl-topk"])
+def test_every_kind_of_method_trains_on_a_plan_of_views(folder: Path, method: str) -> None:
+    """Feature, slow-weight and multi-teacher methods read each model's own view of a two-view plan, with
+    photo augmentation too."""
+    from gkt.data.spec import load_split
+    from gkt.engine.loop import Runtime
+
+    teacher, student = teacher_and_student()
+    train, test = (load_split(f"folder:{folder}", s) for s in ("train", "val"))
+    transfer_set, test_set = decoded_for([student, teacher], train, test)
+    assert len(transfer_set.decode_plan) == 2
+    teachers = [teacher, model(24, "bilinear", 1.0, 3, "mlp")] if method == "kl-dp-multi" else teacher
+    for augment in ((), ("photo", "flip")):
+        config = TransferConfig(method=method, epochs=1, batch_size=20, lr=0.01, augment=augment)
+        outcome = run_transfer(student, teachers, transfer_set, test_set, config, torch.device("cpu"),
+                               runtime=Runtime(loader_workers=0))
+        assert outcome.final["status"] == "ok" and np.isfinite(outcome.final["train_loss"])
