@@ -195,7 +195,8 @@ def test_each_mode_end_to_end(setup: TransferSetup, tmp_path: Path, monkeypatch:
     assert again.soup().metrics == results["soup"].metrics
 
 
-def test_cli_multi_teacher(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_multi_teacher(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest.CaptureFixture,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     student = write_model(tmp_path / "student", 1)
     teachers = [write_model(tmp_path / f"teacher{k}", k + 2, hidden=8 * (k + 1)) for k in range(2)]
     common = ["transfer", "--data-dir", str(tiny_fmnist_dir), "--fraction", "1.0", "--batch-size", "8", "--lr", "0.05",
@@ -216,6 +217,15 @@ def test_cli_multi_teacher(tmp_path: Path, tiny_fmnist_dir: Path, capsys: pytest
     for mode, label in (("sequential", "sequential"), ("parallel", "parallel"), ("soup", "model soup")):
         mean, std = 100 * agg[mode]["mean"], 100 * agg[mode]["std"]
         assert f"{label} {mean:+.2f} ± {std:.2f} pp".replace("+0.00", "0.00").replace("-0.00", "0.00") in finding
+    # the Python call with the CLI's options writes the same summary (a fresh store: nothing reused)
+    import gkt
+
+    monkeypatch.setenv("GKT_HOME", str(tmp_path / "api-home"))
+    api = gkt.transfer(student=student, teacher=teachers, multi=["all"], seeds=[0, 1], order="asc",
+                       data_dir=str(tiny_fmnist_dir), fraction=1.0, batch_size=8, lr=0.05, epochs=1, threads=1,
+                       out=tmp_path / "api-runs", say=lambda line: None)
+    assert json.loads((api.run_dir / "summary.json").read_text()) == summary
+    assert api.summary["aggregate"] == summary[0]["aggregate"]
     # bad input: duplicates, plain KL in parallel, several teachers without a mode
     assert main([*common, "--out", str(out), "--teacher", teachers[0], "--teacher", teachers[0], "--multi", "soup"]) == 2
     assert "given twice" in capsys.readouterr().err

@@ -12,7 +12,6 @@ from gkt.cli import register_verb
 from gkt.cli.config import add_config_option, resolved_config
 from gkt.cli.tracking import add_tracking_options, tracking
 from gkt.core.errors import GktError
-from gkt.core.io import write_json
 from gkt.engine.distributed import DistContext
 from gkt.engine.tracking import Trackers
 from gkt.reporting.findings import number, transfer_findings
@@ -160,54 +159,19 @@ def transfer(args: argparse.Namespace) -> int:
 
 
 def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tracker: Trackers) -> int:
-    """Single-teacher runs plus the requested multi-teacher modes for each seed, then the summary; each
-    run's final metrics go to ``tracker`` as a job record."""
-    from dataclasses import replace
+    """Single-teacher runs plus the requested multi-teacher modes for each seed, then the summary
+    (:func:`gkt.experiments.multi_run.multi_transfer`); each run's final metrics go to ``tracker``."""
+    from gkt.experiments.multi_run import multi_transfer
+    from gkt.reporting.multi_teacher import summary_table
 
-    from gkt.data.spec import load_split
-    from gkt.data.subsets import stratified_subset
-    from gkt.experiments.multi_teacher import (
-        MultiTeacherStudy,
-        TransferSetup,
-        run_multi_teacher,
-        summary_entry,
-        table_row,
-    )
-    from gkt.models import DataInfo, load_model
-    from gkt.reporting.multi_teacher import summary_table, write_summary
-    from gkt.transfer import decoded_for
-    from gkt.transfer.multi import resolve_modes
-
-    if not args.multi:
-        raise GktError(f"{len(specs)} teachers: choose how to combine them with --multi sequential|parallel|soup|all")
-    twice = sorted({s for s in specs if specs.count(s) > 1})
-    if twice:
-        raise GktError(f"teacher {twice[0]} is given twice; give each teacher once")
-    modes = resolve_modes(args.multi, config.method)
-    seeds = args.seeds or [args.seed]
-    train = load_split(args.data, "train", data_dir=args.data_dir, val_fraction=0)
-    test_set = load_split(args.data, "test", data_dir=args.data_dir)
-    info = DataInfo.from_dataset(train)
-    student = load_model(args.student, info, args.zoo_dir, class_map=args.class_map or "auto")
-    teachers = [load_model(spec, info, args.zoo_dir, class_map=args.class_map or "auto") for spec in specs]
-    train, test_set = decoded_for([student, *teachers], train, test_set)
-    write_json(args.run_dir / "resolved_config.json", {
-        **config.to_dict(), "student": args.student, "teachers": specs, "modes": modes, "order": args.order,
-        "seeds": seeds, "data": args.data, "fraction": args.fraction, "test_set": {"name": test_set.name,
-        "size": len(test_set)}, "device": str(args.torch_device)})
-    print(f"multi-teacher transfer into {args.student} from {', '.join(specs)} with {config.method}: single-teacher "
-          f"runs + {', '.join(modes)}; seeds {seeds}, {config.epochs} epochs, lr {config.lr:g}, device {args.torch_device}")
-    per_seed, study = {}, None
-    for seed in seeds:
-        setup = TransferSetup(stratified_subset(train, fraction=args.fraction, seed=seed), test_set,
-                              replace(config, seed=seed), args.torch_device)
-        study = MultiTeacherStudy(student, teachers, setup, order=args.order)
-        singles, results = run_multi_teacher(study, modes, args.run_dir / f"seed{seed}")
-        for i, row in enumerate(singles):
-            tracker.log_job(f"seed{seed}-single{i}", {"seed": seed, "mode": "single", "teacher": row["teacher"]}, row)
-        for mode, result in results.items():
-            tracker.log_job(f"seed{seed}-{mode}", {"seed": seed, "mode": mode}, result.metrics)
-        print(f"\n== seed {seed}: student {_fmt(study.acc_student)}%; single-teacher transfer (points on the test split)")
+    outcome = multi_transfer(args.student, specs, multi=args.multi or (), config=config, data=args.data,
+                             fraction=args.fraction, seeds=args.seeds, order=args.order, class_map=args.class_map,
+                             data_dir=args.data_dir, zoo_dir=args.zoo_dir, device=args.device, threads=args.threads,
+                             bad_images=args.bad_images, img_size=args.img_size, run_dir=args.run_dir,
+                             on_job=tracker.log_job)
+    for seed, (singles, results) in outcome.seeds.items():
+        print(f"\n== seed {seed}: student {_fmt(outcome.acc_student)}%; single-teacher transfer (points on the test "
+              "split)")
         print(format_table([{"teacher": r["teacher"], "acc_teacher": _fmt(r["acc_teacher"]), "acc": _fmt(r["acc"]),
                              "delta_transf": _signed(r["delta_transf"]), "gain": _fmt(r["knowledge_gain"]),
                              "loss": _fmt(r["knowledge_loss"])} for r in singles]))
@@ -225,11 +189,8 @@ def _multi_transfer(args: argparse.Namespace, config: Any, specs: list[str], tra
                 size = result.details["transfer_set_size"]
                 print("samples assigned on the transfer set: " + ", ".join(
                     f"{name} {n} ({100 * n / size:.1f}%)" for name, n in result.details["assigned"].items()))
-        per_seed[seed] = table_row(singles, results)
-    entry = summary_entry(student, study.acc_student, specs, config.method, per_seed)
-    write_summary([entry], args.run_dir)
     print("\nΔtransf in points, mean ± std over seeds (single: over the teachers, each alone)")
-    print(summary_table([entry]))
+    print(summary_table([outcome.summary]))
     print(f"\nrun directory: {args.run_dir} (summary.md/csv/json; seedN/<mode>/final.json; transfer runs cached "
           "under $GKT_HOME/transfer-runs)")
     return 0

@@ -19,6 +19,7 @@ from gkt.data.subsets import stratified_subset
 from gkt.engine.distributed import DistContext
 from gkt.engine.loop import Runtime
 from gkt.experiments.inputs import class_map_of, input_options, load_data
+from gkt.experiments.multi_run import JobCallback, MultiTransferOutcome, multi_transfer
 from gkt.models import DataInfo, load_model
 from gkt.reporting.transfer import plot_history
 from gkt.transfer import (
@@ -46,7 +47,7 @@ def parse_method_arg(items: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]
     return parsed
 
 
-def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = _D.method,
+def transfer(student: str, teacher: str | Sequence[str], *, data: str = "fmnist", method: str = _D.method,
              method_arg: Sequence[str] | Mapping[str, Any] = (), fraction: float = TRANSFER_FRACTION,
              epochs: int = _D.epochs, lr: float | None = None, batch_size: int = _D.batch_size,
              temperature: float = _D.temperature, weight_decay: float = _D.weight_decay,
@@ -58,7 +59,9 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
              loader_workers: int | None = None, bad_images: str | None = None, img_size: int | None = None,
              out: str | Path = "runs", run_dir: str | Path | None = None,
              resume: str | Path | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-             dist: DistContext | None = None, say: Callable[[str], None] = print) -> TransferOutcome:
+             dist: DistContext | None = None, say: Callable[[str], None] = print,
+             multi: Sequence[str] | str | None = None, seeds: Sequence[int] | None = None, order: str = "given",
+             on_job: JobCallback | None = None) -> TransferOutcome | MultiTransferOutcome:
     """Transfer ``teacher`` into ``student`` on a stratified ``fraction`` of ``data``'s train split and measure
     it on the test split, as ``gkt transfer`` does with the same options; returns the outcome, whose ``final``
     is ``RUN_DIR/final.json`` and ``history`` ``RUN_DIR/metrics.csv``. Also called as ``gkt.transfer(...)``.
@@ -84,10 +87,27 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     ``out``: the root of run directories; ``run_dir``: the run directory itself (default: a new one under
     ``out``). ``resume``: an interrupted run's directory to continue from its last finished epoch (give its
     options). ``on_epoch``: called with each epoch's metrics. ``dist``: the ``torchrun`` context (only rank 0
-    writes). ``say``: where the progress line goes."""
-    if not isinstance(teacher, str):
-        raise GktError("the Python call transfers from one teacher spec; multi-teacher transfer runs from the CLI: "
-                       "gkt transfer --teacher A --teacher B --multi sequential|parallel|soup|all")
+    writes). ``say``: where the progress line goes.
+
+    Several teachers (a list) with ``multi`` (``sequential``, ``parallel``, ``soup`` or ``all``; ``seeds``,
+    ``order``, ``on_job``) run the multi-teacher study of ``gkt transfer --multi`` and return its
+    :class:`~gkt.experiments.multi_run.MultiTransferOutcome` (:func:`gkt.experiments.multi_run.multi_transfer`)."""
+    several = not isinstance(teacher, str)
+    if several or multi:
+        if resume or (dist is not None and dist.enabled):
+            raise GktError("multi-teacher transfer runs in one process and is not resumed (its finished transfer "
+                           "runs are reused from the cache): start it again without --resume or torchrun")
+        config = TransferConfig(method=method, method_args=parse_method_arg(method_arg), epochs=epochs, lr=lr,
+                                weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
+                                augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs,
+                                seed=seed, unlabelled=unlabelled, student_mode=student_mode, recipe=recipe)
+        config.build_method()
+        return multi_transfer(student, [teacher] if not several else list(teacher), multi=multi or (),
+                              config=config, data=data, fraction=fraction, seeds=seeds, order=order,
+                              class_map=class_map, data_dir=data_dir, zoo_dir=zoo_dir,
+                              device=device if isinstance(device, str) else str(device), threads=threads,
+                              bad_images=bad_images, img_size=img_size, out=out, run_dir=run_dir, on_job=on_job,
+                              say=say)
     dist = dist or DistContext()
     if run_dir is None:
         run_dir = dist.broadcast(new_run_dir(out, "transfer") if dist.is_main else None)
@@ -98,8 +118,8 @@ def transfer(student: str, teacher: str, *, data: str = "fmnist", method: str = 
     state = load_state(resume) if resume else None
     config = TransferConfig(method=method, method_args=parse_method_arg(method_arg), epochs=epochs, lr=lr,
                             weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
-                            augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs, seed=seed, unlabelled=unlabelled,
-                            student_mode=student_mode, recipe=recipe)
+                            augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs,
+                            seed=seed, unlabelled=unlabelled, student_mode=student_mode, recipe=recipe)
     config.build_method()  # bad method arguments / labels on unlabelled data fail before anything is loaded
     runtime = Runtime(cache_outputs=not no_cache, precision=precision, channels_last=channels_last, compile=compile,
                       loader_workers=loader_workers, dist=dist)
