@@ -92,8 +92,8 @@ def test_load_data_and_load_model_read_as_the_cli(folder: str, two_models: tuple
     assert model.class_names == list(CLASSES) and model.num_classes == 3
     with pytest.raises(GktError, match="give the dataset"):
         gkt.load_model(two_models[0], class_map={"cat": "dog"})
-    with pytest.raises(GktError, match="from one teacher spec"):
-        gkt.transfer(student=two_models[0], teacher=list(two_models), data=folder)
+    with pytest.raises(GktError, match="choose how to combine them with --multi"):
+        gkt.transfer(student=two_models[0], teacher=list(two_models), data=folder)  # several teachers need a mode
 
 
 def test_analyze_gives_the_cli_files(tmp_path: Path, folder: str, two_models: tuple[str, str], fresh_home) -> None:

@@ -5,6 +5,7 @@ reused (FKD-style), giving the results of computing them online."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,28 @@ def test_every_kind_of_method_trains_on_a_plan_of_views(folder: Path, method: st
         outcome = run_transfer(student, teachers, transfer_set, test_set, config, torch.device("cpu"),
                                runtime=Runtime(loader_workers=0))
         assert outcome.final["status"] == "ok" and np.isfinite(outcome.final["train_loss"])
+
+
+def test_study_jobs_of_one_teacher_share_its_stored_outputs_on_the_crops(folder: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gkt study --augment photo``: two students of one teacher, each job photo-augmented; the teacher's
+    outputs on the epoch's crops are computed in the first job only and read by the second."""
+    import gkt
+    from gkt.engine import predictions
+    from gkt.models.checkpoint import save_checkpoint
+
+    teacher, student = teacher_and_student()
+    specs = [f"file:{save_checkpoint(m, tmp_path / name).with_suffix('')}"
+             for m, name in ((teacher, "t"), (student, "s1"), (model(16, "bicubic", 1.0, 5, "mlp"), "s2"))]
+    passes: list[list[str]] = []
+    original = predictions.predict_many
+    monkeypatch.setattr(predictions, "predict_many", lambda models, data, *a, **k: passes.append(
+        [m.name for m in models] + [repr(getattr(data, "crops", None))]) or original(models, data, *a, **k))
+    result = gkt.study(students=specs[1:], teachers=specs[:1], methods=["kl-dp"], data=f"folder:{folder}",
+                       fraction=1.0, epochs=1, batch_size=20, augment=["photo"], out=tmp_path / "runs")
+    assert result.counts.ok and result.counts.done == 2
+    cropped = [p for p in passes if "EpochCrops" in p[-1]]
+    teacher_passes = [p for p in cropped if "t" in p[:-1]]  # models loaded from file: are named by it
+    assert len(cropped) == 2 and len(teacher_passes) == 1, passes
+    jobs = json.loads((result.run_dir / "jobs.json").read_text())
+    assert all(job["augment"] == ["photo"] for job in jobs)

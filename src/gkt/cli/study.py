@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 def _configure(p: argparse.ArgumentParser) -> None:
     from gkt.core.runtime import PRECISIONS
+    from gkt.data.augment import augment_help
     from gkt.data.spec import SYNTAX as DATA_SYNTAX
     from gkt.experiments.study import StudyConfig
     from gkt.models.specs import source_prefixes
@@ -37,6 +38,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     add_config_option(p, "--recipe", d, choices=list(RECIPES),
                       help=f"the transfer recipe of every job: defaults for lr and augmentation ({describe_recipes()}); "
                            "--grid recipe=gkt,paper runs both")
+    p.add_argument("--augment", nargs="*", metavar="NAME", default=None,
+                   help=f"{augment_help()} (every job; default: the recipe's; none given: no augmentation)")
+    p.add_argument("--augment-epochs", type=int, default=d.augment_epochs, metavar="N",
+                   help="with --augment photo: N sets of crops reused cyclically (0: new crops every epoch)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="extra grid axis over a job setting (lr, epochs, temperature, batch_size, student_mode, "
                         "recipe), repeatable")

@@ -49,11 +49,12 @@ class StudyConfig:
     fraction: float = TRANSFER_FRACTION
     precision: str = Runtime.precision
     recipe: str = TransferConfig.recipe
+    augment_epochs: int = TransferConfig.augment_epochs
 
 
 # What a study's options decide about its jobs: with resume, the study's own jobs run, so these are refused.
 JOB_OPTIONS = ("students", "teachers", "methods", "seeds", "epochs", "lr", "grid", "method_arg", "data", "fraction",
-               "class_map", "batch_size", "precision", "data_dir", "recipe")
+               "class_map", "batch_size", "precision", "data_dir", "recipe", "augment", "augment_epochs")
 STORE_POINTER = "store.json"  # in a resumed study's run directory: where its results store is
 
 # What every job of a study's jobs.json holds (study_jobs writes them), with its type.
@@ -123,7 +124,8 @@ def study_jobs(students: Sequence[str], teachers: Sequence[str] | None = None, *
                data: str = StudyConfig.data, fraction: float = StudyConfig.fraction,
                class_map: str | Path | dict[str, Any] | None = None, batch_size: int | None = None,
                precision: str = StudyConfig.precision, device: str = "auto", data_dir: str | None = None,
-               zoo_dir: str | None = None, recipe: str = StudyConfig.recipe) -> list[dict[str, Any]]:
+               zoo_dir: str | None = None, recipe: str = StudyConfig.recipe, augment: Sequence[str] | None = None,
+               augment_epochs: int = StudyConfig.augment_epochs) -> list[dict[str, Any]]:
     """The jobs of a study: every ordered (student, teacher) pair of different models × methods × seeds × the
     ``grid`` axes; settings at their defaults stay out of the jobs (so their keys match older stores)."""
     students = expand_zoo(students or [], zoo_dir, "--students")
@@ -134,7 +136,10 @@ def study_jobs(students: Sequence[str], teachers: Sequence[str] | None = None, *
     base: dict[str, Any] = {"data": data, "fraction": fraction, "data_dir": data_dir, "zoo_dir": zoo_dir}
     base |= {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     base |= {k: v for k, v, default in (("device", device, "auto"), ("precision", precision, StudyConfig.precision),
-                                        ("recipe", recipe, StudyConfig.recipe)) if v != default}
+                                        ("recipe", recipe, StudyConfig.recipe),
+                                        ("augment_epochs", augment_epochs, StudyConfig.augment_epochs)) if v != default}
+    if augment is not None:  # given (none: no augmentation); left out, the recipe's
+        base["augment"] = list(augment)
     if class_map:  # its contents, so the jobs' keys follow the map, not its path
         from gkt.models.class_map import read_class_map
 
@@ -207,6 +212,7 @@ def study(students: Sequence[str] | None = None, teachers: Sequence[str] | None 
           lr: float | None = None, grid: Grid | None = None, method_arg: MethodArgs | None = None,
           data: str | None = None, fraction: float | None = None, class_map: str | Path | dict[str, Any] | None = None,
           batch_size: int | None = None, precision: str | None = None, recipe: str | None = None,
+          augment: Sequence[str] | None = None, augment_epochs: int | None = None,
           backend: str = "local", workers: int = 1,
           ray_address: str | None = None, ray_gpus_per_job: float = 1.0, resume: str | Path | None = None,
           retry_failed: bool = False, data_dir: str | None = None, zoo_dir: str | None = None,
@@ -225,8 +231,11 @@ def study(students: Sequence[str] | None = None, teachers: Sequence[str] | None 
     share of train used as transfer set. ``class_map``: a JSON/YAML file or dict aligning every model to the
     data's classes (default: match class names). ``precision``: autocast precision of every job (``auto``,
     ``fp32``, ``bf16``, ``fp16``). ``recipe``: the transfer recipe of every job (``gkt`` or ``paper``: defaults
-    for lr and augmentation; ``grid={"recipe": ["gkt", "paper"]}`` runs both). These job options are left out
-    (None) with ``resume``.
+    for lr and augmentation; ``grid={"recipe": ["gkt", "paper"]}`` runs both). ``augment``: the augmentations
+    of every job (``photo``: random-resized crops drawn while decoding photos, the frozen models' outputs on
+    each epoch's crops stored once and read by every job with the same teacher, data and seed; batch ones
+    ``flip``, ``crop``, ``erase``, ``paper``); ``augment_epochs``: with ``photo``, N sets of crops reused
+    cyclically. These job options are left out (None) with ``resume``.
     ``backend``: ``local`` (``workers`` processes; on CUDA spread over the visible GPUs) or ``ray``
     (``ray_address``: the cluster, default a local Ray; ``ray_gpus_per_job``: GPUs each job asks for on CUDA).
     ``resume``: a study's run directory whose results store and jobs to continue (its tables are written there
@@ -240,7 +249,7 @@ def study(students: Sequence[str] | None = None, teachers: Sequence[str] | None 
     options = {"students": students, "teachers": teachers, "methods": methods, "seeds": seeds, "epochs": epochs,
                "lr": lr, "grid": grid, "method_arg": method_arg, "data": data, "fraction": fraction,
                "class_map": class_map, "batch_size": batch_size, "precision": precision, "data_dir": data_dir,
-               "recipe": recipe}
+               "recipe": recipe, "augment": augment, "augment_epochs": augment_epochs}
     if retry_failed and not resume:
         raise GktError("--retry-failed reruns the failed jobs of a study: give it with --resume RUN_DIR")
     torch_device = resolve_device(device)
@@ -254,6 +263,7 @@ def study(students: Sequence[str] | None = None, teachers: Sequence[str] | None 
                           method_arg=method_arg or (), data=data or d.data,
                           fraction=d.fraction if fraction is None else fraction, class_map=class_map,
                           batch_size=batch_size, precision=precision or d.precision, recipe=recipe or d.recipe,
+                          augment=augment, augment_epochs=d.augment_epochs if augment_epochs is None else augment_epochs,
                           device=device,
                           data_dir=data_dir, zoo_dir=zoo_dir)
     start = time.perf_counter()

@@ -95,7 +95,9 @@ def transfer_job(config: JobConfig) -> dict[str, Any]:
     student = _study_model(config["student"], data, data_dir, zoo_dir, class_map).clone().requires_grad_(True)
     teacher = _study_model(config["teacher"], data, data_dir, zoo_dir, class_map).clone()
     transfer_set, test_set = decoded_for([student, teacher], transfer_set, test_set)
-    settings = {k: config[k] for k in ("method", "method_args", "seed", *GRID_KEYS) if k in config}
+    settings = {k: config[k] for k in ("method", "method_args", "seed", "augment_epochs", *GRID_KEYS) if k in config}
+    if "augment" in config:  # a list in the job's JSON
+        settings["augment"] = tuple(config["augment"])
     seed_everything(config.get("seed", 0))  # after loading (a first load draws random initial weights)
     if config["method"] in MUTUAL_METHODS:
         return _mutual_job(student, teacher, transfer_set, test_set, config, settings)
@@ -120,6 +122,7 @@ def _mutual_job(student: Classifier, teacher: Classifier, transfer_set: ImageDat
                           batch_size=settings.get("batch_size", defaults.batch_size),
                           temperature=settings.get("temperature", defaults.temperature),
                           unlabelled=MUTUAL_METHODS[config["method"]], seed=config.get("seed", 0),
+                          augment=tuple(settings.get("augment", ())),
                           **{k: (float(v) if k == "ce" else str(v)) for k, v in settings.get("method_args", {}).items()
                              if k in ("rule", "ce")})
     outcome = run_mutual([student, teacher], transfer_set, test_set, mutual,
