@@ -29,3 +29,16 @@ def test_flip_and_translate_semantics() -> None:
 def test_unknown_augmentation() -> None:
     with pytest.raises(GktError, match="unknown augmentation"):
         compose(["rotate"])
+
+
+def test_timm_jitter_scales_brightness_contrast_and_saturation_within_its_range() -> None:
+    """``jitter`` (timm's colour_jitter=0.4): every image changed, values kept in [0, 1], hue left alone (a grey
+    image stays grey), and the brightness factor of a flat image within [0.6, 1.4]."""
+    from gkt.data.augment import AUGMENTATIONS
+
+    flat = torch.full((64, 3, 4, 4), 0.5)
+    out = AUGMENTATIONS["jitter"](flat, torch.Generator().manual_seed(0))
+    assert out.min() >= 0.5 * 0.6 - 1e-6 and out.max() <= 0.5 * 1.4 + 1e-6
+    assert (out[:, 0] == out[:, 1]).all() and (out[:, 1] == out[:, 2]).all(), "grey stays grey: no hue shift"
+    assert (out != flat).flatten(1).any(1).float().mean() > 0.9
+    assert out.std() > 0.02

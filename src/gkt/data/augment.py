@@ -70,12 +70,12 @@ def _chosen(p: float, n: int, generator: torch.Generator, device: torch.device) 
     return (_uniform(n, generator, device) < p).view(-1, 1, 1, 1)
 
 
-def colour_distortion(x: torch.Tensor, generator: torch.Generator, p: float = 0.8, strength: float = 1.0
-                      ) -> torch.Tensor:
+def colour_distortion(x: torch.Tensor, generator: torch.Generator, p: float = 0.8, strength: float = 1.0,
+                      hue: bool = True) -> torch.Tensor:
     """SimCLR's colour distortion (Chen et al., 2020), applied to each image with probability ``p``:
     brightness, contrast and saturation factors uniform in ``[1 − 0.8s, 1 + 0.8s]`` and a hue shift uniform in
     ``±0.2s`` (``s`` = ``strength``), as torchvision's ``ColorJitter`` computes them, in one random order per
-    batch. Saturation and hue need RGB images (skipped for others)."""
+    batch. Saturation and hue need RGB images (skipped for others); ``hue=False`` leaves hue alone."""
     b, c = x.shape[:2]
     amount = torch.tensor([0.8, 0.8, 0.8, 0.2]) * strength
     factors = (torch.rand(4, b, generator=generator) * 2 - 1) * amount[:, None]  # [4, B]: offsets from 1 (hue: shift)
@@ -88,7 +88,7 @@ def colour_distortion(x: torch.Tensor, generator: torch.Generator, p: float = 0.
         elif op == 1:  # contrast: blend with the image's mean grey level
             mean = (_grey(out) if c == 3 else out).mean((-3, -2, -1), keepdim=True)
             step = mean + (1 + factors[1]) * (out - mean)
-        elif c != 3:
+        elif c != 3 or (op == 3 and not hue):
             continue
         elif op == 2:  # saturation: blend with the grey image
             grey = _grey(out)
@@ -113,6 +113,14 @@ def paper_augmentation(x: torch.Tensor, generator: torch.Generator) -> torch.Ten
     """The augmentation of Roth et al.'s code: flip (p = 0.5), colour distortion (p = 0.8, strength 1) and
     greyscale (p = 0.2)."""
     return random_greyscale(colour_distortion(random_hflip(x, generator), generator), generator)
+
+
+@register_augmentation("jitter")
+def timm_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """timm's default training colour jitter (``color_jitter=0.4``): brightness, contrast and saturation factors
+    uniform in [0.6, 1.4] for every image, in random order, hue unchanged. With ``photo`` (and ``flip`` drawn
+    there) it completes timm's default training transform."""
+    return colour_distortion(x, generator, p=1.0, strength=0.5, hue=False)
 
 
 def compose(names: Sequence[str]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
