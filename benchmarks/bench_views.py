@@ -120,7 +120,7 @@ def main() -> None:
                        "TORCH_HOME": str(root / "torch"), "HF_HUB_OFFLINE": "1", "GKT_HOME": str(root / "gkt")})
     from PIL import Image
 
-    import gkt.models.sources
+    import gkt.models.torchvision_source
     from gkt.core.io import write_csv
     from gkt.data.folder import load_image_folder
     from gkt.engine.loop import Runtime
@@ -136,7 +136,7 @@ def main() -> None:
     save_hf_snapshot(root / "hf", HF_MODEL)
     save_torchvision_checkpoint(root / "torch", "mobilenet_v3_small", "IMAGENET1K_V1")
     # random weights stored under torchvision's official file name, whose published hash they cannot match
-    gkt.models.sources.verify_torch_hub_file = lambda path, what: None
+    gkt.models.torchvision_source.verify_torch_hub_file = lambda path, what: None
     specs = [*(f"timm:{n}" for n in timm_names), f"hf:{HF_MODEL}",
              "torchvision:mobilenet_v3_small?weights=IMAGENET1K_V1"]
     folder = load_image_folder(photos(root / "photos", args.images))
@@ -152,7 +152,7 @@ def main() -> None:
             transfer_set, _ = decoded_for([student, teacher], folder, folder)
             if recipe.startswith("one square"):
                 transfer_set = folder.at_decode_size(decode_size_for([student.preprocess, teacher.preprocess]))
-            config = TransferConfig(method="kl", epochs=1, batch_size=16, augment=augment)
+            config = TransferConfig(method="kl", epochs=1, batch_size=min(16, len(folder)), augment=augment)
             trainer = TransferTrainer(student, teacher, config.build_method(), config, device, transfer_set,
                                       Runtime(cache_outputs=False, loader_workers=0))
             data = trainer.epoch_data(0)

@@ -57,3 +57,17 @@ def test_gpu_check_says_what_is_missing(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cannot import what the check needs" in proc.stderr
     assert "no timm on this image" in proc.stderr
     assert "Traceback" not in proc.stderr and not (out / "transfer.csv").exists()
+
+
+def test_bench_views_runs_on_hub_layout_models(tmp_path: Path) -> None:
+    """``benchmarks/bench_views.py`` stays runnable: a few photos, its CSV and its last line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_views.py"), "--images", "12", "--csv",
+                           str(tmp_path / "views.csv")], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("training views vs the libraries' recipes: top-1 agreement min") and "(4 models)" in last
+    rows = read_csv(tmp_path / "views.csv")
+    assert {r["inputs"] for r in rows} == {"eval view", "photo augmentation", "one square decode (before)"}
+    assert len(rows) == 12 and all(0 <= float(r["top1_agreement"]) <= 1 for r in rows)
