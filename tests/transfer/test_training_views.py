@@ -253,3 +253,18 @@ def test_study_jobs_of_one_teacher_share_its_stored_outputs_on_the_crops(folder:
     assert len(cropped) == 2 and len(teacher_passes) == 1, passes
     jobs = json.loads((result.run_dir / "jobs.json").read_text())
     assert all(job["augment"] == ["photo"] for job in jobs)
+
+
+def test_photo_augmentation_crops_a_folder_in_a_shifted_domain(folder: Path) -> None:
+    """``folder:PATH@edges`` is still photos: the crops are drawn while decoding, the domain applied to each
+    cropped view; each epoch's identity differs."""
+    from gkt.data.spec import load_split
+
+    a, b = model(16, "bicubic", 0.875, 0), model(24, "bilinear", 1.0, 1)
+    train = load_split(f"folder:{folder}@edges", "train")
+    planned, _ = decoded_for([a, b], train, train)
+    cropped = planned.with_crops(CROPS["photo"], seed=0)
+    rows = torch.arange(6)
+    assert not torch.equal(cropped.for_epoch(0).load(rows), planned.load(rows))
+    assert not torch.equal(cropped.for_epoch(0).load(rows), cropped.for_epoch(1).load(rows))
+    assert len({dataset_identity(d) for d in (planned, cropped.for_epoch(0), cropped.for_epoch(1))}) == 3

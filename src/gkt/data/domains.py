@@ -12,7 +12,7 @@ from gkt.core.errors import GktError
 from gkt.core.hashing import stable_hash
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset, TensorImageDataset
-from gkt.data.views import View, square_view
+from gkt.data.views import RandomCrop, View, square_view
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -129,9 +129,21 @@ class DomainImageDataset(ImageDataset):
     def decode_plan(self) -> tuple[View, ...]:
         return self.base.decode_plan
 
+    def with_crops(self, recipe: RandomCrop, seed: int) -> ImageDataset:
+        """The base's photo augmentation, then the domain on each cropped view."""
+        return DomainImageDataset(self.base.with_crops(recipe, seed), self.domain)
+
+    def for_epoch(self, epoch: int) -> ImageDataset:
+        at_epoch = self.base.for_epoch(epoch)
+        return self if at_epoch is self.base else DomainImageDataset(at_epoch, self.domain)
+
     def fingerprint(self) -> str:
-        """As :meth:`ImageDataset.fingerprint`, plus the base's decode plan unless it is the plain square decode."""
+        """As :meth:`ImageDataset.fingerprint`, plus the base's crops (photo augmentation) and its decode plan
+        unless it is the plain square decode."""
         views, base = self.decode_plan, super().fingerprint()
+        crops = getattr(self.base, "crops", None)
+        if crops is not None:
+            base = stable_hash([base, repr(crops)])
         return base if views in ((), (square_view(self.image_shape[1]),)) else \
             stable_hash([base, [repr(v) for v in views]])
 
