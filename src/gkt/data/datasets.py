@@ -86,7 +86,7 @@ class ImageDataset(ABC):
         """The dataset with photo augmentation in its decode (see :mod:`gkt.data.views`): every image cropped
         at random per epoch, every view of the plan from the same box; :meth:`for_epoch` picks the epoch."""
         raise GktError(f"{self.name}: photo augmentation crops photos as they are decoded (folder: and hf: data); "
-                       "for in-memory images use the batch augmentations (--augment flip,crop,erase)")
+                       "for in-memory images use the batch augmentations (--augment flip crop erase)")
 
     def for_epoch(self, epoch: int) -> ImageDataset:
         """The dataset as training epoch ``epoch`` reads it (its own crops, where it has photo augmentation)."""
