@@ -1,7 +1,9 @@
 """Vectorised batch augmentations on float images in [0, 1], ``[B, C, H, W]``.
 
-Applied once per batch *before* per-model preprocessing, so every model in a step sees the same
-augmented images. Per-sample randomness comes from an explicit generator (reproducible).
+Applied once per batch *before* per-model preprocessing, to each model's view of a decode plan with the same
+draws (:func:`gkt.data.views.per_view`), so every model in a step sees the same augmentation. Per-sample
+randomness comes from an explicit generator (reproducible). Photo augmentation (``photo``, a random-resized
+crop drawn while decoding) lives in :mod:`gkt.data.views`; :func:`split_augment` separates the two kinds.
 """
 
 from __future__ import annotations
