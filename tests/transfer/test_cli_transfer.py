@@ -11,6 +11,7 @@ import torch
 from conftest import write_idx
 
 from gkt.cli import main
+from gkt.core.errors import GktError
 from gkt.data.fmnist import FASHION_MNIST_CLASSES, read_idx
 from gkt.models import ArchSpec, Classifier, Preprocess, load_model, save_checkpoint, weights_hash
 from gkt.transfer import METHODS, TransferTrainer
@@ -121,6 +122,12 @@ def test_resume_gives_the_same_final_weights(tmp_path: Path, tiny_fmnist_dir: Pa
     code = main(["transfer", "--resume", str(broken), "--data-dir", str(other_data), "--out", str(tmp_path / "runs"),
                  "--threads", "1"])
     assert code == 2 and "the data (its transfer or test images)" in capsys.readouterr().err
+    import gkt
+
+    with pytest.raises(GktError, match=r"other settings than lr 0\.01 \(the run used 0\.05\); resuming"):
+        gkt.transfer(student, teacher, method=method, epochs=3, augment=["flip", "crop"], seed=4, lr=0.01,  # Python
+                     fraction=1.0, batch_size=8, data_dir=str(tiny_fmnist_dir), resume=broken, out=tmp_path / "api",
+                     threads=1, say=lambda line: None)
     code, resumed = run(tmp_path, tiny_fmnist_dir, "--resume", str(broken))
     assert code == 0
     a = load_model(f"file:{full / 'student'}").net.state_dict()

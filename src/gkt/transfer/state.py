@@ -32,6 +32,15 @@ def check_same_inputs(recorded: dict[str, Any] | None, current: dict[str, Any], 
     if done > epochs:
         raise GktError(f"the run to resume has done {done} epochs; give --epochs {done} or more (it extends a run, "
                        "it cannot shorten one)")
+    old, new = (recorded or {}).get("settings"), current.get("settings")
+    if old is not None and new is not None and old != new:  # states written before settings were recorded: none
+        diff = [f"{k} {new.get(k)!r} (the run used {old.get(k)!r})" for k in sorted({*old, *new})
+                if old.get(k) != new.get(k)]
+        raise GktError(f"the run to resume was trained with other settings than {'; '.join(diff)}; resuming would mix "
+                       "two runs: resume with the run's settings (the CLI's --resume takes them from the run), or "
+                       "start a new run")
+    recorded = None if recorded is None else {k: v for k, v in recorded.items() if k != "settings"}
+    current = {k: v for k, v in current.items() if k != "settings"}
     if recorded is None or recorded == current:
         return
     changed = [m.name for m, old, new in zip([student, *teachers], [recorded["student"], *recorded["teachers"]],

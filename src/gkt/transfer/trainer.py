@@ -368,7 +368,8 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
     history = [{"epoch": 0, **transfer_metrics(labels, correct_teacher, correct_before, correct_before)}]
     inputs = None if run_dir is None and resume is None else {  # what a resume must find again (hashing costs)
         "student": student.identity(), "teachers": [t.identity() for t in teachers],
-        "data": [dataset_identity(transfer_set), dataset_identity(test_set)]}
+        "data": [dataset_identity(transfer_set), dataset_identity(test_set)],
+        "settings": {k: v for k, v in config.to_dict().items() if k != "epochs"}}  # --epochs may extend a run
     if resume is not None:
         check_same_inputs(resume.get("inputs"), inputs, student, teachers, config.epochs,
                           len(resume["history"]) - 1)
