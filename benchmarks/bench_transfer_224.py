@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from photos import photo_jpegs
 
 from gkt.core.io import write_csv
 from gkt.core.runtime import resolve_device
@@ -59,6 +60,23 @@ def random_images(samples: int, size: int) -> TensorImageDataset:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def interleaved_epochs(variants: dict[str, Callable[[], object]], repeats: int, device: torch.device
+                       ) -> dict[str, list[float]]:
+    """Seconds of each variant's epoch: one warm-up each (cuDNN autotuning, allocator), then ``repeats`` rounds
+    with the variants alternating, the device synchronised around every epoch."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            synchronize(device)
+            t = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -97,16 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plain = TrainLoop(SupervisedTask(student.clone()), data, loop_config, device, runtime, desc="fine-tune")
     variants: dict[str, Callable[[], object]] = {"plain fine-tuning (limit)": plain.train_epoch,
                                                  "kl-dp, outputs cached": transfer.train_epoch}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():  # warm-up (cuDNN autotuning, allocator)
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            synchronize(device)
-            t = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_epochs(variants, args.repeats, device)
     samples = (len(data) // args.batch_size) * args.batch_size
     limit = samples / statistics.median(times["plain fine-tuning (limit)"])
     best_limit = samples / min(times["plain fine-tuning (limit)"])
@@ -135,32 +144,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def photo_folder(root: Path, samples: int, classes: int, seed: int = 0) -> Path:
-    """``samples`` smooth, photo-like JPEGs of sizes 160-480 px, in ``classes`` class folders."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for i in range(samples):
-        h, w = (int(v) for v in rng.integers(160, 480, 2))
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        freq, phase = rng.uniform(2, 12, 3), rng.uniform(0, 6.3, 3)
-        img = np.stack([np.sin(freq[k] * (xx * np.cos(phase[k]) + yy * np.sin(phase[k])) * 6.3 + phase[k])
-                        for k in range(3)], -1)
-        img = (img * 90 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        folder = root / f"c{i % classes:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
-    return root
-
-
 def augmented(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """``--augment``: the three variants with photo augmentation on JPEG files; returns the CSV rows."""
     from gkt.data.folder import load_image_folder
     from gkt.transfer import decoded_for
 
     classes = min(len(CLASSES), max(2, args.samples // 8))  # every class folder holds images
-    folder = load_image_folder(photo_folder(Path(os.environ["GKT_HOME"]) / "photos", args.samples, classes))
+    folder = load_image_folder(photo_jpegs(Path(os.environ["GKT_HOME"]) / "photos", args.samples, classes,
+                                           (160, 480), quality=90))
     student, teacher = (Classifier.create(ArchSpec("timm", arch, classes, 3, args.size),
                                           Preprocess(args.size, 3, IMAGENET_MEAN, IMAGENET_STD, 0.875, "bicubic"),
                                           folder.class_names, name=arch)
@@ -186,16 +177,7 @@ def augmented(args: argparse.Namespace, device: torch.device) -> list[dict]:
     variants: dict[str, Callable[[], object]] = {"plain fine-tuning + photo (limit)": plain.train_epoch,
                                                  "kl-dp + photo, outputs cached": transfer.train_epoch,
                                                  "kl-dp + photo, teacher online": online.train_epoch}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            synchronize(device)
-            t = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_epochs(variants, args.repeats, device)
     samples = (len(data) // args.batch_size) * args.batch_size
     limit = samples / statistics.median(times["plain fine-tuning + photo (limit)"])
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -29,51 +29,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.hubs: the hubs' layouts
-
-
-def photos(root: Path, count: int, seed: int = 0) -> Path:
-    """Smooth, structured photo-like JPEGs of 120–400 px per side, in 4 class folders."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        h, w = (int(v) for v in rng.integers(120, 400, 2))
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        freq, phase = rng.uniform(2, 12, 3), rng.uniform(0, 6.3, 3)
-        img = np.stack([np.sin(freq[k] * (xx * np.cos(phase[k]) + yy * np.sin(phase[k])) * 6.3 + phase[k])
-                        for k in range(3)], -1)
-        img = (img * 90 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        folder = root / f"c{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(folder / f"{i}.jpg", quality=92)
-    return root
-
-
-def confident_head(model, inputs: torch.Tensor, steps: int = 60) -> None:
-    """A head on whitened features with confident, image-dependent predictions (see the module docstring)."""
-    head = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes][-1]
-    with torch.no_grad():
-        features = model.net.forward_features(inputs)
-    mean, std = features.mean(0), features.std(0)
-    std = std.clamp_min(std.max() * 1e-6)
-    z = (features - mean) / std
-    torch.manual_seed(0)
-    weight = torch.randn(head.out_features, z.shape[1]).requires_grad_()
-    bias = torch.zeros(head.out_features, requires_grad=True)
-    with torch.no_grad():
-        targets = (z @ weight.T).argmax(1)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.05)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(z @ weight.T + bias, targets).backward()
-        optimizer.step()
-    with torch.no_grad():
-        head.weight.copy_(weight / std)
-        head.bias.copy_(bias - (weight / std) @ mean)
 
 
 def library_eval(spec: str, model) -> Callable:
@@ -118,6 +76,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gkt-bench-views-"))
     os.environ.update({"HF_HOME": str(root / "hf"), "HF_HUB_CACHE": str(root / "hf" / "hub"),
                        "TORCH_HOME": str(root / "torch"), "HF_HUB_OFFLINE": "1", "GKT_HOME": str(root / "gkt")})
+    from photos import photo_jpegs
     from PIL import Image
 
     import gkt.models.torchvision_source
@@ -128,7 +87,13 @@ def main() -> None:
     from gkt.models.preprocess import decode_size_for, to_unit_float
     from gkt.transfer import TransferConfig, decoded_for
     from gkt.transfer.trainer import TransferTrainer
-    from tests.hubs import HF_MODEL, save_hf_snapshot, save_timm_snapshot, save_torchvision_checkpoint
+    from tests.hubs import (
+        HF_MODEL,
+        confident_head,
+        save_hf_snapshot,
+        save_timm_snapshot,
+        save_torchvision_checkpoint,
+    )
 
     timm_names = ("test_efficientnet.r160_in1k", "test_resnet.r160_in1k")  # bicubic / bilinear, crop_pct 0.95
     for seed, name in enumerate(timm_names):
@@ -139,7 +104,7 @@ def main() -> None:
     gkt.models.torchvision_source.verify_torch_hub_file = lambda path, what: None
     specs = [*(f"timm:{n}" for n in timm_names), f"hf:{HF_MODEL}",
              "torchvision:mobilenet_v3_small?weights=IMAGENET1K_V1"]
-    folder = load_image_folder(photos(root / "photos", args.images))
+    folder = load_image_folder(photo_jpegs(root / "photos", args.images, 4, (120, 400), quality=92))
     models = [load_model(spec).eval() for spec in specs]
     rows = []
     device = torch.device("cpu")

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from gkt.models import Classifier
+
 # Imagenette's classes (WordNet ids, the folder names of an ImageNet-layout data set).
 IMAGENETTE = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
               "n03425413", "n03445777", "n03888605")
@@ -93,6 +95,32 @@ def image_folder(root: Path, classes: tuple[str, ...] = IMAGENETTE, per_class: i
             pixels = np.clip(base + noise + np.linspace(0, 60 * (c % 3), w)[None, :, None], 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"img{i}.jpg", quality=90)
     return root
+
+
+def confident_head(model: Classifier, inputs: torch.Tensor, steps: int = 60) -> None:
+    """Give a random-init network confident predictions that depend on the image: a head on whitened
+    features (fixed seed), then a few steps of self-training (cross-entropy on its own predictions) that
+    widen each image's margin between its top two classes; ``inputs`` are the network's normalised inputs."""
+    head = [m for m in model.net.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes][-1]
+    with torch.no_grad():
+        features = model.net.forward_features(inputs)
+    mean, std = features.mean(0), features.std(0)
+    std = std.clamp_min(std.max() * 1e-6)  # random-init activations can be tiny (1e-10): a relative floor
+    z = (features - mean) / std
+    torch.manual_seed(0)
+    weight = torch.randn(head.out_features, z.shape[1]).requires_grad_()
+    bias = torch.zeros(head.out_features, requires_grad=True)
+    with torch.no_grad():
+        targets = (z @ weight.T).argmax(1)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(z @ weight.T + bias, targets).backward()
+        optimizer.step()
+    with torch.no_grad():
+        head.weight.copy_(weight / std)
+        head.bias.copy_(bias - (weight / std) @ mean)
 
 
 @pytest.fixture(scope="session")

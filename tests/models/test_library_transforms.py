@@ -17,7 +17,7 @@ from gkt.engine.loop import predict_logits
 from gkt.engine.predictions import predict_many
 from gkt.models import Classifier, load_model
 from gkt.models.preprocess import decode_plan_for, decode_size_for
-from tests.hubs import HF_MODEL, TIMM_MODELS, TORCHVISION_MODEL, HubCaches
+from tests.hubs import HF_MODEL, TIMM_MODELS, TORCHVISION_MODEL, HubCaches, confident_head
 
 
 @pytest.fixture(scope="module")
@@ -66,32 +66,6 @@ def library_transformers(model: Classifier) -> Callable:
 CASES = {f"timm:{TIMM_MODELS[0]}": library_timm,
          f"torchvision:{TORCHVISION_MODEL[0]}?weights={TORCHVISION_MODEL[1]}": library_torchvision,
          f"hf:{HF_MODEL}": library_transformers}
-
-
-def confident_head(model: Classifier, inputs: torch.Tensor, steps: int = 60) -> None:
-    """Give a random-init network confident predictions that depend on the image: a head on whitened
-    features (fixed seed), then a few steps of self-training (cross-entropy on its own predictions) that
-    widen each image's margin between its top two classes; ``inputs`` are the network's normalised inputs."""
-    head = [m for m in model.net.modules()
-            if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes][-1]
-    with torch.no_grad():
-        features = model.net.forward_features(inputs)
-    mean, std = features.mean(0), features.std(0)
-    std = std.clamp_min(std.max() * 1e-6)  # random-init activations can be tiny (1e-10): a relative floor
-    z = (features - mean) / std
-    torch.manual_seed(0)
-    weight = torch.randn(head.out_features, z.shape[1]).requires_grad_()
-    bias = torch.zeros(head.out_features, requires_grad=True)
-    with torch.no_grad():
-        targets = (z @ weight.T).argmax(1)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.05)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(z @ weight.T + bias, targets).backward()
-        optimizer.step()
-    with torch.no_grad():
-        head.weight.copy_(weight / std)
-        head.bias.copy_(bias - (weight / std) @ mean)
 
 
 def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> float:
