@@ -268,3 +268,25 @@ def test_photo_augmentation_crops_a_folder_in_a_shifted_domain(folder: Path) -> 
     assert not torch.equal(cropped.for_epoch(0).load(rows), planned.load(rows))
     assert not torch.equal(cropped.for_epoch(0).load(rows), cropped.for_epoch(1).load(rows))
     assert len({dataset_identity(d) for d in (planned, cropped.for_epoch(0), cropped.for_epoch(1))}) == 3
+
+
+def test_stored_targets_of_photo_augmentation_refuse_unreadable_images(tmp_path: Path) -> None:
+    """``--bad-images skip`` with ``--augment photo``: the stored per-epoch targets would no longer line up
+    with the training rows, so the run is refused with the way out; without the store it trains."""
+    from gkt.data.spec import load_split
+    from gkt.engine.loop import Runtime
+
+    root = tmp_path / "photos"
+    image_folder(root / "train", per_class=6, seed=1)
+    image_folder(root / "val", per_class=2, seed=2)
+    sorted((root / "train").rglob("*.jpg"))[40].write_bytes(b"not a jpeg")
+    teacher, student = teacher_and_student()
+    train, test = (load_split(f"folder:{root}", s, bad_images="skip") for s in ("train", "val"))
+    transfer_set, test_set = decoded_for([student, teacher], train, test)
+    config = TransferConfig(method="kl", epochs=1, batch_size=20, lr=0.05, augment=("photo",))
+    with pytest.raises(GktError, match="1 image\\(s\\) could not be read .* --no-cache"):
+        run_transfer(student, teacher, transfer_set, test_set, config, torch.device("cpu"),
+                     runtime=Runtime(loader_workers=0))
+    online = run_transfer(student, teacher, transfer_set, test_set, config, torch.device("cpu"),
+                          runtime=Runtime(cache_outputs=False, loader_workers=0))
+    assert online.final["status"] == "ok"

@@ -138,6 +138,8 @@ def study_jobs(students: Sequence[str], teachers: Sequence[str] | None = None, *
     base |= {k: v for k, v, default in (("device", device, "auto"), ("precision", precision, StudyConfig.precision),
                                         ("recipe", recipe, StudyConfig.recipe),
                                         ("augment_epochs", augment_epochs, StudyConfig.augment_epochs)) if v != default}
+    TransferConfig(augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs,
+                   recipe=recipe).build_method()  # bad augmentation options fail before any job runs
     if augment is not None:  # given (none: no augmentation); left out, the recipe's
         base["augment"] = list(augment)
     if class_map:  # its contents, so the jobs' keys follow the map, not its path

@@ -99,6 +99,7 @@ class TransferConfig:
     def build_method(self) -> TransferMethod:
         if self.augment_epochs < 0:
             raise GktError(f"augment_epochs must be 0 (one set of crops per epoch) or more, got {self.augment_epochs}")
+        split_augment(self.augment)  # unknown or conflicting augmentation names fail before anything is loaded
         if self.student_mode not in ("train", "eval"):
             raise GktError(f"student_mode must be 'train' or 'eval', got {self.student_mode!r}")
         method = create_method(self.method, {"temperature": self.temperature, **self.method_args})
@@ -179,7 +180,13 @@ class TransferTask(Task):
         """With photo augmentation: the frozen models' outputs on this epoch's crops, from the output store
         (computed once per teacher, data, seed and epoch, then read by every run and study job)."""
         if self.cache_per_epoch:  # the frozen models' views of the epoch's crops (the loop may decode fewer)
-            self.cached = self._cache_targets(self.runtime, dataset.at_decode_plan(self.frozen_plan))
+            frozen_views = dataset.at_decode_plan(self.frozen_plan)
+            self.cached = self._cache_targets(self.runtime, frozen_views)
+            if len(frozen_views) != len(dataset):  # the pass left out unreadable images: rows no longer match
+                raise GktError(f"{dataset.name}: {len(dataset) - len(frozen_views)} image(s) could not be read "
+                               "(--bad-images skip); the stored targets of photo augmentation need every image of "
+                               "the transfer set: remove the unreadable files, or run with --no-cache (the frozen "
+                               "models then run on every step)")
             self.prepared = self._prepare_fixed_targets()
 
     def training_data(self, transfer_set: ImageDataset) -> ImageDataset:
@@ -204,9 +211,11 @@ class TransferTask(Task):
             dist.barrier()  # rank 0 computes and stores the outputs first
         frozen = list({id(m): m for models in wanted.values() for m in models}.values())
         temperature = self.method.temperature  # large label spaces: sparse targets drawn at the loss's T
-        get_many(frozen, dataset, self.device, workers=runtime.loader_workers,
+        rows, data_id = len(dataset), dataset_identity(dataset)
+        get_many(frozen, dataset, self.device, workers=runtime.loader_workers, data_id=data_id,
                  temperature=temperature)  # one decode pass
-        data_id = dataset_identity(dataset)
+        if len(dataset) != rows:  # unreadable images left out by the pass (--bad-images skip)
+            data_id = dataset_identity(dataset)
         readers = {need: [CachedOutputs(m, dataset, self.device, labels_allowed=labels_allowed,
                                         data_id=data_id, temperature=temperature) for m in models]
                    for need, models in wanted.items()}
