@@ -69,6 +69,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (as :func:`write_csv` writes them) as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     """The one CSV writer: atomic; columns are the union of the rows' keys in first-seen order unless given;
     dict and list values are written as JSON."""

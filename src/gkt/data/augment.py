@@ -80,8 +80,8 @@ def colour_distortion(x: torch.Tensor, generator: torch.Generator, p: float = 0.
     batch. Saturation and hue need RGB images (skipped for others); ``hue=False`` leaves hue alone."""
     b, c = x.shape[:2]
     amount = torch.tensor([0.8, 0.8, 0.8, 0.2]) * strength
-    factors = (torch.rand(4, b, generator=generator) * 2 - 1) * amount[:, None]  # [4, B]: offsets from 1 (hue: shift)
-    factors = factors.to(x.device).view(4, b, 1, 1, 1)
+    drawn = (torch.rand(4, b, generator=generator) * 2 - 1) * amount[:, None]  # [4, B]: offsets from 1 (hue: shift)
+    factors = drawn.to(x.device).view(4, b, 1, 1, 1)
     apply = _chosen(p, b, generator, x.device)
     out = x
     for op in torch.randperm(4, generator=generator).tolist():
@@ -98,7 +98,7 @@ def colour_distortion(x: torch.Tensor, generator: torch.Generator, p: float = 0.
         else:  # hue: torchvision's per-image HSV shift
             from torchvision.transforms.v2.functional import adjust_hue
 
-            step = torch.stack([adjust_hue(img, float(shift)) for img, shift in zip(out, factors[3].flatten())])
+            step = torch.stack([adjust_hue(img, shift) for img, shift in zip(out, drawn[3].tolist())])  # host floats
         out = torch.where(apply, step.clamp(0, 1), out)
     return out
 

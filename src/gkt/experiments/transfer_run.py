@@ -92,16 +92,16 @@ def transfer(student: str, teacher: str | Sequence[str], *, data: str = "fmnist"
     Several teachers (a list) with ``multi`` (``sequential``, ``parallel``, ``soup`` or ``all``; ``seeds``,
     ``order``, ``on_job``) run the multi-teacher study of ``gkt transfer --multi`` and return its
     :class:`~gkt.experiments.multi_run.MultiTransferOutcome` (:func:`gkt.experiments.multi_run.multi_transfer`)."""
+    config = TransferConfig(method=method, method_args=parse_method_arg(method_arg), epochs=epochs, lr=lr,
+                            weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
+                            augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs,
+                            seed=seed, unlabelled=unlabelled, student_mode=student_mode, recipe=recipe)
+    config.build_method()  # bad method arguments / labels on unlabelled data fail before anything is loaded
     several = not isinstance(teacher, str)
     if several or multi:
         if resume or (dist is not None and dist.enabled):
             raise GktError("multi-teacher transfer runs in one process and is not resumed (its finished transfer "
                            "runs are reused from the cache): start it again without --resume or torchrun")
-        config = TransferConfig(method=method, method_args=parse_method_arg(method_arg), epochs=epochs, lr=lr,
-                                weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
-                                augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs,
-                                seed=seed, unlabelled=unlabelled, student_mode=student_mode, recipe=recipe)
-        config.build_method()
         return multi_transfer(student, [teacher] if not several else list(teacher), multi=multi or (),
                               config=config, data=data, fraction=fraction, seeds=seeds, order=order,
                               class_map=class_map, data_dir=data_dir, zoo_dir=zoo_dir,
@@ -116,11 +116,6 @@ def transfer(student: str, teacher: str | Sequence[str], *, data: str = "fmnist"
     seed_everything(seed)  # before anything is loaded (a random-init model draws its weights), from either door
     device = device if isinstance(device, torch.device) else dist.device(resolve_device(device))
     state = load_state(resume) if resume else None
-    config = TransferConfig(method=method, method_args=parse_method_arg(method_arg), epochs=epochs, lr=lr,
-                            weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
-                            augment=None if augment is None else tuple(augment), augment_epochs=augment_epochs,
-                            seed=seed, unlabelled=unlabelled, student_mode=student_mode, recipe=recipe)
-    config.build_method()  # bad method arguments / labels on unlabelled data fail before anything is loaded
     runtime = Runtime(cache_outputs=not no_cache, precision=precision, channels_last=channels_last, compile=compile,
                       loader_workers=loader_workers, dist=dist)
     with input_options(bad_images, img_size):  # data decode lazily: the whole run within

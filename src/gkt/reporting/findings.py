@@ -9,13 +9,12 @@ its sentences and claims; for the others they come from the files each verb writ
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gkt.core.io import parse_json
+from gkt.core.io import parse_json, read_csv
 
 Findings = tuple[list[str], list[dict[str, Any]]]
 
@@ -82,11 +81,6 @@ def multi_teacher_findings(entries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -145,7 +139,7 @@ SOURCES: tuple[tuple[str, Callable[[Path], list[str]]], ...] = (
      else []),
     ("summary.json", lambda d: multi_teacher_findings(_json(d / "summary.json"))
      if isinstance(_json(d / "summary.json"), list) else []),
-    ("overview.csv", lambda d: analysis_findings(_read_csv(d / "overview.csv"))),
+    ("overview.csv", lambda d: analysis_findings(read_csv(d / "overview.csv"))),
 )
 
 

@@ -11,7 +11,6 @@ inlined; the Markdown file links the figures beside it.
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from urllib.parse import quote
 import jinja2
 
 from gkt.core.errors import GktError
-from gkt.core.io import atomic_path, parse_json, read_json
+from gkt.core.io import atomic_path, parse_json, read_csv, read_json
 from gkt.core.limits import check_path
 from gkt.reporting.findings import number, run_findings
 from gkt.reporting.study import findings_markdown
@@ -99,11 +98,6 @@ UNDEFINED = {"transfer_rate": "the teacher has no positive flips there", "acc_be
              "spearman": "fewer than 3 pairs or a constant side"}
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _undefined(column: str) -> str:
     reason = next((why for key, why in UNDEFINED.items() if column.startswith(key) or key in column), None)
     return f"n/a: {reason}" if reason else "n/a: undefined for this row"
@@ -156,7 +150,7 @@ def _collect(run_dir: Path) -> tuple[dict[str, Any], list[tuple[str, list[dict[s
     csvs = sorted((p for p in run_dir.rglob("*.csv") if p.is_file()),  # never a pipe: reading it would hang
                   key=lambda p: (p.name not in PREFERRED_TABLES,
                                  PREFERRED_TABLES.index(p.name) if p.name in PREFERRED_TABLES else 0, str(p)))
-    tables = [(str(p.relative_to(run_dir)), _read_csv(p)) for p in csvs if p.name not in HIDDEN_TABLES]
+    tables = [(str(p.relative_to(run_dir)), read_csv(p)) for p in csvs if p.name not in HIDDEN_TABLES]
     tables = [(name, rows) for name, rows in tables if not _single_setting(name, rows)]
     figures = sorted((p for p in run_dir.rglob("*.png") if p.is_file()),
                      key=lambda p: (p.name not in KEY_FIGURES,
