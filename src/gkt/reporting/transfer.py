@@ -11,6 +11,7 @@ from gkt.reporting.figures import pyplot, save_figure
 def plot_history(history: Sequence[dict], path: str | Path, title: str, teacher_acc: float) -> None:
     """Accuracy (with the teacher's as a reference line) and knowledge gain/loss over epochs, as a PNG."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     history = [row for row in history if "acc" in row]  # epochs that were evaluated
     epochs = [row["epoch"] for row in history]
@@ -25,5 +26,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str, teacher_
     ax_gl.axhline(0, color="black", linewidth=0.5)
     ax_gl.set(xlabel="epoch", ylabel="% of test samples", title="gain / loss")
     ax_gl.legend()
+    for ax in (ax_acc, ax_gl):  # epochs are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
