@@ -121,6 +121,11 @@ class ImageDataset(ABC):
         return stable_hash([self.name, self.image_shape, self.class_names,
                             hashlib.sha256(self.labels.numpy().tobytes()).hexdigest()])
 
+    def decode_fingerprint(self, base: str) -> str:
+        """``base`` (a fingerprint) plus what of the decode shapes the images (encoded datasets: the decode plan
+        and photo augmentation's crops); datasets of fixed images return it as it is."""
+        return base
+
 
 class TensorImageDataset(ImageDataset):
     """Images held in memory as one ``uint8 [N, C, H, W]`` tensor (Fashion-MNIST, digits, ...)."""
@@ -236,9 +241,11 @@ class EncodedImageDataset(ImageDataset):
         return at_epoch
 
     def fingerprint(self) -> str:
-        """As :meth:`ImageDataset.fingerprint`, plus the decode plan unless it is the plain square decode, and
-        the crops (recipe, seed, epoch) of photo augmentation."""
-        base = super().fingerprint()
+        return self.decode_fingerprint(super().fingerprint())
+
+    def decode_fingerprint(self, base: str) -> str:
+        """``base`` plus the crops (recipe, seed, epoch) of photo augmentation and the decode plan unless it is
+        the plain square decode."""
         if self.crops is not None:
             base = stable_hash([base, repr(self.crops)])
         return base if self.views == (square_view(self.image_shape[1]),) else \

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from gkt.core.errors import GktError
-from gkt.core.hashing import stable_hash
 from gkt.core.registry import Registry
 from gkt.data.datasets import ImageDataset, TensorImageDataset
-from gkt.data.views import RandomCrop, View, square_view
+from gkt.data.views import RandomCrop, View
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -138,14 +137,8 @@ class DomainImageDataset(ImageDataset):
         return self if at_epoch is self.base else DomainImageDataset(at_epoch, self.domain)
 
     def fingerprint(self) -> str:
-        """As :meth:`ImageDataset.fingerprint`, plus the base's crops (photo augmentation) and its decode plan
-        unless it is the plain square decode."""
-        views, base = self.decode_plan, super().fingerprint()
-        crops = getattr(self.base, "crops", None)
-        if crops is not None:
-            base = stable_hash([base, repr(crops)])
-        return base if views in ((), (square_view(self.image_shape[1]),)) else \
-            stable_hash([base, [repr(v) for v in views]])
+        """As :meth:`ImageDataset.fingerprint` (its ``@domain`` name), plus the base's decode (plan and crops)."""
+        return self.base.decode_fingerprint(super().fingerprint())
 
     def content_id(self) -> str | None:
         return self.base.content_id()
