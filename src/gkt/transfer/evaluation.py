@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from gkt.engine.metrics import flip_stats, knowledge_gain_loss
+from gkt.engine.metrics import correctness, flip_stats, knowledge_gain_loss
+from gkt.transfer.base import PartitionMethod
 
 TOP_SHARES = (0.02, 0.05, 0.2, 0.5, 1.0)
 
@@ -62,3 +63,10 @@ def partition_quality(teacher_mask: torch.Tensor, correct_teacher: torch.Tensor,
 
 def _mean_where(values: torch.Tensor, where: torch.Tensor) -> float:
     return values[where].double().mean().item() if where.any() else math.nan
+
+
+def transfer_set_partition(method: PartitionMethod, teacher_logits: torch.Tensor, frozen_logits: torch.Tensor,
+                           labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(teacher mask, teacher correct, frozen student correct) on the un-augmented transfer set."""
+    mask = method.teacher_mask(teacher_logits, frozen_logits, labels if method.uses_labels else None)
+    return mask, correctness(teacher_logits, labels), correctness(frozen_logits, labels)

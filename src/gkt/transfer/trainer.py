@@ -52,6 +52,7 @@ from gkt.transfer.base import (
     label_free_methods,
 )
 from gkt.transfer.evaluation import partition_quality, transfer_metrics, transfer_rates
+from gkt.transfer.evaluation import transfer_set_partition as partition_of
 from gkt.transfer.recipes import RECIPES, get_recipe
 from gkt.transfer.state import STATE_FORMAT, check_same_inputs
 
@@ -157,9 +158,8 @@ class TransferTask(Task):
         self.student_tap = FeatureTap(self.student, "features") if STUDENT_FEATURES in method.needs else None
         crop, batch_augment = split_augment(config.augment)
         self.runtime, self.plan, self.frozen_plan = runtime, transfer_set.decode_plan, transfer_set.decode_plan
-        # Outputs are stored when the input pipeline is deterministic: no augmentation, or only photo
-        # augmentation, whose crops are fixed per epoch and row (stored per epoch, in begin_epoch); the paper's
-        # recipe computes them on every step.
+        # Stored outputs need a deterministic input: no augmentation, or photo crops (fixed per epoch and row;
+        # stored per epoch in begin_epoch); the paper's recipe computes them on every step.
         online_recipe = get_recipe(config.recipe).online_targets
         self.cache_per_epoch = runtime.cache_outputs and crop is not None and not batch_augment and not online_recipe
         self.cached = self._cache_targets(runtime, transfer_set) \
@@ -184,9 +184,8 @@ class TransferTask(Task):
             self.cached = self._cache_targets(self.runtime, frozen_views)
             if len(frozen_views) != len(dataset):  # the pass left out unreadable images: rows no longer match
                 raise GktError(f"{dataset.name}: {len(dataset) - len(frozen_views)} image(s) could not be read "
-                               "(--bad-images skip); the stored targets of photo augmentation need every image of "
-                               "the transfer set: remove the unreadable files, or run with --no-cache (the frozen "
-                               "models then run on every step)")
+                               "(--bad-images skip); the stored targets of photo augmentation need every image: "
+                               "remove the unreadable files, or run with --no-cache (frozen models on every step)")
             self.prepared = self._prepare_fixed_targets()
 
     def training_data(self, transfer_set: ImageDataset) -> ImageDataset:
@@ -201,7 +200,6 @@ class TransferTask(Task):
         """Cached-output readers for the declared needs that have one (rank 0 computes, then the rest read)."""
         sources = {TEACHER_LOGITS: self.teachers[:1], TEACHERS_LOGITS: self.teachers,
                    FROZEN_LOGITS: [self.frozen] if self.frozen is not None else []}
-        assert set(sources) == CACHEABLE_NEEDS
         wanted = {need: models for need, models in sources.items() if need in self.method.needs and models}
         if not wanted:
             return {}
@@ -398,7 +396,7 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
             cached = trainer.task.cached
             return cached[need](every_row).cpu() if need in cached else predict(model, transfer_set, desc)
 
-        quality = partition_quality(*_transfer_set_partition(
+        quality = partition_quality(*partition_of(
             method, transfer_set_outputs(TEACHER_LOGITS, trainer.task.teacher, "teacher (transfer set)"),
             transfer_set_outputs(FROZEN_LOGITS, student, "student (transfer set)"), transfer_set.labels))
     base = {"student": student.name, "teacher": " + ".join(t.name for t in teachers), "method": config.method,
@@ -448,9 +446,3 @@ def run_transfer(student: Classifier, teacher: Classifier | Sequence[Classifier]
         write_json(run_dir / "final.json", final)
     return TransferOutcome(model, history, final, checkpoint)
 
-
-def _transfer_set_partition(method: PartitionMethod, teacher_logits: torch.Tensor, frozen_logits: torch.Tensor,
-                            labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(teacher mask, teacher correct, frozen student correct) on the un-augmented transfer set."""
-    mask = method.teacher_mask(teacher_logits, frozen_logits, labels if method.uses_labels else None)
-    return mask, correctness(teacher_logits, labels), correctness(frozen_logits, labels)
